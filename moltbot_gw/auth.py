@@ -1,0 +1,211 @@
+"""Gateway authentication: the shared secret, its constant-time check and the per-address
+limiter for failed attempts.
+
+Transport-neutral: HTTP and WebSocket layers hand in the presented secret and the client
+address; nothing here knows about requests or frames.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from twisted.logger import Logger
+
+from .config import Config
+
+TOKEN_FILE_NAME = "gateway.token"
+log = Logger()
+
+
+def token_file(state_dir: Path) -> Path:
+    return state_dir / TOKEN_FILE_NAME
+
+
+def load_or_create_token(state_dir: Path) -> tuple[str, bool]:
+    """Return the stored gateway token, generating it (0600) on first use.
+
+    Runs before the reactor starts (and from the CLI), so plain file I/O is fine here.
+    The second item says whether the token was created just now.
+    """
+    path = token_file(state_dir)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token, False
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return token, True
+
+
+def bearer_credential(authorization: Optional[str]) -> Optional[str]:
+    """The credential of an ``Authorization: Bearer <secret>`` header, else ``None``."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    value = value.strip()
+    return value or None
+
+
+def client_address(peer: str, forwarded_for: Optional[str],
+                   trusted_proxies: Sequence[ipaddress._BaseNetwork]) -> str:
+    """The address to charge failed attempts to.
+
+    ``X-Forwarded-For`` is believed only when the peer is a trusted proxy; then the
+    right-most hop that is not itself a trusted proxy is the client.
+    """
+    if not forwarded_for or not _is_trusted(peer, trusted_proxies):
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted_proxies):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage header: charge the proxy, not a made-up address
+    return peer
+
+
+def _is_trusted(address: str, trusted: Sequence[ipaddress._BaseNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+class FailureLimiter:
+    """Counts failed attempts per client address in a fixed window.
+
+    After ``max_failures`` failures inside ``window`` seconds the address is refused until
+    the window ends. Memory is bounded: expired entries are dropped as new ones arrive and
+    at most ``max_entries`` addresses are remembered (the oldest go first).
+    """
+
+    def __init__(self, clock, max_failures: int = 10, window: float = 60.0,
+                 max_entries: int = 100_000):
+        self._clock = clock
+        self.max_failures = max_failures
+        self.window = window
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, list] = OrderedDict()  # addr -> [window_start, count]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def retry_after(self, address: str) -> Optional[float]:
+        """Seconds until ``address`` may try again, or ``None`` if it may try now."""
+        entry = self._entries.get(address)
+        if entry is None:
+            return None
+        remaining = entry[0] + self.window - self._clock.seconds()
+        if remaining <= 0:
+            del self._entries[address]
+            return None
+        return remaining if entry[1] >= self.max_failures else None
+
+    def record_failure(self, address: str) -> None:
+        now = self._clock.seconds()
+        self._expire(now)
+        entry = self._entries.get(address)
+        if entry is None or entry[0] + self.window <= now:
+            self._entries[address] = [now, 1]
+            self._entries.move_to_end(address)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        else:
+            entry[1] += 1
+
+    def _expire(self, now: float) -> None:
+        # Entries are ordered by window start, so expired ones sit at the front.
+        while self._entries:
+            address, (start, _count) = next(iter(self._entries.items()))
+            if start + self.window > now:
+                break
+            del self._entries[address]
+
+
+@dataclass(frozen=True)
+class AuthOutcome:
+    ok: bool
+    retry_after: Optional[float] = None  # set when the address is rate limited
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.retry_after is not None
+
+
+class GatewayAuth:
+    """Checks a presented secret against the gateway's token or password."""
+
+    log = Logger()
+
+    def __init__(self, mode: str, secret: str, limiter: FailureLimiter,
+                 trusted_proxies: Sequence[str] = (), generated: bool = False):
+        self.mode = mode
+        self._secret = secret.encode("utf-8")
+        self.limiter = limiter
+        self.generated = generated
+        self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False)
+                                     for p in trusted_proxies)
+
+    def __repr__(self) -> str:
+        return f"<GatewayAuth mode={self.mode} generated={self.generated}>"
+
+    @classmethod
+    def from_config(cls, config: Config, clock) -> "GatewayAuth":
+        auth = config.gateway.auth
+        secret = auth.explicit_secret
+        generated = False
+        if secret is None:
+            if auth.mode == "password":
+                raise ValueError("gateway.auth.password: required when gateway.auth.mode is "
+                                 '"password" (or set CLAWDBOT_GATEWAY_PASSWORD)')
+            secret, created = load_or_create_token(config.state_dir)
+            generated = True
+            path = token_file(config.state_dir)
+            if created:
+                cls.log.info("Generated a gateway token and stored it in {path} "
+                             "(print it with: moltbot-gw token)", path=str(path))
+            else:
+                cls.log.info("Using the gateway token stored in {path}", path=str(path))
+        limiter = FailureLimiter(clock, auth.rateLimit.maxFailures, auth.rateLimit.windowSeconds)
+        return cls(auth.mode, secret, limiter, config.gateway.trustedProxies, generated)
+
+    def matches(self, presented: Optional[str]) -> bool:
+        """Constant-time comparison of a presented secret."""
+        if presented is None:
+            return False
+        return hmac.compare_digest(presented.encode("utf-8"), self._secret)
+
+    def authenticate(self, address: str, presented: Optional[str]) -> AuthOutcome:
+        """Check ``presented`` for a client at ``address``, applying the failure limiter.
+
+        A limited address is refused without looking at the secret, so guessing gains
+        nothing; a missing credential is refused but not counted as a guess.
+        """
+        wait = self.limiter.retry_after(address)
+        if wait is not None:
+            return AuthOutcome(False, retry_after=wait)
+        if self.matches(presented):
+            return AuthOutcome(True)
+        if presented is not None:
+            self.limiter.record_failure(address)
+            self.log.warn("Failed gateway auth from {address}", address=address)
+        return AuthOutcome(False)

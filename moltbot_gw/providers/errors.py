@@ -1,0 +1,50 @@
+"""Typed failures of model providers.
+
+Providers raise these; protocol layers map them to status codes (400/429/502/504) and the
+runner uses ``retryable`` to decide whether a fallback model may be tried.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class ProviderError(Exception):
+    """Base class. ``message`` is safe to show a client: no secrets, no tracebacks."""
+
+    retryable = False
+    kind = "upstream_error"
+
+    def __init__(self, message: str, *, status: Optional[int] = None,
+                 retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status            # upstream HTTP status, when there was one
+        self.retry_after = retry_after  # seconds, from an upstream Retry-After
+
+
+class ProviderAuthError(ProviderError):
+    """The upstream refused our credentials (401/403)."""
+    kind = "upstream_auth"
+
+
+class ProviderRateLimited(ProviderError):
+    """The upstream said 429."""
+    retryable = True
+    kind = "upstream_rate_limited"
+
+
+class ProviderBadRequest(ProviderError):
+    """The upstream rejected the request itself (400/404/413/422)."""
+    kind = "upstream_bad_request"
+
+
+class ProviderUnavailable(ProviderError):
+    """Connect failure, 5xx, connection dropped, or output we cannot parse."""
+    retryable = True
+    kind = "upstream_unavailable"
+
+
+class ProviderTimeout(ProviderError):
+    """No answer within the connect or idle timeout."""
+    retryable = True
+    kind = "upstream_timeout"

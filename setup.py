@@ -1,0 +1,47 @@
+"""Packaging for moltbot-gw. ``package_dir={"": "."}`` keeps the project root on sys.path
+in editable installs so Twisted finds ``twisted/plugins/moltbot_gw_plugin.py``."""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+version = re.search(r'__version__ = "([^"]+)"',
+                    Path(__file__).with_name("moltbot_gw").joinpath("__init__.py").read_text()
+                    ).group(1)
+
+setup(
+    name="moltbot-gw",
+    version=version,
+    description="A Twisted gateway that serves LLM agents over WebSocket and an "
+                "OpenAI-compatible HTTP API on one port",
+    long_description=Path(__file__).with_name("README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    python_requires=">=3.11",
+    package_dir={"": "."},
+    packages=[
+        "moltbot_gw",
+        "moltbot_gw.agents",
+        "moltbot_gw.openai",
+        "moltbot_gw.providers",
+        "moltbot_gw.sessions",
+        "moltbot_gw.ws",
+        "twisted.plugins",
+    ],
+    install_requires=[
+        "Twisted[tls]>=24.7",
+        "klein>=24.8",
+        "autobahn>=24.4",
+        "treq>=24.9",
+        "json5>=0.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "openai>=1.40",
+            "websocket-client>=1.8",
+        ],
+    },
+    entry_points={"console_scripts": ["moltbot-gw = moltbot_gw.cli:main"]},
+    zip_safe=False,
+)

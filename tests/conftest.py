@@ -1,0 +1,63 @@
+"""Fixtures that start real gateways on 127.0.0.1 port 0 inside the test reactor."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from moltbot_gw.config import parse_config, with_overrides
+from moltbot_gw.service import GatewayService
+
+TOKEN = "test-token-0123456789"
+
+
+@dataclass
+class RunningGateway:
+    service: GatewayService
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def auth_headers(self) -> dict:
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest_twisted.async_yield_fixture
+async def start_gateway(state_dir):
+    """``await start_gateway(raw_config_dict)`` → a RunningGateway; stopped after the test.
+
+    The token is ``TOKEN`` unless the config says otherwise."""
+    running = []
+
+    async def start(raw=None, env=None):
+        raw = dict(raw or {})
+        environment = {"CLAWDBOT_GATEWAY_TOKEN": TOKEN} if env is None else env
+        config = with_overrides(parse_config(raw, env=environment, state_dir=state_dir), port=0)
+        service = GatewayService(config, reactor)
+        service.startService()
+        running.append(service)
+        port = await service.when_listening()
+        return RunningGateway(service, port.getHost().port)
+
+    yield start
+    for service in running:
+        await service.stopService()
+
+
+CHAT_ENABLED = {"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}}}}}
