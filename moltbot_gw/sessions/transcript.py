@@ -1,0 +1,200 @@
+"""Append-only JSONL transcripts, one ``<sessionId>.jsonl`` file per session.
+
+The file functions here block on disk I/O and must be called from a worker thread (the
+``SessionStore`` does that and keeps writes ordered); ``history_messages`` is pure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from twisted.logger import Logger
+
+log = Logger()
+
+TRANSCRIPT_SUFFIX = ".jsonl"
+
+
+def transcript_path(sessions_dir: Path, session_id: str) -> Path:
+    return Path(sessions_dir) / (session_id + TRANSCRIPT_SUFFIX)
+
+
+def session_header(session_id: str, session_key: str, created_at_ms: int) -> dict[str, Any]:
+    return {
+        "type": "session",
+        "sessionId": session_id,
+        "sessionKey": session_key,
+        "createdAt": created_at_ms,
+    }
+
+
+def encode_records(records: Iterable[Mapping[str, Any]]) -> bytes:
+    """One compact JSON object per line, each line ending in ``\\n``."""
+    lines = []
+    for record in records:
+        if not isinstance(record, Mapping):
+            raise TypeError("transcript records must be mappings, not %s"
+                            % type(record).__name__)
+        lines.append(json.dumps(dict(record), separators=(",", ":"), ensure_ascii=False))
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a created/renamed directory entry durable (no-op where directories can't be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def append_records(path: Path, records: Sequence[Mapping[str, Any]],
+                   header: Optional[Mapping[str, Any]] = None) -> None:
+    """Append ``records`` in one write, then flush and fsync. Blocking.
+
+    ``header`` is written first when the file is new or empty. If the file does not end in a
+    newline (a torn write before a crash), the new records start on a fresh line so the torn
+    fragment stays a line of its own that readers skip.
+    """
+    path = Path(path)
+    payload = encode_records(records)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a+b") as transcript_file:
+        size = os.fstat(transcript_file.fileno()).st_size
+        if size == 0:
+            if header is not None:
+                payload = encode_records([header]) + payload
+        else:
+            transcript_file.seek(size - 1)
+            if transcript_file.read(1) != b"\n":
+                payload = b"\n" + payload
+        if not payload:
+            return
+        transcript_file.write(payload)
+        transcript_file.flush()
+        os.fsync(transcript_file.fileno())
+    if size == 0:
+        fsync_directory(path.parent)
+
+
+@dataclass(frozen=True)
+class TranscriptContents:
+    """What a transcript file held: the readable records and how many lines were skipped."""
+
+    records: tuple[dict[str, Any], ...]
+    skipped_lines: int = 0
+    torn_last_line: bool = False
+
+
+def _decode_line(raw: bytes) -> Optional[dict[str, Any]]:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_transcript(path: Path) -> TranscriptContents:
+    """Read every record of a transcript, streaming line by line. Blocking.
+
+    A missing file is an empty transcript. Unreadable lines are skipped with a warning; an
+    unterminated, unparseable last line is the remains of a write cut short by a crash.
+    """
+    path = Path(path)
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    torn = False
+    try:
+        transcript_file = open(path, "rb")
+    except FileNotFoundError:
+        return TranscriptContents(records=())
+    with transcript_file:
+        # Binary iteration splits on b"\n" only; str.splitlines would also split on U+2028,
+        # which ensure_ascii=False leaves unescaped inside JSON strings.
+        for line_number, raw in enumerate(transcript_file, start=1):
+            terminated = raw.endswith(b"\n")
+            line = raw.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            record = _decode_line(line)
+            if record is not None:
+                records.append(record)
+                continue
+            skipped += 1
+            if terminated:
+                log.warn("skipped unreadable line {line_number} of transcript {path}",
+                         line_number=line_number, path=str(path))
+            else:
+                torn = True
+                log.warn("ignored torn last line {line_number} of transcript {path}"
+                         " ({length} bytes)", line_number=line_number, path=str(path),
+                         length=len(raw))
+    return TranscriptContents(records=tuple(records), skipped_lines=skipped,
+                              torn_last_line=torn)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One session's transcript file. ``append`` and ``load`` block; call them in a thread."""
+
+    path: Path
+    session_id: str
+    session_key: str
+
+    def append(self, records: Sequence[Mapping[str, Any]],
+               created_at_ms: Optional[int] = None) -> None:
+        """Write one turn's records durably, with the session header if the file is new."""
+        if created_at_ms is None:
+            created_at_ms = int(time.time() * 1000)
+        append_records(self.path, records,
+                       header=session_header(self.session_id, self.session_key, created_at_ms))
+
+    def load(self) -> list[dict[str, Any]]:
+        return list(read_transcript(self.path).records)
+
+
+def content_text(content: Any) -> str:
+    """The text of message content: a string, or the ``text`` of its text parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        return "".join(part.get("text", "") for part in content
+                       if isinstance(part, Mapping) and part.get("type") == "text"
+                       and isinstance(part.get("text"), str))
+    return ""
+
+
+def history_messages(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Turn transcript records into OpenAI-style chat messages for the model.
+
+    User turns always count. Assistant turns count with their text when it is non-empty;
+    an aborted or failed turn thus contributes whatever partial text was streamed, and an
+    empty assistant message (which some providers reject) is never sent.
+    """
+    messages: list[dict[str, Any]] = []
+    for record in records:
+        if record.get("type") != "message":
+            continue
+        role = record.get("role")
+        content = record.get("content")
+        if role == "user":
+            if isinstance(content, list):
+                content = [dict(part) if isinstance(part, Mapping) else part
+                           for part in content]
+            elif not isinstance(content, str):
+                content = content_text(content)
+            messages.append({"role": "user", "content": content})
+        elif role == "assistant":
+            text = content_text(content)
+            if text:
+                messages.append({"role": "assistant", "content": text})
+    return messages
