@@ -1,0 +1,58 @@
+"""Builds the configured model providers once at start, all sharing one upstream HTTP pool.
+
+Looks providers up by the name before the slash of a model ref; parsing model refs, choosing
+fallbacks and retrying belong to the agent runtime, not here.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ..config import ModelsConfig
+from .anthropic_messages import AnthropicMessagesProvider
+from .base import Provider
+from .builtin import BuiltinProvider
+from .http import UpstreamClient
+from .openai_completions import OpenAICompletionsProvider
+
+_APIS = {
+    "openai-completions": OpenAICompletionsProvider,
+    "anthropic-messages": AnthropicMessagesProvider,
+}
+
+
+class ProviderRegistry:
+    """``get(name)`` returns the provider configured under ``models.providers.<name>`` or the
+    built-in one (``builtin``)."""
+
+    log = Logger()
+
+    def __init__(self, models_config: ModelsConfig, reactor,
+                 client: Optional[UpstreamClient] = None):
+        self.client = client if client is not None else UpstreamClient(reactor)
+        self._providers: dict[str, Provider] = {"builtin": BuiltinProvider(reactor)}
+        for name, config in models_config.providers.items():
+            if name == "builtin":
+                raise ValueError('"builtin" is reserved for the built-in provider')
+            self._providers[name] = _APIS[config.api](name, config, self.client)
+            self.log.info("provider {provider} uses {api}", provider=name, api=config.api)
+
+    def get(self, name: str) -> Provider:
+        """The provider called ``name``; ``KeyError`` naming the known ones if there is none."""
+        try:
+            return self._providers[name]
+        except KeyError:
+            known = ", ".join(sorted(self._providers))
+            raise KeyError(f'unknown provider "{name}" (configured: {known})') from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._providers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._providers))
+
+    def close(self) -> Deferred:
+        """Close the shared pool's idle connections; fires when they are closed."""
+        return self.client.close()

@@ -1,0 +1,582 @@
+"""Fake model upstreams for tests: real Twisted HTTP servers on 127.0.0.1 speaking OpenAI Chat
+Completions (JSON and SSE) or Anthropic Messages (SSE events), scriptable per request.
+
+They record what they receive and can stall, fail, drop the connection or send garbage. They
+are not models: replies are scripted text (or an echo of the newest user message).
+
+    up = await FakeOpenAI.start(reactor)
+    up.script(text="hello world", chunks=3, delay=0.0)     # every request, unless queued
+    up.queue(status=503)                                  # only the next request: a 503
+    ... base_url=up.base_url ...
+    up.requests[-1].body["messages"]; await up.requests[-1].connection_lost
+    await up.stop()
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import socket
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, ClassVar, Mapping, Optional
+
+from twisted.internet import endpoints
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.protocols.policies import WrappingFactory
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+_WORD = re.compile(r"\s*\S+\s*")
+
+
+@dataclass(frozen=True)
+class Script:
+    """How the fake answers one request. Chunk counts refer to the reply's content chunks."""
+
+    text: str = "Hello from the fake upstream."
+    echo: bool = False                      # reply with the newest user message's text instead
+    chunks: Optional[int] = None            # split the reply into N pieces; None: one per word
+    delay: float = 0.0                      # seconds before each content chunk
+    status: int = 200
+    error: Optional[str] = None             # message of the error body when status >= 400
+    error_type: Optional[str] = None        # its "type"; derived from the status when None
+    error_body: Optional[bytes] = None      # a raw body instead (HTML pages, garbage)
+    headers: Mapping[str, str] = field(default_factory=dict)  # extra response headers
+    force_json: bool = False                # answer one JSON body even when asked to stream
+    stall_before_headers: float = 0.0       # wait this long before any byte; math.inf: never
+    close_before_headers: bool = False      # close the connection without answering
+    stall_after: Optional[int] = None       # after N chunks go silent until the client leaves
+    drop_after: Optional[int] = None        # after N chunks close the TCP connection
+    malformed: bool = False                 # after the chunks send ``data: {not json``
+    stream_error: Optional[str] = None      # after the chunks send an in-band error event
+    stream_error_type: Optional[str] = None  # its type (server_error / overloaded_error)
+    finish_reason: Optional[str] = "stop"   # OpenAI terms; None: no finish chunk/stop_reason
+    done: bool = True                       # end with ``[DONE]`` / ``message_stop``
+    usage: Optional[tuple[int, int]] = None  # (prompt, completion); default: word counts
+    include_usage: Optional[bool] = None    # OpenAI usage chunk; None: as the request asks
+    model: Optional[str] = None             # reported model; default: the requested one
+    comments: bool = False                  # ``: keep-alive`` comments between events
+    crlf: bool = False                      # CRLF line endings in the event stream
+
+
+@dataclass
+class RecordedRequest:
+    """One request the fake received, and what became of its connection."""
+
+    method: str
+    path: str
+    headers: dict[str, str]                 # lower-case names, last value wins
+    raw: bytes
+    body: Any                               # parsed JSON, None if the body was not JSON
+    received_at: float
+    script: Script
+    client_port: int                        # equal ports: the client reused a connection
+    # fires with the reactor time at which the connection closed before the reply was done
+    connection_lost: Deferred = field(default_factory=Deferred)
+    # fires with the reactor time at which the reply was completely written
+    completed: Deferred = field(default_factory=Deferred)
+    lost_at: Optional[float] = None
+    dropped_by_us: bool = False             # the script aborted the connection itself
+
+    def header(self, name: str) -> Optional[str]:
+        return self.headers.get(name.lower())
+
+
+class _TrackingFactory(WrappingFactory):
+    """Keeps the live connections so ``stop()`` can close them and wait until they are gone."""
+
+    noisy = False
+
+    def __init__(self, site: Site):
+        super().__init__(site)
+        self._idle_waiters: list[Deferred] = []
+
+    def unregisterProtocol(self, p) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def all_closed(self) -> Deferred:
+        if not self.protocols:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+
+class _QuietSite(Site):
+    noisy = False
+
+    def log(self, request) -> None:   # no access log in test output
+        pass
+
+
+class _Endpoint(Resource):
+    isLeaf = True
+
+    def __init__(self, upstream: "FakeUpstream"):
+        super().__init__()
+        self._upstream = upstream
+
+    def render(self, request):
+        return self._upstream._handle(request)
+
+
+class FakeUpstream:
+    """Common machinery; use ``FakeOpenAI`` or ``FakeAnthropic``."""
+
+    log = Logger()
+    chat_path: ClassVar[str] = ""
+    url_suffix: ClassVar[str] = ""
+
+    def __init__(self, reactor=None, script: Optional[Script] = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.requests: list[RecordedRequest] = []
+        self.default_script = script or Script()
+        self._queue: list[Script] = []
+        self._responders: set[Deferred] = set()
+        self._request_waiters: list[tuple[int, Deferred]] = []
+        self._factory = _TrackingFactory(_QuietSite(_Endpoint(self)))
+        self._port = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, reactor=None, **script) -> Deferred:
+        """Listen on 127.0.0.1, a free port; fires with the started fake."""
+        upstream = cls(reactor, Script(**script))
+        return Deferred.fromCoroutine(upstream._listen())
+
+    async def _listen(self) -> "FakeUpstream":
+        endpoint = endpoints.TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+        self._port = await endpoint.listen(self._factory)
+        return self
+
+    def stop(self) -> Deferred:
+        """Stop listening, end pending replies, close every connection; fires when all are gone."""
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._port is not None:
+            port, self._port = self._port, None
+            await port.stopListening()
+        for responder in list(self._responders):
+            responder.cancel()
+        for wrapper in list(self._factory.protocols):
+            wrapper.transport.abortConnection()
+        await self._factory.all_closed()
+
+    @property
+    def port(self) -> int:
+        return self._port.getHost().port
+
+    @property
+    def base_url(self) -> str:
+        """What a provider config's ``baseUrl`` should be."""
+        return f"http://127.0.0.1:{self.port}{self.url_suffix}"
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._factory.protocols)
+
+    # --- scripting -------------------------------------------------------------------
+
+    def script(self, **changes) -> "FakeUpstream":
+        """Set how every request is answered from now on (fields of ``Script``)."""
+        self.default_script = Script(**changes)
+        return self
+
+    def queue(self, **changes) -> "FakeUpstream":
+        """Answer the next request not yet covered by the queue like this; no arguments: with
+        the default script. Queued scripts are used once each, in order."""
+        self._queue.append(Script(**changes) if changes else None)
+        return self
+
+    def wait_for_request(self, count: int = 1) -> Deferred:
+        """Fires with the ``count``-th request received (1-based) once it has arrived."""
+        if len(self.requests) >= count:
+            return succeed(self.requests[count - 1])
+        d: Deferred = Deferred()
+        self._request_waiters.append((count, d))
+        return d
+
+    # --- serving ---------------------------------------------------------------------
+
+    def _handle(self, request):
+        raw = request.content.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        script = self.default_script
+        if request.method == b"POST" and self._queue:
+            script = self._queue.pop(0) or self.default_script
+        record = RecordedRequest(
+            method=request.method.decode("ascii"), path=request.path.decode("utf-8"),
+            headers={k.decode("latin-1").lower(): v[-1].decode("latin-1")
+                     for k, v in request.requestHeaders.getAllRawHeaders()},
+            raw=raw, body=body, received_at=self.reactor.seconds(), script=script,
+            client_port=getattr(request.getClientAddress(), "port", 0))
+        self.requests.append(record)
+        for waiter in [w for w in self._request_waiters if w[0] <= len(self.requests)]:
+            self._request_waiters.remove(waiter)
+            waiter[1].callback(self.requests[waiter[0] - 1])
+
+        responders: list[Deferred] = []
+
+        def lost(_failure):
+            record.lost_at = self.reactor.seconds()
+            record.connection_lost.callback(record.lost_at)
+            for responder in responders:
+                responder.cancel()
+
+        request.notifyFinish().addCallbacks(
+            lambda _: record.completed.callback(self.reactor.seconds()), lost)
+
+        responder = Deferred.fromCoroutine(self._respond(request, record))
+        if not responder.called:
+            responders.append(responder)
+            self._responders.add(responder)
+
+        def forget(result):
+            self._responders.discard(responder)
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                self.log.failure("fake upstream reply failed", result)
+
+        responder.addBoth(forget)
+        return NOT_DONE_YET
+
+    async def _respond(self, request, record: RecordedRequest) -> None:
+        script = record.script
+        route = self._route(record)
+        if route == "models":
+            self._send_json(request, 200, self.models())
+            return
+        if route is None:
+            self._send_json(request, 404, self.error_body(404, f"no route for {record.path}", None))
+            return
+        if script.stall_before_headers:
+            await self._sleep(script.stall_before_headers)
+        if script.close_before_headers:
+            record.dropped_by_us = True
+            request.channel.transport.loseConnection()
+            return
+        for name, value in script.headers.items():
+            request.setHeader(name, value)
+        if script.status >= 400:
+            request.setResponseCode(script.status)
+            if script.error_body is not None:
+                request.setHeader("content-type", "text/html")
+                request.write(script.error_body)
+            else:
+                body = self.error_body(script.status, script.error or _reason(script.status),
+                                       script.error_type)
+                request.setHeader("content-type", "application/json")
+                request.write(json.dumps(body).encode())
+            request.finish()
+            return
+        if route == "embeddings":
+            self._send_json(request, 200, self.embeddings(record.body or {}))
+            return
+        body = record.body if isinstance(record.body, dict) else {}
+        text = _newest_user_text(body.get("messages")) if script.echo else script.text
+        pieces = _split(text, script.chunks)
+        usage = script.usage or (_prompt_words(body), len(_WORD.findall(text)))
+        model = script.model or body.get("model") or "fake-model"
+        if not body.get("stream") or script.force_json:
+            self._send_json(request, 200, self.completion(text, model, script, usage))
+            return
+        request.setHeader("content-type", "text/event-stream")
+        request.setHeader("cache-control", "no-cache")
+        nl = "\r\n" if script.crlf else "\n"
+
+        def write(frames: list[str]) -> None:
+            request.write("".join(frames).replace("\n", nl).encode())
+
+        write(self.stream_start(model, usage))
+        for index, piece in enumerate(pieces):
+            if await self._interrupt(request, record, index):
+                return
+            if script.delay:
+                await self._sleep(script.delay)
+            write(([": keep-alive\n\n"] if script.comments else [])
+                  + self.stream_chunk(piece, model))
+        if await self._interrupt(request, record, len(pieces)):
+            return
+        if script.malformed:
+            write(["data: {not json\n\n"])
+        if script.stream_error:
+            write(self.stream_error(script.stream_error, script.stream_error_type))
+        write(self.stream_end(model, script, usage, body))
+        request.finish()
+
+    async def _interrupt(self, request, record: RecordedRequest, sent: int) -> bool:
+        script = record.script
+        if script.drop_after is not None and sent >= script.drop_after:
+            record.dropped_by_us = True
+            # close the TCP connection without ending the HTTP body: what was written still
+            # arrives (an abort would discard it), then the client sees the body cut short
+            request.channel.transport.loseConnection()
+            return True
+        if script.stall_after is not None and sent >= script.stall_after:
+            await Deferred()   # until the client leaves or stop() cancels us
+        return False
+
+    def _sleep(self, seconds: float) -> Deferred:
+        if math.isinf(seconds):
+            return Deferred()
+        return deferLater(self.reactor, seconds, lambda: None)
+
+    @staticmethod
+    def _send_json(request, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        request.setResponseCode(status)
+        request.setHeader("content-type", "application/json")
+        request.setHeader("content-length", str(len(data)))
+        request.write(data)
+        request.finish()
+
+    # --- the dialect, overridden per provider ------------------------------------------
+
+    def _route(self, record: RecordedRequest) -> Optional[str]:
+        if record.method == "POST" and record.path == self.chat_path:
+            return "chat"
+        return None
+
+    def error_body(self, status: int, message: str, error_type: Optional[str]) -> Any:
+        raise NotImplementedError
+
+    def completion(self, text, model, script, usage) -> Any:
+        raise NotImplementedError
+
+    def stream_start(self, model, usage) -> list[str]:
+        raise NotImplementedError
+
+    def stream_chunk(self, piece, model) -> list[str]:
+        raise NotImplementedError
+
+    def stream_error(self, message, error_type) -> list[str]:
+        raise NotImplementedError
+
+    def stream_end(self, model, script, usage, body) -> list[str]:
+        raise NotImplementedError
+
+    def embeddings(self, body) -> Any:
+        raise NotImplementedError
+
+    def models(self) -> Any:
+        raise NotImplementedError
+
+
+class FakeOpenAI(FakeUpstream):
+    """OpenAI Chat Completions at ``{base_url}/chat/completions`` (base_url ends in ``/v1``),
+    plus ``/v1/embeddings`` (deterministic 8-dimension vectors) and ``GET /v1/models``."""
+
+    chat_path = "/v1/chat/completions"
+    url_suffix = "/v1"
+
+    _TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
+              403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+    def _route(self, record):
+        if record.method == "POST" and record.path == "/v1/embeddings":
+            return "embeddings"
+        if record.method == "GET" and record.path == "/v1/models":
+            return "models"
+        return super()._route(record)
+
+    def error_body(self, status, message, error_type):
+        kind = error_type or self._TYPES.get(status) or (
+            "server_error" if status >= 500 else "invalid_request_error")
+        code = "invalid_api_key" if status == 401 else None
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+    def completion(self, text, model, script, usage):
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": script.finish_reason or "stop"}],
+                "usage": _openai_usage(usage)}
+
+    @staticmethod
+    def _frame(payload) -> str:
+        return "data: " + json.dumps(payload) + "\n\n"
+
+    def _chunk(self, model, delta, finish_reason=None) -> str:
+        return self._frame({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                            "created": 1700000000, "model": model,
+                            "choices": [{"index": 0, "delta": delta,
+                                         "finish_reason": finish_reason}]})
+
+    def stream_start(self, model, usage):
+        return [self._chunk(model, {"role": "assistant", "content": ""})]
+
+    def stream_chunk(self, piece, model):
+        return [self._chunk(model, {"content": piece})]
+
+    def stream_error(self, message, error_type):
+        return [self._frame({"error": {"message": message, "type": error_type or "server_error",
+                                       "param": None, "code": None}})]
+
+    def stream_end(self, model, script, usage, body):
+        frames = []
+        if script.finish_reason:
+            frames.append(self._chunk(model, {}, script.finish_reason))
+        include = script.include_usage
+        if include is None:
+            include = bool((body.get("stream_options") or {}).get("include_usage"))
+        if include:
+            frames.append(self._frame({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                                       "created": 1700000000, "model": model, "choices": [],
+                                       "usage": _openai_usage(usage)}))
+        if script.done:
+            frames.append("data: [DONE]\n\n")
+        return frames
+
+    def models(self):
+        return {"object": "list", "data": [{"id": "fake-model", "object": "model",
+                                            "created": 1700000000, "owned_by": "fake"}]}
+
+    def embeddings(self, body):
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        data = []
+        for index, item in enumerate(inputs):
+            digest = hashlib.sha256(str(item).encode()).digest()
+            data.append({"object": "embedding", "index": index,
+                         "embedding": [round(b / 255.0, 6) for b in digest[:8]]})
+        tokens = sum(len(str(item).split()) for item in inputs)
+        return {"object": "list", "data": data, "model": body.get("model") or "fake-embedding",
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class FakeAnthropic(FakeUpstream):
+    """Anthropic Messages at ``{base_url}/v1/messages`` (base_url has no path)."""
+
+    chat_path = "/v1/messages"
+    url_suffix = ""
+
+    _TYPES = {400: "invalid_request_error", 401: "authentication_error",
+              403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+              429: "rate_limit_error", 529: "overloaded_error"}
+    _STOP = {"stop": "end_turn", "length": "max_tokens"}
+
+    def error_body(self, status, message, error_type):
+        kind = error_type or self._TYPES.get(status) or (
+            "api_error" if status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+
+    def completion(self, text, model, script, usage):
+        return {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": self._STOP.get(script.finish_reason or "stop",
+                                              script.finish_reason),
+                "stop_sequence": None,
+                "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
+
+    @staticmethod
+    def _event(name, payload) -> str:
+        return f"event: {name}\ndata: {json.dumps(payload)}\n\n"
+
+    def stream_start(self, model, usage):
+        message = {"id": "msg_fake", "type": "message", "role": "assistant", "content": [],
+                   "model": model, "stop_reason": None, "stop_sequence": None,
+                   "usage": {"input_tokens": usage[0], "output_tokens": 1}}
+        return [self._event("message_start", {"type": "message_start", "message": message}),
+                self._event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                     "content_block": {"type": "text",
+                                                                       "text": ""}}),
+                self._event("ping", {"type": "ping"})]
+
+    def stream_chunk(self, piece, model):
+        return [self._event("content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": piece}})]
+
+    def stream_error(self, message, error_type):
+        return [self._event("error", {"type": "error", "error": {
+            "type": error_type or "overloaded_error", "message": message}})]
+
+    def stream_end(self, model, script, usage, body):
+        frames = [self._event("content_block_stop", {"type": "content_block_stop", "index": 0})]
+        if script.finish_reason:
+            frames.append(self._event("message_delta", {
+                "type": "message_delta",
+                "delta": {"stop_reason": self._STOP.get(script.finish_reason,
+                                                        script.finish_reason),
+                          "stop_sequence": None},
+                "usage": {"output_tokens": usage[1]}}))
+        if script.done:
+            frames.append(self._event("message_stop", {"type": "message_stop"}))
+        return frames
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound then released), for connection-refused tests."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _split(text: str, chunks: Optional[int]) -> list[str]:
+    if not text:
+        return []
+    if chunks is None:
+        return _WORD.findall(text) or [text]
+    count = max(1, min(chunks, len(text)))
+    size, extra = divmod(len(text), count)
+    pieces, start = [], 0
+    for i in range(count):
+        end = start + size + (1 if i < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content
+                       if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _newest_user_text(messages: Any) -> str:
+    for message in reversed(messages or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _content_text(message.get("content"))
+    return ""
+
+
+def _prompt_words(body: dict) -> int:
+    words = len(_content_text(body.get("system")).split())
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            words += len(_content_text(message.get("content")).split())
+    return words
+
+
+def _openai_usage(usage: tuple[int, int]) -> dict:
+    return {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+            "total_tokens": usage[0] + usage[1]}
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
+
+
+__all__ = ["FakeAnthropic", "FakeOpenAI", "FakeUpstream", "RecordedRequest", "Script",
+           "unused_port"]
