@@ -82,6 +82,72 @@ def cmd_health(args) -> int:
     return 1
 
 
+async def _run_agent_locally(reactor, config: Config, args) -> int:
+    from .agents.registry import AgentRegistry, UnknownAgent
+    from .agents.run import RunRequest
+    from .agents.runner import AgentRunner
+    from .providers.registry import ProviderRegistry
+    from .sessions.store import SessionStore
+
+    agents = AgentRegistry(config)
+    providers = ProviderRegistry(config.models, reactor)
+    runner = AgentRunner(agents, providers, SessionStore(config.state_dir, reactor), reactor,
+                         config.agents.defaults.maxConcurrent)
+    request = RunRequest(input=({"role": "user", "content": args.message},),
+                         agent_id=args.agent, session_key=args.session_key,
+                         persist=args.session_key is not None)
+    try:
+        try:
+            run = runner.run(request)
+        except (UnknownAgent, ValueError) as e:
+            print(f"moltbot-gw: {e}", file=sys.stderr)
+            return 2
+        if not args.json:
+            run.subscribe(_print_delta)
+        try:
+            result = await run.wait()
+        except Exception as e:  # a provider or run error: say what it was, no traceback
+            message = getattr(e, "message", None) or str(e)
+            print(f"\nmoltbot-gw: the run failed: {message}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps({"runId": result.run_id, "agentId": result.agent_id,
+                              "sessionKey": result.session_key, "text": result.text,
+                              "finishReason": result.finish_reason, "model": result.model,
+                              "usage": {"prompt_tokens": result.usage.prompt_tokens,
+                                        "completion_tokens": result.usage.completion_tokens,
+                                        "total_tokens": result.usage.total_tokens}}))
+        else:
+            print()
+        return 0
+    finally:
+        await providers.close()
+
+
+def _print_delta(event) -> None:
+    if event.stream == "assistant":
+        sys.stdout.write(event.data["delta"])
+        sys.stdout.flush()
+
+
+def cmd_agent(args) -> int:
+    from twisted.internet import defer, task
+
+    config = _load(args.config)
+    codes = []
+
+    def main(reactor):
+        d = defer.ensureDeferred(_run_agent_locally(reactor, config, args))
+        return d.addCallback(codes.append)
+
+    try:
+        task.react(main)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code)
+    return codes[0] if codes else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moltbot-gw", description=(
         "Operator commands for the moltbot-gw gateway. Run the daemon with "
@@ -104,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--config", help="config path")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
     health.set_defaults(func=cmd_health)
+
+    agent = sub.add_parser("agent", help="run one agent turn and print the reply as it streams")
+    agent.add_argument("--message", "-m", required=True, help="the user message")
+    agent.add_argument("--agent", help="agent id (default: the default agent)")
+    agent.add_argument("--session-key", help="session to continue (default: a fresh one, "
+                                             "not stored)")
+    agent.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    agent.add_argument("--local", action="store_true",
+                       help="run in this process instead of through a running gateway")
+    agent.add_argument("--config", help="config path")
+    agent.set_defaults(func=cmd_agent)
     return parser
 
 

@@ -14,6 +14,9 @@ from twisted.logger import Logger
 
 from . import __version__
 from .agents.registry import AgentRegistry
+from .agents.runner import AgentRunner
+from .providers.registry import ProviderRegistry
+from .sessions.store import SessionStore
 from .auth import GatewayAuth
 from .config import Config
 from .openai.routes import OpenAIRoutes
@@ -44,7 +47,11 @@ class GatewayService(MultiService):
         self.ws_factory = GatewayWSFactory()
         self.ws_factory.gateway = self
         self.agents = AgentRegistry(config)
-        self.openai = OpenAIRoutes(config, self.auth, self.agents, reactor)
+        self.providers = ProviderRegistry(config.models, reactor)
+        self.store = SessionStore(config.state_dir, reactor)
+        self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
+                                  config.agents.defaults.maxConcurrent)
+        self.openai = OpenAIRoutes(config, self.auth, self.agents, self.runner, reactor)
         self.web = GatewayWeb(WebSocketResource(self.ws_factory), self.openai.resource())
         max_body = max(config.gateway.http.endpoints.chatCompletions.maxBodyBytes, 1024 * 1024)
         self.site = GatewaySite(self.web.resource(), max_body_bytes=max_body)
@@ -95,4 +102,7 @@ class GatewayService(MultiService):
                 if timer.active():
                     timer.cancel()
         self.ws_factory.close_all()
+        for run in list(self.runner.active.values()):
+            run.cancel()
         yield super().stopService()
+        yield self.providers.close()

@@ -61,3 +61,13 @@ async def start_gateway(state_dir):
 
 
 CHAT_ENABLED = {"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}}}}}
+
+
+@pytest_twisted.async_yield_fixture
+async def upstream():
+    """A scriptable fake OpenAI-compatible upstream on loopback; stopped after the test."""
+    from .fakes import FakeOpenAI
+
+    up = await FakeOpenAI.start(reactor)
+    yield up
+    await up.stop()

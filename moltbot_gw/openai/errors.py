@@ -69,3 +69,33 @@ def method_not_allowed(request, valid_methods) -> bytes:
     return write_error(request, APIError(405, f"method {method} is not allowed here",
                                          code="method_not_allowed",
                                          headers={"Allow": allowed}))
+
+
+def api_error_for_run_failure(error: BaseException) -> APIError:
+    """Map a failed agent run onto the status a client should see."""
+    from ..agents.run import InvalidRunRequest, RunCancelled, RunTimedOut
+    from ..providers import errors as provider
+
+    message = getattr(error, "message", None) or "the agent run failed"
+    if isinstance(error, provider.ProviderRateLimited):
+        headers = {}
+        if error.retry_after is not None:
+            headers["Retry-After"] = str(max(1, int(round(error.retry_after))))
+        return APIError(429, f"the model provider is rate limiting requests: {message}",
+                        code="upstream_rate_limited", headers=headers)
+    if isinstance(error, (provider.ProviderTimeout, RunTimedOut)):
+        return APIError(504, f"the model provider did not answer in time: {message}",
+                        code="upstream_timeout")
+    if isinstance(error, provider.ProviderBadRequest):
+        return APIError(400, f"the model provider rejected the request: {message}",
+                        code="upstream_bad_request")
+    if isinstance(error, InvalidRunRequest):
+        return APIError(400, message, code="invalid_request")
+    if isinstance(error, provider.ProviderAuthError):
+        return APIError(502, "the model provider refused the gateway's credentials",
+                        code="upstream_auth_error")
+    if isinstance(error, provider.ProviderUnavailable):
+        return APIError(502, f"the model provider failed: {message}", code="upstream_error")
+    if isinstance(error, RunCancelled):
+        return APIError(500, "the run was cancelled", code="run_cancelled")
+    return APIError(500, "internal error while running the agent", code="internal_error")

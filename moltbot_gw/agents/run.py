@@ -1,0 +1,149 @@
+"""What a run is to its callers: the request that starts it, the handle they hold (events,
+result, cancel) and the ways it can end. Protocol layers translate these; they never reach
+into the runner."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from ..providers.base import Usage
+
+SAMPLING_OPTIONS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
+                    "frequency_penalty", "response_format")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One turn for an agent.
+
+    ``input`` are the turn's new messages (``{"role": "user", "content": str | parts}``).
+    ``client_history`` is conversation the client sent along (OpenAI-style requests resend
+    it); it is used as history only when the session has none stored. ``persist=False``
+    runs without reading or writing any session (stateless requests, background tasks).
+    """
+
+    input: tuple[Mapping[str, Any], ...]
+    agent_id: Optional[str] = None
+    session_key: Optional[str] = None
+    client_history: tuple[Mapping[str, Any], ...] = ()
+    extra_system_prompt: Optional[str] = None
+    model: Optional[str] = None                    # "provider/model" override for this run
+    options: Mapping[str, Any] = field(default_factory=dict)  # SAMPLING_OPTIONS only
+    persist: bool = True
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """``stream`` is "assistant" (data: {"delta"}) or "lifecycle" (data: {"phase", ...})."""
+
+    run_id: str
+    seq: int
+    stream: str
+    data: Mapping[str, Any]
+
+    def to_json(self) -> dict:
+        return {"runId": self.run_id, "seq": self.seq, "stream": self.stream,
+                "data": dict(self.data)}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    agent_id: str
+    session_key: str
+    text: str
+    finish_reason: str
+    usage: Usage
+    model: str                                     # "provider/model" that answered
+
+
+class RunError(Exception):
+    """Base of run failures that are not provider errors."""
+
+    kind = "run_error"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class RunCancelled(RunError):
+    kind = "aborted"
+
+
+class RunTimedOut(RunError):
+    kind = "timeout"
+
+
+class InvalidRunRequest(RunError):
+    """The request cannot run as given (unknown model, provider not configured, ...)."""
+
+    kind = "invalid_request"
+
+
+EventListener = Callable[[RunEvent], None]
+
+
+class Run:
+    """The handle of a started run."""
+
+    def __init__(self, run_id: str, agent_id: str, session_key: str):
+        self.run_id = run_id
+        self.agent_id = agent_id
+        self.session_key = session_key
+        self.text = ""
+        self._seq = 0
+        self._listeners: list[EventListener] = []
+        self._outcome: Optional[object] = None  # RunResult or Failure once done
+        self._waiters: list[Deferred] = []
+        self._canceller: Optional[Callable[[], None]] = None  # set by the runner
+        self.cancel_reason: Optional[str] = None  # "cancelled" or "timeout" once cancelled
+
+    @property
+    def done(self) -> bool:
+        return self._outcome is not None
+
+    def subscribe(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: EventListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def wait(self) -> Deferred:
+        """A new Deferred of the ``RunResult`` (or the failure). Cancelling it only stops
+        this wait; use ``cancel()`` to stop the run."""
+        if isinstance(self._outcome, Failure):
+            return fail(self._outcome)
+        if self._outcome is not None:
+            return succeed(self._outcome)
+        d = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if self.done or self._canceller is None:
+            return
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self._canceller()
+
+    # -- used by the runner ------------------------------------------------------------
+
+    def emit(self, stream: str, data: Mapping[str, Any]) -> None:
+        self._seq += 1
+        event = RunEvent(self.run_id, self._seq, stream, data)
+        for listener in list(self._listeners):
+            listener(event)
+
+    def finish(self, outcome: object) -> None:
+        self._outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)

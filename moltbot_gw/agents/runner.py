@@ -1,0 +1,250 @@
+"""``AgentRunner``: executes one turn of an agent — lane, history, system prompt, provider
+with fallbacks, timeout, cancellation, transcript — and reports it as run events.
+
+It is the one code path every protocol uses; it knows nothing of HTTP or WebSocket.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..config import HistoryConfig, parse_model_ref
+from ..providers.base import ModelRequest, ModelResult
+from ..providers.errors import ProviderError
+from ..sessions.keys import openai_session_key, resolve_session_key
+from ..sessions.store import SessionStore
+from ..sessions.transcript import content_text, history_messages
+from .lanes import Lanes
+from .registry import Agent, AgentRegistry
+from .run import (InvalidRunRequest, Run, RunCancelled, RunRequest, RunResult, RunTimedOut,
+                  SAMPLING_OPTIONS)
+
+WORKSPACE_FILES = ("AGENTS.md", "SOUL.md")
+
+
+def estimate_tokens(message: Mapping[str, Any]) -> int:
+    """A cheap token estimate (about four characters a token) for history budgeting."""
+    return len(content_text(message.get("content"))) // 4 + 4
+
+
+def cap_history(messages: Sequence[Mapping[str, Any]], limits: HistoryConfig) -> list:
+    """Keep the newest messages within ``maxMessages`` and ``maxTokens``; never start the
+    history with an assistant reply cut off from its question."""
+    kept: list = []
+    budget = limits.maxTokens
+    for message in reversed(messages):
+        cost = estimate_tokens(message)
+        if len(kept) >= limits.maxMessages or cost > budget:
+            break
+        budget -= cost
+        kept.append(message)
+    kept.reverse()
+    while kept and kept[0].get("role") != "user":
+        kept.pop(0)
+    return kept
+
+
+def _read_workspace(folder: str) -> list[str]:
+    parts = []
+    for name in WORKSPACE_FILES:
+        path = Path(folder).expanduser() / name
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if text:
+            parts.append(text)
+    return parts
+
+
+class AgentRunner:
+    log = Logger()
+
+    def __init__(self, agents: AgentRegistry, providers, store: SessionStore, reactor,
+                 max_concurrent: int = 64):
+        self.agents = agents
+        self.providers = providers
+        self.store = store
+        self.reactor = reactor
+        self.lanes = Lanes(max_concurrent)
+        self.active: dict[str, Run] = {}
+
+    def run(self, request: RunRequest) -> Run:
+        """Start a run and return its handle at once. Raises ``UnknownAgent`` or
+        ``InvalidRunRequest`` (bad session key, model not allowed) before anything starts."""
+        agent = self.agents.get(request.agent_id)
+        if request.session_key:
+            try:
+                session_key = resolve_session_key(agent.id, request.session_key)
+            except ValueError as e:
+                raise InvalidRunRequest(str(e))
+        else:
+            session_key = openai_session_key(agent.id)
+        chain = self._model_chain(agent, request.model)
+        run = Run("run_" + uuid.uuid4().hex, agent.id, session_key)
+        execution = defer.Deferred.fromCoroutine(self._execute(run, agent, chain, request))
+        run._canceller = execution.cancel
+        self.active[run.run_id] = run
+        execution.addBoth(self._finished, run)
+        return run
+
+    def get(self, run_id: str) -> Optional[Run]:
+        return self.active.get(run_id)
+
+    def _finished(self, outcome, run: Run) -> None:
+        self.active.pop(run.run_id, None)
+        run.finish(outcome)
+
+    def _model_chain(self, agent: Agent, override: Optional[str]) -> tuple[str, ...]:
+        if override is None:
+            chain = agent.model.chain
+        else:
+            if parse_model_ref(override) is None:
+                raise InvalidRunRequest(
+                    f'model override must be "provider/model", got "{override}"')
+            if agent.allowed_models and override not in agent.allowed_models:
+                raise InvalidRunRequest(
+                    f'model "{override}" is not allowed for agent "{agent.id}"')
+            chain = (override,)
+        for ref in chain:
+            provider, _ = parse_model_ref(ref)
+            if provider not in self.providers:
+                raise InvalidRunRequest(f'model provider "{provider}" is not configured')
+        return chain
+
+    async def _system_prompt(self, agent: Agent, extra: Optional[str]) -> Optional[str]:
+        parts = [agent.system_prompt] if agent.system_prompt else []
+        if agent.workspace:
+            parts += await threads.deferToThread(_read_workspace, agent.workspace)
+        if extra:
+            parts.append(extra)
+        return "\n\n".join(parts) or None
+
+    async def _execute(self, run: Run, agent: Agent, chain: tuple[str, ...],
+                       request: RunRequest) -> RunResult:
+        started = self.reactor.seconds()
+        timer = self.reactor.callLater(agent.timeout_seconds, run.cancel, "timeout")
+        try:
+            # Start on the next reactor turn, so whoever called run() has subscribed
+            # before the first event.
+            await task.deferLater(self.reactor, 0, lambda: None)
+            await self.lanes.acquire(run.session_key)
+        except defer.CancelledError:
+            if timer.active():
+                timer.cancel()
+            raise self._as_run_error(Failure(), run)
+        try:
+            run.emit("lifecycle", {"phase": "start", "agentId": agent.id,
+                                   "sessionKey": run.session_key, "startedAt": _now_ms()})
+            try:
+                result = await self._turn(run, agent, chain, request)
+            except BaseException:
+                failure = Failure()
+                error = self._as_run_error(failure, run)
+                status = "aborted" if isinstance(error, (RunCancelled, RunTimedOut)) else "error"
+                await self._record(run, request, status=status, error=error)
+                run.emit("lifecycle", {"phase": "error", "error": {
+                    "kind": getattr(error, "kind", "error"), "message": _message(error)}})
+                self.log.info("run {run_id} of {agent} ended: {kind}", run_id=run.run_id,
+                              agent=agent.id, kind=getattr(error, "kind", "error"))
+                raise error
+            await self._record(run, request, status="ok", result=result)
+            run.emit("lifecycle", {"phase": "end", "finishReason": result.finish_reason,
+                                   "model": result.model})
+            self.log.debug("run {run_id} of {agent} ended in {ms} ms", run_id=run.run_id,
+                           agent=agent.id, ms=int((self.reactor.seconds() - started) * 1000))
+            return result
+        finally:
+            if timer.active():
+                timer.cancel()
+            self.lanes.release(run.session_key)
+
+    def _as_run_error(self, failure: Failure, run: Run) -> Exception:
+        if failure.check(defer.CancelledError):
+            if run.cancel_reason == "timeout":
+                return RunTimedOut("the run took longer than its timeout")
+            return RunCancelled("the run was cancelled")
+        if failure.check(ProviderError, InvalidRunRequest):
+            return failure.value
+        self.log.failure("run {run_id} failed unexpectedly", failure, run_id=run.run_id)
+        return ProviderError("internal error while running the agent")
+
+    async def _turn(self, run: Run, agent: Agent, chain: tuple[str, ...],
+                    request: RunRequest) -> RunResult:
+        stored = []
+        if request.persist:
+            records = await self.store.load_history(run.session_key)
+            stored = history_messages(records)
+        history = stored if stored else list(request.client_history)
+        messages = cap_history(history, agent.history) + list(request.input)
+        system = await self._system_prompt(agent, request.extra_system_prompt)
+        options = {k: v for k, v in request.options.items() if k in SAMPLING_OPTIONS}
+
+        def on_delta(text: str) -> None:
+            if text:
+                run.text += text
+                run.emit("assistant", {"delta": text})
+
+        last_error: Optional[ProviderError] = None
+        for ref in chain:
+            provider_name, model = parse_model_ref(ref)
+            provider = self.providers.get(provider_name)
+            model_request = ModelRequest(model=model, messages=tuple(messages), system=system,
+                                         options=options)
+            try:
+                answer: ModelResult = await provider.stream(model_request, on_delta)
+            except ProviderError as e:
+                last_error = e
+                if e.retryable and not run.text and ref != chain[-1]:
+                    self.log.warn("model {ref} failed ({kind}: {message}); trying the next",
+                                  ref=ref, kind=e.kind, message=e.message)
+                    run.emit("lifecycle", {"phase": "fallback", "model": ref,
+                                           "error": {"kind": e.kind, "message": e.message}})
+                    continue
+                raise
+            return RunResult(run_id=run.run_id, agent_id=agent.id,
+                             session_key=run.session_key, text=run.text,
+                             finish_reason=answer.finish_reason, usage=answer.usage, model=ref)
+        raise last_error  # pragma: no cover - the loop returns or raises
+
+    async def _record(self, run: Run, request: RunRequest, status: str,
+                      result: Optional[RunResult] = None, error: Exception = None) -> None:
+        """Write the turn to the transcript before anyone hears that it ended."""
+        if not request.persist:
+            return
+        now = _now_ms()
+        records = [{"type": "message", "role": m.get("role", "user"),
+                    "content": m.get("content"), "runId": run.run_id, "ts": now}
+                   for m in request.input]
+        reply: dict[str, Any] = {"type": "message", "role": "assistant", "content": run.text,
+                                 "runId": run.run_id, "ts": now, "status": status}
+        usage = None
+        if result is not None:
+            usage = {"prompt_tokens": result.usage.prompt_tokens,
+                     "completion_tokens": result.usage.completion_tokens,
+                     "total_tokens": result.usage.total_tokens}
+            reply.update(usage=usage, model=result.model, finishReason=result.finish_reason)
+        if error is not None:
+            reply["error"] = {"kind": getattr(error, "kind", "error"), "message": _message(error)}
+        records.append(reply)
+        try:
+            # Not cancellable from outside: a cancelled run still records its turn.
+            await self.store.record_turn(run.session_key, records,
+                                         model=result.model if result else None, usage=usage)
+        except Exception:
+            self.log.failure("could not record run {run_id} in its transcript",
+                             run_id=run.run_id)
+
+
+def _message(error: BaseException) -> str:
+    return getattr(error, "message", None) or str(error) or type(error).__name__
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

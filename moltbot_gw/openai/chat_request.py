@@ -1,0 +1,215 @@
+"""Validate an OpenAI Chat Completions request body and map it onto an agent turn.
+
+Pure functions: bytes and header values in, a ``ChatRequest`` (or an ``APIError`` naming the
+offending ``param``) out. Unknown extra fields are ignored — clients send many.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from .errors import APIError
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+TEXT_PART_TYPES = ("text", "input_text")
+AGENT_MODEL_PREFIXES = ("moltbot:", "agent:", "clawdbot:")
+BARE_MODEL_NAMES = ("moltbot", "clawdbot", "agent")
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str                                      # echoed back verbatim
+    agent_id: Optional[str]                         # from the model field, if it names one
+    input: tuple[Mapping[str, Any], ...]            # the turn's new user message(s)
+    history: tuple[Mapping[str, Any], ...]          # earlier messages the client sent
+    system_prompt: Optional[str]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    include_usage: bool = False
+    user: Optional[str] = None
+
+
+def _bad(message: str, param: Optional[str], code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_body(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("We could not parse the JSON body of your request. Send valid JSON "
+                   "with Content-Type: application/json.", None, "invalid_json")
+    if not isinstance(data, dict):
+        raise _bad("The request body must be a JSON object.", None, "invalid_json")
+    return data
+
+
+def agent_from_model(model: str) -> Optional[str]:
+    """The agent id a ``model`` string names (``moltbot:<id>``, ``agent:<id>``,
+    ``clawdbot:<id>``), or ``None`` when it names none (then headers or the default decide).
+    """
+    lowered = model.strip().lower()
+    for prefix in AGENT_MODEL_PREFIXES:
+        if lowered.startswith(prefix):
+            return model.strip()[len(prefix):]
+    return None
+
+
+def _content(message: Mapping, index: int) -> Any:
+    """Text content as a string or a list of text parts; other part types are ignored."""
+    content = message.get("content")
+    where = f"messages[{index}].content"
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise _bad(f"{where} must be a string or a list of content parts", where,
+                   "invalid_type")
+    parts = []
+    for j, part in enumerate(content):
+        if isinstance(part, str):
+            parts.append({"type": "text", "text": part})
+            continue
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad(f"{where}[{j}] must be an object with a type", f"{where}[{j}]",
+                       "invalid_type")
+        if part["type"] in TEXT_PART_TYPES:
+            if not isinstance(part.get("text"), str):
+                raise _bad(f"{where}[{j}].text must be a string", f"{where}[{j}].text",
+                           "invalid_type")
+            parts.append({"type": "text", "text": part["text"]})
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts) if len(parts) <= 1 else parts
+    return parts
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content)
+
+
+def _messages(data: dict) -> tuple[list, list, Optional[str]]:
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise _bad("messages must be a list of message objects", "messages", "invalid_type")
+    if not messages:
+        raise _bad("messages must contain at least one message", "messages")
+    system_parts: list[str] = []
+    conversation: list[dict] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad(f"messages[{i}] must be an object", f"messages[{i}]", "invalid_type")
+        role = message.get("role")
+        if role not in ROLES:
+            raise _bad(f"messages[{i}].role must be one of {', '.join(ROLES)}; got "
+                       f"{json.dumps(role)}", f"messages[{i}].role")
+        content = _content(message, i)
+        if role in ("system", "developer"):
+            text = _text_of(content)
+            if text:
+                system_parts.append(text)
+        elif role in ("user", "assistant"):
+            conversation.append({"role": role, "content": content})
+        # tool / function results join the conversation once client tools are supported
+    last_assistant = max((i for i, m in enumerate(conversation) if m["role"] == "assistant"),
+                         default=-1)
+    turn = [m for m in conversation[last_assistant + 1:] if m["role"] == "user"]
+    if not turn:
+        raise _bad("messages must end with at least one user message after the last "
+                   "assistant message", "messages", "missing_user_message")
+    history = conversation[:last_assistant + 1]
+    return turn, history, "\n\n".join(system_parts) or None
+
+
+def _options(data: dict) -> dict:
+    options: dict[str, Any] = {}
+    n = data.get("n")
+    if n is not None:
+        if not _is_int(n) or n < 1:
+            raise _bad("n must be a positive integer", "n")
+        if n > 1:
+            raise _bad("n > 1 is not supported: the gateway returns one choice per request",
+                       "n", "unsupported_value")
+    temperature = data.get("temperature")
+    if temperature is not None:
+        if not _is_number(temperature) or not 0 <= temperature <= 2:
+            raise _bad("temperature must be a number between 0 and 2", "temperature")
+        options["temperature"] = temperature
+    top_p = data.get("top_p")
+    if top_p is not None:
+        if not _is_number(top_p) or not 0 <= top_p <= 1:
+            raise _bad("top_p must be a number between 0 and 1", "top_p")
+        options["top_p"] = top_p
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = data.get(name)
+        if value is not None:
+            if not _is_int(value) or value < 1:
+                raise _bad(f"{name} must be a positive integer", name)
+            options["max_tokens"] = value
+    stop = data.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            options["stop"] = [stop]
+        elif (isinstance(stop, list) and 1 <= len(stop) <= 4
+              and all(isinstance(s, str) for s in stop)):
+            options["stop"] = list(stop)
+        else:
+            raise _bad("stop must be a string or a list of at most 4 strings", "stop")
+    seed = data.get("seed")
+    if seed is not None:
+        if not _is_int(seed):
+            raise _bad("seed must be an integer", "seed")
+        options["seed"] = seed
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = data.get(name)
+        if value is not None:
+            if not _is_number(value) or not -2 <= value <= 2:
+                raise _bad(f"{name} must be a number between -2 and 2", name)
+            options[name] = value
+    response_format = data.get("response_format")
+    if response_format is not None:
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind not in RESPONSE_FORMAT_TYPES:
+            raise _bad("response_format.type must be one of "
+                       + ", ".join(RESPONSE_FORMAT_TYPES), "response_format")
+        if kind == "json_schema" and not isinstance(response_format.get("json_schema"), dict):
+            raise _bad("response_format.json_schema must be an object when type is "
+                       "json_schema", "response_format.json_schema")
+        if kind != "text":
+            options["response_format"] = response_format
+    return options
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    data = parse_body(body)
+    model = data.get("model", "moltbot")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("model must be a non-empty string, e.g. \"moltbot:main\"", "model",
+                   "invalid_type")
+    stream = data.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise _bad("stream must be a boolean", "stream", "invalid_type")
+    include_usage = False
+    stream_options = data.get("stream_options")
+    if stream_options is not None:
+        if not isinstance(stream_options, dict):
+            raise _bad("stream_options must be an object", "stream_options", "invalid_type")
+        include_usage = stream_options.get("include_usage") is True
+    user = data.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _bad("user must be a string", "user", "invalid_type")
+    turn, history, system_prompt = _messages(data)
+    return ChatRequest(model=model, agent_id=agent_from_model(model), input=tuple(turn),
+                       history=tuple(history), system_prompt=system_prompt,
+                       options=_options(data), stream=bool(stream),
+                       include_usage=include_usage, user=user or None)

@@ -1,0 +1,125 @@
+"""Render agent runs as OpenAI Chat Completions: one ``chat.completion`` JSON body, or a
+stream of ``chat.completion.chunk`` SSE frames written as run events arrive."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from twisted.internet.task import LoopingCall
+
+from ..agents.run import RunEvent, RunResult
+from .errors import APIError
+
+DONE_FRAME = b"data: [DONE]\n\n"
+KEEPALIVE_FRAME = b": keepalive\n\n"
+SSE_HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"),
+               (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no"))
+
+
+def completion_id(run_id: str) -> str:
+    return "chatcmpl-" + run_id.removeprefix("run_")
+
+
+def usage_json(usage) -> dict:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def completion_body(result: RunResult, model: str, created: int) -> dict:
+    return {
+        "id": completion_id(result.run_id),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0,
+                     "message": {"role": "assistant", "content": result.text,
+                                 "refusal": None},
+                     "logprobs": None,
+                     "finish_reason": result.finish_reason}],
+        "usage": usage_json(result.usage),
+    }
+
+
+def _dumps(payload) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class ChatStream:
+    """Writes one run as SSE onto a twisted.web request.
+
+    Headers go out with the first delta, the end of the run, or the first keepalive —
+    whichever comes first — so a run that fails before saying anything still gets a real
+    HTTP status. Content deltas are written as they arrive, never buffered.
+    """
+
+    def __init__(self, request, run_id: str, model: str, created: int, include_usage: bool,
+                 keepalive_seconds: float, clock):
+        self.request = request
+        self.include_usage = include_usage
+        self.started = False
+        self.closed = False
+        self._active_since_tick = False
+        # Every chunk shares id/object/created/model: encode that prefix once.
+        head = _dumps({"id": completion_id(run_id), "object": "chat.completion.chunk",
+                       "created": created, "model": model})
+        self._prefix = b"data: " + head[:-1] + b',"choices":'
+        self._keepalive = LoopingCall(self._tick)
+        self._keepalive.clock = clock
+        self._keepalive.start(keepalive_seconds, now=False)
+        request.notifyFinish().addBoth(self._closed)
+
+    def _closed(self, _result) -> None:
+        self.closed = True
+        self._stop_keepalive()
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive.running:
+            self._keepalive.stop()
+
+    def _write(self, data: bytes) -> None:
+        if not self.closed:
+            self.request.write(data)
+
+    def _chunk(self, choices_json: bytes, extra: bytes = b"") -> bytes:
+        return self._prefix + choices_json + extra + b"}\n\n"
+
+    def _choice(self, delta: dict, finish_reason: Optional[str] = None) -> bytes:
+        return _dumps([{"index": 0, "delta": delta, "logprobs": None,
+                        "finish_reason": finish_reason}])
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        for name, value in SSE_HEADERS:
+            self.request.setHeader(name, value)
+        self._write(self._chunk(self._choice({"role": "assistant", "content": ""})))
+
+    def _tick(self) -> None:
+        self.start()
+        if not self._active_since_tick:
+            self._write(KEEPALIVE_FRAME)
+        self._active_since_tick = False
+
+    def on_event(self, event: RunEvent) -> None:
+        if event.stream != "assistant":
+            return
+        self.start()
+        self._active_since_tick = True
+        self._write(self._chunk(self._choice({"content": event.data["delta"]})))
+
+    def finish(self, result: RunResult) -> bytes:
+        """Write the closing chunks; returns the final ``[DONE]`` frame for the caller."""
+        self._stop_keepalive()
+        self.start()
+        self._write(self._chunk(self._choice({}, result.finish_reason)))
+        if self.include_usage:
+            self._write(self._chunk(b"[]", b',"usage":' + _dumps(usage_json(result.usage))))
+        return DONE_FRAME
+
+    def fail(self, error: APIError) -> bytes:
+        """A failure after the stream started: an error frame, then ``[DONE]``."""
+        self._stop_keepalive()
+        self._write(b"data: " + error.body() + b"\n\n")
+        return DONE_FRAME
