@@ -1,20 +1,27 @@
 """Provider for the Anthropic Messages API (``POST /v1/messages`` with ``stream: true``).
 
 Converts OpenAI-style chat messages to Anthropic's (top-level system, alternating roles, content
-blocks) and its event stream back into deltas and a ``ModelResult``. Transport is ``http.py``'s.
+blocks, ``tool_use``/``tool_result`` blocks), OpenAI function tools to Anthropic tools, and its
+event stream back into deltas, tool calls, thinking and a ``ModelResult``. Transport is
+``http.py``'s. Anthropic has no embeddings endpoint.
 """
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Iterable, Mapping, Optional
 
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from ..config import ProviderConfig
-from .base import DeltaSink, ModelRequest, ModelResult, Usage
-from .errors import ProviderBadRequest
+from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCallSink, Usage
+from .errors import ProviderBadRequest, no_embeddings
 from .http import EventStreamSink, UpstreamClient
 from .sse import SSEEvent
+from .tools import ToolCallCollector
+
+log = Logger()
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -28,6 +35,7 @@ class AnthropicMessagesProvider:
     """One configured Anthropic upstream."""
 
     log = Logger()
+    supports_embeddings = False
 
     def __init__(self, name: str, config: ProviderConfig, client: UpstreamClient):
         self.name = name
@@ -35,21 +43,32 @@ class AnthropicMessagesProvider:
         self._client = client
         self.url = (config.baseUrl or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
 
-    def stream(self, request: ModelRequest, on_delta: DeltaSink) -> Deferred:
-        """Stream a reply: ``on_delta`` per text fragment; fires with a ``ModelResult``."""
-        return self._post(request, on_delta, stream=True)
+    def stream(self, request: ModelRequest, on_delta: DeltaSink,
+               on_tool_call: Optional[ToolCallSink] = None,
+               on_reasoning: Optional[ReasoningSink] = None) -> Deferred:
+        """Stream a reply: ``on_delta`` per text fragment, ``on_tool_call`` per tool-call
+        fragment, ``on_reasoning`` per thinking fragment; fires with a ``ModelResult``."""
+        return self._post(request, on_delta, on_tool_call, on_reasoning, stream=True)
 
     def complete(self, request: ModelRequest) -> Deferred:
         """Ask for a non-streamed reply (``stream: false``); fires with a ``ModelResult``."""
-        return self._post(request, None, stream=False)
+        return self._post(request, None, None, None, stream=False)
 
-    def _post(self, request: ModelRequest, on_delta: Optional[DeltaSink], stream: bool) -> Deferred:
+    def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
+                   dimensions: Optional[int] = None) -> Deferred:
+        """Always fails with ``ProviderBadRequest``: the Messages API has no embeddings."""
+        return fail(no_embeddings(self.name))
+
+    def _post(self, request: ModelRequest, on_delta: Optional[DeltaSink],
+              on_tool_call: Optional[ToolCallSink], on_reasoning: Optional[ReasoningSink],
+              stream: bool) -> Deferred:
         config = self._config
         try:
             payload = self.payload(request, stream)
         except ProviderBadRequest as e:
             return fail(e)
-        sink = MessagesSink(self.name, on_delta, secrets=(config.apiKey,))
+        sink = MessagesSink(self.name, on_delta, secrets=(config.apiKey,),
+                            on_tool_call=on_tool_call, on_reasoning=on_reasoning)
         d = self._client.post_json(
             self.url, payload, sink, label=self.name, headers=self.headers(),
             connect_timeout=config.connectTimeoutSeconds,
@@ -86,6 +105,13 @@ class AnthropicMessagesProvider:
         if system_parts:
             body["system"] = "\n\n".join(system_parts)
         body["messages"] = messages
+        tools = convert_tools(request.tools, self.name)
+        if tools:
+            body["tools"] = tools
+            choice = convert_tool_choice(request.tool_choice, request.parallel_tool_calls,
+                                         self.name)
+            if choice is not None:
+                body["tool_choice"] = choice
         for key in ("temperature", "top_p"):
             if options.get(key) is not None:
                 body[key] = options[key]
@@ -102,31 +128,147 @@ def convert_messages(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], 
     """OpenAI-style messages -> (system texts, Anthropic messages).
 
     System/developer messages move to the system prompt; other roles become user or assistant;
+    an assistant's ``tool_calls`` become ``tool_use`` blocks after its text and ``tool``
+    messages become ``tool_result`` blocks of a user message (put before any text there);
     empty messages are skipped; consecutive same-role messages are merged because Anthropic
-    requires alternation; leading assistant messages are dropped so the first one is the user's.
+    requires alternation; leading assistant messages (and the results of their tool calls)
+    are dropped so the first one is the user's.
     """
     system: list[str] = []
     out: list[dict] = []
+    dropped_calls: set[str] = set()
     for message in messages:
         role = message.get("role")
-        blocks = _blocks(message.get("content"))
         if role in ("system", "developer"):
-            text = "".join(b["text"] for b in blocks if b["type"] == "text")
+            text = "".join(b["text"] for b in _blocks(message.get("content"))
+                           if b["type"] == "text")
             if text:
                 system.append(text)
             continue
-        role = "assistant" if role == "assistant" else "user"
+        if role == "tool":
+            call_id = _tool_id(message.get("tool_call_id"))
+            if call_id in dropped_calls:
+                continue
+            role, blocks = "user", [_tool_result(call_id, message.get("content"))]
+        elif role == "assistant":
+            blocks = _blocks(message.get("content")) + _tool_uses(message.get("tool_calls"))
+        else:
+            role, blocks = "user", _blocks(message.get("content"))
         if not blocks:
             continue
         if out and out[-1]["role"] == role:
             out[-1]["content"].extend(blocks)
         elif out or role == "user":
             out.append({"role": role, "content": blocks})
+        else:
+            dropped_calls.update(b["id"] for b in blocks if b["type"] == "tool_use")
     for message in out:
         content = message["content"]
+        if message["role"] == "user":
+            content.sort(key=lambda block: block["type"] != "tool_result")   # stable
         if len(content) == 1 and content[0]["type"] == "text":
             message["content"] = content[0]["text"]
     return system, out
+
+
+def convert_tools(tools: Iterable[Mapping[str, Any]], label: str = "anthropic") -> list[dict]:
+    """OpenAI function tools -> Anthropic tools (``name``, ``description``, ``input_schema``)."""
+    out: list[dict] = []
+    for tool in tools or ():
+        if not isinstance(tool, Mapping) or tool.get("type", "function") != "function":
+            log.warn("provider {provider}: skipping a tool that is not a function",
+                     provider=label)
+            continue
+        function = tool.get("function")
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise ProviderBadRequest(f'provider "{label}": a tool has no function name')
+        entry: dict[str, Any] = {"name": name}
+        description = function.get("description")
+        if isinstance(description, str) and description:
+            entry["description"] = description
+        parameters = function.get("parameters")
+        entry["input_schema"] = (parameters if isinstance(parameters, Mapping) and parameters
+                                 else {"type": "object", "properties": {}})
+        out.append(entry)
+    return out
+
+
+def convert_tool_choice(choice: Any, parallel_tool_calls: Optional[bool],
+                        label: str = "anthropic") -> Optional[dict]:
+    """OpenAI ``tool_choice`` (+ ``parallel_tool_calls``) -> Anthropic ``tool_choice``."""
+    result: Optional[dict]
+    if choice is None:
+        result = None
+    elif choice == "auto":
+        result = {"type": "auto"}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif choice == "none":
+        result = {"type": "none"}
+    elif (isinstance(choice, Mapping) and choice.get("type") == "function"
+          and isinstance(choice.get("function"), Mapping)
+          and isinstance(choice["function"].get("name"), str) and choice["function"]["name"]):
+        result = {"type": "tool", "name": choice["function"]["name"]}
+    else:
+        raise ProviderBadRequest(f'provider "{label}": unsupported tool_choice')
+    if parallel_tool_calls is False and (result is None or result["type"] != "none"):
+        result = dict(result or {"type": "auto"}, disable_parallel_tool_use=True)
+    return result
+
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _tool_id(value: Any) -> str:
+    """Anthropic accepts ``[A-Za-z0-9_-]+`` ids; the same id maps the same way on both sides."""
+    if not isinstance(value, str) or not value:
+        return "toolu_unknown"
+    return _ID_UNSAFE.sub("_", value)
+
+
+def _tool_uses(tool_calls: Any) -> list[dict]:
+    blocks: list[dict] = []
+    if not isinstance(tool_calls, (list, tuple)):
+        return blocks
+    for call in tool_calls:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if not isinstance(name, str) or not name:
+            log.warn("skipping an assistant tool call without a function name")
+            continue
+        blocks.append({"type": "tool_use", "id": _tool_id(call.get("id")), "name": name,
+                       "input": _arguments(function.get("arguments"), name)})
+    return blocks
+
+
+def _arguments(arguments: Any, name: str) -> dict:
+    """A tool call's arguments as the object Anthropic wants; ``{}`` when they are not one."""
+    if isinstance(arguments, Mapping):
+        return dict(arguments)
+    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
+        return {}
+    try:
+        value = json.loads(arguments) if isinstance(arguments, str) else None
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        log.warn("arguments of a {name} tool call are not a JSON object; sending {{}}",
+                 name=name)
+        return {}
+    return value
+
+
+def _tool_result(call_id: str, content: Any) -> dict:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+    parts = _blocks(content)
+    if any(part["type"] != "text" for part in parts):
+        block["content"] = parts
+    else:
+        text = "".join(part["text"] for part in parts)
+        if text:
+            block["content"] = text
+    return block
 
 
 def _blocks(content: Any) -> list[dict]:
@@ -165,10 +307,16 @@ def _image_block(image_url: Any) -> Optional[dict]:
 class MessagesSink(EventStreamSink):
     """Turns Anthropic stream events (or one ``message`` JSON) into a result."""
 
-    def __init__(self, label: str, on_delta: Optional[DeltaSink], secrets=()):
+    def __init__(self, label: str, on_delta: Optional[DeltaSink], secrets=(),
+                 on_tool_call: Optional[ToolCallSink] = None,
+                 on_reasoning: Optional[ReasoningSink] = None):
         super().__init__(label, secrets)
         self._on_delta = on_delta
+        self._on_reasoning = on_reasoning
+        self._tools = ToolCallCollector(label, on_tool_call)
+        self._tool_blocks: dict[Any, int] = {}    # content block index -> tool call ordinal
         self._text: list[str] = []
+        self._reasoning: list[str] = []
         self._stop_reason: Optional[str] = None
         self._input_tokens = 0
         self._output_tokens = 0
@@ -188,10 +336,28 @@ class MessagesSink(EventStreamSink):
                 if isinstance(message.get("model"), str):
                     self._model = message["model"]
                 self._note_usage(message.get("usage"))
+        elif kind == "content_block_start":
+            block = payload.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                ordinal = self._tool_blocks[payload.get("index")] = self._tools.open()
+                initial = block.get("input")
+                self._tools.add(ordinal, _str(block.get("id")), _str(block.get("name")),
+                                _compact(initial) if isinstance(initial, dict) and initial
+                                else "")
         elif kind == "content_block_delta":
             delta = payload.get("delta")
-            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+            if not isinstance(delta, dict):
+                return
+            delta_type = delta.get("type")
+            if delta_type == "text_delta":
                 self._emit(delta.get("text"))
+            elif delta_type == "input_json_delta":
+                ordinal = self._tool_blocks.get(payload.get("index"))
+                fragment = delta.get("partial_json")
+                if ordinal is not None and isinstance(fragment, str) and fragment:
+                    self._tools.add(ordinal, arguments=fragment)
+            elif delta_type == "thinking_delta":
+                self._reason(delta.get("thinking"))
         elif kind == "message_delta":
             delta = payload.get("delta")
             if isinstance(delta, dict) and delta.get("stop_reason"):
@@ -203,14 +369,24 @@ class MessagesSink(EventStreamSink):
     def handle_json(self, payload: dict) -> None:
         if payload.get("type") == "error" or "error" in payload:
             raise self.upstream_error(payload.get("error", payload))
-        if not isinstance(payload.get("content"), list):
+        content = payload.get("content")
+        if not isinstance(content, list):
             raise self.unavailable("sent a message without content")
         if isinstance(payload.get("model"), str):
             self._model = payload["model"]
         self._note_usage(payload.get("usage"))
-        self._emit("".join(block.get("text", "") for block in payload["content"]
-                           if isinstance(block, dict) and block.get("type") == "text"
-                           and isinstance(block.get("text"), str)))
+        blocks = [block for block in content if isinstance(block, dict)]
+        self._reason("".join(block["thinking"] for block in blocks
+                             if block.get("type") == "thinking"
+                             and isinstance(block.get("thinking"), str)))
+        self._emit("".join(block["text"] for block in blocks
+                           if block.get("type") == "text" and isinstance(block.get("text"), str)))
+        for block in blocks:
+            if block.get("type") == "tool_use":
+                arguments = block.get("input")
+                self._tools.add(self._tools.open(), _str(block.get("id")),
+                                _str(block.get("name")),
+                                _compact(arguments) if isinstance(arguments, dict) else "")
         self._stop_reason = str(payload.get("stop_reason") or "end_turn")
         self._stopped = True
 
@@ -219,6 +395,12 @@ class MessagesSink(EventStreamSink):
             self._text.append(text)
             if self._on_delta is not None:
                 self._on_delta(text)
+
+    def _reason(self, text: Any) -> None:
+        if isinstance(text, str) and text:
+            self._reasoning.append(text)
+            if self._on_reasoning is not None:
+                self._on_reasoning(text)
 
     def _note_usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):
@@ -232,10 +414,21 @@ class MessagesSink(EventStreamSink):
     def end(self) -> ModelResult:
         if not self._stopped and self._stop_reason is None:
             raise self.unavailable("closed the stream early")
-        reason = self._stop_reason or "end_turn"
-        return ModelResult(text="".join(self._text),
-                           finish_reason=_STOP_REASONS.get(reason, "stop"),
-                           usage=Usage(self._input_tokens, self._output_tokens), model=self._model)
+        reason = _STOP_REASONS.get(self._stop_reason or "end_turn", "stop")
+        tool_calls = self._tools.result()
+        if tool_calls and reason == "stop":
+            reason = "tool_calls"
+        return ModelResult(text="".join(self._text), finish_reason=reason,
+                           usage=Usage(self._input_tokens, self._output_tokens), model=self._model,
+                           tool_calls=tool_calls, reasoning="".join(self._reasoning))
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _str(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value else None
 
 
 def _int(value: Any) -> int:

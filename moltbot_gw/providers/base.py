@@ -18,38 +18,83 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the model asked for; ``arguments`` is JSON text (an object)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class ModelRequest:
     """One call to a model.
 
     ``messages`` are OpenAI-style chat messages without the system prompt:
-    ``{"role": "user"|"assistant", "content": str | [parts]}``; parts are
-    ``{"type": "text", "text": ...}``. ``options`` holds only the sampling fields the caller
-    set: temperature, top_p, max_tokens, stop, seed, presence_penalty, frequency_penalty,
-    response_format.
+
+    * ``{"role": "user"|"assistant", "content": str | [parts]}``; parts are
+      ``{"type": "text", "text": ...}`` or ``{"type": "image_url", "image_url": {"url":
+      "data:<mime>;base64,<data>"}}`` (already validated data URIs);
+    * assistant messages may carry ``tool_calls``
+      (``[{"id", "type": "function", "function": {"name", "arguments"}}]``) with ``content``
+      ``None`` or a string;
+    * ``{"role": "tool", "tool_call_id": ..., "content": ...}`` answers one tool call.
+
+    ``options`` holds only the sampling fields the caller set: temperature, top_p, max_tokens,
+    stop, seed, presence_penalty, frequency_penalty, response_format.
+
+    ``tools`` are OpenAI function tools (``{"type": "function", "function": {"name",
+    "description"?, "parameters"?}}``); ``tool_choice`` is ``"auto"``, ``"none"``,
+    ``"required"`` or ``{"type": "function", "function": {"name": ...}}``; both (and
+    ``parallel_tool_calls``) are only sent upstream when ``tools`` is not empty.
     """
 
     model: str                                   # the provider's own model id
     messages: tuple[Mapping[str, Any], ...]
     system: Optional[str] = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: Any = None
+    parallel_tool_calls: Optional[bool] = None
 
 
 @dataclass(frozen=True)
 class ModelResult:
     text: str
-    finish_reason: str = "stop"                  # "stop" | "length" | ...
+    finish_reason: str = "stop"                  # "stop" | "length" | "tool_calls" | ...
     usage: Usage = Usage()
     model: Optional[str] = None                  # model name the upstream reported
+    tool_calls: tuple[ToolCall, ...] = ()        # in index order
+    reasoning: str = ""                          # thinking text, never part of ``text``
 
 
 DeltaSink = Callable[[str], None]
+# (index, id, name, arguments_fragment): id and name only in a call's first fragment, else None
+ToolCallSink = Callable[[int, Optional[str], Optional[str], str], None]
+ReasoningSink = Callable[[str], None]
 
 
 class Provider(Protocol):
     """A configured upstream. ``stream`` calls ``on_delta`` with each text fragment as it
     arrives and fires with a ``ModelResult``; it fails with a ``ProviderError``. Cancelling
-    the returned Deferred aborts the upstream HTTP request (its connection is closed)."""
+    the returned Deferred aborts the upstream HTTP request (its connection is closed).
+
+    ``on_tool_call(index, id, name, fragment)`` (optional) hears each tool call as it streams:
+    the first call for an index carries its id and name, later ones ``None`` for both; the
+    fragments concatenate to the call's arguments. ``on_reasoning(text)`` (optional) hears
+    thinking text, which never goes to ``on_delta``.
+
+    ``embeddings`` fires with an OpenAI-shaped ``{"object": "list", "data": [...], ...}``
+    answer; providers whose ``supports_embeddings`` is false fail it with
+    ``ProviderBadRequest``.
+    """
 
     name: str
+    supports_embeddings: bool
 
-    def stream(self, request: ModelRequest, on_delta: DeltaSink) -> Deferred: ...
+    def stream(self, request: ModelRequest, on_delta: DeltaSink,
+               on_tool_call: Optional[ToolCallSink] = None,
+               on_reasoning: Optional[ReasoningSink] = None) -> Deferred: ...
+
+    def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
+                   dimensions: Optional[int] = None) -> Deferred: ...

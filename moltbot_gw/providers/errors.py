@@ -48,3 +48,8 @@ class ProviderTimeout(ProviderError):
     """No answer within the connect or idle timeout."""
     retryable = True
     kind = "upstream_timeout"
+
+
+def no_embeddings(provider: str) -> ProviderBadRequest:
+    """What a provider without an embeddings endpoint fails ``embeddings()`` with."""
+    return ProviderBadRequest(f'provider "{provider}" does not offer embeddings')

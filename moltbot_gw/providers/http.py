@@ -150,6 +150,32 @@ class EventStreamSink:
         raise NotImplementedError
 
 
+class JSONSink(EventStreamSink):
+    """A ``BodySink`` for a plain, non-streamed JSON answer; ``finish()`` returns the object.
+    An in-band ``{"error": ...}`` becomes the matching ``ProviderError``."""
+
+    def __init__(self, label: str, secrets: Iterable[Optional[str]] = (),
+                 max_bytes: Optional[int] = None):
+        super().__init__(label, secrets)
+        self._mode = "json"
+        if max_bytes is not None:
+            self.max_json_bytes = max_bytes
+        self._payload: Optional[dict] = None
+
+    def response_started(self, response: UpstreamResponse) -> None:
+        pass    # JSON whatever the content type says
+
+    def handle_json(self, payload: dict) -> None:
+        if "error" in payload and payload["error"] is not None:
+            raise self.upstream_error(payload["error"])
+        self._payload = payload
+
+    def end(self) -> dict:
+        if self._payload is None:
+            raise self.unavailable("sent an empty answer")
+        return self._payload
+
+
 def redact(text: str, secrets: Iterable[Optional[str]] = ()) -> str:
     """Remove our secrets (and anything shaped like an API key) from upstream-provided text."""
     for secret in secrets:
@@ -523,6 +549,6 @@ class _Discard(Protocol):
         self.transport.stopProducing()
 
 
-__all__ = ["BodySink", "EventStreamSink", "UpstreamClient", "UpstreamResponse", "clip_message",
-           "error_for_type", "error_from_status", "extract_error_message", "parse_retry_after",
-           "redact"]
+__all__ = ["BodySink", "EventStreamSink", "JSONSink", "UpstreamClient", "UpstreamResponse",
+           "clip_message", "error_for_type", "error_from_status", "extract_error_message",
+           "parse_retry_after", "redact"]

@@ -1,45 +1,84 @@
 """Provider for upstreams speaking OpenAI Chat Completions (OpenAI, Ollama, vLLM, LiteLLM, …).
 
 Translates a ``ModelRequest`` into ``POST {baseUrl}/chat/completions`` and the streamed chunks
-back into deltas and a ``ModelResult``. Transport, timeouts and HTTP errors live in ``http.py``.
+back into deltas, tool calls, reasoning and a ``ModelResult``; ``embeddings`` posts
+``{baseUrl}/embeddings``. Transport, timeouts and HTTP errors live in ``http.py``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ..config import ProviderConfig
-from .base import DeltaSink, ModelRequest, ModelResult, Usage
-from .http import EventStreamSink, UpstreamClient
+from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCallSink, Usage
+from .errors import ProviderUnavailable
+from .http import EventStreamSink, JSONSink, UpstreamClient
 from .sse import SSEEvent
+from .tools import ToolCallCollector, arguments_text
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MAX_EMBEDDINGS_BYTES = 256 * 1024 * 1024
+REASONING_KEYS = ("reasoning_content", "reasoning")   # vLLM/DeepSeek name; OpenRouter/Ollama name
 
 
 class OpenAICompletionsProvider:
     """One configured OpenAI-compatible upstream."""
 
     log = Logger()
+    supports_embeddings = True
 
     def __init__(self, name: str, config: ProviderConfig, client: UpstreamClient):
         self.name = name
         self._config = config
         self._client = client
-        self.url = (config.baseUrl or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+        self.base_url = (config.baseUrl or DEFAULT_BASE_URL).rstrip("/")
+        self.url = self.base_url + "/chat/completions"
 
-    def stream(self, request: ModelRequest, on_delta: DeltaSink) -> Deferred:
-        """Stream a completion: ``on_delta`` per text fragment; fires with a ``ModelResult``."""
-        return self._post(request, on_delta, stream=True)
+    def stream(self, request: ModelRequest, on_delta: DeltaSink,
+               on_tool_call: Optional[ToolCallSink] = None,
+               on_reasoning: Optional[ReasoningSink] = None) -> Deferred:
+        """Stream a completion: ``on_delta`` per text fragment, ``on_tool_call`` per tool-call
+        fragment, ``on_reasoning`` per thinking fragment; fires with a ``ModelResult``."""
+        return self._post(request, on_delta, on_tool_call, on_reasoning, stream=True)
 
     def complete(self, request: ModelRequest) -> Deferred:
         """Ask for a non-streamed completion (``stream: false``); fires with a ``ModelResult``."""
-        return self._post(request, None, stream=False)
+        return self._post(request, None, None, None, stream=False)
 
-    def _post(self, request: ModelRequest, on_delta: Optional[DeltaSink], stream: bool) -> Deferred:
+    def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
+                   dimensions: Optional[int] = None) -> Deferred:
+        """``POST {baseUrl}/embeddings``; fires with the upstream's JSON object as it is."""
         config = self._config
-        sink = ChatCompletionSink(self.name, on_delta, secrets=(config.apiKey,))
+        body: dict[str, Any] = {"model": model, "input": input}
+        if encoding_format is not None:
+            body["encoding_format"] = encoding_format
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        sink = JSONSink(self.name, secrets=(config.apiKey,), max_bytes=MAX_EMBEDDINGS_BYTES)
+        headers = {"Accept": "application/json"}
+        headers.update(self.headers())
+        d = self._client.post_json(
+            self.base_url + "/embeddings", body, sink, label=self.name, headers=headers,
+            connect_timeout=config.connectTimeoutSeconds,
+            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,))
+        d.addCallback(lambda _response: sink.finish())
+        d.addCallback(self._check_embeddings)
+        return d
+
+    def _check_embeddings(self, payload: dict) -> dict:
+        if not isinstance(payload.get("data"), list):
+            raise ProviderUnavailable(f'provider "{self.name}" sent an embeddings answer '
+                                      "without data")
+        return payload
+
+    def _post(self, request: ModelRequest, on_delta: Optional[DeltaSink],
+              on_tool_call: Optional[ToolCallSink], on_reasoning: Optional[ReasoningSink],
+              stream: bool) -> Deferred:
+        config = self._config
+        sink = ChatCompletionSink(self.name, on_delta, secrets=(config.apiKey,),
+                                  on_tool_call=on_tool_call, on_reasoning=on_reasoning)
         d = self._client.post_json(
             self.url, self.payload(request, stream), sink, label=self.name,
             headers=self.headers(), connect_timeout=config.connectTimeoutSeconds,
@@ -66,21 +105,34 @@ class OpenAICompletionsProvider:
         messages: list[Any] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        messages.extend(request.messages)
+        messages.extend(request.messages)      # already OpenAI format, tool turns included
         body: dict[str, Any] = dict(request.options)
         body.update(model=request.model, messages=messages, stream=stream)
         if stream:
             body["stream_options"] = {"include_usage": True}
+        if request.tools:
+            # OpenAI rejects tool_choice / parallel_tool_calls without tools
+            body["tools"] = list(request.tools)
+            if request.tool_choice is not None:
+                body["tool_choice"] = request.tool_choice
+            if request.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = bool(request.parallel_tool_calls)
         return body
 
 
 class ChatCompletionSink(EventStreamSink):
     """Turns ``chat.completion.chunk`` events (or one ``chat.completion``) into a result."""
 
-    def __init__(self, label: str, on_delta: Optional[DeltaSink], secrets=()):
+    def __init__(self, label: str, on_delta: Optional[DeltaSink], secrets=(),
+                 on_tool_call: Optional[ToolCallSink] = None,
+                 on_reasoning: Optional[ReasoningSink] = None):
         super().__init__(label, secrets)
         self._on_delta = on_delta
+        self._on_reasoning = on_reasoning
+        self._tools = ToolCallCollector(label, on_tool_call)
+        self._by_index: dict[int, int] = {}     # upstream tool-call index -> our ordinal
         self._text: list[str] = []
+        self._reasoning: list[str] = []
         self._finish_reason: Optional[str] = None
         self._usage = Usage()
         self._model: Optional[str] = None
@@ -105,11 +157,13 @@ class ChatCompletionSink(EventStreamSink):
         choice = choices[0]
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                self._text.append(content)
-                if self._on_delta is not None:
-                    self._on_delta(content)
+            self._reason(_reasoning_of(delta))
+            self._emit(delta.get("content"))
+            fragments = delta.get("tool_calls")
+            if isinstance(fragments, list):
+                for fragment in fragments:
+                    if isinstance(fragment, dict):
+                        self._tool_fragment(fragment)
         if choice.get("finish_reason"):
             self._finish_reason = str(choice["finish_reason"])
 
@@ -122,13 +176,53 @@ class ChatCompletionSink(EventStreamSink):
             raise self.unavailable("sent a completion without choices")
         choice = choices[0]
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        content = _text_of(message.get("content"))
-        if content:
+        self._reason(_reasoning_of(message))
+        self._emit(_text_of(message.get("content")))
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                if not isinstance(call, dict):
+                    continue
+                function = call.get("function") if isinstance(call.get("function"), dict) else {}
+                ordinal = self._tools.open()
+                self._tools.add(ordinal, _str(call.get("id")), _str(function.get("name")),
+                                arguments_text(function.get("arguments")))
+        self._finish_reason = str(choice.get("finish_reason") or "stop")
+        self._done = True
+
+    def _emit(self, content: Any) -> None:
+        if isinstance(content, str) and content:
             self._text.append(content)
             if self._on_delta is not None:
                 self._on_delta(content)
-        self._finish_reason = str(choice.get("finish_reason") or "stop")
-        self._done = True
+
+    def _reason(self, text: Optional[str]) -> None:
+        if text:
+            self._reasoning.append(text)
+            if self._on_reasoning is not None:
+                self._on_reasoning(text)
+
+    def _tool_fragment(self, fragment: dict) -> None:
+        """One ``delta.tool_calls[]`` entry: ``index`` says which call it continues; the first
+        fragment of a call carries ``id`` and ``function.name``."""
+        function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
+        call_id = _str(fragment.get("id"))
+        index = fragment.get("index")
+        tools = self._tools
+        ordinal: Optional[int]
+        if isinstance(index, int) and not isinstance(index, bool):
+            ordinal = self._by_index.get(index)
+            if ordinal is not None and call_id and tools.id_of(ordinal) not in (None, call_id):
+                ordinal = None                      # a server reusing an index for a new call
+            if ordinal is None:
+                ordinal = self._by_index[index] = tools.open()
+        elif call_id:                               # no index (some servers): ids tell calls apart
+            known = [i for i in range(len(tools)) if tools.id_of(i) == call_id]
+            ordinal = known[0] if known else tools.open()
+        else:
+            ordinal = len(tools) - 1 if len(tools) else tools.open()
+        tools.add(ordinal, call_id, _str(function.get("name")),
+                  arguments_text(function.get("arguments")))
 
     def _note_common(self, chunk: dict) -> None:
         if isinstance(chunk.get("model"), str):
@@ -141,8 +235,21 @@ class ChatCompletionSink(EventStreamSink):
     def end(self) -> ModelResult:
         if not self._done and self._finish_reason is None:
             raise self.unavailable("closed the stream early")
-        return ModelResult(text="".join(self._text), finish_reason=self._finish_reason or "stop",
-                           usage=self._usage, model=self._model)
+        tool_calls = self._tools.result()
+        finish_reason = self._finish_reason or "stop"
+        if tool_calls and finish_reason == "stop":
+            finish_reason = "tool_calls"     # some servers say "stop" after calling tools
+        return ModelResult(text="".join(self._text), finish_reason=finish_reason,
+                           usage=self._usage, model=self._model, tool_calls=tool_calls,
+                           reasoning="".join(self._reasoning))
+
+
+def _reasoning_of(message: Mapping[str, Any]) -> Optional[str]:
+    for key in REASONING_KEYS:
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _text_of(content: Any) -> str:
@@ -152,6 +259,10 @@ def _text_of(content: Any) -> str:
         return "".join(part.get("text", "") for part in content
                        if isinstance(part, dict) and isinstance(part.get("text"), str))
     return ""
+
+
+def _str(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value else None
 
 
 def _int(value: Any) -> int:

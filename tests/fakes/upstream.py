@@ -2,22 +2,26 @@
 Completions (JSON and SSE) or Anthropic Messages (SSE events), scriptable per request.
 
 They record what they receive and can stall, fail, drop the connection or send garbage. They
-are not models: replies are scripted text (or an echo of the newest user message).
+are not models: replies are scripted text (or an echo of the newest user message), optionally
+preceded by scripted reasoning and followed by scripted tool calls.
 
     up = await FakeOpenAI.start(reactor)
     up.script(text="hello world", chunks=3, delay=0.0)     # every request, unless queued
     up.queue(status=503)                                  # only the next request: a 503
     ... base_url=up.base_url ...
+    up.script(text="", tool_calls=(("get_weather", '{"city": "Oslo"}'),), reasoning="hmm")
     up.requests[-1].body["messages"]; await up.requests[-1].connection_lost
     await up.stop()
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 import re
 import socket
+import struct
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, ClassVar, Mapping, Optional
@@ -62,6 +66,29 @@ class Script:
     model: Optional[str] = None             # reported model; default: the requested one
     comments: bool = False                  # ``: keep-alive`` comments between events
     crlf: bool = False                      # CRLF line endings in the event stream
+    # (name, arguments JSON) per tool call, sent after the text; a "stop" finish becomes
+    # "tool_calls" / "tool_use". Streamed: id and name first, then the arguments in pieces.
+    tool_calls: tuple[tuple[str, str], ...] = ()
+    tool_chunks: int = 3                    # argument pieces per streamed tool call
+    reasoning: Optional[str] = None         # thinking text before the reply, one piece a word
+    reasoning_key: str = "reasoning_content"  # OpenAI field carrying it ("reasoning" for some)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Everything a dialect needs to render one successful answer."""
+
+    script: Script
+    model: str
+    text: str
+    usage: tuple[int, int]
+    body: dict
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        """OpenAI terms; "stop" turns into "tool_calls" when the reply calls tools."""
+        reason = self.script.finish_reason
+        return "tool_calls" if reason == "stop" and self.script.tool_calls else reason
 
 
 @dataclass
@@ -291,9 +318,10 @@ class FakeUpstream:
         text = _newest_user_text(body.get("messages")) if script.echo else script.text
         pieces = _split(text, script.chunks)
         usage = script.usage or (_prompt_words(body), len(_WORD.findall(text)))
-        model = script.model or body.get("model") or "fake-model"
+        reply = Reply(script=script, model=script.model or body.get("model") or "fake-model",
+                      text=text, usage=usage, body=body)
         if not body.get("stream") or script.force_json:
-            self._send_json(request, 200, self.completion(text, model, script, usage))
+            self._send_json(request, 200, self.completion(reply))
             return
         request.setHeader("content-type", "text/event-stream")
         request.setHeader("cache-control", "no-cache")
@@ -302,21 +330,31 @@ class FakeUpstream:
         def write(frames: list[str]) -> None:
             request.write("".join(frames).replace("\n", nl).encode())
 
-        write(self.stream_start(model, usage))
+        async def write_paced(groups: list[list[str]]) -> None:
+            for group in groups:
+                if script.delay:
+                    await self._sleep(script.delay)
+                write(group)
+
+        write(self.stream_start(reply))
+        await write_paced(self.reasoning_frames(reply))
+        write(self.text_start(reply))
         for index, piece in enumerate(pieces):
             if await self._interrupt(request, record, index):
                 return
             if script.delay:
                 await self._sleep(script.delay)
             write(([": keep-alive\n\n"] if script.comments else [])
-                  + self.stream_chunk(piece, model))
+                  + self.stream_chunk(piece, reply))
         if await self._interrupt(request, record, len(pieces)):
             return
+        write(self.text_end(reply))
+        await write_paced(self.tool_call_frames(reply))
         if script.malformed:
             write(["data: {not json\n\n"])
         if script.stream_error:
             write(self.stream_error(script.stream_error, script.stream_error_type))
-        write(self.stream_end(model, script, usage, body))
+        write(self.stream_end(reply))
         request.finish()
 
     async def _interrupt(self, request, record: RecordedRequest, sent: int) -> bool:
@@ -355,19 +393,31 @@ class FakeUpstream:
     def error_body(self, status: int, message: str, error_type: Optional[str]) -> Any:
         raise NotImplementedError
 
-    def completion(self, text, model, script, usage) -> Any:
+    def completion(self, reply: Reply) -> Any:
         raise NotImplementedError
 
-    def stream_start(self, model, usage) -> list[str]:
+    def stream_start(self, reply: Reply) -> list[str]:
         raise NotImplementedError
 
-    def stream_chunk(self, piece, model) -> list[str]:
+    def reasoning_frames(self, reply: Reply) -> list[list[str]]:
+        raise NotImplementedError
+
+    def stream_chunk(self, piece: str, reply: Reply) -> list[str]:
+        raise NotImplementedError
+
+    def text_start(self, reply: Reply) -> list[str]:
+        return []
+
+    def text_end(self, reply: Reply) -> list[str]:
+        return []
+
+    def tool_call_frames(self, reply: Reply) -> list[list[str]]:
         raise NotImplementedError
 
     def stream_error(self, message, error_type) -> list[str]:
         raise NotImplementedError
 
-    def stream_end(self, model, script, usage, body) -> list[str]:
+    def stream_end(self, reply: Reply) -> list[str]:
         raise NotImplementedError
 
     def embeddings(self, body) -> Any:
@@ -400,12 +450,22 @@ class FakeOpenAI(FakeUpstream):
         code = "invalid_api_key" if status == 401 else None
         return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
-    def completion(self, text, model, script, usage):
+    def completion(self, reply):
+        script = reply.script
+        message: dict[str, Any] = {"role": "assistant",
+                                   "content": reply.text or (None if script.tool_calls else "")}
+        if script.reasoning:
+            message[script.reasoning_key] = script.reasoning
+        if script.tool_calls:
+            message["tool_calls"] = [
+                {"id": f"call_fake_{i}", "type": "function",
+                 "function": {"name": name, "arguments": arguments}}
+                for i, (name, arguments) in enumerate(script.tool_calls)]
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
-                "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": script.finish_reason or "stop"}],
-                "usage": _openai_usage(usage)}
+                "model": reply.model,
+                "choices": [{"index": 0, "message": message,
+                             "finish_reason": reply.finish_reason or "stop"}],
+                "usage": _openai_usage(reply.usage)}
 
     @staticmethod
     def _frame(payload) -> str:
@@ -417,27 +477,44 @@ class FakeOpenAI(FakeUpstream):
                             "choices": [{"index": 0, "delta": delta,
                                          "finish_reason": finish_reason}]})
 
-    def stream_start(self, model, usage):
-        return [self._chunk(model, {"role": "assistant", "content": ""})]
+    def stream_start(self, reply):
+        return [self._chunk(reply.model, {"role": "assistant", "content": ""})]
 
-    def stream_chunk(self, piece, model):
-        return [self._chunk(model, {"content": piece})]
+    def reasoning_frames(self, reply):
+        key = reply.script.reasoning_key
+        return [[self._chunk(reply.model, {"content": None, key: piece})]
+                for piece in _split(reply.script.reasoning or "", None)]
+
+    def stream_chunk(self, piece, reply):
+        return [self._chunk(reply.model, {"content": piece})]
+
+    def tool_call_frames(self, reply):
+        groups = []
+        for i, (name, arguments) in enumerate(reply.script.tool_calls):
+            groups.append([self._chunk(reply.model, {"tool_calls": [
+                {"index": i, "id": f"call_fake_{i}", "type": "function",
+                 "function": {"name": name, "arguments": ""}}]})])
+            for piece in _split(arguments, reply.script.tool_chunks):
+                groups.append([self._chunk(reply.model, {"tool_calls": [
+                    {"index": i, "function": {"arguments": piece}}]})])
+        return groups
 
     def stream_error(self, message, error_type):
         return [self._frame({"error": {"message": message, "type": error_type or "server_error",
                                        "param": None, "code": None}})]
 
-    def stream_end(self, model, script, usage, body):
+    def stream_end(self, reply):
+        script, model = reply.script, reply.model
         frames = []
-        if script.finish_reason:
-            frames.append(self._chunk(model, {}, script.finish_reason))
+        if reply.finish_reason:
+            frames.append(self._chunk(model, {}, reply.finish_reason))
         include = script.include_usage
         if include is None:
-            include = bool((body.get("stream_options") or {}).get("include_usage"))
+            include = bool((reply.body.get("stream_options") or {}).get("include_usage"))
         if include:
             frames.append(self._frame({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                                        "created": 1700000000, "model": model, "choices": [],
-                                       "usage": _openai_usage(usage)}))
+                                       "usage": _openai_usage(reply.usage)}))
         if script.done:
             frames.append("data: [DONE]\n\n")
         return frames
@@ -447,14 +524,25 @@ class FakeOpenAI(FakeUpstream):
                                             "created": 1700000000, "owned_by": "fake"}]}
 
     def embeddings(self, body):
+        """One deterministic vector per input (8 dimensions unless ``dimensions`` asks
+        otherwise); ``encoding_format: "base64"`` packs it as little-endian float32."""
         inputs = body.get("input")
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
+                                       and all(isinstance(x, int) for x in inputs)):
+            inputs = [inputs]                       # one string, or one tokenized input
+        inputs = list(inputs or [])
+        size = body.get("dimensions")
+        size = size if isinstance(size, int) and size > 0 else 8
         data = []
         for index, item in enumerate(inputs):
-            digest = hashlib.sha256(str(item).encode()).digest()
-            data.append({"object": "embedding", "index": index,
-                         "embedding": [round(b / 255.0, 6) for b in digest[:8]]})
-        tokens = sum(len(str(item).split()) for item in inputs)
+            vector = _vector(item, size)
+            if body.get("encoding_format") == "base64":
+                embedding: Any = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+            else:
+                embedding = vector
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(len(item.split()) if isinstance(item, str) else len(item)
+                     for item in inputs)
         return {"object": "list", "data": data, "model": body.get("model") or "fake-embedding",
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
@@ -468,54 +556,116 @@ class FakeAnthropic(FakeUpstream):
     _TYPES = {400: "invalid_request_error", 401: "authentication_error",
               403: "permission_error", 404: "not_found_error", 413: "request_too_large",
               429: "rate_limit_error", 529: "overloaded_error"}
-    _STOP = {"stop": "end_turn", "length": "max_tokens"}
+    _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
     def error_body(self, status, message, error_type):
         kind = error_type or self._TYPES.get(status) or (
             "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
 
-    def completion(self, text, model, script, usage):
-        return {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": self._STOP.get(script.finish_reason or "stop",
-                                              script.finish_reason),
+    def completion(self, reply):
+        script = reply.script
+        content: list[dict] = []
+        if script.reasoning:
+            content.append({"type": "thinking", "thinking": script.reasoning,
+                            "signature": "fake-signature"})
+        if self._has_text_block(reply):
+            content.append({"type": "text", "text": reply.text})
+        for i, (name, arguments) in enumerate(script.tool_calls):
+            content.append({"type": "tool_use", "id": f"toolu_fake_{i}", "name": name,
+                            "input": _json_object(arguments)})
+        return {"id": "msg_fake", "type": "message", "role": "assistant", "model": reply.model,
+                "content": content, "stop_reason": self._stop_reason(reply) or "end_turn",
                 "stop_sequence": None,
-                "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
+                "usage": {"input_tokens": reply.usage[0], "output_tokens": reply.usage[1]}}
+
+    def _stop_reason(self, reply) -> Optional[str]:
+        reason = reply.finish_reason
+        return self._STOP.get(reason, reason) if reason else None
+
+    @staticmethod
+    def _has_text_block(reply) -> bool:
+        return bool(reply.text) or not reply.script.tool_calls
+
+    @staticmethod
+    def _text_index(reply) -> int:
+        return 1 if reply.script.reasoning else 0
 
     @staticmethod
     def _event(name, payload) -> str:
         return f"event: {name}\ndata: {json.dumps(payload)}\n\n"
 
-    def stream_start(self, model, usage):
+    def _block_start(self, index, block) -> str:
+        return self._event("content_block_start", {"type": "content_block_start",
+                                                   "index": index, "content_block": block})
+
+    def _block_delta(self, index, delta) -> str:
+        return self._event("content_block_delta", {"type": "content_block_delta",
+                                                   "index": index, "delta": delta})
+
+    def _block_stop(self, index) -> str:
+        return self._event("content_block_stop", {"type": "content_block_stop", "index": index})
+
+    def stream_start(self, reply):
         message = {"id": "msg_fake", "type": "message", "role": "assistant", "content": [],
-                   "model": model, "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": usage[0], "output_tokens": 1}}
+                   "model": reply.model, "stop_reason": None, "stop_sequence": None,
+                   "usage": {"input_tokens": reply.usage[0], "output_tokens": 1}}
         return [self._event("message_start", {"type": "message_start", "message": message}),
-                self._event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                     "content_block": {"type": "text",
-                                                                       "text": ""}}),
                 self._event("ping", {"type": "ping"})]
 
-    def stream_chunk(self, piece, model):
-        return [self._event("content_block_delta", {
-            "type": "content_block_delta", "index": 0,
-            "delta": {"type": "text_delta", "text": piece}})]
+    def reasoning_frames(self, reply):
+        if not reply.script.reasoning:
+            return []
+        groups = [[self._block_start(0, {"type": "thinking", "thinking": ""})]]
+        groups += [[self._block_delta(0, {"type": "thinking_delta", "thinking": piece})]
+                   for piece in _split(reply.script.reasoning, None)]
+        groups.append([self._block_delta(0, {"type": "signature_delta",
+                                             "signature": "fake-signature"}),
+                       self._block_stop(0)])
+        return groups
+
+    def stream_chunk(self, piece, reply):
+        return [self._block_delta(self._text_index(reply), {"type": "text_delta",
+                                                            "text": piece})]
+
+    def text_start(self, reply):
+        if not self._has_text_block(reply):
+            return []
+        return [self._block_start(self._text_index(reply), {"type": "text", "text": ""})]
+
+    def text_end(self, reply):
+        if not self._has_text_block(reply):
+            return []
+        return [self._block_stop(self._text_index(reply))]
+
+    def tool_call_frames(self, reply):
+        index = self._text_index(reply) + (1 if self._has_text_block(reply) else 0)
+        groups = []
+        for i, (name, arguments) in enumerate(reply.script.tool_calls):
+            groups.append([self._block_start(index, {"type": "tool_use",
+                                                     "id": f"toolu_fake_{i}", "name": name,
+                                                     "input": {}}),
+                           self._block_delta(index, {"type": "input_json_delta",
+                                                     "partial_json": ""})])
+            for piece in _split(arguments, reply.script.tool_chunks):
+                groups.append([self._block_delta(index, {"type": "input_json_delta",
+                                                         "partial_json": piece})])
+            groups.append([self._block_stop(index)])
+            index += 1
+        return groups
 
     def stream_error(self, message, error_type):
         return [self._event("error", {"type": "error", "error": {
             "type": error_type or "overloaded_error", "message": message}})]
 
-    def stream_end(self, model, script, usage, body):
-        frames = [self._event("content_block_stop", {"type": "content_block_stop", "index": 0})]
-        if script.finish_reason:
+    def stream_end(self, reply):
+        frames = []
+        if reply.finish_reason:
             frames.append(self._event("message_delta", {
                 "type": "message_delta",
-                "delta": {"stop_reason": self._STOP.get(script.finish_reason,
-                                                        script.finish_reason),
-                          "stop_sequence": None},
-                "usage": {"output_tokens": usage[1]}}))
-        if script.done:
+                "delta": {"stop_reason": self._stop_reason(reply), "stop_sequence": None},
+                "usage": {"output_tokens": reply.usage[1]}}))
+        if reply.script.done:
             frames.append(self._event("message_stop", {"type": "message_stop"}))
         return frames
 
@@ -540,6 +690,24 @@ def _split(text: str, chunks: Optional[int]) -> list[str]:
         pieces.append(text[start:end])
         start = end
     return pieces
+
+
+def _vector(item: Any, size: int) -> list[float]:
+    seed = str(item).encode()
+    digest = hashlib.sha256(seed).digest()
+    counter = 0
+    while len(digest) < size:
+        counter += 1
+        digest += hashlib.sha256(seed + str(counter).encode()).digest()
+    return [round(b / 255.0, 6) for b in digest[:size]]
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _content_text(content: Any) -> str:
@@ -578,5 +746,5 @@ def _reason(status: int) -> str:
         return "error"
 
 
-__all__ = ["FakeAnthropic", "FakeOpenAI", "FakeUpstream", "RecordedRequest", "Script",
+__all__ = ["FakeAnthropic", "FakeOpenAI", "FakeUpstream", "RecordedRequest", "Reply", "Script",
            "unused_port"]
