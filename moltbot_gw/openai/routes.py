@@ -111,7 +111,11 @@ class OpenAIRoutes:
         session_key = _header(request, SESSION_KEY_HEADERS)
         persist = True
         if session_key is None:
-            session_key = openai_session_key(agent.id, chat.user)
+            try:
+                session_key = openai_session_key(agent.id, chat.user)
+            except ValueError as e:  # too long, control characters: the client's mistake
+                raise APIError(400, f"user cannot name a session: {e}", param="user",
+                               code="invalid_value")
             persist = chat.user is not None  # a fresh per-request session is not stored
         try:
             run = self.runner.run(RunRequest(
