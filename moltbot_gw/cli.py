@@ -1,19 +1,18 @@
 """The ``moltbot-gw`` console script: operator commands around the daemon.
 
 The daemon itself runs under twistd (``twistd -n moltbot-gw``); these commands validate
-config, print the token and check health. They run outside any reactor.
+config, print the token, check health and run agent turns — the last two through the
+running gateway's WebSocket protocol (``agent --local`` runs in this process instead).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
 from typing import Optional, Sequence
 
 from . import __version__
-from .auth import load_or_create_token
+from .auth import load_or_create_token, token_file
 from .config import Config, ConfigError, load_config
 
 
@@ -58,28 +57,80 @@ def cmd_token(args) -> int:
 
 
 def default_url(config: Config) -> str:
+    """The WebSocket URL of the gateway this config describes."""
     host = config.gateway.interface
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{config.gateway.port}"
+    return f"ws://{host}:{config.gateway.port}/"
 
 
-def cmd_health(args) -> int:
-    url = (args.url or default_url(_load(args.config))).rstrip("/")
+def gateway_credential(config: Config) -> Optional[dict]:
+    """What to send in ``connect``'s ``auth``: the configured (or environment) secret, else
+    the token the gateway generated in the state dir. Never creates a token."""
+    auth = config.gateway.auth
+    secret = auth.explicit_secret
+    if auth.mode == "password":
+        return {"password": secret} if secret else None
+    if secret is None:
+        try:
+            secret = token_file(config.state_dir).read_text(encoding="utf-8").strip() or None
+        except OSError:
+            secret = None
+    return {"token": secret} if secret else None
+
+
+def _react(main, *args) -> int:
+    """Run ``main(reactor, *args)`` (a coroutine function returning an exit code)."""
+    from twisted.internet import defer, task
+
+    codes = []
+
+    def run(reactor):
+        return defer.ensureDeferred(main(reactor, *args)).addCallback(codes.append)
+
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=args.timeout) as response:
-            body = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        print(f"moltbot-gw: gateway at {url} is not healthy: {reason}", file=sys.stderr)
+        task.react(run)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code)
+    return codes[0] if codes else 1
+
+
+async def _health(reactor, config: Config, args) -> int:
+    from twisted.internet import defer
+
+    from .ws.client import GatewayClient, GatewayError, GatewayUnreachable, ws_url
+
+    url = ws_url(args.url) if args.url else default_url(config)
+    try:
+        client = await GatewayClient.connect(reactor, url, gateway_credential(config),
+                                             timeout=args.timeout)
+    except GatewayUnreachable as e:
+        print(f"moltbot-gw: gateway at {url} is not healthy: {e.reason}", file=sys.stderr)
         return 1
+    except GatewayError as e:
+        print(f"moltbot-gw: gateway at {url} is not healthy: it refused the connection: "
+              f"{e.message}", file=sys.stderr)
+        return 1
+    try:
+        body = await client.call("health").addTimeout(args.timeout, reactor)
+    except (GatewayError, defer.TimeoutError) as e:
+        print(f"moltbot-gw: gateway at {url} is not healthy: "
+              f"{getattr(e, 'message', None) or 'no answer in time'}", file=sys.stderr)
+        return 1
+    finally:
+        await client.disconnect()
     if body.get("ok") is True:
-        print(f"OK: gateway at {url} is up")
+        print(f"OK: gateway at {url} is up (moltbot-gw {body.get('version')})")
         return 0
     print(f"moltbot-gw: gateway at {url} answered {body!r}", file=sys.stderr)
     return 1
+
+
+def cmd_health(args) -> int:
+    return _react(_health, _load(args.config), args)
 
 
 async def _run_agent_locally(reactor, config: Config, args) -> int:
@@ -130,22 +181,69 @@ def _print_delta(event) -> None:
         sys.stdout.flush()
 
 
-def cmd_agent(args) -> int:
-    from twisted.internet import defer, task
+USAGE_ERRORS = ("NOT_FOUND", "INVALID_REQUEST")
 
-    config = _load(args.config)
-    codes = []
 
-    def main(reactor):
-        d = defer.ensureDeferred(_run_agent_locally(reactor, config, args))
-        return d.addCallback(codes.append)
+async def _run_agent_remotely(reactor, config: Config, args) -> int:
+    import uuid
+
+    from .ws.client import GatewayClient, GatewayError, GatewayUnreachable, ws_url
+
+    url = ws_url(args.url) if args.url else default_url(config)
+    accepted = {}
+
+    def on_event(event: str, payload) -> None:
+        # Only this connection's own runs are streamed to it (it subscribes to nothing).
+        if (event == "agent" and not args.json and payload.get("stream") == "assistant"
+                and payload.get("runId") == accepted.get("runId")):
+            sys.stdout.write(payload.get("data", {}).get("delta", ""))
+            sys.stdout.flush()
 
     try:
-        task.react(main)
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code)
-    return codes[0] if codes else 1
+        client = await GatewayClient.connect(reactor, url, gateway_credential(config),
+                                             timeout=args.timeout, on_event=on_event)
+    except GatewayUnreachable as e:
+        print(f"moltbot-gw: {e}. Start it with `twistd -n moltbot-gw` or use --local.",
+              file=sys.stderr)
+        return 1
+    except GatewayError as e:
+        print(f"moltbot-gw: the gateway at {url} refused the connection: {e.message}",
+              file=sys.stderr)
+        return 1
+    params = {"message": args.message, "idempotencyKey": str(uuid.uuid4())}
+    if args.agent:
+        params["agentId"] = args.agent
+    if args.session_key:
+        params["sessionKey"] = args.session_key
+    try:
+        result = await client.agent(params, on_accepted=accepted.update)
+    except GatewayError as e:
+        if not accepted and e.code in USAGE_ERRORS:
+            print(f"moltbot-gw: {e.message}", file=sys.stderr)
+            return 2
+        print(f"\nmoltbot-gw: the run failed: {e.message}", file=sys.stderr)
+        return 1
+    finally:
+        await client.disconnect()
+    if args.json:
+        usage = result.get("usage") or {}
+        print(json.dumps({"runId": result.get("runId"), "agentId": result.get("agentId"),
+                          "sessionKey": result.get("sessionKey"), "text": result.get("text"),
+                          "finishReason": result.get("finishReason"),
+                          "model": result.get("model"),
+                          "usage": {"prompt_tokens": usage.get("inputTokens", 0),
+                                    "completion_tokens": usage.get("outputTokens", 0),
+                                    "total_tokens": usage.get("totalTokens", 0)}}))
+    else:
+        print()
+    return 0
+
+
+def cmd_agent(args) -> int:
+    config = _load(args.config)
+    if args.local:
+        return _react(_run_agent_locally, config, args)
+    return _react(_run_agent_remotely, config, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--config", help="config path")
     token.set_defaults(func=cmd_token)
 
-    health = sub.add_parser("health", help="check that the gateway answers")
-    health.add_argument("--url", help="gateway base URL (default: from the config)")
+    health = sub.add_parser("health", help="check that the gateway answers (over WebSocket)")
+    health.add_argument("--url", help="gateway URL, ws:// or http:// (default: "
+                                      "ws://127.0.0.1:<gateway.port>/ from the config)")
     health.add_argument("--config", help="config path")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
     health.set_defaults(func=cmd_health)
@@ -174,11 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run one agent turn and print the reply as it streams")
     agent.add_argument("--message", "-m", required=True, help="the user message")
     agent.add_argument("--agent", help="agent id (default: the default agent)")
-    agent.add_argument("--session-key", help="session to continue (default: a fresh one, "
-                                             "not stored)")
+    agent.add_argument("--session-key", help="session to continue (default: the agent's main "
+                                             "session; with --local a fresh one, not stored)")
     agent.add_argument("--json", action="store_true", help="print one JSON object at the end")
     agent.add_argument("--local", action="store_true",
                        help="run in this process instead of through a running gateway")
+    agent.add_argument("--url", help="gateway URL (default: ws://127.0.0.1:<gateway.port>/ "
+                                     "from the config)")
+    agent.add_argument("--timeout", type=float, default=10.0,
+                       help="seconds to wait for the connection and handshake")
     agent.add_argument("--config", help="config path")
     agent.set_defaults(func=cmd_agent)
     return parser

@@ -22,6 +22,7 @@ from .config import Config
 from .openai.routes import OpenAIRoutes
 from .site import GatewaySite
 from .web import GatewayWeb
+from .ws.methods import GatewayMethods
 from .ws.protocol import GatewayWSFactory
 
 
@@ -44,13 +45,14 @@ class GatewayService(MultiService):
         self.config = config
         self.reactor = reactor
         self.auth = auth or GatewayAuth.from_config(config, reactor)
-        self.ws_factory = GatewayWSFactory()
-        self.ws_factory.gateway = self
         self.agents = AgentRegistry(config)
         self.providers = ProviderRegistry(config.models, reactor)
         self.store = SessionStore(config.state_dir, reactor)
         self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
                                   config.agents.defaults.maxConcurrent)
+        self.ws_factory = GatewayWSFactory(
+            self.auth, GatewayMethods(self.runner, self.store, self.agents, reactor),
+            reactor=reactor)
         self.openai = OpenAIRoutes(config, self.auth, self.agents, self.runner, reactor)
         self.web = GatewayWeb(WebSocketResource(self.ws_factory), self.openai.resource())
         max_body = max(config.gateway.http.endpoints.chatCompletions.maxBodyBytes, 1024 * 1024)
@@ -101,7 +103,7 @@ class GatewayService(MultiService):
             else:
                 if timer.active():
                     timer.cancel()
-        self.ws_factory.close_all()
+        yield self.ws_factory.close_all()
         for run in list(self.runner.active.values()):
             run.cancel()
         yield super().stopService()

@@ -95,11 +95,14 @@ async def test_body_over_the_limit_is_413_without_reading_it(start_gateway):
     assert (await response.json())["error"]["code"] == "request_too_large"
 
 
-def _ws_roundtrip(url: str) -> dict:
+def _ws_roundtrip(url: str) -> list[dict]:
     ws = websocket.create_connection(url, timeout=5)
     try:
+        ws.send(json.dumps({"type": "req", "id": "c1", "method": "connect", "params": {
+            "minProtocol": 1, "maxProtocol": 1, "client": {"id": "smoke"},
+            "auth": {"token": TOKEN}}}))
         ws.send(json.dumps({"type": "req", "id": "r1", "method": "health", "params": {}}))
-        return json.loads(ws.recv())
+        return [json.loads(ws.recv()), json.loads(ws.recv())]
     finally:
         ws.close()
 
@@ -107,8 +110,9 @@ def _ws_roundtrip(url: str) -> dict:
 @pytest_twisted.ensureDeferred
 async def test_websocket_and_http_share_the_one_port(start_gateway):
     gw = await start_gateway(CHAT_ENABLED)
-    reply = await threads.deferToThread(_ws_roundtrip, gw.ws_url)
-    assert reply["type"] == "res" and reply["id"] == "r1" and reply["ok"] is False
+    hello, reply = await threads.deferToThread(_ws_roundtrip, gw.ws_url)
+    assert hello["id"] == "c1" and hello["payload"]["type"] == "hello-ok"
+    assert reply["type"] == "res" and reply["id"] == "r1" and reply["ok"] is True
     response = await treq.get(gw.url + "/health")
     assert await response.json() == {"ok": True}
 

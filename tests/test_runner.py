@@ -291,8 +291,8 @@ async def test_cli_agent_prints_the_upstream_reply_and_replays_the_session(tmp_p
     config = tmp_path / "cli.json5"
     config.write_text(json.dumps(upstream_config(upstream)))
     env = {"MOLTBOT_STATE_DIR": str(tmp_path / "st"), "PATH": "/usr/bin:/bin"}
-    args = ["-m", "moltbot_gw.cli", "agent", "--config", str(config), "--session-key", "k",
-            "--message"]
+    args = ["-m", "moltbot_gw.cli", "agent", "--local", "--config", str(config),
+            "--session-key", "k", "--message"]
     upstream.script(text="upstream says hi")
     out, err, code = await utils.getProcessOutputAndValue(sys.executable, args + ["first"],
                                                           env=env)

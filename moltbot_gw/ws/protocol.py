@@ -1,48 +1,283 @@
-"""The WebSocket endpoint at ``/``: one autobahn protocol instance per client connection.
-
-For now every frame is answered with a JSON "not implemented" error; the control protocol
-(connect handshake, methods, events) is built on this class later.
+"""The WebSocket endpoint at ``/``: one autobahn protocol instance per connection. It runs the
+``connect`` handshake (auth, version, timeout), dispatches requests to ``GatewayMethods``,
+numbers the events it sends and sends ticks. The contract is docs/ws-protocol.rst.
 """
 from __future__ import annotations
 
-import json
+import math
+import time
+import uuid
+from typing import Any, Mapping, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import defer, task
+from twisted.logger import Logger
 
-MAX_FRAME_BYTES = 4 * 1024 * 1024
+from .. import __version__
+from ..auth import GatewayAuth, client_address
+from .frames import (PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, Request,
+                     encode_error, encode_event, encode_response, invalid, parse_connect,
+                     parse_request)
+from .methods import EVENTS, GatewayMethods
+
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+TICK_INTERVAL = 15.0
+HANDSHAKE_TIMEOUT = 10.0
+SHUTDOWN_CLOSE_WAIT = 5.0
+SERVER_NAME = "moltbot-gw"
 
 
 class GatewayWSProtocol(WebSocketServerProtocol):
+    # Not ``log``: autobahn's own (txaio, debug-filtered) logger lives there.
+    _log = Logger()
+
+    def __init__(self):
+        super().__init__()
+        self.conn_id = "conn_" + uuid.uuid4().hex[:16]
+        self.address = "unknown"
+        self.authenticated = False
+        self.client_id: Optional[str] = None
+        self._seq = 0
+        self._refused = False
+        self._handshake_timer = None
+        self._ticker: Optional[task.LoopingCall] = None
+        self._pending: set[defer.Deferred] = set()
+
+    # -- connection lifecycle --------------------------------------------------------
+
+    def onConnect(self, request):
+        peer = self.transport.getPeer()
+        forwarded = request.headers.get("x-forwarded-for")
+        self.address = client_address(getattr(peer, "host", None) or "unknown", forwarded,
+                                      self.factory.auth.trusted_proxies)
+        return None
+
     def onOpen(self):
         self.factory.connections.add(self)
+        self._handshake_timer = self.factory.reactor.callLater(
+            self.factory.handshake_timeout, self._handshake_timed_out)
 
     def onClose(self, wasClean, code, reason):
-        self.factory.connections.discard(self)
+        self.factory.connection_closed(self)
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        self._ticker = None
+        # Stops this connection's waits; the runs themselves go on (docs: runs outlive
+        # their connection).
+        for d in list(self._pending):
+            d.cancel()
+        if self.authenticated:
+            self._log.debug("WebSocket {conn_id} from {address} closed ({code})",
+                           conn_id=self.conn_id, address=self.address, code=code)
+
+    # -- sending ------------------------------------------------------------------------
+
+    @property
+    def can_send(self) -> bool:
+        return self.state == WebSocketProtocol.STATE_OPEN
+
+    def send_response(self, request_id: Optional[str], payload: Any) -> None:
+        if self.can_send:
+            self.sendMessage(encode_response(request_id, payload))
+
+    def send_error(self, request_id: Optional[str], error: ProtocolError) -> None:
+        if self.can_send:
+            self.sendMessage(encode_error(request_id, error))
+
+    def send_event(self, event: str, payload: Mapping[str, Any]) -> None:
+        if self.can_send:
+            self._seq += 1
+            self.sendMessage(encode_event(event, payload, self._seq))
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Close with ``code`` (including 1001, which autobahn's ``sendClose`` reserves)."""
+        self._refused = True
+        if not self.can_send:
+            return
+        if code == 1000 or 3000 <= code <= 4999:
+            self.sendClose(code, reason)
+        else:
+            self.sendCloseFrame(code, reason.encode("utf-8"))
+
+    def _refuse(self, request_id: Optional[str], error: ProtocolError, close_code: int) -> None:
+        self.send_error(request_id, error)
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self.close_with(close_code, error.message[:120])
+
+    # -- receiving ------------------------------------------------------------------------
 
     def onMessage(self, payload, isBinary):
-        reply = {"type": "res", "id": None, "ok": False,
-                 "error": {"code": "not_implemented",
-                           "message": "the WebSocket control protocol is not implemented yet"}}
+        if self._refused:
+            return
         try:
-            frame = json.loads(payload)
-            if isinstance(frame, dict):
-                reply["id"] = frame.get("id")
-        except (ValueError, UnicodeDecodeError):
-            pass
-        self.sendMessage(json.dumps(reply).encode("utf-8"))
+            if isBinary:
+                raise invalid("binary frames are not supported; send JSON in text frames")
+            request = parse_request(payload)
+        except ProtocolError as error:
+            if not self.authenticated:
+                self._refuse(error.request_id, ProtocolError(
+                    ErrorCode.HANDSHAKE_REQUIRED,
+                    f"the first frame must be a connect request ({error.message})"),
+                    CloseCode.PROTOCOL_ERROR)
+            else:
+                self.send_error(error.request_id, error)
+            return
+        if not self.authenticated:
+            self._handshake(request)
+            return
+        if request.method == "connect":
+            self.send_error(request.id, invalid("this connection is already connected"))
+            return
+        handler = self.factory.methods.table.get(request.method)
+        if handler is None:
+            self.send_error(request.id, ProtocolError(
+                ErrorCode.UNKNOWN_METHOD, f'unknown method "{request.method[:64]}"'))
+            return
+        self._dispatch(handler, request)
+
+    def _dispatch(self, handler, request: Request) -> None:
+        d = defer.Deferred.fromCoroutine(handler(self, request))
+        self._pending.add(d)
+
+        def settled(result):
+            self._pending.discard(d)
+            return result
+
+        d.addBoth(settled)
+        d.addCallbacks(lambda payload: self.send_response(request.id, payload),
+                       self._failed, errbackArgs=(request,))
+
+    def _failed(self, failure, request: Request) -> None:
+        if failure.check(defer.CancelledError):
+            return  # the connection closed while the method waited
+        if failure.check(ProtocolError):
+            self.send_error(request.id, failure.value)
+            return
+        self._log.failure("method {method} failed on {conn_id}", failure,
+                         method=request.method, conn_id=self.conn_id)
+        self.send_error(request.id, ProtocolError(ErrorCode.INTERNAL, "internal error"))
+
+    # -- handshake ------------------------------------------------------------------------
+
+    def _handshake(self, request: Request) -> None:
+        if request.method != "connect":
+            self._refuse(request.id, ProtocolError(
+                ErrorCode.HANDSHAKE_REQUIRED,
+                "the first request must be connect; got " f'"{request.method[:64]}"'),
+                CloseCode.PROTOCOL_ERROR)
+            return
+        try:
+            hello = parse_connect(request.params)
+        except ProtocolError as error:
+            self._refuse(request.id, error, CloseCode.PROTOCOL_ERROR)
+            return
+        outcome = self.factory.auth.authenticate(self.address, hello.secret)
+        if outcome.rate_limited:
+            seconds = max(1, math.ceil(outcome.retry_after))
+            self._refuse(request.id, ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"too many failed authentication attempts; retry in {seconds} s",
+                retry_after_ms=int(outcome.retry_after * 1000)), CloseCode.RATE_LIMITED)
+            return
+        if not outcome.ok:
+            message = ("missing token or password: send auth {\"token\": ...}"
+                       if hello.secret is None else "invalid gateway token or password")
+            self._refuse(request.id, ProtocolError(ErrorCode.UNAUTHORIZED, message),
+                         CloseCode.AUTH_FAILED)
+            return
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        self.authenticated = True
+        self.client_id = hello.client_id
+        self._log.info("WebSocket {conn_id} from {address}: client {client} {version} on "
+                      "{platform}", conn_id=self.conn_id, address=self.address,
+                      client=hello.client_id, version=hello.client_version or "?",
+                      platform=hello.client_platform or "?")
+        self.send_response(request.id, self.factory.hello_payload(self.conn_id))
+        self._ticker = task.LoopingCall(self._tick)
+        self._ticker.clock = self.factory.reactor
+        self._ticker.start(self.factory.tick_interval, now=False)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        seconds = self.factory.handshake_timeout
+        self._refuse(None, ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT,
+                                         f"no connect request within {seconds:g} s"),
+                     CloseCode.HANDSHAKE_TIMEOUT)
+
+    def _tick(self) -> None:
+        self.send_event("tick", {"ts": int(time.time() * 1000)})
 
 
 class GatewayWSFactory(WebSocketServerFactory):
-    """Holds what every connection shares, and the set of open connections (for shutdown)."""
+    """What every connection shares: auth, the methods (bound to the runtime), the limits,
+    and the set of open connections (for ``status`` and shutdown)."""
 
     protocol = GatewayWSProtocol
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, auth: GatewayAuth, methods: GatewayMethods, *, reactor=None,
+                 tick_interval: float = TICK_INTERVAL,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 max_payload: int = MAX_PAYLOAD_BYTES):
+        super().__init__(reactor=reactor)
+        self.auth = auth
+        self.methods = methods
+        self.tick_interval = tick_interval
+        self.handshake_timeout = handshake_timeout
         self.connections: set[GatewayWSProtocol] = set()
-        self.setProtocolOptions(maxFramePayloadSize=MAX_FRAME_BYTES,
-                                maxMessagePayloadSize=MAX_FRAME_BYTES)
+        methods.connections = self.connections
+        self._idle_waiters: list[defer.Deferred] = []
+        self.set_max_payload(max_payload)
 
-    def close_all(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
-        for conn in list(self.connections):
-            conn.sendClose(code, reason)
+    def set_max_payload(self, max_payload: int) -> None:
+        """Messages (and frames) larger than this close the connection with 1009."""
+        # failByDrop=False: on a protocol violation send the close code (1009, 1007, ...)
+        # instead of dropping the TCP connection without a word.
+        self.setProtocolOptions(maxFramePayloadSize=max_payload,
+                                maxMessagePayloadSize=max_payload, failByDrop=False)
+
+    def hello_payload(self, conn_id: str) -> dict:
+        return {"type": "hello-ok", "protocol": PROTOCOL_VERSION,
+                "server": {"name": SERVER_NAME, "version": __version__, "connId": conn_id},
+                "features": {"methods": self.methods.names, "events": list(EVENTS)},
+                "policy": {"maxPayload": self.maxMessagePayloadSize,
+                           "tickIntervalMs": int(self.tick_interval * 1000)}}
+
+    def connection_closed(self, connection: GatewayWSProtocol) -> None:
+        self.connections.discard(connection)
+        self.methods.connection_closed(connection)
+        if not self.connections:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def close_all(self, code: int = CloseCode.GOING_AWAY,
+                  reason: str = "gateway shutting down") -> defer.Deferred:
+        """Tell every client, close every connection; fires once all are gone (connections
+        that do not finish the closing handshake in time are dropped)."""
+        for connection in list(self.connections):
+            connection.send_event("shutdown", {"reason": reason})
+            connection.close_with(code, reason)
+        if not self.connections:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle_waiters.append(d)
+        timer = self.reactor.callLater(SHUTDOWN_CLOSE_WAIT, self._abort_remaining)
+
+        def done(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(done)
+
+    def _abort_remaining(self) -> None:
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abortConnection()

@@ -1,0 +1,395 @@
+"""The methods of the WebSocket control protocol: each checks its params, calls the runtime
+(runner, session store, agent registry) and shapes the payload. No framing or socket work
+here; a method gets the connection only to send events and an early response through it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable, Mapping, Optional, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .. import __version__
+from ..agents.registry import Agent, AgentRegistry, UnknownAgent
+from ..agents.run import (InvalidRunRequest, Run, RunCancelled, RunEvent, RunRequest,
+                          RunResult, RunTimedOut)
+from ..agents.runner import AgentRunner
+from ..config import normalize_agent_id
+from ..providers import errors as provider_errors
+from ..sessions.keys import KEY_PREFIX, parse_session_key, resolve_session_key
+from ..sessions.store import SessionStore
+from .frames import PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, invalid
+from .idempotency import ExpiringCache
+
+MAIN_SESSION = "main"
+IDEMPOTENCY_TTL = 600.0
+MAX_IDEMPOTENCY_KEYS = 10_000
+FINISHED_RUN_TTL = 600.0
+MAX_FINISHED_RUNS = 1_000
+MAX_IDEMPOTENCY_KEY_LENGTH = 256
+DEFAULT_HISTORY_LIMIT = 200
+MAX_HISTORY_LIMIT = 1000
+HISTORY_FIELDS = ("role", "content", "ts", "runId", "status", "model", "finishReason",
+                  "usage", "error")
+
+EVENTS = ("agent", "tick", "shutdown")
+
+
+class Connection(Protocol):
+    """What methods need of a connection."""
+
+    def send_event(self, event: str, payload: Mapping[str, Any]) -> None: ...
+
+    def send_response(self, request_id: str, payload: Any) -> None: ...
+
+
+# --- params ------------------------------------------------------------------------------
+
+def _text(params: Mapping[str, Any], name: str, *, required: bool = False,
+          max_length: Optional[int] = None) -> Optional[str]:
+    value = params.get(name)
+    if value is None:
+        if required:
+            raise invalid(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise invalid(f"{name} must be a string")
+    if required and not value.strip():
+        raise invalid(f"{name} must not be empty")
+    if max_length is not None and not 1 <= len(value) <= max_length:
+        raise invalid(f"{name} must be 1 to {max_length} characters")
+    return value
+
+
+def _count(params: Mapping[str, Any], name: str, default: Optional[int],
+           maximum: Optional[int] = None) -> Optional[int]:
+    value = params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (
+            maximum is not None and value > maximum):
+        limit = f" and at most {maximum}" if maximum is not None else ""
+        raise invalid(f"{name} must be an integer of at least 1{limit}")
+    return value
+
+
+# --- results -----------------------------------------------------------------------------
+
+def result_payload(result: RunResult) -> dict:
+    return {"runId": result.run_id, "agentId": result.agent_id,
+            "sessionKey": result.session_key, "status": "ok", "text": result.text,
+            "finishReason": result.finish_reason, "model": result.model,
+            "usage": {"inputTokens": result.usage.prompt_tokens,
+                      "outputTokens": result.usage.completion_tokens,
+                      "totalTokens": result.usage.total_tokens}}
+
+
+def run_error(error: BaseException, run: Run) -> ProtocolError:
+    """Map how a run failed onto an error response that names the run."""
+    message = getattr(error, "message", None) or "the agent run failed"
+    retry_after_ms = None
+    if isinstance(error, RunCancelled):
+        code, message = ErrorCode.ABORTED, "the run was cancelled"
+    elif isinstance(error, (RunTimedOut, provider_errors.ProviderTimeout)):
+        code = ErrorCode.TIMEOUT
+    elif isinstance(error, provider_errors.ProviderRateLimited):
+        code = ErrorCode.RATE_LIMITED
+        message = f"the model provider is rate limiting requests: {message}"
+        if error.retry_after is not None:
+            retry_after_ms = int(error.retry_after * 1000)
+    elif isinstance(error, provider_errors.ProviderBadRequest):
+        code = ErrorCode.INVALID_REQUEST
+        message = f"the model provider rejected the request: {message}"
+    elif isinstance(error, InvalidRunRequest):
+        code = ErrorCode.INVALID_REQUEST
+    elif isinstance(error, provider_errors.ProviderAuthError):
+        code, message = (ErrorCode.UNAVAILABLE,
+                         "the model provider refused the gateway's credentials")
+    elif isinstance(error, provider_errors.ProviderError):
+        code = ErrorCode.UNAVAILABLE
+        message = f"the model provider failed: {message}"
+    else:
+        code, message = ErrorCode.INTERNAL, "internal error while running the agent"
+    status = "aborted" if isinstance(error, (RunCancelled, RunTimedOut)) else "error"
+    return ProtocolError(code, message, retry_after_ms=retry_after_ms, details={
+        "runId": run.run_id, "sessionKey": run.session_key, "status": status,
+        "text": run.text})
+
+
+async def wait_for(run: Run) -> dict:
+    """The run's result payload once it ends; ``ProtocolError`` if it failed."""
+    try:
+        result = await run.wait()
+    except defer.CancelledError:
+        raise  # our wait was cancelled (the connection closed), not the run
+    except Exception as error:
+        raise run_error(error, run)
+    return result_payload(result)
+
+
+# --- event routing -----------------------------------------------------------------------
+
+class EventRouter:
+    """Sends each event of a watched run to the connections that asked for the run and to
+    those subscribed to its session, each once."""
+
+    def __init__(self):
+        self._askers: dict[str, set] = {}                 # run id -> connections
+        self._listeners: dict[str, Callable[[RunEvent], None]] = {}
+        self._sessions: dict[str, set] = {}               # session key -> connections
+
+    def watch(self, run: Run) -> None:
+        if run.run_id in self._listeners:
+            return
+        self._askers[run.run_id] = set()
+        listener = self._listeners[run.run_id] = lambda event: self._deliver(run, event)
+        run.subscribe(listener)
+        run.wait().addBoth(self._forget, run)
+
+    def add_asker(self, run: Run, connection: Connection) -> None:
+        askers = self._askers.get(run.run_id)
+        if askers is not None:  # a finished run has nothing left to send
+            askers.add(connection)
+
+    def subscribe_session(self, connection: Connection, session_key: str) -> None:
+        self._sessions.setdefault(session_key, set()).add(connection)
+
+    def drop(self, connection: Connection) -> None:
+        """Forget a closed connection everywhere."""
+        for askers in self._askers.values():
+            askers.discard(connection)
+        for key in [k for k, subs in self._sessions.items() if connection in subs]:
+            self._sessions[key].discard(connection)
+            if not self._sessions[key]:
+                del self._sessions[key]
+
+    def _deliver(self, run: Run, event: RunEvent) -> None:
+        targets = self._askers.get(run.run_id, set()) | self._sessions.get(run.session_key,
+                                                                             set())
+        if not targets:
+            return
+        payload = event.to_json()
+        payload["sessionKey"] = run.session_key
+        for connection in targets:
+            connection.send_event("agent", payload)
+
+    def _forget(self, _outcome, run: Run) -> None:
+        listener = self._listeners.pop(run.run_id, None)
+        if listener is not None:
+            run.unsubscribe(listener)
+        self._askers.pop(run.run_id, None)
+        return None  # the outcome is delivered to other waiters; none is lost here
+
+
+# --- the methods -------------------------------------------------------------------------
+
+Handler = Callable[[Connection, Request], Awaitable[Any]]
+
+
+class GatewayMethods:
+    """The method table of the protocol, bound to one gateway's runtime."""
+
+    log = Logger()
+
+    def __init__(self, runner: AgentRunner, store: SessionStore, agents: AgentRegistry, clock,
+                 connections=()):
+        self.runner = runner
+        self.store = store
+        self.agents = agents
+        self.clock = clock
+        self.connections = connections          # the open connections, for ``status``
+        self.started_at = clock.seconds()
+        self.started_at_ms = int(time.time() * 1000)
+        self.router = EventRouter()
+        self.idempotency: ExpiringCache[Run] = ExpiringCache(clock, IDEMPOTENCY_TTL,
+                                                              MAX_IDEMPOTENCY_KEYS)
+        self.finished_runs: ExpiringCache[Run] = ExpiringCache(clock, FINISHED_RUN_TTL,
+                                                                MAX_FINISHED_RUNS)
+        self.table: dict[str, Handler] = {
+            "health": self.health,
+            "status": self.status,
+            "agent": self.agent,
+            "agent.wait": self.agent_wait,
+            "chat.send": self.chat_send,
+            "chat.history": self.chat_history,
+            "chat.abort": self.chat_abort,
+            "sessions.list": self.sessions_list,
+            "sessions.reset": self.sessions_reset,
+            "sessions.delete": self.sessions_delete,
+            "models.list": self.models_list,
+        }
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.table)
+
+    def connection_closed(self, connection: Connection) -> None:
+        self.router.drop(connection)
+
+    def _uptime_ms(self) -> int:
+        return int((self.clock.seconds() - self.started_at) * 1000)
+
+    # -- resolving agents and session keys --------------------------------------------
+
+    def _agent(self, raw_id: Optional[str]) -> Agent:
+        try:
+            return self.agents.get(raw_id)
+        except UnknownAgent as e:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f'unknown agent "{e.agent_id}"')
+
+    def _session(self, params: Mapping[str, Any], name: str, default: Optional[str],
+                 configured_agent: bool = True) -> tuple[Optional[Agent], str]:
+        """The agent and full session key that ``params[name]`` (with ``agentId``) names.
+
+        With ``configured_agent=False`` a full key of an agent no longer configured is
+        accepted (for cleaning up its sessions); the agent is then ``None``.
+        """
+        raw_key = _text(params, name, required=default is None)
+        raw_agent = _text(params, "agentId")
+        if raw_key is not None and raw_key.strip().startswith(KEY_PREFIX):
+            try:
+                key_agent, _ = parse_session_key(raw_key.strip())
+            except ValueError as e:
+                raise invalid(f"{name}: {e}")
+            if raw_agent is None:
+                if not configured_agent:
+                    return (self.agents.get(key_agent) if key_agent in self.agents.ids
+                            else None), raw_key.strip()
+                raw_agent = key_agent
+        agent = self._agent(raw_agent)
+        try:
+            key = resolve_session_key(agent.id, raw_key if raw_key is not None else default)
+        except ValueError as e:
+            raise invalid(f"{name}: {e}")
+        return agent, key
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def _start_run(self, method: str, params: Mapping[str, Any]) -> tuple[Run, bool]:
+        """Start the run the params ask for, or find the one their idempotency key names.
+        Returns ``(run, deduplicated)``."""
+        message = _text(params, "message", required=True)
+        idempotency_key = _text(params, "idempotencyKey",
+                                max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+        extra = _text(params, "extraSystemPrompt")
+        if idempotency_key is not None:
+            earlier = self.idempotency.get((method, idempotency_key))
+            if earlier is not None:
+                return earlier, True
+        agent, session_key = self._session(params, "sessionKey", MAIN_SESSION)
+        try:
+            run = self.runner.run(RunRequest(
+                input=({"role": "user", "content": message},), agent_id=agent.id,
+                session_key=session_key, extra_system_prompt=extra or None, persist=True))
+        except InvalidRunRequest as e:
+            raise invalid(e.message)
+        except UnknownAgent as e:  # pragma: no cover - resolved above
+            raise ProtocolError(ErrorCode.NOT_FOUND, f'unknown agent "{e.agent_id}"')
+        self.router.watch(run)
+        # Findable by agent.wait for a while after it ends, not only while it runs.
+        self.finished_runs.put(run.run_id, run)
+        run.wait().addBoth(lambda _: self.finished_runs.put(run.run_id, run))
+        if idempotency_key is not None:
+            self.idempotency.put((method, idempotency_key), run)
+        return run, False
+
+    @staticmethod
+    def _run_reference(run: Run, status: str, deduplicated: bool) -> dict:
+        payload = {"runId": run.run_id, "agentId": run.agent_id,
+                   "sessionKey": run.session_key, "status": status}
+        if deduplicated:
+            payload["deduplicated"] = True
+        return payload
+
+    # -- methods ------------------------------------------------------------------------
+
+    async def health(self, connection: Connection, request: Request) -> dict:
+        return {"ok": True, "version": __version__, "uptimeMs": self._uptime_ms(),
+                "ts": int(time.time() * 1000)}
+
+    async def status(self, connection: Connection, request: Request) -> dict:
+        return {"version": __version__, "protocol": PROTOCOL_VERSION,
+                "startedAt": self.started_at_ms, "uptimeMs": self._uptime_ms(),
+                "agents": {"defaultId": self.agents.default_id, "ids": list(self.agents.ids)},
+                "activeRuns": len(self.runner.active),
+                "connections": len(self.connections)}
+
+    async def agent(self, connection: Connection, request: Request) -> dict:
+        run, deduplicated = self._start_run("agent", request.params)
+        self.router.add_asker(run, connection)
+        connection.send_response(request.id,
+                                 self._run_reference(run, "accepted", deduplicated))
+        return await wait_for(run)
+
+    async def agent_wait(self, connection: Connection, request: Request) -> dict:
+        run_id = _text(request.params, "runId", required=True)
+        run = self.runner.get(run_id) or self.finished_runs.get(run_id)
+        if run is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f'no run "{run_id}" is known (runs are '
+                                                     "kept for 10 minutes after they end)")
+        return await wait_for(run)
+
+    async def chat_send(self, connection: Connection, request: Request) -> dict:
+        run, deduplicated = self._start_run("chat.send", request.params)
+        self.router.subscribe_session(connection, run.session_key)
+        return self._run_reference(run, "started", deduplicated)
+
+    async def chat_history(self, connection: Connection, request: Request) -> dict:
+        params = request.params
+        limit = _count(params, "limit", DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)
+        _agent, key = self._session(params, "sessionKey", MAIN_SESSION)
+        entry = await self.store.get(key)
+        records = await self.store.load_history(key) if entry is not None else []
+        messages = [{name: record[name] for name in HISTORY_FIELDS if name in record}
+                    for record in records if record.get("type") == "message"]
+        return {"sessionKey": key, "sessionId": entry.session_id if entry else None,
+                "messages": messages[-limit:]}
+
+    async def chat_abort(self, connection: Connection, request: Request) -> dict:
+        params = request.params
+        _agent, key = self._session(params, "sessionKey", None)
+        run_id = _text(params, "runId")
+        aborted = [run for run in list(self.runner.active.values())
+                   if run.session_key == key and (run_id is None or run.run_id == run_id)]
+        for run in aborted:
+            run.cancel()
+        if aborted:
+            self.log.info("aborted {n} run(s) on {session_key}", n=len(aborted),
+                          session_key=key)
+        return {"sessionKey": key, "aborted": bool(aborted),
+                "runIds": [run.run_id for run in aborted]}
+
+    async def sessions_list(self, connection: Connection, request: Request) -> dict:
+        params = request.params
+        raw_agent = _text(params, "agentId")
+        limit = _count(params, "limit", None)
+        agent_id = None
+        if raw_agent is not None:
+            agent_id = normalize_agent_id(raw_agent)
+            if agent_id is None:
+                raise invalid(f'agentId: "{raw_agent}" is not a valid agent id')
+        entries = await self.store.list_sessions(agent_id)
+        if limit is not None:
+            entries = entries[:limit]
+        sessions = [{"key": entry.key, "agentId": entry.agent_id, **entry.to_json()}
+                    for entry in entries]
+        return {"sessions": sessions, "count": len(sessions)}
+
+    async def sessions_reset(self, connection: Connection, request: Request) -> dict:
+        _agent, key = self._session(request.params, "key", None, configured_agent=False)
+        existed = await self.store.reset(key)
+        entry = await self.store.get(key) if existed else None
+        return {"key": key, "reset": existed,
+                "sessionId": entry.session_id if entry is not None else None}
+
+    async def sessions_delete(self, connection: Connection, request: Request) -> dict:
+        _agent, key = self._session(request.params, "key", None, configured_agent=False)
+        return {"key": key, "deleted": await self.store.delete(key)}
+
+    async def models_list(self, connection: Connection, request: Request) -> dict:
+        return {"models": [{"id": f"moltbot:{agent.id}", "agentId": agent.id,
+                            "name": agent.name, "default": agent.id == self.agents.default_id,
+                            "model": agent.model.primary,
+                            "fallbacks": list(agent.model.fallbacks)}
+                           for agent in self.agents]}
