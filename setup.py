@@ -40,6 +40,7 @@ setup(
             "pytest-twisted>=1.14",
             "openai>=1.40",
             "websocket-client>=1.8",
+            "docutils>=0.20",
         ],
     },
     entry_points={"console_scripts": ["moltbot-gw = moltbot_gw.cli:main"]},

@@ -283,7 +283,7 @@ class AgentDefaults:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    id: str = _key("id", doc="lowercase [a-z0-9][a-z0-9_-]{0,63}")
+    id: str = _key("id", doc="lowercase, see Agents above")
     default: bool = _key("default", False, doc="the agent used when none is named")
     name: Optional[str] = _key("name", None, doc="display name")
     systemPrompt: Optional[str] = _key("systemPrompt", None, doc="the agent's persona")
