@@ -23,6 +23,8 @@ class RunRequest:
     ``client_history`` is conversation the client sent along (OpenAI-style requests resend
     it); it is used as history only when the session has none stored. ``persist=False``
     runs without reading or writing any session (stateless requests, background tasks).
+    ``stream=False`` says nobody needs deltas as they come, so the provider may answer in
+    one piece (cheaper for upstream and gateway); the run still emits that as one delta.
     """
 
     input: tuple[Mapping[str, Any], ...]
@@ -33,6 +35,7 @@ class RunRequest:
     model: Optional[str] = None                    # "provider/model" override for this run
     options: Mapping[str, Any] = field(default_factory=dict)  # SAMPLING_OPTIONS only
     persist: bool = True
+    stream: bool = True
 
 
 @dataclass(frozen=True)

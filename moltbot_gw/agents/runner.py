@@ -128,7 +128,6 @@ class AgentRunner:
 
     async def _execute(self, run: Run, agent: Agent, chain: tuple[str, ...],
                        request: RunRequest) -> RunResult:
-        started = self.reactor.seconds()
         timer = self.reactor.callLater(agent.timeout_seconds, run.cancel, "timeout")
         try:
             # Start on the next reactor turn, so whoever called run() has subscribed
@@ -157,8 +156,6 @@ class AgentRunner:
             await self._record(run, request, status="ok", result=result)
             run.emit("lifecycle", {"phase": "end", "finishReason": result.finish_reason,
                                    "model": result.model})
-            self.log.debug("run {run_id} of {agent} ended in {ms} ms", run_id=run.run_id,
-                           agent=agent.id, ms=int((self.reactor.seconds() - started) * 1000))
             return result
         finally:
             if timer.active():
@@ -198,7 +195,11 @@ class AgentRunner:
             model_request = ModelRequest(model=model, messages=tuple(messages), system=system,
                                          options=options)
             try:
-                answer: ModelResult = await provider.stream(model_request, on_delta)
+                if request.stream:
+                    answer: ModelResult = await provider.stream(model_request, on_delta)
+                else:
+                    answer = await provider.complete(model_request)
+                    on_delta(answer.text)
             except ProviderError as e:
                 last_error = e
                 if e.retryable and not run.text and ref != chain[-1]:
@@ -234,9 +235,13 @@ class AgentRunner:
             reply["error"] = {"kind": getattr(error, "kind", "error"), "message": _message(error)}
         records.append(reply)
         try:
-            # Not cancellable from outside: a cancelled run still records its turn.
             await self.store.record_turn(run.session_key, records,
                                          model=result.model if result else None, usage=usage)
+        except defer.CancelledError:
+            # The client left while the turn was being written. The store finishes the
+            # write regardless; the turn itself is complete, so the run still ends well.
+            self.log.info("run {run_id}: caller left while its turn was being recorded",
+                          run_id=run.run_id)
         except Exception:
             self.log.failure("could not record run {run_id} in its transcript",
                              run_id=run.run_id)

@@ -121,7 +121,7 @@ class OpenAIRoutes:
             run = self.runner.run(RunRequest(
                 input=chat.input, agent_id=agent.id, session_key=session_key,
                 client_history=chat.history, extra_system_prompt=chat.system_prompt,
-                options=chat.options, persist=persist))
+                options=chat.options, persist=persist, stream=chat.stream))
         except InvalidRunRequest as e:
             raise APIError(400, e.message, code="invalid_request")
         created = int(self.clock.seconds())

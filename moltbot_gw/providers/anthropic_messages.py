@@ -74,14 +74,8 @@ class AnthropicMessagesProvider:
             connect_timeout=config.connectTimeoutSeconds,
             idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,))
         d.addCallback(lambda _response: sink.finish())
-        d.addCallback(self._finished)
         return d
 
-    def _finished(self, result: ModelResult) -> ModelResult:
-        self.log.debug("provider {provider} finished: {finish_reason}, {completion_tokens} tokens",
-                       provider=self.name, finish_reason=result.finish_reason,
-                       completion_tokens=result.usage.completion_tokens)
-        return result
 
     def headers(self) -> dict[str, str]:
         headers = {"anthropic-version": ANTHROPIC_VERSION}

@@ -298,7 +298,7 @@ class UpstreamClient:
         self._clock = clock if clock is not None else reactor
         if pool is None:
             pool = HTTPConnectionPool(reactor, persistent=True)
-            pool.maxPersistentPerHost = 16
+            pool.maxPersistentPerHost = 128
         self.pool = pool
         self._clients: dict[float, HTTPClient] = {}
 

@@ -4,6 +4,7 @@ Pure functions only; which agent a request may use is decided by the caller, not
 """
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Optional
 
@@ -13,9 +14,12 @@ KEY_PREFIX = "agent:"
 MAX_SESSION_KEY_LENGTH = 512
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _has_control_character(text: str) -> bool:
     # C0 controls, DEL and C1 controls; keys end up in logs and on the wire.
-    return any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in text)
+    return _CONTROL_CHARACTER.search(text) is not None
 
 
 def _check_key_text(key: str) -> None:

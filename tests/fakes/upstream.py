@@ -321,6 +321,11 @@ class FakeUpstream:
         reply = Reply(script=script, model=script.model or body.get("model") or "fake-model",
                       text=text, usage=usage, body=body)
         if not body.get("stream") or script.force_json:
+            # Answering in one piece takes as long as streaming would have.
+            if script.delay:
+                await self._sleep(script.delay * max(1, len(pieces)))
+            if script.stall_after is not None:
+                await self._sleep(math.inf)
             self._send_json(request, 200, self.completion(reply))
             return
         request.setHeader("content-type", "text/event-stream")
