@@ -41,6 +41,10 @@ def completion_body(result: RunResult, model: str, created: int) -> dict:
     }
 
 
+_CONTENT_HEAD = b'[{"index":0,"delta":{"content":'
+_CONTENT_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+
 def _dumps(payload) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -50,7 +54,9 @@ class ChatStream:
 
     Headers go out with the first delta, the end of the run, or the first keepalive —
     whichever comes first — so a run that fails before saying anything still gets a real
-    HTTP status. Content deltas are written as they arrive, never buffered.
+    HTTP status. Content deltas are written as they arrive: frames produced in the same
+    reactor turn (an upstream read often carries several) go out as one HTTP chunk at the
+    end of that turn, nothing is held longer.
     """
 
     def __init__(self, request, run_id: str, model: str, created: int, include_usage: bool,
@@ -60,6 +66,8 @@ class ChatStream:
         self.started = False
         self.closed = False
         self._active_since_tick = False
+        self._clock = clock
+        self._pending: list[bytes] = []
         # Every chunk shares id/object/created/model: encode that prefix once.
         head = _dumps({"id": completion_id(run_id), "object": "chat.completion.chunk",
                        "created": created, "model": model})
@@ -78,8 +86,14 @@ class ChatStream:
             self._keepalive.stop()
 
     def _write(self, data: bytes) -> None:
-        if not self.closed:
-            self.request.write(data)
+        if not self._pending:
+            self._clock.callLater(0, self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self.closed:
+            self.request.write(b"".join(pending))
 
     def _chunk(self, choices_json: bytes, extra: bytes = b"") -> bytes:
         return self._prefix + choices_json + extra + b"}\n\n"
@@ -107,7 +121,8 @@ class ChatStream:
             return
         self.start()
         self._active_since_tick = True
-        self._write(self._chunk(self._choice({"content": event.data["delta"]})))
+        # The hot path: only the delta text is encoded per chunk.
+        self._write(self._prefix + _CONTENT_HEAD + _dumps(event.data["delta"]) + _CONTENT_TAIL)
 
     def finish(self, result: RunResult) -> bytes:
         """Write the closing chunks; returns the final ``[DONE]`` frame for the caller."""
@@ -116,10 +131,12 @@ class ChatStream:
         self._write(self._chunk(self._choice({}, result.finish_reason)))
         if self.include_usage:
             self._write(self._chunk(b"[]", b',"usage":' + _dumps(usage_json(result.usage))))
+        self._flush()
         return DONE_FRAME
 
     def fail(self, error: APIError) -> bytes:
         """A failure after the stream started: an error frame, then ``[DONE]``."""
         self._stop_keepalive()
         self._write(b"data: " + error.body() + b"\n\n")
+        self._flush()
         return DONE_FRAME
