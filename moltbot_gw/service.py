@@ -104,7 +104,11 @@ class GatewayService(MultiService):
                 if timer.active():
                     timer.cancel()
         yield self.ws_factory.close_all()
-        for run in list(self.runner.active.values()):
+        runs = list(self.runner.active.values())
+        for run in runs:
             run.cancel()
+        # Cancelled runs still record their turns; let them, then write what is pending.
+        yield defer.DeferredList([run.wait() for run in runs], consumeErrors=True)
+        yield self.store.flush()
         yield super().stopService()
         yield self.providers.close()

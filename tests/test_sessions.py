@@ -349,6 +349,7 @@ async def test_list_sessions_is_newest_first_and_filters_by_agent(tmp_path):
     assert [entry.key for entry in await store.list_sessions("ops")] == ["agent:ops:b"]
     assert await store.list_sessions("nobody") == []
 
+    await store.flush()  # updates of existing sessions are written in batches
     after_restart = await SessionStore(tmp_path).list_sessions()
     assert after_restart == everything
 
@@ -414,7 +415,31 @@ async def test_disk_io_runs_off_the_reactor_thread(tmp_path, monkeypatch):
 
     store = SessionStore(tmp_path)
     await store.record_turn(KEY, [user("q")])
-    await store.load_history(KEY)
+    await SessionStore(tmp_path).load_history(KEY)  # a fresh store has nothing cached
     assert {name for name, _ in threads_seen} == {
         "append_records", "read_transcript", "_write_json_atomically", "_read_sessions_file"}
     assert not any(in_reactor_thread for _, in_reactor_thread in threads_seen)
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_is_served_from_memory_and_matches_the_transcript(tmp_path):
+    store = SessionStore(tmp_path)
+    for i in range(3):
+        await store.record_turn(KEY, [user(f"q{i}")])
+    cached = await store.load_history(KEY)
+    assert cached == await SessionStore(tmp_path).load_history(KEY)
+    assert [r.get("content") for r in cached if r["type"] == "message"] == ["q0", "q1", "q2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_totals_of_existing_sessions_are_written_in_one_batch(tmp_path):
+    store = SessionStore(tmp_path)
+    await store.record_turn(KEY, [user("q")], usage={"input_tokens": 1, "output_tokens": 1})
+    for _ in range(5):
+        await store.record_turn(KEY, [user("q")], usage={"input_tokens": 1,
+                                                         "output_tokens": 1})
+    on_disk = json.loads((sessions_dir(tmp_path) / "sessions.json").read_text())
+    assert on_disk[KEY]["totalTokens"] == 2          # the batch is still pending
+    await store.flush()
+    on_disk = json.loads((sessions_dir(tmp_path) / "sessions.json").read_text())
+    assert on_disk[KEY]["totalTokens"] == 12

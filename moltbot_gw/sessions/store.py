@@ -10,11 +10,12 @@ import os
 import re
 import tempfile
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredLock, fail
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +34,8 @@ T = TypeVar("T")
 
 SESSIONS_FILE_NAME = "sessions.json"
 PRIVATE_DIR_MODE = 0o700
+HISTORY_CACHE_SESSIONS = 256   # per agent: transcripts kept in memory for the next turn
+SAVE_DELAY_SECONDS = 1.0       # sessions.json updates of existing sessions are batched
 # Session ids name files, so an entry read from disk must not smuggle a path in.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -199,6 +202,10 @@ class _AgentSessions:
         self.lock = DeferredLock()
         self.entries: dict[str, SessionEntry] = {}
         self.loaded = False
+        # Transcript records of recently used sessions, so a turn does not re-read its whole
+        # transcript from disk (least recently used first; the file stays the truth).
+        self.history: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.save_timer: Optional[Any] = None  # a delayed sessions.json rewrite, if pending
 
 
 def _uncancellable(work: Deferred) -> Deferred:
@@ -337,7 +344,33 @@ class SessionStore:
         agent.entries = entries
         agent.loaded = True
 
+    def _schedule_save(self, agent: _AgentSessions) -> None:
+        if agent.save_timer is None:
+            agent.save_timer = self._reactor.callLater(SAVE_DELAY_SECONDS, self._delayed_save,
+                                                       agent)
+
+    def _delayed_save(self, agent: _AgentSessions) -> Deferred:
+        agent.save_timer = None
+
+        async def save() -> None:
+            async with agent.lock:
+                await self._save(agent)
+
+        return _uncancellable(Deferred.fromCoroutine(save()))
+
+    def flush(self) -> Deferred:
+        """Write every delayed sessions.json update now (on shutdown); fires when written."""
+        pending = []
+        for agent in self._agents.values():
+            if agent.save_timer is not None:
+                agent.save_timer.cancel()
+                pending.append(self._delayed_save(agent))
+        return DeferredList(pending, consumeErrors=True)
+
     async def _save(self, agent: _AgentSessions) -> None:
+        if agent.save_timer is not None:  # this write covers the delayed one too
+            agent.save_timer.cancel()
+            agent.save_timer = None
         document = {key: entry.to_json() for key, entry in agent.entries.items()}
         await self._in_thread(self._write_sessions_file, agent.sessions_dir, document)
 
@@ -370,9 +403,20 @@ class SessionStore:
         entry = agent.entries.get(session_key)
         if entry is None:
             return []
-        contents = await self._in_thread(
-            read_transcript, transcript_path(agent.sessions_dir, entry.session_id))
-        return list(contents.records)
+        cached = agent.history.get(entry.session_id)
+        if cached is None:
+            contents = await self._in_thread(
+                read_transcript, transcript_path(agent.sessions_dir, entry.session_id))
+            cached = self._remember_history(agent, entry.session_id, list(contents.records))
+        agent.history.move_to_end(entry.session_id)
+        return list(cached)
+
+    def _remember_history(self, agent: _AgentSessions, session_id: str,
+                          records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        agent.history[session_id] = records
+        while len(agent.history) > HISTORY_CACHE_SESSIONS:
+            agent.history.popitem(last=False)
+        return records
 
     async def _record_turn(self, agent: _AgentSessions, session_key: str,
                            records: list[dict[str, Any]], model: Optional[str],
@@ -385,6 +429,11 @@ class SessionStore:
             header = session_header(entry.session_id, session_key, entry.created_at)
             await self._in_thread(self._append_transcript, agent.sessions_dir,
                                   entry.session_id, records, header)
+            cached = agent.history.get(entry.session_id)
+            if cached is not None:
+                cached.extend(records)
+            elif is_new:
+                self._remember_history(agent, entry.session_id, [header, *records])
         input_tokens, output_tokens, total_tokens = _usage_token_counts(usage)
         if total_tokens is None:
             total_tokens = input_tokens + output_tokens
@@ -395,7 +444,13 @@ class SessionStore:
                         output_tokens=entry.output_tokens + output_tokens,
                         total_tokens=entry.total_tokens + total_tokens)
         agent.entries[session_key] = entry
-        await self._save(agent)
+        if is_new:
+            # The key -> session id mapping must be on disk before the turn counts as stored.
+            await self._save(agent)
+        else:
+            # Only timestamps and token totals changed; the transcript (already synced) holds
+            # the turn. Many turns share one rewrite of sessions.json.
+            self._schedule_save(agent)
         if is_new:
             self.log.info("created session {session_id} for {session_key}",
                           session_id=entry.session_id, session_key=session_key)
@@ -422,6 +477,7 @@ class SessionStore:
         entry = agent.entries.pop(session_key, None)
         if entry is None:
             return False
+        agent.history.pop(entry.session_id, None)
         # The entry goes first: a crash in between leaves an orphan transcript, not an entry
         # pointing at a missing file.
         await self._save(agent)
