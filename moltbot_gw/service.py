@@ -19,6 +19,7 @@ from .providers.registry import ProviderRegistry
 from .sessions.store import SessionStore
 from .auth import GatewayAuth
 from .config import Config
+from .openai.cors import CorsPolicy
 from .openai.routes import OpenAIRoutes
 from .site import GatewaySite
 from .web import GatewayWeb
@@ -54,7 +55,9 @@ class GatewayService(MultiService):
             self.auth, GatewayMethods(self.runner, self.store, self.agents, reactor),
             reactor=reactor)
         self.openai = OpenAIRoutes(config, self.auth, self.agents, self.runner, reactor)
-        self.web = GatewayWeb(WebSocketResource(self.ws_factory), self.openai.resource())
+        http = config.gateway.http
+        cors = CorsPolicy(http.cors.allowedOrigins, http.sessionHeaders)
+        self.web = GatewayWeb(WebSocketResource(self.ws_factory), self.openai.resource(), cors)
         max_body = max(config.gateway.http.endpoints.chatCompletions.maxBodyBytes, 1024 * 1024)
         self.site = GatewaySite(self.web.resource(), max_body_bytes=max_body)
         self.site.displayTracebacks = False

@@ -22,9 +22,10 @@ class GatewayWeb:
     app = Klein()
     log = Logger()
 
-    def __init__(self, ws_resource, api_resource=None):
+    def __init__(self, ws_resource, api_resource=None, cors=None):
         self.ws_resource = ws_resource
         self.api_resource = api_resource
+        self.cors = cors
 
     def resource(self):
         return self.app.resource()
@@ -45,10 +46,13 @@ class GatewayWeb:
         request.setHeader(b"cache-control", b"no-store")
         return HEALTH_BODY
 
-    @app.route("/v1/", branch=True)
+    @app.route("/v1/", branch=True, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
+                                             "OPTIONS"])
     def v1(self, request):
         if self.api_resource is None:
             raise NotFound()
+        if self.cors is not None and self.cors.apply(request):
+            return b""  # a preflight, answered without auth as browsers require
         return self.api_resource
 
     @app.handle_errors(NotFound)

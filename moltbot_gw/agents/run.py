@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Optional
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from ..providers.base import Usage
+from ..providers.base import ToolCall, Usage
 
 SAMPLING_OPTIONS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                     "frequency_penalty", "response_format")
@@ -36,11 +36,16 @@ class RunRequest:
     options: Mapping[str, Any] = field(default_factory=dict)  # SAMPLING_OPTIONS only
     persist: bool = True
     stream: bool = True
+    tools: tuple[Mapping[str, Any], ...] = ()      # OpenAI-format function tools
+    tool_choice: Any = None
+    parallel_tool_calls: Optional[bool] = None
 
 
 @dataclass(frozen=True)
 class RunEvent:
-    """``stream`` is "assistant" (data: {"delta"}) or "lifecycle" (data: {"phase", ...})."""
+    """``stream`` is "assistant" (data: {"delta"} for text, {"reasoning"} for reasoning),
+    "tool" (data: {"index", "id", "name", "argumentsDelta"}; id and name only in the first
+    fragment of a call) or "lifecycle" (data: {"phase", ...})."""
 
     run_id: str
     seq: int
@@ -61,6 +66,8 @@ class RunResult:
     finish_reason: str
     usage: Usage
     model: str                                     # "provider/model" that answered
+    tool_calls: tuple[ToolCall, ...] = ()          # client tools the model asked to call
+    reasoning: str = ""
 
 
 class RunError(Exception):
@@ -82,9 +89,14 @@ class RunTimedOut(RunError):
 
 
 class InvalidRunRequest(RunError):
-    """The request cannot run as given (unknown model, provider not configured, ...)."""
+    """The request cannot run as given (unknown model, provider not configured, ...).
+    ``param`` says which part of the request: "model" or "sessionKey"."""
 
     kind = "invalid_request"
+
+    def __init__(self, message: str, param: Optional[str] = None):
+        super().__init__(message)
+        self.param = param
 
 
 EventListener = Callable[[RunEvent], None]
@@ -98,6 +110,7 @@ class Run:
         self.agent_id = agent_id
         self.session_key = session_key
         self.text = ""
+        self.produced_output = False  # any text, reasoning or tool call streamed yet
         self._seq = 0
         self._listeners: list[EventListener] = []
         self._outcome: Optional[object] = None  # RunResult or Failure once done

@@ -83,7 +83,7 @@ class AgentRunner:
             try:
                 session_key = resolve_session_key(agent.id, request.session_key)
             except ValueError as e:
-                raise InvalidRunRequest(str(e))
+                raise InvalidRunRequest(str(e), param="sessionKey")
         else:
             session_key = openai_session_key(agent.id)
         chain = self._model_chain(agent, request.model)
@@ -107,15 +107,16 @@ class AgentRunner:
         else:
             if parse_model_ref(override) is None:
                 raise InvalidRunRequest(
-                    f'model override must be "provider/model", got "{override}"')
+                    f'model override must be "provider/model", got "{override}"', param="model")
             if agent.allowed_models and override not in agent.allowed_models:
                 raise InvalidRunRequest(
-                    f'model "{override}" is not allowed for agent "{agent.id}"')
+                    f'model "{override}" is not allowed for agent "{agent.id}"', param="model")
             chain = (override,)
         for ref in chain:
             provider, _ = parse_model_ref(ref)
             if provider not in self.providers:
-                raise InvalidRunRequest(f'model provider "{provider}" is not configured')
+                raise InvalidRunRequest(f'model provider "{provider}" is not configured',
+                                        param="model")
         return chain
 
     async def _system_prompt(self, agent: Agent, extra: Optional[str]) -> Optional[str]:
@@ -186,23 +187,47 @@ class AgentRunner:
         def on_delta(text: str) -> None:
             if text:
                 run.text += text
+                run.produced_output = True
                 run.emit("assistant", {"delta": text})
+
+        def on_reasoning(text: str) -> None:
+            if text:
+                run.produced_output = True
+                run.emit("assistant", {"reasoning": text})
+
+        def on_tool_call(index: int, call_id, name, fragment: str) -> None:
+            run.produced_output = True
+            data = {"index": index, "argumentsDelta": fragment}
+            if call_id is not None:
+                data["id"] = call_id
+            if name is not None:
+                data["name"] = name
+            run.emit("tool", data)
 
         last_error: Optional[ProviderError] = None
         for ref in chain:
             provider_name, model = parse_model_ref(ref)
             provider = self.providers.get(provider_name)
-            model_request = ModelRequest(model=model, messages=tuple(messages), system=system,
-                                         options=options)
+            model_request = ModelRequest(
+                model=model, messages=tuple(messages), system=system, options=options,
+                tools=request.tools, tool_choice=request.tool_choice,
+                parallel_tool_calls=request.parallel_tool_calls)
             try:
                 if request.stream:
-                    answer: ModelResult = await provider.stream(model_request, on_delta)
+                    extra = {}
+                    if request.tools:
+                        extra["on_tool_call"] = on_tool_call
+                    answer: ModelResult = await provider.stream(
+                        model_request, on_delta, on_reasoning=on_reasoning, **extra)
                 else:
                     answer = await provider.complete(model_request)
+                    on_reasoning(answer.reasoning)
                     on_delta(answer.text)
+                    for i, call in enumerate(answer.tool_calls):
+                        on_tool_call(i, call.id, call.name, call.arguments)
             except ProviderError as e:
                 last_error = e
-                if e.retryable and not run.text and ref != chain[-1]:
+                if e.retryable and not run.produced_output and ref != chain[-1]:
                     self.log.warn("model {ref} failed ({kind}: {message}); trying the next",
                                   ref=ref, kind=e.kind, message=e.message)
                     run.emit("lifecycle", {"phase": "fallback", "model": ref,
@@ -211,7 +236,8 @@ class AgentRunner:
                 raise
             return RunResult(run_id=run.run_id, agent_id=agent.id,
                              session_key=run.session_key, text=run.text,
-                             finish_reason=answer.finish_reason, usage=answer.usage, model=ref)
+                             finish_reason=answer.finish_reason, usage=answer.usage, model=ref,
+                             tool_calls=answer.tool_calls, reasoning=answer.reasoning)
         raise last_error  # pragma: no cover - the loop returns or raises
 
     async def _record(self, run: Run, request: RunRequest, status: str,
@@ -220,9 +246,13 @@ class AgentRunner:
         if not request.persist:
             return
         now = _now_ms()
-        records = [{"type": "message", "role": m.get("role", "user"),
-                    "content": m.get("content"), "runId": run.run_id, "ts": now}
-                   for m in request.input]
+        records = []
+        for message in request.input:
+            record = {"type": "message", "role": message.get("role", "user"),
+                      "content": message.get("content"), "runId": run.run_id, "ts": now}
+            if message.get("tool_call_id") is not None:
+                record["tool_call_id"] = message["tool_call_id"]
+            records.append(record)
         reply: dict[str, Any] = {"type": "message", "role": "assistant", "content": run.text,
                                  "runId": run.run_id, "ts": now, "status": status}
         usage = None
@@ -231,6 +261,11 @@ class AgentRunner:
                      "completion_tokens": result.usage.completion_tokens,
                      "total_tokens": result.usage.total_tokens}
             reply.update(usage=usage, model=result.model, finishReason=result.finish_reason)
+            if result.tool_calls:
+                reply["tool_calls"] = [
+                    {"id": call.id, "type": "function",
+                     "function": {"name": call.name, "arguments": call.arguments}}
+                    for call in result.tool_calls]
         if error is not None:
             reply["error"] = {"kind": getattr(error, "kind", "error"), "message": _message(error)}
         records.append(reply)

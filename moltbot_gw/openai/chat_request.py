@@ -6,16 +6,22 @@ offending ``param``) out. Unknown extra fields are ignored — clients send many
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from ..config import ImagesConfig
 from .errors import APIError
+from .images import ImageBudget
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 TEXT_PART_TYPES = ("text", "input_text")
 AGENT_MODEL_PREFIXES = ("moltbot:", "agent:", "clawdbot:")
 BARE_MODEL_NAMES = ("moltbot", "clawdbot", "agent")
 RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+IMAGE_PART_TYPES = ("image_url", "input_image")
+TASK_PROMPT_PREFIX = "### Task:"
+TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,9 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     user: Optional[str] = None
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: Any = None
+    parallel_tool_calls: Optional[bool] = None
 
 
 def _bad(message: str, param: Optional[str], code: str = "invalid_value") -> APIError:
@@ -54,6 +63,14 @@ def parse_body(body: bytes) -> dict:
     return data
 
 
+def is_task_prompt(chat: "ChatRequest") -> bool:
+    """Open WebUI's background tasks (titles, tags, follow-ups): one user message that
+    starts with ``### Task:``."""
+    if len(chat.input) != 1 or chat.input[0]["role"] != "user":
+        return False
+    return _text_of(chat.input[0]["content"]).lstrip().startswith(TASK_PROMPT_PREFIX)
+
+
 def agent_from_model(model: str) -> Optional[str]:
     """The agent id a ``model`` string names (``moltbot:<id>``, ``agent:<id>``,
     ``clawdbot:<id>``), or ``None`` when it names none (then headers or the default decide).
@@ -65,8 +82,9 @@ def agent_from_model(model: str) -> Optional[str]:
     return None
 
 
-def _content(message: Mapping, index: int) -> Any:
-    """Text content as a string or a list of text parts; other part types are ignored."""
+def _content(message: Mapping, index: int, images: Optional[ImageBudget] = None) -> Any:
+    """Text content as a string or a list of parts (text, and ``image_url`` parts with
+    validated data URIs when ``images`` is given); other part types are ignored."""
     content = message.get("content")
     where = f"messages[{index}].content"
     if content is None or isinstance(content, str):
@@ -87,6 +105,8 @@ def _content(message: Mapping, index: int) -> Any:
                 raise _bad(f"{where}[{j}].text must be a string", f"{where}[{j}].text",
                            "invalid_type")
             parts.append({"type": "text", "text": part["text"]})
+        elif part["type"] in IMAGE_PART_TYPES and images is not None:
+            parts.append(images.image_part(part, index, f"{where}[{j}]"))
     if all(p["type"] == "text" for p in parts):
         return "".join(p["text"] for p in parts) if len(parts) <= 1 else parts
     return parts
@@ -98,7 +118,26 @@ def _text_of(content: Any) -> str:
     return "".join(p.get("text", "") for p in content)
 
 
-def _messages(data: dict) -> tuple[list, list, Optional[str]]:
+def _tool_calls(message: Mapping, index: int) -> list:
+    calls = message.get("tool_calls")
+    where = f"messages[{index}].tool_calls"
+    if not isinstance(calls, list):
+        raise _bad(f"{where} must be a list", where, "invalid_type")
+    checked = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if (not isinstance(call, dict) or not isinstance(call.get("id"), str)
+                or not isinstance(function, dict) or not isinstance(function.get("name"), str)
+                or not isinstance(function.get("arguments", ""), str)):
+            raise _bad(f"{where}[{j}] must be {{id, type: \"function\", function: {{name, "
+                       f"arguments}}}}", f"{where}[{j}]", "invalid_type")
+        checked.append({"id": call["id"], "type": "function",
+                        "function": {"name": function["name"],
+                                     "arguments": function.get("arguments") or "{}"}})
+    return checked
+
+
+def _messages(data: dict, images: ImageBudget) -> tuple[list, list, Optional[str]]:
     messages = data.get("messages")
     if not isinstance(messages, list):
         raise _bad("messages must be a list of message objects", "messages", "invalid_type")
@@ -113,20 +152,36 @@ def _messages(data: dict) -> tuple[list, list, Optional[str]]:
         if role not in ROLES:
             raise _bad(f"messages[{i}].role must be one of {', '.join(ROLES)}; got "
                        f"{json.dumps(role)}", f"messages[{i}].role")
-        content = _content(message, i)
+        content = _content(message, i, images if role == "user" else None)
         if role in ("system", "developer"):
             text = _text_of(content)
             if text:
                 system_parts.append(text)
-        elif role in ("user", "assistant"):
-            conversation.append({"role": role, "content": content})
-        # tool / function results join the conversation once client tools are supported
+        elif role == "user":
+            if content == "" or content == []:
+                raise _bad(f"messages[{i}] has no text or image content", f"messages[{i}]"
+                           ".content", "empty_message")
+            conversation.append({"role": "user", "content": content})
+        elif role == "assistant":
+            entry = {"role": "assistant", "content": _text_of(content) or None}
+            if message.get("tool_calls"):
+                entry["tool_calls"] = _tool_calls(message, i)
+            elif not entry["content"]:
+                continue  # an empty assistant message says nothing; providers reject it
+            conversation.append(entry)
+        elif role == "tool":
+            if not isinstance(message.get("tool_call_id"), str):
+                raise _bad(f"messages[{i}].tool_call_id must be the id of the call it answers",
+                           f"messages[{i}].tool_call_id", "invalid_type")
+            conversation.append({"role": "tool", "tool_call_id": message["tool_call_id"],
+                                 "content": _text_of(content)})
+        # legacy "function" messages carry nothing we can replay faithfully; ignored
     last_assistant = max((i for i, m in enumerate(conversation) if m["role"] == "assistant"),
                          default=-1)
-    turn = [m for m in conversation[last_assistant + 1:] if m["role"] == "user"]
+    turn = [m for m in conversation[last_assistant + 1:] if m["role"] in ("user", "tool")]
     if not turn:
-        raise _bad("messages must end with at least one user message after the last "
-                   "assistant message", "messages", "missing_user_message")
+        raise _bad("messages must end with at least one user (or tool) message after the "
+                   "last assistant message", "messages", "missing_user_message")
     history = conversation[:last_assistant + 1]
     return turn, history, "\n\n".join(system_parts) or None
 
@@ -190,7 +245,64 @@ def _options(data: dict) -> dict:
     return options
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
+def _tools(data: dict) -> tuple[tuple, Any, Optional[bool]]:
+    tools = data.get("tools")
+    if tools is None:
+        tools = []
+    if not isinstance(tools, list):
+        raise _bad("tools must be a list of function tools", "tools", "invalid_type")
+    names = set()
+    checked = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (not isinstance(tool, dict) or tool.get("type") != "function"
+                or not isinstance(function, dict)):
+            raise _bad(f'tools[{i}] must be {{type: "function", function: {{name, '
+                       f"description?, parameters?}}}}", f"tools[{i}]", "invalid_type")
+        name = function.get("name")
+        if not isinstance(name, str) or not TOOL_NAME_RE.match(name):
+            raise _bad(f"tools[{i}].function.name must match ^[a-zA-Z0-9_-]{{1,64}}$",
+                       f"tools[{i}].function.name")
+        if name in names:
+            raise _bad(f'tools[{i}].function.name "{name}" is offered twice',
+                       f"tools[{i}].function.name")
+        names.add(name)
+        entry = {"name": name}
+        if function.get("description") is not None:
+            if not isinstance(function["description"], str):
+                raise _bad(f"tools[{i}].function.description must be a string",
+                           f"tools[{i}].function.description", "invalid_type")
+            entry["description"] = function["description"]
+        if function.get("parameters") is not None:
+            if not isinstance(function["parameters"], dict):
+                raise _bad(f"tools[{i}].function.parameters must be a JSON Schema object",
+                           f"tools[{i}].function.parameters", "invalid_type")
+            entry["parameters"] = function["parameters"]
+        if function.get("strict") is not None:
+            entry["strict"] = bool(function["strict"])
+        checked.append({"type": "function", "function": entry})
+    choice = data.get("tool_choice")
+    if choice is not None:
+        named = (choice.get("function", {}).get("name")
+                 if isinstance(choice, dict) and choice.get("type") == "function"
+                 and isinstance(choice.get("function"), dict) else None)
+        if choice not in ("none", "auto", "required") and named is None:
+            raise _bad('tool_choice must be "none", "auto", "required" or {type: "function", '
+                       "function: {name}}", "tool_choice")
+        if named is not None and named not in names:
+            raise _bad(f'tool_choice names "{named}", which is not in tools', "tool_choice")
+        if choice != "none" and not checked:
+            raise _bad("tool_choice needs tools", "tool_choice")
+    parallel = data.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise _bad("parallel_tool_calls must be a boolean", "parallel_tool_calls",
+                   "invalid_type")
+    return tuple(checked), choice, parallel
+
+
+def parse_chat_request(body: bytes, images: Optional[ImageBudget] = None) -> ChatRequest:
+    """Validate ``body``; image parts count against ``images`` (whose ``remote`` list then
+    names the URLs the caller must fetch)."""
     data = parse_body(body)
     model = data.get("model", "moltbot")
     if not isinstance(model, str) or not model.strip():
@@ -208,8 +320,10 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     user = data.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("user must be a string", "user", "invalid_type")
-    turn, history, system_prompt = _messages(data)
+    tools, tool_choice, parallel_tool_calls = _tools(data)
+    turn, history, system_prompt = _messages(data, images or ImageBudget(ImagesConfig()))
     return ChatRequest(model=model, agent_id=agent_from_model(model), input=tuple(turn),
                        history=tuple(history), system_prompt=system_prompt,
                        options=_options(data), stream=bool(stream),
-                       include_usage=include_usage, user=user or None)
+                       include_usage=include_usage, user=user or None, tools=tools,
+                       tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls)

@@ -26,15 +26,27 @@ def usage_json(usage) -> dict:
             "total_tokens": usage.total_tokens}
 
 
+def tool_calls_json(result: RunResult) -> list:
+    return [{"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}
+            for call in result.tool_calls]
+
+
 def completion_body(result: RunResult, model: str, created: int) -> dict:
+    message = {"role": "assistant", "content": result.text or None, "refusal": None}
+    if result.tool_calls:
+        message["tool_calls"] = tool_calls_json(result)
+    elif message["content"] is None:
+        message["content"] = ""
+    if result.reasoning:
+        message["reasoning_content"] = result.reasoning
     return {
         "id": completion_id(result.run_id),
         "object": "chat.completion",
         "created": created,
         "model": model,
         "choices": [{"index": 0,
-                     "message": {"role": "assistant", "content": result.text,
-                                 "refusal": None},
+                     "message": message,
                      "logprobs": None,
                      "finish_reason": result.finish_reason}],
         "usage": usage_json(result.usage),
@@ -117,12 +129,28 @@ class ChatStream:
         self._active_since_tick = False
 
     def on_event(self, event: RunEvent) -> None:
-        if event.stream != "assistant":
-            return
-        self.start()
-        self._active_since_tick = True
-        # The hot path: only the delta text is encoded per chunk.
-        self._write(self._prefix + _CONTENT_HEAD + _dumps(event.data["delta"]) + _CONTENT_TAIL)
+        data = event.data
+        if event.stream == "assistant":
+            self.start()
+            self._active_since_tick = True
+            if "delta" in data:
+                # The hot path: only the delta text is encoded per chunk.
+                self._write(self._prefix + _CONTENT_HEAD + _dumps(data["delta"])
+                            + _CONTENT_TAIL)
+            elif "reasoning" in data:
+                self._write(self._chunk(self._choice({"reasoning_content": data["reasoning"]})))
+        elif event.stream == "tool":
+            self.start()
+            self._active_since_tick = True
+            call: dict = {"index": data["index"]}
+            function: dict = {}
+            if "id" in data:
+                call.update(id=data["id"], type="function")
+            if "name" in data:
+                function["name"] = data["name"]
+            function["arguments"] = data["argumentsDelta"]
+            call["function"] = function
+            self._write(self._chunk(self._choice({"tool_calls": [call]})))
 
     def finish(self, result: RunResult) -> bytes:
         """Write the closing chunks; returns the final ``[DONE]`` frame for the caller."""

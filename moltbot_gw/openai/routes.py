@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import treq
 from klein import Klein
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -14,16 +16,21 @@ from ..agents.registry import AgentRegistry, UnknownAgent
 from ..agents.run import InvalidRunRequest, RunRequest
 from ..agents.runner import AgentRunner
 from ..auth import GatewayAuth
-from ..config import Config
+from ..config import Config, parse_model_ref
+from ..providers.errors import ProviderError
 from ..http_auth import require_auth
-from ..sessions.keys import openai_session_key
-from .chat_request import AGENT_MODEL_PREFIXES, parse_chat_request
+from ..sessions.keys import openai_session_key, resolve_session_key
+from .chat_request import (AGENT_MODEL_PREFIXES, agent_from_model, is_task_prompt,
+                           parse_chat_request)
+from .embeddings import embeddings_body, parse_embeddings_request
+from .images import ImageBudget, fetch_remote_images
 from .chat_response import ChatStream, completion_body
 from .errors import (APIError, api_error_for_run_failure, method_not_allowed, not_found,
                      write_error)
 
 AGENT_ID_HEADERS = (b"x-moltbot-agent-id", b"x-clawdbot-agent-id")
 SESSION_KEY_HEADERS = (b"x-moltbot-session-key", b"x-clawdbot-session-key")
+MODEL_HEADERS = (b"x-moltbot-model", b"x-clawdbot-model")
 
 
 def _header(request, names) -> str | None:
@@ -62,6 +69,12 @@ class OpenAIRoutes:
         self.clock = clock
         endpoints = config.gateway.http.endpoints
         self.chat = endpoints.chatCompletions
+        self.session_headers = tuple(name.lower().encode("ascii")
+                                     for name in config.gateway.http.sessionHeaders)
+        # Remote images are fetched with a client of their own: no pooled connections to
+        # arbitrary hosts, never the providers' pool.
+        self.image_client = treq.client.HTTPClient(
+            Agent(clock, pool=HTTPConnectionPool(clock, persistent=False)))
         self.models_enabled = endpoints.chatCompletions.enabled or endpoints.responses.enabled
         self.created = int(clock.seconds())
 
@@ -102,28 +115,28 @@ class OpenAIRoutes:
     async def chat_completions(self, request):
         _require_enabled_method(request, self.chat.enabled, ("POST",))
         require_auth(request, self.auth)
-        chat = parse_chat_request(request.content.read())
+        images = ImageBudget(self.chat.images)
+        chat = parse_chat_request(request.content.read(), images)
         try:
             agent = self.agents.get(chat.agent_id or _header(request, AGENT_ID_HEADERS))
         except UnknownAgent as e:
             raise APIError(404, f"The model '{chat.model}' does not exist: there is no agent "
                                 f'"{e.agent_id}"', param="model", code="model_not_found")
-        session_key = _header(request, SESSION_KEY_HEADERS)
-        persist = True
-        if session_key is None:
-            try:
-                session_key = openai_session_key(agent.id, chat.user)
-            except ValueError as e:  # too long, control characters: the client's mistake
-                raise APIError(400, f"user cannot name a session: {e}", param="user",
-                               code="invalid_value")
-            persist = chat.user is not None  # a fresh per-request session is not stored
+        session_key, persist = self._session(request, agent.id, chat)
+        if images.remote:
+            await fetch_remote_images(images, self.image_client, self.clock)
+        model_override = _header(request, MODEL_HEADERS)
         try:
             run = self.runner.run(RunRequest(
                 input=chat.input, agent_id=agent.id, session_key=session_key,
                 client_history=chat.history, extra_system_prompt=chat.system_prompt,
-                options=chat.options, persist=persist, stream=chat.stream))
+                model=model_override, options=chat.options, persist=persist,
+                stream=chat.stream, tools=chat.tools, tool_choice=chat.tool_choice,
+                parallel_tool_calls=chat.parallel_tool_calls))
         except InvalidRunRequest as e:
-            raise APIError(400, e.message, code="invalid_request")
+            param = {"model": MODEL_HEADERS[0].decode(),
+                     "sessionKey": SESSION_KEY_HEADERS[0].decode()}.get(e.param)
+            raise APIError(400, e.message, param=param, code="invalid_request")
         created = int(self.clock.seconds())
         stream = None
         if chat.stream:
@@ -143,6 +156,69 @@ class OpenAIRoutes:
         if stream is not None:
             return stream.finish(result)
         return _json(request, completion_body(result, chat.model, created))
+
+    @app.route("/embeddings")
+    async def embeddings(self, request):
+        _require_enabled_method(request, self.models_enabled, ("POST",))
+        require_auth(request, self.auth)
+        embedding = parse_embeddings_request(request.content.read())
+        ref = embedding.model
+        agent_id = agent_from_model(embedding.model)
+        if agent_id is not None:
+            try:
+                agent = self.agents.get(agent_id)
+            except UnknownAgent:
+                raise APIError(404, f"The model '{embedding.model}' does not exist",
+                               param="model", code="model_not_found")
+            if not agent.embedding_model:
+                raise APIError(400, f'agent "{agent.id}" has no embeddingModel configured',
+                               param="model", code="invalid_value")
+            ref = agent.embedding_model
+        parsed = parse_model_ref(ref)
+        if parsed is None:
+            raise APIError(400, 'model must be "provider/model" or "moltbot:<agentId>"',
+                           param="model", code="invalid_value")
+        provider_name, model_id = parsed
+        if provider_name not in self.runner.providers:
+            raise APIError(400, f'model provider "{provider_name}" is not configured',
+                           param="model", code="invalid_value")
+        provider = self.runner.providers.get(provider_name)
+        if not getattr(provider, "supports_embeddings", False):
+            raise APIError(400, f'model provider "{provider_name}" does not offer embeddings',
+                           param="model", code="embeddings_unsupported")
+        try:
+            answer = await provider.embeddings(model_id, embedding.input,
+                                               embedding.encoding_format, embedding.dimensions)
+        except ProviderError as e:
+            raise api_error_for_run_failure(e)
+        return _json(request, embeddings_body(answer, embedding.model))
+
+    def _session(self, request, agent_id: str, chat) -> tuple[str, bool]:
+        """The session key of a chat request and whether the run may touch the session.
+
+        ``x-moltbot-session-key`` wins; then a configured session header (e.g. Open WebUI's
+        chat id); then ``user``; otherwise a fresh key that is never stored. Background
+        ``### Task:`` prompts never read or write a session (statelessTaskPrompts)."""
+        if self.chat.statelessTaskPrompts and is_task_prompt(chat):
+            return openai_session_key(agent_id), False
+        explicit = _header(request, SESSION_KEY_HEADERS)
+        if explicit is not None:
+            return explicit, True
+        for name in self.session_headers:
+            value = _header(request, (name,))
+            if value is not None:
+                return self._named_session(agent_id, f"openai-chat:{value}", name.decode())
+        if chat.user is not None:
+            return self._named_session(agent_id, f"openai-user:{chat.user}", "user")
+        return openai_session_key(agent_id), False  # a fresh per-request session: not stored
+
+    @staticmethod
+    def _named_session(agent_id: str, rest: str, param: str) -> tuple[str, bool]:
+        try:
+            return resolve_session_key(agent_id, rest), True
+        except ValueError as e:  # too long, control characters: the client's mistake
+            raise APIError(400, f"{param} cannot name a session: {e}", param=param,
+                           code="invalid_value")
 
     @app.handle_errors(APIError)
     def api_error(self, request, failure):

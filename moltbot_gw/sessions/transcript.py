@@ -178,9 +178,12 @@ def history_messages(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
 
     User turns always count. Assistant turns count with their text when it is non-empty;
     an aborted or failed turn thus contributes whatever partial text was streamed, and an
-    empty assistant message (which some providers reject) is never sent.
+    empty assistant message (which some providers reject) is never sent. An assistant turn
+    that called tools keeps its ``tool_calls`` only when every call's result follows, and a
+    tool result is kept only after its call: providers reject anything else.
     """
     messages: list[dict[str, Any]] = []
+    pending: dict[str, dict[str, Any]] = {}   # tool_call_id -> the assistant message
     for record in records:
         if record.get("type") != "message":
             continue
@@ -195,6 +198,36 @@ def history_messages(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
             messages.append({"role": "user", "content": content})
         elif role == "assistant":
             text = content_text(content)
-            if text:
+            calls = record.get("tool_calls")
+            if isinstance(calls, list) and calls:
+                message = {"role": "assistant", "content": text or None,
+                           "tool_calls": [dict(call) for call in calls]}
+                messages.append(message)
+                for call in calls:
+                    if isinstance(call, Mapping) and isinstance(call.get("id"), str):
+                        pending[call["id"]] = message
+            elif text:
                 messages.append({"role": "assistant", "content": text})
-    return messages
+        elif role == "tool":
+            call_id = record.get("tool_call_id")
+            if call_id in pending:
+                pending.pop(call_id)
+                messages.append({"role": "tool", "tool_call_id": call_id,
+                                 "content": content_text(content)})
+    return _without_unanswered_calls(messages)
+
+
+def _without_unanswered_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    answered = {m["tool_call_id"] for m in messages if m["role"] == "tool"}
+    cleaned = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls is not None and not all(call.get("id") in answered for call in calls):
+            # The tool turn was never completed: drop the calls and their partial results,
+            # keeping any text the assistant said.
+            answered -= {call.get("id") for call in calls}
+            if not message["content"]:
+                continue
+            message = {"role": "assistant", "content": message["content"]}
+        cleaned.append(message)
+    return [m for m in cleaned if m["role"] != "tool" or m["tool_call_id"] in answered]
