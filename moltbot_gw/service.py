@@ -22,7 +22,7 @@ from .config import Config
 from .openai.cors import CorsPolicy
 from .openai.routes import OpenAIRoutes
 from .site import GatewaySite
-from .web import GatewayWeb
+from .web import GatewayRoot
 from .ws.methods import GatewayMethods
 from .ws.protocol import GatewayWSFactory
 
@@ -57,9 +57,9 @@ class GatewayService(MultiService):
         self.openai = OpenAIRoutes(config, self.auth, self.agents, self.runner, reactor)
         http = config.gateway.http
         cors = CorsPolicy(http.cors.allowedOrigins, http.sessionHeaders)
-        self.web = GatewayWeb(WebSocketResource(self.ws_factory), self.openai.resource(), cors)
+        self.root = GatewayRoot(WebSocketResource(self.ws_factory), self.openai.resource(), cors)
         max_body = max(config.gateway.http.endpoints.chatCompletions.maxBodyBytes, 1024 * 1024)
-        self.site = GatewaySite(self.web.resource(), max_body_bytes=max_body)
+        self.site = GatewaySite(self.root, max_body_bytes=max_body)
         self.site.displayTracebacks = False
         endpoint = serverFromString(reactor, endpoint_description(config))
         self.listener = StreamServerEndpointService(endpoint, self.site)
