@@ -7,7 +7,7 @@ import base64
 import binascii
 import ipaddress
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 from urllib.parse import urljoin, urlsplit
 
 import treq

@@ -14,10 +14,9 @@ from typing import Any, Iterable, Mapping, Optional
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
-from ..config import ProviderConfig
 from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCallSink, Usage
-from .errors import ProviderBadRequest, no_embeddings
-from .http import EventStreamSink, UpstreamClient
+from .errors import ProviderBadRequest
+from .http import EventStreamSink, HTTPProvider
 from .sse import SSEEvent
 from .tools import ToolCallCollector
 
@@ -31,33 +30,12 @@ _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "len
                  "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop"}
 
 
-class AnthropicMessagesProvider:
+class AnthropicMessagesProvider(HTTPProvider):
     """One configured Anthropic upstream."""
 
     log = Logger()
-    supports_embeddings = False
-
-    def __init__(self, name: str, config: ProviderConfig, client: UpstreamClient):
-        self.name = name
-        self._config = config
-        self._client = client
-        self.url = (config.baseUrl or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
-
-    def stream(self, request: ModelRequest, on_delta: DeltaSink,
-               on_tool_call: Optional[ToolCallSink] = None,
-               on_reasoning: Optional[ReasoningSink] = None) -> Deferred:
-        """Stream a reply: ``on_delta`` per text fragment, ``on_tool_call`` per tool-call
-        fragment, ``on_reasoning`` per thinking fragment; fires with a ``ModelResult``."""
-        return self._post(request, on_delta, on_tool_call, on_reasoning, stream=True)
-
-    def complete(self, request: ModelRequest) -> Deferred:
-        """Ask for a non-streamed reply (``stream: false``); fires with a ``ModelResult``."""
-        return self._post(request, None, None, None, stream=False)
-
-    def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
-                   dimensions: Optional[int] = None) -> Deferred:
-        """Always fails with ``ProviderBadRequest``: the Messages API has no embeddings."""
-        return fail(no_embeddings(self.name))
+    default_base_url = DEFAULT_BASE_URL
+    path = "/v1/messages"
 
     def _post(self, request: ModelRequest, on_delta: Optional[DeltaSink],
               on_tool_call: Optional[ToolCallSink], on_reasoning: Optional[ReasoningSink],

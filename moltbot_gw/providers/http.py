@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Protocol as Typin
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -26,7 +26,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from .errors import (ProviderAuthError, ProviderBadRequest, ProviderError, ProviderRateLimited,
-                     ProviderTimeout, ProviderUnavailable)
+                     ProviderTimeout, ProviderUnavailable, no_embeddings)
 from .sse import SSEError, SSEEvent, SSEParser
 
 MAX_ERROR_MESSAGE_CHARS = 500
@@ -552,3 +552,36 @@ class _Discard(Protocol):
 __all__ = ["BodySink", "EventStreamSink", "JSONSink", "UpstreamClient", "UpstreamResponse",
            "clip_message", "error_for_type", "error_from_status", "extract_error_message",
            "parse_retry_after", "redact"]
+
+
+class HTTPProvider:
+    """What every HTTP provider shares: its config, the shared client, the URL it posts to,
+    and the ``stream``/``complete`` entry points around the subclass's ``_post``."""
+
+    default_base_url = ""
+    path = ""
+    supports_embeddings = False
+
+    def __init__(self, name: str, config, client: UpstreamClient):
+        self.name = name
+        self._config = config
+        self._client = client
+        self.base_url = (config.baseUrl or self.default_base_url).rstrip("/")
+        self.url = self.base_url + self.path
+
+    def stream(self, request, on_delta, on_tool_call=None, on_reasoning=None) -> Deferred:
+        """Stream a reply: ``on_delta`` per text fragment, ``on_tool_call`` per tool-call
+        fragment, ``on_reasoning`` per reasoning fragment; fires with a ``ModelResult``."""
+        return self._post(request, on_delta, on_tool_call, on_reasoning, stream=True)
+
+    def complete(self, request) -> Deferred:
+        """Ask for a reply in one piece (``stream: false``); fires with a ``ModelResult``."""
+        return self._post(request, None, None, None, stream=False)
+
+    def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
+                   dimensions: Optional[int] = None) -> Deferred:
+        """Fails with ``ProviderBadRequest`` unless the provider overrides it."""
+        return fail(no_embeddings(self.name))
+
+    def _post(self, request, on_delta, on_tool_call, on_reasoning, stream: bool) -> Deferred:
+        raise NotImplementedError

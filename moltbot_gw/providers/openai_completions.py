@@ -11,10 +11,9 @@ from typing import Any, Mapping, Optional
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..config import ProviderConfig
 from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCallSink, Usage
 from .errors import ProviderUnavailable
-from .http import EventStreamSink, JSONSink, UpstreamClient
+from .http import EventStreamSink, HTTPProvider, JSONSink
 from .sse import SSEEvent
 from .tools import ToolCallCollector, arguments_text
 
@@ -23,29 +22,13 @@ MAX_EMBEDDINGS_BYTES = 256 * 1024 * 1024
 REASONING_KEYS = ("reasoning_content", "reasoning")   # vLLM/DeepSeek name; OpenRouter/Ollama name
 
 
-class OpenAICompletionsProvider:
+class OpenAICompletionsProvider(HTTPProvider):
     """One configured OpenAI-compatible upstream."""
 
     log = Logger()
+    default_base_url = DEFAULT_BASE_URL
+    path = "/chat/completions"
     supports_embeddings = True
-
-    def __init__(self, name: str, config: ProviderConfig, client: UpstreamClient):
-        self.name = name
-        self._config = config
-        self._client = client
-        self.base_url = (config.baseUrl or DEFAULT_BASE_URL).rstrip("/")
-        self.url = self.base_url + "/chat/completions"
-
-    def stream(self, request: ModelRequest, on_delta: DeltaSink,
-               on_tool_call: Optional[ToolCallSink] = None,
-               on_reasoning: Optional[ReasoningSink] = None) -> Deferred:
-        """Stream a completion: ``on_delta`` per text fragment, ``on_tool_call`` per tool-call
-        fragment, ``on_reasoning`` per thinking fragment; fires with a ``ModelResult``."""
-        return self._post(request, on_delta, on_tool_call, on_reasoning, stream=True)
-
-    def complete(self, request: ModelRequest) -> Deferred:
-        """Ask for a non-streamed completion (``stream: false``); fires with a ``ModelResult``."""
-        return self._post(request, None, None, None, stream=False)
 
     def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
                    dimensions: Optional[int] = None) -> Deferred:
