@@ -87,6 +87,9 @@ async def test_tool_turns_are_stored_and_replayed_in_a_user_session(start_gatewa
     history = HI + [{"role": "assistant", "content": None, "tool_calls": [call]},
                     {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]
     await post(http, gw, {**base, "messages": history})
+    # the stored call is replayed before the result the client just sent
+    assert [m["role"] for m in upstream_messages(upstream)] == [
+        "system", "user", "assistant", "tool"]
     await post(http, gw, {**base, "messages": history + [
         {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "thanks"}]})
     roles = [(m["role"], m.get("tool_call_id")) for m in upstream_messages(upstream)]

@@ -178,7 +178,8 @@ class AgentRunner:
         stored = []
         if request.persist:
             records = await self.store.load_history(run.session_key)
-            stored = history_messages(records)
+            stored = history_messages(records, answered_now=[
+                m["tool_call_id"] for m in request.input if m.get("role") == "tool"])
         history = stored if stored else list(request.client_history)
         messages = cap_history(history, agent.history) + list(request.input)
         system = await self._system_prompt(agent, request.extra_system_prompt)

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from ..config import ImagesConfig
-from .errors import APIError
+from .validation import bad_request as _bad
+from .validation import is_int as _is_int
+from .validation import is_number as _is_number
+from .validation import text_of as _text_of
 from .images import ImageBudget
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -40,16 +43,10 @@ class ChatRequest:
     parallel_tool_calls: Optional[bool] = None
 
 
-def _bad(message: str, param: Optional[str], code: str = "invalid_value") -> APIError:
-    return APIError(400, message, param=param, code=code)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_body(body: bytes) -> dict:
@@ -112,10 +109,6 @@ def _content(message: Mapping, index: int, images: Optional[ImageBudget] = None)
     return parts
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content)
 
 
 def _tool_calls(message: Mapping, index: int) -> list:

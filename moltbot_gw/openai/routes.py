@@ -25,6 +25,7 @@ from .chat_request import (AGENT_MODEL_PREFIXES, agent_from_model, is_task_promp
 from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
 from .chat_response import ChatStream, completion_body
+from .responses import ResponsesEndpoint
 from .errors import (APIError, api_error_for_run_failure, method_not_allowed, not_found,
                      write_error)
 
@@ -77,6 +78,7 @@ class OpenAIRoutes:
             Agent(clock, pool=HTTPConnectionPool(clock, persistent=False)))
         self.models_enabled = endpoints.chatCompletions.enabled or endpoints.responses.enabled
         self.created = int(clock.seconds())
+        self.responses_endpoint = ResponsesEndpoint(config, auth, agents, runner, clock)
 
     def resource(self):
         return self.app.resource()
@@ -156,6 +158,10 @@ class OpenAIRoutes:
         if stream is not None:
             return stream.finish(result)
         return _json(request, completion_body(result, chat.model, created))
+
+    @app.route("/responses")
+    async def responses(self, request):
+        return await self.responses_endpoint.handle(request)
 
     @app.route("/embeddings")
     async def embeddings(self, request):

@@ -173,7 +173,8 @@ def content_text(content: Any) -> str:
     return ""
 
 
-def history_messages(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def history_messages(records: Iterable[Mapping[str, Any]],
+                     answered_now: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Turn transcript records into OpenAI-style chat messages for the model.
 
     User turns always count. Assistant turns count with their text when it is non-empty;
@@ -181,6 +182,8 @@ def history_messages(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
     empty assistant message (which some providers reject) is never sent. An assistant turn
     that called tools keeps its ``tool_calls`` only when every call's result follows, and a
     tool result is kept only after its call: providers reject anything else.
+    ``answered_now`` are ids of calls whose results the new turn brings, so the last
+    stored call is kept for them.
     """
     messages: list[dict[str, Any]] = []
     pending: dict[str, dict[str, Any]] = {}   # tool_call_id -> the assistant message
@@ -214,11 +217,12 @@ def history_messages(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
                 pending.pop(call_id)
                 messages.append({"role": "tool", "tool_call_id": call_id,
                                  "content": content_text(content)})
-    return _without_unanswered_calls(messages)
+    return _without_unanswered_calls(messages, set(answered_now))
 
 
-def _without_unanswered_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    answered = {m["tool_call_id"] for m in messages if m["role"] == "tool"}
+def _without_unanswered_calls(messages: list[dict[str, Any]],
+                              answered_now: set[str]) -> list[dict[str, Any]]:
+    answered = {m["tool_call_id"] for m in messages if m["role"] == "tool"} | answered_now
     cleaned = []
     for message in messages:
         calls = message.get("tool_calls")

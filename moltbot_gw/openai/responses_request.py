@@ -1,0 +1,393 @@
+"""Validate an OpenAI Responses API request body (``POST /v1/responses``) and map it onto an
+agent turn.
+
+Pure functions: bytes in, a ``ResponsesRequest`` (or an ``APIError`` naming the offending
+``param``) out. Unknown extra fields are ignored, as for chat completions; features the
+gateway cannot honour (hosted tools, background mode, server-side conversations) are 400s.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from ..config import ImagesConfig
+from .chat_request import TOOL_NAME_RE, agent_from_model, parse_body
+from .validation import bad_request as _bad
+from .validation import is_int as _is_int
+from .validation import is_number as _is_number
+from .validation import text_of as _text_of
+from .images import ImageBudget
+
+MESSAGE_ROLES = ("user", "assistant", "system", "developer")
+TEXT_PART_TYPES = ("input_text", "output_text", "text")
+IGNORED_PART_TYPES = ("refusal",)
+IGNORED_ITEM_TYPES = ("reasoning",)      # clients resend a response's whole output
+TOOL_CHOICE_MODES = ("none", "auto", "required")
+TRUNCATION_MODES = ("auto", "disabled")
+TEXT_FORMAT_TYPES = ("text", "json_object", "json_schema")
+MAX_METADATA_PAIRS = 16
+
+
+@dataclass(frozen=True)
+class ResponsesRequest:
+    model: str                                      # echoed back verbatim
+    agent_id: Optional[str]                         # from the model field, if it names one
+    input: tuple[Mapping[str, Any], ...]            # the turn's new user / tool messages
+    history: tuple[Mapping[str, Any], ...]          # earlier items, as chat messages
+    system_prompt: Optional[str]                    # instructions + system/developer items
+    options: Mapping[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    user: Optional[str] = None
+    previous_response_id: Optional[str] = None
+    tools: tuple[Mapping[str, Any], ...] = ()       # chat format, for the run
+    tool_choice: Any = None                         # chat format, for the run
+    parallel_tool_calls: Optional[bool] = None
+    # Echoed in the response object, in Responses terms:
+    echo: Mapping[str, Any] = field(default_factory=dict)
+
+
+
+
+
+
+
+
+
+
+def _content(item: Mapping, index: int, images: Optional[ImageBudget]) -> Any:
+    """A message item's content as a string or a list of chat parts (text, and image parts
+    with validated URIs when ``images`` is given)."""
+    content = item.get("content")
+    where = f"input[{index}].content"
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _bad(f"{where} must be a string or a list of content parts", where,
+                   "invalid_type")
+    parts = []
+    for j, part in enumerate(content):
+        here = f"{where}[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad(f"{here} must be an object with a type", here, "invalid_type")
+        kind = part["type"]
+        if kind in TEXT_PART_TYPES:
+            if not isinstance(part.get("text"), str):
+                raise _bad(f"{here}.text must be a string", f"{here}.text", "invalid_type")
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "input_image":
+            if images is not None:   # images count only in user messages
+                parts.append(images.image_part(part, index, here))
+        elif kind not in IGNORED_PART_TYPES:
+            raise _bad(f'{here}.type "{kind}" is not supported; use input_text or '
+                       "input_image (as a data: URI)", f"{here}.type", "unsupported_value")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts) if len(parts) <= 1 else parts
+    return parts
+
+
+def _string_field(item: Mapping, name: str, where: str, *, required: bool = True,
+                  default: Optional[str] = None) -> Optional[str]:
+    value = item.get(name, default)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value and default is None):
+        raise _bad(f"{where}.{name} must be a non-empty string", f"{where}.{name}",
+                   "invalid_type")
+    return value
+
+
+def _tool_output(item: Mapping, where: str) -> str:
+    output = item.get("output")
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):   # a list of input_text parts; their text is the result
+        texts = []
+        for j, part in enumerate(output):
+            if (not isinstance(part, dict) or part.get("type") not in TEXT_PART_TYPES
+                    or not isinstance(part.get("text"), str)):
+                raise _bad(f"{where}.output[{j}] must be an input_text part",
+                           f"{where}.output[{j}]", "invalid_type")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise _bad(f"{where}.output must be a string", f"{where}.output", "invalid_type")
+
+
+def _items(data: dict, images: ImageBudget) -> tuple[list, list, list[str]]:
+    """(turn, history, system texts) of ``input``."""
+    raw = data.get("input")
+    if raw is None:
+        raise _bad("input is required: a string or a list of input items", "input",
+                   "missing_required_parameter")
+    if isinstance(raw, str):
+        if not raw:
+            raise _bad("input must not be empty", "input", "empty_input")
+        return [{"role": "user", "content": raw}], [], []
+    if not isinstance(raw, list):
+        raise _bad("input must be a string or a list of input items", "input", "invalid_type")
+    if not raw:
+        raise _bad("input must contain at least one item", "input", "empty_input")
+    system: list[str] = []
+    conversation: list[dict] = []
+    for i, item in enumerate(raw):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(f"{where} must be an object", where, "invalid_type")
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            role = item.get("role")
+            if role not in MESSAGE_ROLES:
+                raise _bad(f"{where}.role must be one of {', '.join(MESSAGE_ROLES)}; got "
+                           f"{json.dumps(role)}", f"{where}.role")
+            content = _content(item, i, images if role == "user" else None)
+            if role in ("system", "developer"):
+                text = _text_of(content)
+                if text:
+                    system.append(text)
+            elif role == "user":
+                if content == "" or content == []:
+                    raise _bad(f"{where} has no text or image content", f"{where}.content",
+                               "empty_message")
+                conversation.append({"role": "user", "content": content})
+            else:
+                text = _text_of(content)
+                if text:   # an empty assistant message says nothing; providers reject it
+                    conversation.append({"role": "assistant", "content": text})
+        elif kind == "function_call":
+            call = {"id": _string_field(item, "call_id", where), "type": "function",
+                    "function": {"name": _string_field(item, "name", where),
+                                 "arguments": _string_field(item, "arguments", where,
+                                                            default="") or "{}"}}
+            previous = conversation[-1] if conversation else None
+            if previous is not None and previous["role"] == "assistant":
+                # the calls of one assistant turn follow its text: one chat message
+                previous.setdefault("tool_calls", []).append(call)
+            else:
+                conversation.append({"role": "assistant", "content": None,
+                                     "tool_calls": [call]})
+        elif kind == "function_call_output":
+            conversation.append({"role": "tool",
+                                 "tool_call_id": _string_field(item, "call_id", where),
+                                 "content": _tool_output(item, where)})
+        elif kind in IGNORED_ITEM_TYPES:
+            continue
+        elif isinstance(kind, str):
+            raise _bad(f'{where}.type "{kind}" is not supported; use message, function_call '
+                       "or function_call_output items", f"{where}.type", "unsupported_value")
+        else:
+            raise _bad(f"{where} needs a type (or a role for a message)", f"{where}.type",
+                       "invalid_type")
+    last_assistant = max((i for i, m in enumerate(conversation) if m["role"] == "assistant"),
+                         default=-1)
+    turn = conversation[last_assistant + 1:]
+    if not turn:
+        raise _bad("input must end with at least one user message or function_call_output "
+                   "after the last assistant item", "input", "missing_user_message")
+    return turn, conversation[:last_assistant + 1], system
+
+
+def _tools(data: dict) -> tuple[tuple, list, Any, Any]:
+    """(chat-format tools, echoed tools, chat-format tool_choice, echoed tool_choice)."""
+    tools = data.get("tools")
+    if tools is None:
+        tools = []
+    if not isinstance(tools, list):
+        raise _bad("tools must be a list of function tools", "tools", "invalid_type")
+    names: set[str] = set()
+    chat_tools, echoed = [], []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise _bad(f"{where} must be an object", where, "invalid_type")
+        if tool.get("type") != "function":
+            raise _bad(f'{where}.type must be "function": only function tools are supported',
+                       f"{where}.type", "unsupported_value")
+        name = tool.get("name")
+        if not isinstance(name, str) or not TOOL_NAME_RE.match(name):
+            raise _bad(f"{where}.name must match ^[a-zA-Z0-9_-]{{1,64}}$ (Responses tools "
+                       'are flat: {type: "function", name, description?, parameters?})',
+                       f"{where}.name")
+        if name in names:
+            raise _bad(f'{where}.name "{name}" is offered twice', f"{where}.name")
+        names.add(name)
+        function: dict[str, Any] = {"name": name}
+        if tool.get("description") is not None:
+            if not isinstance(tool["description"], str):
+                raise _bad(f"{where}.description must be a string", f"{where}.description",
+                           "invalid_type")
+            function["description"] = tool["description"]
+        if tool.get("parameters") is not None:
+            if not isinstance(tool["parameters"], dict):
+                raise _bad(f"{where}.parameters must be a JSON Schema object",
+                           f"{where}.parameters", "invalid_type")
+            function["parameters"] = tool["parameters"]
+        if tool.get("strict") is not None:
+            if not isinstance(tool["strict"], bool):
+                raise _bad(f"{where}.strict must be a boolean", f"{where}.strict",
+                           "invalid_type")
+            function["strict"] = tool["strict"]
+        chat_tools.append({"type": "function", "function": function})
+        echoed.append({"type": "function", "name": name,
+                       "description": function.get("description"),
+                       "parameters": function.get("parameters"),
+                       "strict": function.get("strict")})
+    choice = data.get("tool_choice")
+    chat_choice: Any = None
+    if choice is None:
+        echoed_choice: Any = "auto"
+    elif choice in TOOL_CHOICE_MODES:
+        if choice == "required" and not chat_tools:
+            raise _bad('tool_choice "required" needs tools', "tool_choice")
+        chat_choice = choice if chat_tools else None
+        echoed_choice = choice
+    elif (isinstance(choice, dict) and choice.get("type") == "function"
+          and isinstance(choice.get("name"), str)):
+        if choice["name"] not in names:
+            raise _bad(f'tool_choice names "{choice["name"]}", which is not in tools',
+                       "tool_choice")
+        chat_choice = {"type": "function", "function": {"name": choice["name"]}}
+        echoed_choice = {"type": "function", "name": choice["name"]}
+    else:
+        raise _bad('tool_choice must be "none", "auto", "required" or {type: "function", '
+                   "name}", "tool_choice")
+    return tuple(chat_tools), echoed, chat_choice, echoed_choice
+
+
+def _text_format(data: dict) -> tuple[Optional[dict], dict]:
+    """(chat ``response_format`` option or None, echoed ``text`` config)."""
+    text = data.get("text")
+    if text is None:
+        return None, {"format": {"type": "text"}}
+    if not isinstance(text, dict):
+        raise _bad("text must be an object", "text", "invalid_type")
+    fmt = text.get("format")
+    if fmt is None:
+        return None, {"format": {"type": "text"}}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in TEXT_FORMAT_TYPES:
+        raise _bad("text.format.type must be one of " + ", ".join(TEXT_FORMAT_TYPES),
+                   "text.format.type")
+    if kind == "text":
+        return None, {"format": {"type": "text"}}
+    if kind == "json_object":
+        return {"type": "json_object"}, {"format": {"type": "json_object"}}
+    name, schema = fmt.get("name"), fmt.get("schema")
+    if not isinstance(name, str) or not name:
+        raise _bad("text.format.name must be a non-empty string", "text.format.name",
+                   "invalid_type")
+    if not isinstance(schema, dict):
+        raise _bad("text.format.schema must be a JSON Schema object", "text.format.schema",
+                   "invalid_type")
+    json_schema: dict[str, Any] = {"name": name, "schema": schema}
+    echoed: dict[str, Any] = {"type": "json_schema", "name": name, "schema": schema}
+    for key, check in (("strict", bool), ("description", str)):
+        if fmt.get(key) is not None:
+            if not isinstance(fmt[key], check):
+                raise _bad(f"text.format.{key} must be a {check.__name__}",
+                           f"text.format.{key}", "invalid_type")
+            json_schema[key] = echoed[key] = fmt[key]
+    return {"type": "json_schema", "json_schema": json_schema}, {"format": echoed}
+
+
+def _options(data: dict) -> dict:
+    options: dict[str, Any] = {}
+    temperature = data.get("temperature")
+    if temperature is not None:
+        if not _is_number(temperature) or not 0 <= temperature <= 2:
+            raise _bad("temperature must be a number between 0 and 2", "temperature")
+        options["temperature"] = temperature
+    top_p = data.get("top_p")
+    if top_p is not None:
+        if not _is_number(top_p) or not 0 <= top_p <= 1:
+            raise _bad("top_p must be a number between 0 and 1", "top_p")
+        options["top_p"] = top_p
+    max_output_tokens = data.get("max_output_tokens")
+    if max_output_tokens is not None:
+        if not _is_int(max_output_tokens) or max_output_tokens < 1:
+            raise _bad("max_output_tokens must be a positive integer", "max_output_tokens")
+        options["max_tokens"] = max_output_tokens
+    return options
+
+
+def _optional_string(data: dict, name: str) -> Optional[str]:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _bad(f"{name} must be a string", name, "invalid_type")
+    return value or None
+
+
+def _optional_bool(data: dict, name: str) -> Optional[bool]:
+    value = data.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _bad(f"{name} must be a boolean", name, "invalid_type")
+    return value
+
+
+def _metadata(data: dict) -> dict:
+    metadata = data.get("metadata")
+    if metadata is None:
+        return {}
+    if (not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_PAIRS
+            or not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str)
+                       and len(v) <= 512 for k, v in metadata.items())):
+        raise _bad(f"metadata must be an object of at most {MAX_METADATA_PAIRS} string "
+                   "pairs (keys up to 64 characters, values up to 512)", "metadata")
+    return dict(metadata)
+
+
+def parse_responses_request(body: bytes,
+                            images: Optional[ImageBudget] = None) -> ResponsesRequest:
+    """Validate ``body``; image parts count against ``images`` (whose ``remote`` list then
+    names the URLs the caller must fetch)."""
+    data = parse_body(body)
+    model = data.get("model", "moltbot")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad('model must be a non-empty string, e.g. "moltbot:main"', "model",
+                   "invalid_type")
+    stream = _optional_bool(data, "stream")
+    user = _optional_string(data, "user")
+    instructions = data.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise _bad("instructions must be a string", "instructions", "invalid_type")
+    previous = data.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise _bad("previous_response_id must be the id of an earlier response",
+                   "previous_response_id", "invalid_type")
+    if data.get("background"):
+        raise _bad("background responses are not supported", "background",
+                   "unsupported_value")
+    if data.get("conversation") is not None:
+        raise _bad("conversation objects are not supported; continue a conversation with "
+                   "previous_response_id", "conversation", "unsupported_value")
+    _optional_bool(data, "store")
+    truncation = data.get("truncation")
+    if truncation is not None and truncation not in TRUNCATION_MODES:
+        raise _bad('truncation must be "auto" or "disabled"', "truncation")
+    parallel = _optional_bool(data, "parallel_tool_calls")
+    metadata = _metadata(data)
+    tools, echoed_tools, tool_choice, echoed_choice = _tools(data)
+    options = _options(data)
+    response_format, echoed_text = _text_format(data)
+    if response_format is not None:
+        options["response_format"] = response_format
+    turn, history, system = _items(data, images or ImageBudget(ImagesConfig()))
+    system_parts = ([instructions] if instructions else []) + system
+    echo = {
+        "instructions": instructions,
+        "max_output_tokens": options.get("max_tokens"),
+        "metadata": metadata,
+        "parallel_tool_calls": True if parallel is None else parallel,
+        "previous_response_id": previous,
+        "temperature": options.get("temperature"),
+        "text": echoed_text,
+        "tool_choice": echoed_choice,
+        "tools": echoed_tools,
+        "top_p": options.get("top_p"),
+        "truncation": truncation or "disabled",
+        "user": user,
+    }
+    return ResponsesRequest(
+        model=model, agent_id=agent_from_model(model), input=tuple(turn),
+        history=tuple(history), system_prompt="\n\n".join(system_parts) or None,
+        options=options, stream=bool(stream), user=user, previous_response_id=previous,
+        tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel, echo=echo)

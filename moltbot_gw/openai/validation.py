@@ -1,0 +1,26 @@
+"""Small checks every OpenAI-shaped request parser shares: the 400 error naming a param,
+number/integer tests that refuse booleans, and the text of message content."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .errors import APIError
+
+
+def bad_request(message: str, param: Optional[str], code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def text_of(content: Any) -> str:
+    """A string, or the concatenated ``text`` of text parts."""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if p.get("type") == "text")
