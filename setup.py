@@ -33,6 +33,7 @@ setup(
         "autobahn>=24.4",
         "treq>=24.9",
         "json5>=0.9",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [
@@ -41,6 +42,7 @@ setup(
             "openai>=1.40",
             "websocket-client>=1.8",
             "docutils>=0.20",
+            "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["moltbot-gw = moltbot_gw.cli:main"]},

@@ -19,10 +19,11 @@ from .providers.registry import ProviderRegistry
 from .sessions.store import SessionStore
 from .auth import GatewayAuth
 from .config import Config
+from .metrics import CountingAuth, GatewayMetrics
 from .openai.cors import CorsPolicy
 from .openai.routes import OpenAIRoutes
 from .site import GatewaySite
-from .web import GatewayRoot
+from .web import GatewayRoot, MetricsResource
 from .ws.methods import GatewayMethods
 from .ws.protocol import GatewayWSFactory
 
@@ -51,15 +52,27 @@ class GatewayService(MultiService):
         self.store = SessionStore(config.state_dir, reactor)
         self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
                                   config.agents.defaults.maxConcurrent)
+        # Metrics are always recorded (cheaply, in a registry of this gateway's own); the
+        # config only decides whether GET /metrics serves them.
+        self.metrics = GatewayMetrics()
+        self.runner.metrics = self.metrics
+        self.providers.client.metrics = self.metrics
+        http_auth = CountingAuth(self.auth, lambda: self.metrics.auth_failed("http"))
+        ws_auth = CountingAuth(self.auth, lambda: self.metrics.auth_failed("ws"))
         self.ws_factory = GatewayWSFactory(
-            self.auth, GatewayMethods(self.runner, self.store, self.agents, reactor),
+            ws_auth, GatewayMethods(self.runner, self.store, self.agents, reactor),
             reactor=reactor)
-        self.openai = OpenAIRoutes(config, self.auth, self.agents, self.runner, reactor)
+        self.metrics.watch(self.runner, self.ws_factory)
+        self.openai = OpenAIRoutes(config, http_auth, self.agents, self.runner, reactor)
         http = config.gateway.http
         cors = CorsPolicy(http.cors.allowedOrigins, http.sessionHeaders)
-        self.root = GatewayRoot(WebSocketResource(self.ws_factory), self.openai.resource(), cors)
+        metrics_config = config.gateway.metrics
+        metrics_resource = (MetricsResource(self.metrics, http_auth, metrics_config.public)
+                            if metrics_config.enabled else None)
+        self.root = GatewayRoot(WebSocketResource(self.ws_factory), self.openai.resource(), cors,
+                                metrics_resource)
         max_body = max(config.gateway.http.endpoints.chatCompletions.maxBodyBytes, 1024 * 1024)
-        self.site = GatewaySite(self.root, max_body_bytes=max_body)
+        self.site = GatewaySite(self.root, max_body_bytes=max_body, metrics=self.metrics)
         self.site.displayTracebacks = False
         endpoint = serverFromString(reactor, endpoint_description(config))
         self.listener = StreamServerEndpointService(endpoint, self.site)

@@ -1,5 +1,6 @@
 """The root resource of the gateway's one port: the WebSocket upgrade at ``/``, the liveness
-check, and the mount point of the HTTP API under ``/v1``. Unknown paths get a 404 in the
+check, the Prometheus metrics and the mount point of the HTTP API under ``/v1``. Unknown
+paths get a 404 in the
 OpenAI error shape; nothing here knows how agents run.
 
 A plain ``twisted.web`` resource tree rather than a second Klein app: the root only picks
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import json
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 
+from .http_auth import require_auth
 from .openai.errors import APIError, method_not_allowed, not_found, write_error
 
 HEALTH_BODY = json.dumps({"ok": True}).encode("utf-8")
@@ -38,6 +41,31 @@ class HealthResource(_Leaf):
         return HEALTH_BODY
 
 
+class MetricsResource(_Leaf):
+    """``GET /metrics``: the gateway's Prometheus metrics, behind gateway auth unless the
+    config makes them public. Mounted only when ``gateway.metrics.enabled``."""
+
+    def __init__(self, metrics, auth, public: bool):
+        super().__init__()
+        self.metrics = metrics
+        self.auth = auth
+        self.public = public
+
+    def render(self, request):
+        if request.postpath not in ([], [b""]):
+            return not_found(request)
+        if request.method not in (b"GET", b"HEAD"):
+            return method_not_allowed(request, ["GET", "HEAD"])
+        if not self.public:
+            try:
+                require_auth(request, self.auth)
+            except APIError as e:
+                return write_error(request, e)
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return self.metrics.exposition()
+
+
 class WebSocketEntry(Resource):
     """``/``: WebSocket upgrades go to ``ws_resource``; a plain GET learns what to send."""
 
@@ -58,10 +86,12 @@ class WebSocketEntry(Resource):
 
 
 class GatewayRoot(Resource):
-    """The tree: ``/`` (WebSocket), ``/health``, ``/v1/...`` (the API, after CORS)."""
+    """The tree: ``/`` (WebSocket), ``/health``, ``/metrics`` (when enabled), ``/v1/...``
+    (the API, after CORS)."""
 
-    def __init__(self, ws_resource, api_resource=None, cors=None):
+    def __init__(self, ws_resource, api_resource=None, cors=None, metrics_resource=None):
         super().__init__()
+        self.metrics = metrics_resource
         self.entry = WebSocketEntry(ws_resource)
         self.health = HealthResource()
         self.api_resource = api_resource
@@ -73,6 +103,8 @@ class GatewayRoot(Resource):
             return self.entry
         if name == b"health":
             return self.health
+        if name == b"metrics" and self.metrics is not None:
+            return self.metrics
         if name == b"v1" and request.postpath and self.api_resource is not None:
             if self.cors is not None and self.cors.apply(request):
                 return _Answered()  # a preflight, answered without auth as browsers require

@@ -74,6 +74,7 @@ class AgentRunner:
         self.reactor = reactor
         self.lanes = Lanes(max_concurrent)
         self.active: dict[str, Run] = {}
+        self.metrics = None  # a GatewayMetrics, told of every run started
 
     def run(self, request: RunRequest) -> Run:
         """Start a run and return its handle at once. Raises ``UnknownAgent`` or
@@ -92,6 +93,8 @@ class AgentRunner:
         run._canceller = execution.cancel
         self.active[run.run_id] = run
         execution.addBoth(self._finished, run)
+        if self.metrics is not None:
+            self.metrics.run_started(run)
         return run
 
     def get(self, run_id: str) -> Optional[Run]:

@@ -291,6 +291,7 @@ class UpstreamClient:
     """
 
     log = Logger()
+    metrics = None  # a GatewayMetrics, told of every call
 
     def __init__(self, reactor, pool: Optional[HTTPConnectionPool] = None,
                  clock: Optional[IReactorTime] = None):
@@ -335,6 +336,8 @@ class UpstreamClient:
                 "POST", url, data=body, headers={k: [v] for k, v in all_headers.items()},
                 unbuffered=True, allow_redirects=False)  # a redirect must not carry our key away
 
+        if self.metrics is not None:
+            self.metrics.upstream_call(label, exchange.result)
         exchange.start(send)
         return exchange.result
 

@@ -1,4 +1,5 @@
-"""twistd glue: ``twistd -n moltbot-gw [--config PATH] [--port N] [--bind ...]``.
+"""twistd glue: ``twistd -n moltbot-gw [--config PATH] [--port N] [--bind ...]
+[--log-format text|json]``.
 
 Loads and validates the config before anything listens, refuses unsafe binds, and hands a
 ``GatewayService`` to twistd. No gateway logic lives here.
@@ -8,7 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, MultiService
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
@@ -21,7 +22,62 @@ class Options(usage.Options):
         ["port", "p", None, "TCP port for HTTP and WebSocket (overrides gateway.port).", int],
         ["bind", "b", None, 'Address to listen on: "loopback", "lan" or an IP address '
                             "(overrides gateway.bind)."],
+        ["log-format", None, "text", 'Log as "text" (twistd\'s lines) or "json" (one JSON '
+                                     "object per line, to stdout or twistd's --logfile)."],
     ]
+
+    def postOptions(self):
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(
+                f'--log-format must be "text" or "json", got "{self["log-format"]}"')
+
+
+def _json_log_observer(options):
+    """The JSON-lines observer for ``--log-format json``: every ``twisted.logger`` event as
+    one line (``eventAsJSON`` plus the formatted ``text``), to stdout or ``--logfile``."""
+    from twisted.logger import ILogObserver, eventAsJSON, formatEvent
+    from twisted.python.logfile import LogFile
+
+    parent = getattr(options, "parent", None) or {}
+    path = parent.get("logfile") if hasattr(parent, "get") else None
+    if path and path != "-":
+        out = LogFile.fromFullPath(path)
+    elif path == "-" or parent.get("nodaemon", True):
+        # the real stdout, captured now: twistd later redirects sys.stdout into the log
+        out = sys.stdout
+    else:
+        out = LogFile.fromFullPath("twistd.log")
+
+    @implementer(ILogObserver)
+    def observe(event):
+        try:
+            text = formatEvent(event)
+        except Exception:  # a broken format must not cost the event
+            text = None
+        out.write(eventAsJSON(dict(event, text=text)) + "\n")
+        out.flush()
+
+    return observe
+
+
+class _LogObserverInstaller(MultiService):
+    """Wraps the gateway so twistd uses ``observer``: twistd asks the application for an
+    ``ILogObserver`` component before it starts logging, and a plugin's service is the one
+    thing that sees the application (in ``setServiceParent``) before that."""
+
+    def __init__(self, service, observer):
+        super().__init__()
+        self.gateway = service
+        self.observer = observer
+        service.setServiceParent(self)
+
+    def setServiceParent(self, parent):
+        from twisted.logger import ILogObserver
+        from twisted.python.components import Componentized
+
+        if isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.observer)
+        super().setServiceParent(parent)
 
 
 def _fail(lines) -> None:
@@ -70,6 +126,8 @@ class GatewayServiceMaker:
         from twisted.internet import reactor
 
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
+        if options["log-format"] == "json":
+            return _LogObserverInstaller(service, _json_log_observer(options))
         return service
 
 

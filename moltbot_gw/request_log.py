@@ -1,0 +1,76 @@
+"""The access log: one structured ``twisted.logger`` event per HTTP request (request id,
+method, route, path, agent, status, duration, tokens), plus the request ids themselves and
+the bounded route names that logs and metrics share. Never logs headers, bodies or queries.
+"""
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+from typing import Optional
+
+from twisted.logger import Logger
+
+REQUEST_ID_HEADER = b"x-request-id"
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+# The HTTP request whose handler is running (set by the site around rendering; Twisted
+# carries it into the handler's coroutine), so the runtime's observers can tell the access
+# log which agent a request ran and what it cost without the routes passing it along.
+current_request: contextvars.ContextVar = contextvars.ContextVar("moltbot_request",
+                                                                  default=None)
+
+ROUTES = {
+    b"/": "/",
+    b"/health": "/health",
+    b"/metrics": "/metrics",
+    b"/v1/chat/completions": "/v1/chat/completions",
+    b"/v1/models": "/v1/models",
+    b"/v1/responses": "/v1/responses",
+    b"/v1/embeddings": "/v1/embeddings",
+}
+MAX_LOGGED_PATH = 200
+
+log = Logger(namespace="moltbot_gw.access")
+
+
+def route_of(path: bytes) -> str:
+    """The route label of a request path: one of ``ROUTES``, ``/v1/models/{id}`` or
+    ``other`` — never the raw path, so metrics stay bounded whatever clients send."""
+    route = ROUTES.get(path)
+    if route is not None:
+        return route
+    if path.startswith(b"/v1/models/"):
+        return "/v1/models/{id}"
+    return "other"
+
+
+def request_id_for(presented: Optional[bytes]) -> bytes:
+    """The client's ``x-request-id`` when it is sane (1-64 of ``[A-Za-z0-9._-]``), else a
+    fresh random one (16 hex digits)."""
+    if presented is not None and _SANE_REQUEST_ID.fullmatch(presented):
+        return presented
+    return os.urandom(8).hex().encode("ascii")
+
+
+def log_request(request, status: int, seconds: float) -> None:
+    """Emit the access-log event of a finished (or abandoned) request."""
+    path = request.path.decode("latin-1")
+    if len(path) > MAX_LOGGED_PATH:
+        path = path[:MAX_LOGGED_PATH] + "…"
+    agent = getattr(request, "moltbot_agent", None)
+    tokens = getattr(request, "moltbot_tokens", None)
+    tokens_in, tokens_out = tokens if tokens is not None else (None, None)
+    peer = request.getClientAddress()
+    if tokens is not None:
+        fmt = ("{request_id} {method} {path} {status} {duration_ms}ms agent={agent} "
+               "tokens={tokens_in}/{tokens_out}")
+    elif agent is not None:
+        fmt = "{request_id} {method} {path} {status} {duration_ms}ms agent={agent}"
+    else:
+        fmt = "{request_id} {method} {path} {status} {duration_ms}ms"
+    log.info(fmt, request_id=request.request_id.decode("ascii"),
+             method=request.method.decode("latin-1"), path=path, route=route_of(request.path),
+             status=status, duration_ms=round(seconds * 1000, 1), agent=agent,
+             tokens_in=tokens_in, tokens_out=tokens_out,
+             client=getattr(peer, "host", None), access=True)
