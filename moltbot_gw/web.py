@@ -1,7 +1,6 @@
 """The root resource of the gateway's one port: the WebSocket upgrade at ``/``, the liveness
 check, the Prometheus metrics and the mount point of the HTTP API under ``/v1``. Unknown
-paths get a 404 in the
-OpenAI error shape; nothing here knows how agents run.
+paths get a 404 in the OpenAI error shape; nothing here knows how agents run.
 
 A plain ``twisted.web`` resource tree rather than a second Klein app: the root only picks
 one of three children, and routing every request twice cost measurable CPU.
