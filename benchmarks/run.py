@@ -450,7 +450,8 @@ def _pct(r: Optional[Row]) -> str:
     return "-" if r is None or r.ratio is None else f"{r.ratio:.0%}"
 
 
-ACCESS = re.compile(rb'"(?:GET|POST|HEAD|PUT|DELETE|OPTIONS) \S+ HTTP/1\.\d" (\d{3}) ')
+# The gateway's access line: "[moltbot_gw.access#info] <request id> POST /path 200 7.0ms ..."
+ACCESS = re.compile(rb'\[moltbot_gw\.access#\w+\] \S+ (?:GET|POST|HEAD|PUT|DELETE|OPTIONS) \S+ (\d{3}) ')
 LEVEL = re.compile(rb"^\S+ \[([^\]#]*)#(warn|error|critical)\] (.*)$", re.M)
 
 

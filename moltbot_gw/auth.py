@@ -171,6 +171,25 @@ class GatewayAuth:
     @classmethod
     def from_config(cls, config: Config, clock) -> "GatewayAuth":
         auth = config.gateway.auth
+        mode, secret, generated = cls._secret_of(config)
+        limiter = FailureLimiter(clock, auth.rateLimit.maxFailures, auth.rateLimit.windowSeconds)
+        return cls(mode, secret, limiter, config.gateway.trustedProxies, generated)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take the secret, mode, limits and trusted proxies of a reloaded config; the
+        limiter keeps what it knows about failing addresses."""
+        self.mode, secret, self.generated = self._secret_of(config)
+        self._secret = secret.encode("utf-8")
+        limits = config.gateway.auth.rateLimit
+        self.limiter.max_failures = limits.maxFailures
+        self.limiter.window = limits.windowSeconds
+        self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False)
+                                     for p in config.gateway.trustedProxies)
+
+    @classmethod
+    def _secret_of(cls, config: Config) -> tuple[str, str, bool]:
+        """(mode, secret, generated) for ``config``; a token is generated when none is set."""
+        auth = config.gateway.auth
         secret = auth.explicit_secret
         generated = False
         if secret is None:
@@ -185,8 +204,7 @@ class GatewayAuth:
                              "(print it with: moltbot-gw token)", path=str(path))
             else:
                 cls.log.info("Using the gateway token stored in {path}", path=str(path))
-        limiter = FailureLimiter(clock, auth.rateLimit.maxFailures, auth.rateLimit.windowSeconds)
-        return cls(auth.mode, secret, limiter, config.gateway.trustedProxies, generated)
+        return auth.mode, secret, generated
 
     def matches(self, presented: Optional[str]) -> bool:
         """Constant-time comparison of a presented secret."""

@@ -3,12 +3,13 @@ Site, the WebSocket factory and the runtime, and stops gracefully (drain, then c
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -18,7 +19,7 @@ from .agents.runner import AgentRunner
 from .providers.registry import ProviderRegistry
 from .sessions.store import SessionStore
 from .auth import GatewayAuth
-from .config import Config
+from .config import Config, ConfigError
 from .metrics import CountingAuth, GatewayMetrics
 from .openai.cors import CorsPolicy
 from .openai.routes import OpenAIRoutes
@@ -63,22 +64,81 @@ class GatewayService(MultiService):
             ws_auth, GatewayMethods(self.runner, self.store, self.agents, reactor),
             reactor=reactor)
         self.metrics.watch(self.runner, self.ws_factory)
-        self.openai = OpenAIRoutes(config, http_auth, self.agents, self.runner, reactor)
-        http = config.gateway.http
-        cors = CorsPolicy(http.cors.allowedOrigins, http.sessionHeaders)
-        metrics_config = config.gateway.metrics
-        metrics_resource = (MetricsResource(self.metrics, http_auth, metrics_config.public)
-                            if metrics_config.enabled else None)
-        self.root = GatewayRoot(WebSocketResource(self.ws_factory), self.openai.resource(), cors,
-                                metrics_resource)
-        max_body = max(config.gateway.http.endpoints.chatCompletions.maxBodyBytes, 1024 * 1024)
-        self.site = GatewaySite(self.root, max_body_bytes=max_body, metrics=self.metrics)
+        self.http_auth = http_auth
+        self.root = GatewayRoot(WebSocketResource(self.ws_factory))
+        self.site = GatewaySite(self.root, max_body_bytes=0, metrics=self.metrics)
+        self._mount_http(config)
         self.site.displayTracebacks = False
         endpoint = serverFromString(reactor, endpoint_description(config))
         self.listener = StreamServerEndpointService(endpoint, self.site)
         # Under twistd a failure to bind must end the process with an error, not just a log.
         self.listener._raiseSynchronously = True
         # Not a child service: stopService drains in a set order around it.
+
+    def _mount_http(self, config: Config) -> None:
+        """(Re)build what serves HTTP from ``config``: the /v1 routes, CORS, /metrics and the
+        body limit. Connections and requests in flight keep what they started with."""
+        previous = getattr(self, "openai", None)
+        self.openai = OpenAIRoutes(config, self.http_auth, self.agents, self.runner,
+                                   self.reactor)
+        if previous is not None:  # previous_response_id must survive a reload
+            self.openai.responses_endpoint.responses = previous.responses_endpoint.responses
+        http = config.gateway.http
+        metrics = config.gateway.metrics
+        self.root.api_resource = self.openai.resource()
+        self.root.cors = CorsPolicy(http.cors.allowedOrigins, http.sessionHeaders)
+        self.root.metrics = (MetricsResource(self.metrics, self.http_auth, metrics.public)
+                             if metrics.enabled else None)
+        self.site.max_body_bytes = max(http.endpoints.chatCompletions.maxBodyBytes,
+                                       1024 * 1024)
+
+    def reload(self, config: Config) -> None:
+        """Apply a new, already validated config without dropping a connection: agents,
+        providers, auth secret, endpoint toggles and limits. Runs in flight finish on what
+        they started with. Port and bind need a restart."""
+        old = self.config
+        if not old.gateway.is_loopback_only and config.gateway.auth.explicit_secret is None:
+            raise ValueError(f"the gateway listens on {old.gateway.interface}: a config "
+                             "without an explicitly configured secret is refused")
+        if (config.gateway.port, config.gateway.interface) != (old.gateway.port,
+                                                                old.gateway.interface):
+            self.log.warn("gateway.port / gateway.bind changed: that takes a restart; still "
+                          "listening on {host}:{port}", host=old.gateway.interface,
+                          port=old.gateway.port)
+            config = dataclasses.replace(config, gateway=dataclasses.replace(
+                config.gateway, port=old.gateway.port, bind=old.gateway.bind))
+        self.auth.reconfigure(config)
+        old_providers = self.providers
+        self.agents = AgentRegistry(config)
+        self.providers = ProviderRegistry(config.models, self.reactor)
+        self.providers.client.metrics = self.metrics
+        self.runner.agents = self.agents
+        self.runner.providers = self.providers
+        self.ws_factory.methods.agents = self.agents
+        self.config = config
+        self._mount_http(config)
+        old_providers.close()  # idle pooled connections; calls in flight keep theirs
+        self.log.info("Configuration reloaded: {n} agent(s): {ids}", n=len(self.agents),
+                      ids=", ".join(self.agents.ids))
+
+    @defer.inlineCallbacks
+    def reload_with(self, load_config):
+        """SIGHUP: run ``load_config()`` (reads and validates the file) off the reactor
+        thread, then apply it. An invalid config is rejected with its errors logged and the
+        old one stays in force. Fires with True when the new config was applied."""
+        try:
+            config = yield threads.deferToThread(load_config)
+            self.reload(config)
+        except ConfigError as e:
+            for line in e.errors:
+                self.log.error("Config reload rejected, keeping the old config: {problem}",
+                               problem=line)
+            return False
+        except ValueError as e:  # e.g. password mode without a password
+            self.log.error("Config reload rejected, keeping the old config: {problem}",
+                           problem=str(e))
+            return False
+        return True
 
     def when_listening(self) -> defer.Deferred:
         """Fires with the listening port (``.getHost().port``) once bound."""

@@ -100,6 +100,15 @@ def _stop_cleanly_on_sigterm(reactor) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _reload_on_sighup(reactor, service, load) -> None:
+    """SIGHUP re-reads the config file (with the same command-line overrides) and applies
+    it without dropping connections; an invalid file is logged and ignored."""
+    def handler(signum, frame):
+        reactor.callFromThread(service.reload_with, load)
+
+    signal.signal(signal.SIGHUP, handler)
+
+
 @implementer(IServiceMaker, IPlugin)
 class GatewayServiceMaker:
     tapname = "moltbot-gw"
@@ -126,6 +135,12 @@ class GatewayServiceMaker:
         from twisted.internet import reactor
 
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
+
+        def load():
+            return with_overrides(load_config(options["config"]),
+                                  port=options["port"], bind=options["bind"])
+
+        reactor.callWhenRunning(_reload_on_sighup, reactor, service, load)
         if options["log-format"] == "json":
             return _LogObserverInstaller(service, _json_log_observer(options))
         return service
