@@ -8,6 +8,7 @@ one of three children, and routing every request twice cost measurable CPU.
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote_to_bytes
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
@@ -96,6 +97,7 @@ class GatewayRoot(Resource):
         self.api_resource = api_resource
         self.cors = cors
         self.missing = NotFoundResource()
+        self.bad_path = BadPathResource()
 
     def getChild(self, name, request):
         if name == b"" and not request.postpath:
@@ -107,8 +109,24 @@ class GatewayRoot(Resource):
         if name == b"v1" and request.postpath and self.api_resource is not None:
             if self.cors is not None and self.cors.apply(request):
                 return _Answered()  # a preflight, answered without auth as browsers require
+            if not _is_utf8_path(request.path):
+                return self.bad_path  # Klein would answer in text/html and log a traceback
             return self.api_resource
         return self.missing
+
+
+def _is_utf8_path(path: bytes) -> bool:
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class BadPathResource(_Leaf):
+    def render(self, request):
+        return write_error(request, APIError(400, "the URL path is not valid UTF-8 once "
+                                                  "percent-decoded", code="invalid_path"))
 
 
 class _Answered(_Leaf):

@@ -52,7 +52,7 @@ class ChatRequest:
 def parse_body(body: bytes) -> dict:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: not for us
         raise _bad("We could not parse the JSON body of your request. Send valid JSON "
                    "with Content-Type: application/json.", None, "invalid_json")
     if not isinstance(data, dict):

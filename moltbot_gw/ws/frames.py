@@ -77,7 +77,7 @@ def parse_request(payload: bytes) -> Request:
     the request id when one could be read) if it is not a well-formed request."""
     try:
         frame = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: not for us
         raise invalid("the frame is not valid JSON")
     if not isinstance(frame, dict):
         raise invalid("a frame must be a JSON object")
