@@ -503,7 +503,7 @@ def _chat(gateway, body: bytes, headers=(), method="POST", target=PATH) -> Respo
 def _stream_flag(body: bytes) -> Optional[bool]:
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value.get("stream") is True if isinstance(value, dict) else None
 
