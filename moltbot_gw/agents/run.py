@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Optional
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from ..providers.base import ToolCall, Usage
+from ..providers.base import FlowControl, ToolCall, Usage
 
 SAMPLING_OPTIONS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                     "frequency_penalty", "response_format")
@@ -111,6 +111,8 @@ class Run:
         self.session_key = session_key
         self.text = ""
         self.produced_output = False  # any text, reasoning or tool call streamed yet
+        # Consumers that cannot keep up pause the upstream read (see FlowControl).
+        self.flow = FlowControl()
         self._seq = 0
         self._listeners: list[EventListener] = []
         self._outcome: Optional[object] = None  # RunResult or Failure once done

@@ -221,6 +221,8 @@ class AgentRunner:
                     extra = {}
                     if request.tools:
                         extra["on_tool_call"] = on_tool_call
+                    if getattr(provider, "supports_flow_control", False):
+                        extra["flow"] = run.flow
                     answer: ModelResult = await provider.stream(
                         model_request, on_delta, on_reasoning=on_reasoning, **extra)
                 else:

@@ -72,7 +72,7 @@ class ChatStream:
     """
 
     def __init__(self, request, run_id: str, model: str, created: int, include_usage: bool,
-                 keepalive_seconds: float, clock):
+                 keepalive_seconds: float, clock, flow=None):
         self.request = request
         self.include_usage = include_usage
         self.started = False
@@ -80,6 +80,7 @@ class ChatStream:
         self._active_since_tick = False
         self._clock = clock
         self._pending: list[bytes] = []
+        self._flow = flow            # the run's FlowControl: a slow client pauses upstream
         # Every chunk shares id/object/created/model: encode that prefix once.
         head = _dumps({"id": completion_id(run_id), "object": "chat.completion.chunk",
                        "created": created, "model": model})
@@ -92,6 +93,22 @@ class ChatStream:
     def _closed(self, _result) -> None:
         self.closed = True
         self._stop_keepalive()
+
+    # IPushProducer: the client's connection says when its buffer is full or drained.
+    def pauseProducing(self) -> None:
+        self._flow.pause()
+
+    def resumeProducing(self) -> None:
+        self._flow.resume()
+
+    def stopProducing(self) -> None:
+        self._flow.resume()  # the connection is gone; cancellation stops the run
+
+    def _release(self) -> None:
+        if self._flow is not None and self.request.producer is self and not self.closed:
+            self.request.unregisterProducer()
+        if self._flow is not None:
+            self._flow.resume()
 
     def _stop_keepalive(self) -> None:
         if self._keepalive.running:
@@ -120,6 +137,8 @@ class ChatStream:
         self.started = True
         for name, value in SSE_HEADERS:
             self.request.setHeader(name, value)
+        if self._flow is not None:
+            self.request.registerProducer(self, True)
         self._write(self._chunk(self._choice({"role": "assistant", "content": ""})))
 
     def _tick(self) -> None:
@@ -160,6 +179,7 @@ class ChatStream:
         if self.include_usage:
             self._write(self._chunk(b"[]", b',"usage":' + _dumps(usage_json(result.usage))))
         self._flush()
+        self._release()
         return DONE_FRAME
 
     def fail(self, error: APIError) -> bytes:
@@ -167,4 +187,5 @@ class ChatStream:
         self._stop_keepalive()
         self._write(b"data: " + error.body() + b"\n\n")
         self._flush()
+        self._release()
         return DONE_FRAME

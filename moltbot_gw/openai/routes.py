@@ -143,7 +143,7 @@ class OpenAIRoutes:
         stream = None
         if chat.stream:
             stream = ChatStream(request, run.run_id, chat.model, created, chat.include_usage,
-                                self.chat.keepaliveSeconds, self.clock)
+                                self.chat.keepaliveSeconds, self.clock, flow=run.flow)
             run.subscribe(stream.on_event)
         try:
             result = await run.wait()

@@ -39,7 +39,7 @@ class AnthropicMessagesProvider(HTTPProvider):
 
     def _post(self, request: ModelRequest, on_delta: Optional[DeltaSink],
               on_tool_call: Optional[ToolCallSink], on_reasoning: Optional[ReasoningSink],
-              stream: bool) -> Deferred:
+              stream: bool, flow=None) -> Deferred:
         config = self._config
         try:
             payload = self.payload(request, stream)
@@ -50,7 +50,7 @@ class AnthropicMessagesProvider(HTTPProvider):
         d = self._client.post_json(
             self.url, payload, sink, label=self.name, headers=self.headers(),
             connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,))
+            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,), flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
 

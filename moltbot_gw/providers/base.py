@@ -98,3 +98,36 @@ class Provider(Protocol):
 
     def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
                    dimensions: Optional[int] = None) -> Deferred: ...
+
+
+class FlowControl:
+    """Backpressure from the run's consumers to the upstream read.
+
+    A provider attaches the producer of the upstream body (its transport) while the body
+    arrives; a consumer that cannot keep up (a client not reading its stream) pauses it, so
+    the gateway stops reading from the upstream instead of buffering without bound.
+    """
+
+    def __init__(self):
+        self.paused = False
+        self._producer = None
+
+    def attach(self, producer) -> None:
+        self._producer = producer
+        if self.paused:
+            producer.pauseProducing()
+
+    def detach(self) -> None:
+        self._producer = None
+
+    def pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            if self._producer is not None:
+                self._producer.pauseProducing()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()

@@ -315,12 +315,13 @@ class UpstreamClient:
     def post_json(self, url: str, payload: Mapping[str, Any], sink: BodySink, *,
                   label: str, headers: Mapping[str, str] | None = None,
                   connect_timeout: float = 10.0, idle_timeout: float = 120.0,
-                  secrets: Iterable[Optional[str]] = ()) -> Deferred:
+                  secrets: Iterable[Optional[str]] = (), flow=None) -> Deferred:
         """POST ``payload`` as JSON and hand a 2xx body to ``sink`` as it arrives.
 
         Fires with the ``UpstreamResponse`` once the body is complete; fails with a
         ``ProviderError`` (or whatever ``sink`` raised). Cancelling it aborts the request and
-        closes the connection, also mid-body.
+        closes the connection, also mid-body. ``flow`` (a ``FlowControl``) may pause reading
+        the body while its consumer catches up.
         """
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
                           default=_jsonable).encode("utf-8")
@@ -329,6 +330,7 @@ class UpstreamClient:
         all_headers.update(headers or {})
         exchange = _Exchange(label, sink, self._clock, idle_timeout, connect_timeout,
                              tuple(secrets))
+        exchange.flow = flow
         http = self._http(connect_timeout)
 
         def send() -> Deferred:
@@ -367,6 +369,7 @@ class _Exchange:
         self._body_transport = None
         self._timer: Optional[IDelayedCall] = None
         self._done = False
+        self.flow = None  # a FlowControl, when the caller wants backpressure
 
     def start(self, send: Callable[[], Deferred]) -> None:
         self._send = send
@@ -513,6 +516,8 @@ class _BodyReader(Protocol):
 
     def connectionMade(self) -> None:
         self._exchange._body_transport = self.transport
+        if self._on_data is not None and self._exchange.flow is not None:
+            self._exchange.flow.attach(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         exchange = self._exchange
@@ -535,6 +540,8 @@ class _BodyReader(Protocol):
     def connectionLost(self, reason: Failure = ResponseDone()) -> None:
         exchange = self._exchange
         exchange._body_transport = None
+        if self._on_data is not None and exchange.flow is not None:
+            exchange.flow.detach()
         if self._on_data is None:
             self.finished.callback(b"".join(self._collected))
             return
@@ -564,6 +571,7 @@ class HTTPProvider:
     default_base_url = ""
     path = ""
     supports_embeddings = False
+    supports_flow_control = True
 
     def __init__(self, name: str, config, client: UpstreamClient):
         self.name = name
@@ -572,10 +580,13 @@ class HTTPProvider:
         self.base_url = (config.baseUrl or self.default_base_url).rstrip("/")
         self.url = self.base_url + self.path
 
-    def stream(self, request, on_delta, on_tool_call=None, on_reasoning=None) -> Deferred:
+    def stream(self, request, on_delta, on_tool_call=None, on_reasoning=None,
+               flow=None) -> Deferred:
         """Stream a reply: ``on_delta`` per text fragment, ``on_tool_call`` per tool-call
-        fragment, ``on_reasoning`` per reasoning fragment; fires with a ``ModelResult``."""
-        return self._post(request, on_delta, on_tool_call, on_reasoning, stream=True)
+        fragment, ``on_reasoning`` per reasoning fragment; fires with a ``ModelResult``.
+        ``flow`` (a ``FlowControl``) lets a slow consumer pause the upstream read."""
+        return self._post(request, on_delta, on_tool_call, on_reasoning, stream=True,
+                          flow=flow)
 
     def complete(self, request) -> Deferred:
         """Ask for a reply in one piece (``stream: false``); fires with a ``ModelResult``."""
@@ -586,5 +597,6 @@ class HTTPProvider:
         """Fails with ``ProviderBadRequest`` unless the provider overrides it."""
         return fail(no_embeddings(self.name))
 
-    def _post(self, request, on_delta, on_tool_call, on_reasoning, stream: bool) -> Deferred:
+    def _post(self, request, on_delta, on_tool_call, on_reasoning, stream: bool,
+              flow=None) -> Deferred:
         raise NotImplementedError

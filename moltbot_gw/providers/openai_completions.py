@@ -58,14 +58,14 @@ class OpenAICompletionsProvider(HTTPProvider):
 
     def _post(self, request: ModelRequest, on_delta: Optional[DeltaSink],
               on_tool_call: Optional[ToolCallSink], on_reasoning: Optional[ReasoningSink],
-              stream: bool) -> Deferred:
+              stream: bool, flow=None) -> Deferred:
         config = self._config
         sink = ChatCompletionSink(self.name, on_delta, secrets=(config.apiKey,),
                                   on_tool_call=on_tool_call, on_reasoning=on_reasoning)
         d = self._client.post_json(
             self.url, self.payload(request, stream), sink, label=self.name,
             headers=self.headers(), connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,))
+            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,), flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
 

@@ -1,0 +1,67 @@
+"""Backpressure: a client that stops reading its SSE stream pauses the gateway's read from
+the upstream, so nothing is buffered without bound; when it reads again, every byte comes."""
+from __future__ import annotations
+
+import json
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+
+from .chat_helpers import PATH, config, no_leftovers  # noqa: F401
+from .conftest import TOKEN
+from .test_chat_completions import within
+
+WORD = "y" * 99_999 + " "       # 100 kB a "word", so the fake upstream is never the limit
+WORDS = 200                     # a 20 MB reply, streamed as fast as the upstream can
+
+
+class SlowReader(Protocol):
+    """Counts what arrives (cheaply) and notices the end of the stream."""
+
+    def __init__(self):
+        self.received = 0
+        self.letters = 0
+        self._tail = b""
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.received += len(data)
+        self.letters += data.count(b"y")
+        joined = self._tail + data
+        self._tail = joined[-20:]
+        if b"data: [DONE]" in joined and not self.done.called:
+            self.done.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_pauses_the_upstream_read(start_gateway, upstream):
+    gw = await start_gateway(config(upstream))
+    upstream.script(text=WORD * WORDS)
+    body = json.dumps({"model": "moltbot:beta", "stream": True,
+                       "messages": [{"role": "user", "content": "go"}]}).encode()
+    client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", gw.port),
+                                   SlowReader())
+    client.transport.pauseProducing()          # the client will not read
+    client.transport.write(
+        b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await deferLater(reactor, 1.0, lambda: None)
+    [run] = gw.service.runner.active.values()
+    first = len(run.text)
+    await deferLater(reactor, 1.0, lambda: None)
+    relayed = len(run.text)
+    # Only what fits in the kernel's socket buffers (which grow a little on their own) and
+    # one transport buffer got through; the rest of the 20 MB waits upstream.
+    assert relayed < 8_000_000, relayed
+    assert relayed - first < 1_000_000, (first, relayed)
+    assert run.flow.paused
+
+    client.transport.resumeProducing()          # the client reads again: everything arrives
+    await within(client.done, 30)
+    assert 0 <= client.letters - WORDS * 99_999 < 10   # all of it ("Content-Type" has a y)
+    client.transport.loseConnection()
