@@ -19,20 +19,20 @@ from dataclasses import dataclass
 from typing import Optional
 
 import treq
-from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from ..agents.registry import AgentRegistry, UnknownAgent
-from ..agents.run import InvalidRunRequest, RunRequest
+from ..agents.run import RunRequest
 from ..agents.runner import AgentRunner
 from ..auth import GatewayAuth
 from ..config import Config
 from ..http_auth import require_auth
 from ..sessions.keys import make_session_key, resolve_session_key
-from .errors import (APIError, api_error_for_run_failure, method_not_allowed, not_found,
+from .errors import (APIError, method_not_allowed, not_found,
                      write_error)
 from .images import ImageBudget, fetch_remote_images
+from .runs import await_run, start_run
 from .responses_request import ResponsesRequest, parse_responses_request
 from .responses_stream import ResponseShell, ResponsesStream, new_id, response_body
 
@@ -139,17 +139,12 @@ class ResponsesEndpoint:
         session_key = self._session(request, agent.id, parsed, previous, response_id)
         if images.remote:
             await fetch_remote_images(images, self.image_client, self.clock)
-        try:
-            run = self.runner.run(RunRequest(
-                input=parsed.input, agent_id=agent.id, session_key=session_key,
-                client_history=parsed.history, extra_system_prompt=parsed.system_prompt,
-                model=_header(request, MODEL_HEADERS), options=parsed.options, persist=True,
-                stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
-                parallel_tool_calls=parsed.parallel_tool_calls))
-        except InvalidRunRequest as e:
-            param = {"model": MODEL_HEADERS[0].decode(),
-                     "sessionKey": SESSION_KEY_HEADERS[0].decode()}.get(e.param)
-            raise APIError(400, e.message, param=param, code="invalid_request")
+        run = start_run(self.runner, RunRequest(
+            input=parsed.input, agent_id=agent.id, session_key=session_key,
+            client_history=parsed.history, extra_system_prompt=parsed.system_prompt,
+            model=_header(request, MODEL_HEADERS), options=parsed.options, persist=True,
+            stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
+            parallel_tool_calls=parsed.parallel_tool_calls))
         self.responses.add(response_id, StoredResponse(agent.id, run.session_key))
         shell = ResponseShell(response_id, int(self.clock.seconds()), parsed.model,
                               parsed.echo)
@@ -157,16 +152,9 @@ class ResponsesEndpoint:
         if parsed.stream:
             stream = ResponsesStream(request, shell, self.chat.keepaliveSeconds, self.clock)
             run.subscribe(stream.on_event)
-        try:
-            result = await run.wait()
-        except CancelledError:
-            run.cancel()  # the client went away: stop the run and its upstream request
-            raise
-        except Exception as e:
-            error = api_error_for_run_failure(e)
-            if stream is not None and stream.started:
-                return stream.fail(error)
-            raise error
+        result, failed = await await_run(run, stream)
+        if failed is not None:
+            return failed
         if stream is not None:
             return stream.finish(result)
         body = response_body(shell, result, int(self.clock.seconds()))

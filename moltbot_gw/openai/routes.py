@@ -8,12 +8,11 @@ import json
 import treq
 from klein import Klein
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..agents.registry import AgentRegistry, UnknownAgent
-from ..agents.run import InvalidRunRequest, RunRequest
+from ..agents.run import RunRequest
 from ..agents.runner import AgentRunner
 from ..auth import GatewayAuth
 from ..config import Config, parse_model_ref
@@ -26,6 +25,7 @@ from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
 from .chat_response import ChatStream, completion_body
 from .responses import ResponsesEndpoint
+from .runs import await_run, start_run
 from .errors import (APIError, api_error_for_run_failure, method_not_allowed, not_found,
                      write_error)
 
@@ -128,33 +128,21 @@ class OpenAIRoutes:
         if images.remote:
             await fetch_remote_images(images, self.image_client, self.clock)
         model_override = _header(request, MODEL_HEADERS)
-        try:
-            run = self.runner.run(RunRequest(
-                input=chat.input, agent_id=agent.id, session_key=session_key,
-                client_history=chat.history, extra_system_prompt=chat.system_prompt,
-                model=model_override, options=chat.options, persist=persist,
-                stream=chat.stream, tools=chat.tools, tool_choice=chat.tool_choice,
-                parallel_tool_calls=chat.parallel_tool_calls))
-        except InvalidRunRequest as e:
-            param = {"model": MODEL_HEADERS[0].decode(),
-                     "sessionKey": SESSION_KEY_HEADERS[0].decode()}.get(e.param)
-            raise APIError(400, e.message, param=param, code="invalid_request")
+        run = start_run(self.runner, RunRequest(
+            input=chat.input, agent_id=agent.id, session_key=session_key,
+            client_history=chat.history, extra_system_prompt=chat.system_prompt,
+            model=model_override, options=chat.options, persist=persist,
+            stream=chat.stream, tools=chat.tools, tool_choice=chat.tool_choice,
+            parallel_tool_calls=chat.parallel_tool_calls))
         created = int(self.clock.seconds())
         stream = None
         if chat.stream:
             stream = ChatStream(request, run.run_id, chat.model, created, chat.include_usage,
                                 self.chat.keepaliveSeconds, self.clock, flow=run.flow)
             run.subscribe(stream.on_event)
-        try:
-            result = await run.wait()
-        except CancelledError:
-            run.cancel()  # the client went away: stop the run and its upstream request
-            raise
-        except Exception as e:
-            error = api_error_for_run_failure(e)
-            if stream is not None and stream.started:
-                return stream.fail(error)
-            raise error
+        result, failed = await await_run(run, stream)
+        if failed is not None:
+            return failed
         if stream is not None:
             return stream.finish(result)
         return _json(request, completion_body(result, chat.model, created))

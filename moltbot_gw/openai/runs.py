@@ -1,0 +1,37 @@
+"""Starting and awaiting an agent run from an HTTP handler: the parts every OpenAI-shaped
+endpoint shares (request errors, client disconnects, failures before or after a stream
+started)."""
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError
+
+from ..agents.run import InvalidRunRequest, Run, RunRequest
+from .errors import APIError, api_error_for_run_failure
+
+# Which request header an invalid run request is about, by InvalidRunRequest.param.
+PARAM_HEADERS = {"model": "x-moltbot-model", "sessionKey": "x-moltbot-session-key"}
+
+
+def start_run(runner, request: RunRequest) -> Run:
+    """``runner.run(request)``, with a refused request as a 400 naming its header."""
+    try:
+        return runner.run(request)
+    except InvalidRunRequest as e:
+        raise APIError(400, e.message, param=PARAM_HEADERS.get(e.param),
+                       code="invalid_request")
+
+
+async def await_run(run: Run, stream=None):
+    """``(result, None)`` when the run ends well; ``(None, final_frame)`` when it failed after
+    ``stream`` had started (the stream wrote its error frame); raises the ``APIError`` of a
+    failure before that. A client that leaves cancels the run (and its upstream request)."""
+    try:
+        return await run.wait(), None
+    except CancelledError:
+        run.cancel()
+        raise
+    except Exception as e:
+        error = api_error_for_run_failure(e)
+        if stream is not None and stream.started:
+            return None, stream.fail(error)
+        raise error
