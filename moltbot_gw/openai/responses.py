@@ -150,7 +150,8 @@ class ResponsesEndpoint:
                               parsed.echo)
         stream = None
         if parsed.stream:
-            stream = ResponsesStream(request, shell, self.chat.keepaliveSeconds, self.clock)
+            stream = ResponsesStream(request, shell, self.chat.keepaliveSeconds, self.clock,
+                                     flow=run.flow)
             run.subscribe(stream.on_event)
         result, failed = await await_run(run, stream)
         if failed is not None:

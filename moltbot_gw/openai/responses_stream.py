@@ -7,11 +7,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from twisted.internet.task import LoopingCall
-
 from ..agents.run import RunEvent, RunResult
-from .chat_response import KEEPALIVE_FRAME, SSE_HEADERS
 from .errors import APIError
+from .sse_stream import SSEStream
 
 # The SDK's ResponseError.code is a closed set; the gateway's own code goes in the message.
 RESPONSE_ERROR_CODES = {429: "rate_limit_exceeded"}
@@ -128,7 +126,7 @@ class _Item:
         return "".join(self.parts)
 
 
-class ResponsesStream:
+class ResponsesStream(SSEStream):
     """Writes one run as Responses API SSE events onto a twisted.web request.
 
     As with chat streaming, headers (and ``response.created``/``response.in_progress``) go
@@ -137,63 +135,26 @@ class ResponsesStream:
     produced in one reactor turn go out as one HTTP chunk at the end of that turn.
     """
 
-    def __init__(self, request, shell: ResponseShell, keepalive_seconds: float, clock):
-        self.request = request
+    def __init__(self, request, shell: ResponseShell, keepalive_seconds: float, clock,
+                 flow=None):
+        super().__init__(request, keepalive_seconds, clock, flow)
         self.shell = shell
-        self.started = False
-        self.closed = False
         self.sequence = 0
         self.output: list[_Item] = []
         self._open: Optional[_Item] = None          # the item deltas currently go to
         self._calls: dict[int, _Item] = {}          # the run's tool index -> its item
-        self._active_since_tick = False
-        self._clock = clock
-        self._pending: list[bytes] = []
-        self._keepalive = LoopingCall(self._tick)
-        self._keepalive.clock = clock
-        self._keepalive.start(keepalive_seconds, now=False)
-        request.notifyFinish().addBoth(self._closed)
 
     # -- writing ---------------------------------------------------------------------------
-
-    def _closed(self, _result) -> None:
-        self.closed = True
-        self._stop_keepalive()
-
-    def _stop_keepalive(self) -> None:
-        if self._keepalive.running:
-            self._keepalive.stop()
-
-    def _write(self, data: bytes) -> None:
-        if not self._pending:
-            self._clock.callLater(0, self._flush)
-        self._pending.append(data)
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending and not self.closed:
-            self.request.write(b"".join(pending))
 
     def _emit(self, kind: str, payload: dict) -> None:
         event = {"type": kind, "sequence_number": self.sequence, **payload}
         self.sequence += 1
         self._write(b"event: " + kind.encode("ascii") + b"\ndata: " + _dumps(event) + b"\n\n")
 
-    def start(self) -> None:
-        if self.started:
-            return
-        self.started = True
-        for name, value in SSE_HEADERS:
-            self.request.setHeader(name, value)
+    def _opening(self) -> None:
         snapshot = self.shell.body("in_progress", [])
         self._emit("response.created", {"response": snapshot})
         self._emit("response.in_progress", {"response": snapshot})
-
-    def _tick(self) -> None:
-        self.start()
-        if not self._active_since_tick:
-            self._write(KEEPALIVE_FRAME)
-        self._active_since_tick = False
 
     # -- output items ----------------------------------------------------------------------
 
@@ -254,8 +215,7 @@ class ResponsesStream:
     def on_event(self, event: RunEvent) -> None:
         data = event.data
         if event.stream == "assistant":
-            self.start()
-            self._active_since_tick = True
+            self._output()
             if "delta" in data:
                 item = self._open_item("message")
                 item.parts.append(data["delta"])
@@ -269,8 +229,7 @@ class ResponsesStream:
                     "item_id": item.id, "output_index": item.index, "summary_index": 0,
                     "delta": data["reasoning"]})
         elif event.stream == "tool":
-            self.start()
-            self._active_since_tick = True
+            self._output()
             self._on_tool(data)
 
     def _on_tool(self, data: Mapping[str, Any]) -> None:
@@ -296,7 +255,6 @@ class ResponsesStream:
 
     def finish(self, result: RunResult) -> bytes:
         """Close the open item and send ``response.completed`` (or ``.incomplete``)."""
-        self._stop_keepalive()
         self.start()
         status, incomplete = outcome(result.finish_reason)
         item_status = "completed" if status == "completed" else "incomplete"
@@ -311,13 +269,12 @@ class ResponsesStream:
                                completed_at=completed_at if status == "completed" else None)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         self._emit(kind, {"response": body})
-        self._flush()
+        self._end()
         return b""
 
     def fail(self, error: APIError) -> bytes:
         """A failure after the stream started: exactly one ``response.failed``, whose
         output holds what was streamed so far (open items marked incomplete)."""
-        self._stop_keepalive()
         output = []
         for item in self.output:
             if item is not self._open:
@@ -331,5 +288,5 @@ class ResponsesStream:
         self._open = None
         body = self.shell.body("failed", output, error=error_json(error))
         self._emit("response.failed", {"response": body})
-        self._flush()
+        self._end()
         return b""
