@@ -28,7 +28,9 @@ from ..agents.runner import AgentRunner
 from ..auth import GatewayAuth
 from ..config import Config
 from ..http_auth import require_auth
-from ..sessions.keys import make_session_key, resolve_session_key
+from ..sessions.keys import make_session_key
+from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
+                      named_session, session_header_names)
 from .errors import (APIError, method_not_allowed, not_found,
                      write_error)
 from .images import ImageBudget, fetch_remote_images
@@ -36,18 +38,8 @@ from .runs import await_run, start_run
 from .responses_request import ResponsesRequest, parse_responses_request
 from .responses_stream import ResponseShell, ResponsesStream, new_id, response_body
 
-AGENT_ID_HEADERS = (b"x-moltbot-agent-id", b"x-clawdbot-agent-id")
-SESSION_KEY_HEADERS = (b"x-moltbot-session-key", b"x-clawdbot-session-key")
-MODEL_HEADERS = (b"x-moltbot-model", b"x-clawdbot-model")
 MAX_REMEMBERED = 10_000
 
-
-def _header(request, names) -> Optional[str]:
-    for name in names:
-        value = request.getHeader(name)
-        if value is not None and value.strip():
-            return value.decode("utf-8", "replace").strip()
-    return None
 
 
 @dataclass(frozen=True)
@@ -94,8 +86,7 @@ class ResponsesEndpoint:
         self.enabled = endpoints.responses.enabled
         # Image limits and the keepalive interval are those of chat completions.
         self.chat = endpoints.chatCompletions
-        self.session_headers = tuple(name.lower().encode("ascii")
-                                     for name in config.gateway.http.sessionHeaders)
+        self.session_headers = session_header_names(config)
         self.responses = ResponseIndex(capacity)
         self.image_client = treq.client.HTTPClient(
             Agent(clock, pool=HTTPConnectionPool(clock, persistent=False)))
@@ -123,7 +114,7 @@ class ResponsesEndpoint:
                                     f"'{parsed.previous_response_id}' not found.",
                                param="previous_response_id",
                                code="previous_response_not_found")
-        requested = parsed.agent_id or _header(request, AGENT_ID_HEADERS)
+        requested = parsed.agent_id or header(request, AGENT_ID_HEADERS)
         if requested is None and previous is not None:
             requested = previous.agent_id   # continuing: the agent that answered before
         try:
@@ -142,7 +133,7 @@ class ResponsesEndpoint:
         run = start_run(self.runner, RunRequest(
             input=parsed.input, agent_id=agent.id, session_key=session_key,
             client_history=parsed.history, extra_system_prompt=parsed.system_prompt,
-            model=_header(request, MODEL_HEADERS), options=parsed.options, persist=True,
+            model=header(request, MODEL_HEADERS), options=parsed.options, persist=True,
             stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
             parallel_tool_calls=parsed.parallel_tool_calls))
         self.responses.add(response_id, StoredResponse(agent.id, run.session_key))
@@ -164,23 +155,16 @@ class ResponsesEndpoint:
 
     def _session(self, request, agent_id: str, parsed: ResponsesRequest,
                  previous: Optional[StoredResponse], response_id: str) -> str:
-        explicit = _header(request, SESSION_KEY_HEADERS)
+        explicit = header(request, SESSION_KEY_HEADERS)
         if explicit is not None:
             return explicit            # resolved (and checked) by the runner
         for name in self.session_headers:
-            value = _header(request, (name,))
+            value = header(request, (name,))
             if value is not None:
-                return self._named_session(agent_id, f"openai-chat:{value}", name.decode())
+                return named_session(agent_id, f"openai-chat:{value}", name.decode())
         if previous is not None:
             return previous.session_key
         if parsed.user is not None:
-            return self._named_session(agent_id, f"openai-user:{parsed.user}", "user")
+            return named_session(agent_id, f"openai-user:{parsed.user}", "user")
         return make_session_key(agent_id, f"responses:{response_id}")
 
-    @staticmethod
-    def _named_session(agent_id: str, rest: str, param: str) -> str:
-        try:
-            return resolve_session_key(agent_id, rest)
-        except ValueError as e:
-            raise APIError(400, f"{param} cannot name a session: {e}", param=param,
-                           code="invalid_value")

@@ -18,7 +18,7 @@ from ..auth import GatewayAuth
 from ..config import Config, parse_model_ref
 from ..providers.errors import ProviderError
 from ..http_auth import require_auth
-from ..sessions.keys import openai_session_key, resolve_session_key
+from ..sessions.keys import openai_session_key
 from .chat_request import (AGENT_MODEL_PREFIXES, agent_from_model, is_task_prompt,
                            parse_chat_request)
 from .embeddings import embeddings_body, parse_embeddings_request
@@ -26,20 +26,12 @@ from .images import ImageBudget, fetch_remote_images
 from .chat_response import ChatStream, completion_body
 from .responses import ResponsesEndpoint
 from .runs import await_run, start_run
+from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
+                      named_session, session_header_names)
 from .errors import (APIError, api_error_for_run_failure, method_not_allowed, not_found,
                      write_error)
 
-AGENT_ID_HEADERS = (b"x-moltbot-agent-id", b"x-clawdbot-agent-id")
-SESSION_KEY_HEADERS = (b"x-moltbot-session-key", b"x-clawdbot-session-key")
-MODEL_HEADERS = (b"x-moltbot-model", b"x-clawdbot-model")
 
-
-def _header(request, names) -> str | None:
-    for name in names:
-        value = request.getHeader(name)
-        if value is not None and value.strip():
-            return value.decode("utf-8", "replace").strip()
-    return None
 
 
 def _require_enabled_method(request, enabled: bool, methods: tuple[str, ...]) -> None:
@@ -70,8 +62,7 @@ class OpenAIRoutes:
         self.clock = clock
         endpoints = config.gateway.http.endpoints
         self.chat = endpoints.chatCompletions
-        self.session_headers = tuple(name.lower().encode("ascii")
-                                     for name in config.gateway.http.sessionHeaders)
+        self.session_headers = session_header_names(config)
         # Remote images are fetched with a client of their own: no pooled connections to
         # arbitrary hosts, never the providers' pool.
         self.image_client = treq.client.HTTPClient(
@@ -120,14 +111,14 @@ class OpenAIRoutes:
         images = ImageBudget(self.chat.images)
         chat = parse_chat_request(request.content.read(), images)
         try:
-            agent = self.agents.get(chat.agent_id or _header(request, AGENT_ID_HEADERS))
+            agent = self.agents.get(chat.agent_id or header(request, AGENT_ID_HEADERS))
         except UnknownAgent as e:
             raise APIError(404, f"The model '{chat.model}' does not exist: there is no agent "
                                 f'"{e.agent_id}"', param="model", code="model_not_found")
         session_key, persist = self._session(request, agent.id, chat)
         if images.remote:
             await fetch_remote_images(images, self.image_client, self.clock)
-        model_override = _header(request, MODEL_HEADERS)
+        model_override = header(request, MODEL_HEADERS)
         run = start_run(self.runner, RunRequest(
             input=chat.input, agent_id=agent.id, session_key=session_key,
             client_history=chat.history, extra_system_prompt=chat.system_prompt,
@@ -195,24 +186,17 @@ class OpenAIRoutes:
         ``### Task:`` prompts never read or write a session (statelessTaskPrompts)."""
         if self.chat.statelessTaskPrompts and is_task_prompt(chat):
             return openai_session_key(agent_id), False
-        explicit = _header(request, SESSION_KEY_HEADERS)
+        explicit = header(request, SESSION_KEY_HEADERS)
         if explicit is not None:
             return explicit, True
         for name in self.session_headers:
-            value = _header(request, (name,))
+            value = header(request, (name,))
             if value is not None:
-                return self._named_session(agent_id, f"openai-chat:{value}", name.decode())
+                return named_session(agent_id, f"openai-chat:{value}", name.decode()), True
         if chat.user is not None:
-            return self._named_session(agent_id, f"openai-user:{chat.user}", "user")
+            return named_session(agent_id, f"openai-user:{chat.user}", "user"), True
         return openai_session_key(agent_id), False  # a fresh per-request session: not stored
 
-    @staticmethod
-    def _named_session(agent_id: str, rest: str, param: str) -> tuple[str, bool]:
-        try:
-            return resolve_session_key(agent_id, rest), True
-        except ValueError as e:  # too long, control characters: the client's mistake
-            raise APIError(400, f"{param} cannot name a session: {e}", param=param,
-                           code="invalid_value")
 
     @app.handle_errors(APIError)
     def api_error(self, request, failure):
