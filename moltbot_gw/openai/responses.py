@@ -18,9 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
-import treq
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from ..agents.registry import AgentRegistry, UnknownAgent
 from ..agents.run import RunRequest
@@ -76,7 +74,7 @@ class ResponsesEndpoint:
     log = Logger()
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
-                 runner: AgentRunner, clock, capacity: int = MAX_REMEMBERED):
+                 runner: AgentRunner, clock, image_client, capacity: int = MAX_REMEMBERED):
         self.config = config
         self.auth = auth
         self.agents = agents
@@ -88,8 +86,7 @@ class ResponsesEndpoint:
         self.chat = endpoints.chatCompletions
         self.session_headers = session_header_names(config)
         self.responses = ResponseIndex(capacity)
-        self.image_client = treq.client.HTTPClient(
-            Agent(clock, pool=HTTPConnectionPool(clock, persistent=False)))
+        self.image_client = image_client  # shared with chat completions
 
     async def handle(self, request) -> bytes:
         """Answer one request to ``/v1/responses`` (any method)."""

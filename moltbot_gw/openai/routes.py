@@ -69,7 +69,8 @@ class OpenAIRoutes:
             Agent(clock, pool=HTTPConnectionPool(clock, persistent=False)))
         self.models_enabled = endpoints.chatCompletions.enabled or endpoints.responses.enabled
         self.created = int(clock.seconds())
-        self.responses_endpoint = ResponsesEndpoint(config, auth, agents, runner, clock)
+        self.responses_endpoint = ResponsesEndpoint(config, auth, agents, runner, clock,
+                                                     self.image_client)
 
     def resource(self):
         return self.app.resource()
