@@ -190,6 +190,15 @@ class HttpConfig:
     sessionHeaders: tuple[str, ...] = _key("sessionHeaders", (), check=_header_name,
                                            doc="headers whose value selects a session")
     cors: CorsConfig = _key("cors", CorsConfig())
+    idleTimeoutSeconds: float = _key("idleTimeoutSeconds", 60.0, check=_positive,
+                                     doc="close a connection silent this long between or"
+                                         " within requests")
+    headersTimeoutSeconds: float = _key("headersTimeoutSeconds", 30.0, check=_positive,
+                                        doc="a request's line and headers must arrive within"
+                                            " this; else 408")
+    requestTimeoutSeconds: float = _key("requestTimeoutSeconds", 300.0, check=_positive,
+                                        doc="a whole request, body included, must arrive"
+                                            " within this; else 408")
 
 
 @dataclass(frozen=True)

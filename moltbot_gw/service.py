@@ -76,8 +76,9 @@ class GatewayService(MultiService):
         # Not a child service: stopService drains in a set order around it.
 
     def _mount_http(self, config: Config) -> None:
-        """(Re)build what serves HTTP from ``config``: the /v1 routes, CORS, /metrics and the
-        body limit. Connections and requests in flight keep what they started with."""
+        """(Re)build what serves HTTP from ``config``: the /v1 routes, CORS, /metrics, the
+        body limit and the client timeouts. Connections and requests in flight keep what they
+        started with."""
         previous = getattr(self, "openai", None)
         self.openai = OpenAIRoutes(config, self.http_auth, self.agents, self.runner,
                                    self.reactor)
@@ -91,6 +92,9 @@ class GatewayService(MultiService):
                              if metrics.enabled else None)
         self.site.max_body_bytes = max(http.endpoints.chatCompletions.maxBodyBytes,
                                        1024 * 1024)
+        self.site.timeOut = http.idleTimeoutSeconds  # for connections accepted from now on
+        self.site.headers_timeout = http.headersTimeoutSeconds
+        self.site.request_timeout = http.requestTimeoutSeconds
 
     def reload(self, config: Config) -> None:
         """Apply a new, already validated config without dropping a connection: agents,

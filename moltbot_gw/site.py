@@ -8,6 +8,7 @@ import time
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from .openai.errors import ERROR_TYPES, error_body
@@ -54,13 +55,10 @@ class GatewayRequest(Request):
         # (or buffering) an oversized body is what the limit exists to prevent.
         self._too_large = True
         limit = self.channel.site.max_body_bytes
-        body = error_body(f"request body is larger than the limit of {limit} bytes",
-                          ERROR_TYPES[413], None, "request_too_large")
         transport = self.channel.transport
-        transport.write(b"HTTP/1.1 413 Payload Too Large\r\n"
-                        b"Content-Type: application/json\r\n"
-                        b"Connection: close\r\n"
-                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        transport.write(_raw_error_response(
+            413, b"Payload Too Large",
+            f"request body is larger than the limit of {limit} bytes", "request_too_large"))
         self.log.info("Refused a request body over {limit} bytes", limit=limit)
         transport.loseConnection()
 
@@ -126,6 +124,72 @@ class GatewayRequest(Request):
         log_request(self, status, seconds)
 
 
+def _raw_error_response(status: int, reason: bytes, message: str, code: str) -> bytes:
+    """A whole ``Connection: close`` error response, for writing straight to the transport
+    when no Request can answer (the request has not been fully received)."""
+    body = error_body(message, ERROR_TYPES[status], None, code)
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % (status, reason, len(body))) + body
+
+
+class GatewayChannel(HTTPChannel):
+    """An HTTP connection with deadlines on *receiving* a request.
+
+    The idle timeout (``Site.timeout``) restarts with every byte, so alone it lets a client
+    hold a connection forever by trickling its headers or body; these deadlines do not move.
+    They start with a request's first byte, stop once all of it has arrived, and on expiry
+    answer 408 and close.
+    """
+
+    log = Logger()
+    _headers_timer = None
+    _request_timer = None
+
+    def dataReceived(self, data):
+        if not self._handlingRequest and self._request_timer is None and data.strip():
+            site = self.site
+            self._headers_timer = self.callLater(site.headers_timeout, self._timed_out,
+                                                 "the request headers", site.headers_timeout)
+            self._request_timer = self.callLater(site.request_timeout, self._timed_out,
+                                                 "the whole request", site.request_timeout)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._cancel_timer("_headers_timer")
+        super().allHeadersReceived()
+
+    def allContentReceived(self):
+        self._cancel_timers()
+        super().allContentReceived()
+
+    def connectionLost(self, reason):
+        self._cancel_timers()
+        super().connectionLost(reason)
+
+    def _cancel_timer(self, name: str) -> None:
+        timer = getattr(self, name)
+        if timer is not None:
+            setattr(self, name, None)
+            if timer.active():
+                timer.cancel()
+
+    def _cancel_timers(self) -> None:
+        self._cancel_timer("_headers_timer")
+        self._cancel_timer("_request_timer")
+
+    def _timed_out(self, what: str, seconds: float) -> None:
+        self._cancel_timers()  # the one that fired is no longer active
+        if self.transport is None or self._handlingRequest:
+            return
+        self.transport.write(_raw_error_response(
+            408, b"Request Timeout",
+            f"{what} did not arrive within {seconds:g} s", "request_timeout"))
+        self.log.info("Closed a connection from {peer}: {what} did not arrive within"
+                      " {seconds} s", peer=str(self.transport.getPeer()), what=what,
+                      seconds=seconds)
+        self.timeoutConnection()  # closes; aborts if the client will not let go
+
+
 def _is_websocket_upgrade(request: Request) -> bool:
     upgrade = request.getHeader(b"upgrade") or b""
     return upgrade.strip().lower() == b"websocket"
@@ -135,10 +199,16 @@ class GatewaySite(Site):
     """Counts requests in flight so a stop can wait for them (up to a grace period)."""
 
     requestFactory = GatewayRequest
+    protocol = GatewayChannel
 
     def __init__(self, resource, max_body_bytes: int, metrics=None, **kwargs):
+        # Every body here is JSON: parsing form uploads into request.args would only cost
+        # memory and time (Twisted builds an email.message per POST to read its type).
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, **kwargs)
         self.max_body_bytes = max_body_bytes
+        self.headers_timeout = 30.0   # seconds; set from the config (GatewayChannel)
+        self.request_timeout = 300.0
         self.metrics = metrics
         self.draining = False
         self._inflight: set[Request] = set()
