@@ -287,6 +287,8 @@ class AgentDefaults:
                                  doc="a run is cancelled after this long")
     maxConcurrent: int = _key("maxConcurrent", 64, check=_positive,
                               doc="runs executing at once, gateway-wide")
+    maxReplyChars: int = _key("maxReplyChars", 2_000_000, check=_positive,
+                              doc="longest model reply (text, reasoning, tool arguments)")
     history: HistoryConfig = _key("history", HistoryConfig())
 
 

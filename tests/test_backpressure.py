@@ -12,9 +12,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
-from .chat_helpers import PATH, config, no_leftovers  # noqa: F401
+from .chat_helpers import PATH, config, http, no_leftovers  # noqa: F401
 from .conftest import TOKEN
-from .test_chat_completions import within
+from .test_chat_completions import until, within
 
 WORD = "y" * 99_999 + " "       # 100 kB a "word", so the fake upstream is never the limit
 WORDS = 200                     # a 20 MB reply, streamed as fast as the upstream can
@@ -51,8 +51,10 @@ ENDPOINTS = {
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_stops_reading_pauses_the_upstream_read(start_gateway, upstream,
                                                                     endpoint):
-    gw = await start_gateway(config(upstream, gateway={"http": {"endpoints": {
-        "chatCompletions": {"enabled": True}, "responses": {"enabled": True}}}}))
+    raw = config(upstream, gateway={"http": {"endpoints": {
+        "chatCompletions": {"enabled": True}, "responses": {"enabled": True}}}})
+    raw["agents"]["defaults"] = {"maxReplyChars": 2 * WORDS * len(WORD)}  # let it all through
+    gw = await start_gateway(raw)
     upstream.script(text=WORD * WORDS)
     path, payload, end_marker = ENDPOINTS[endpoint]
     body = json.dumps(payload).encode()
@@ -79,3 +81,47 @@ async def test_a_client_that_stops_reading_pauses_the_upstream_read(start_gatewa
     # all of it (the Responses API repeats the text in its closing events)
     assert client.letters >= WORDS * 99_999
     client.transport.loseConnection()
+
+
+# --- a runaway reply ------------------------------------------------------------------------
+
+LIMIT = 50_000
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+@pytest_twisted.ensureDeferred
+async def test_a_reply_longer_than_max_reply_chars_is_cut_off_and_reported(
+        start_gateway, upstream, http, stream):
+    """An upstream that never stops talking (here 2 MB against a 50,000-character limit) is
+    cut off: the client gets the documented error, the upstream connection is closed, and the
+    transcript keeps what was relayed."""
+    raw = config(upstream)
+    raw["agents"]["defaults"] = {"maxReplyChars": LIMIT}
+    gw = await start_gateway(raw)
+    upstream.script(text=("z" * 999 + " ") * 2000)
+    response = await within(http.post(
+        gw.url + PATH, headers=gw.auth_headers,
+        json={"model": "moltbot:beta", "stream": stream, "user": "runaway",
+              "messages": [{"role": "user", "content": "talk"}]}), 10)
+    body = await within(response.content(), 10)
+    message = f"longer than the gateway's limit of {LIMIT} characters"
+    if stream:
+        assert response.code == 200
+        frames = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")]
+        assert frames[-1] == b"[DONE]"
+        error = json.loads(frames[-2])["error"]
+        assert message in error["message"]
+        relayed = sum(len(choice["delta"].get("content") or "")
+                      for frame in frames[:-2] for choice in json.loads(frame)["choices"])
+        assert 0 < relayed <= LIMIT
+        # the rest was not read: the stream's connection was closed, not returned to the pool
+        await until(lambda: upstream.open_connections == 0, 5)
+    else:
+        # one JSON body (bounded on its own) was read whole; only then is it too long
+        assert response.code == 502
+        error = json.loads(body)["error"]
+        assert message in error["message"] and error["code"] == "upstream_reply_too_large"
+    assert gw.service.runner.active == {}
+    [turn] = [r for r in await gw.service.store.load_history(
+        "agent:beta:openai-user:runaway") if r.get("role") == "assistant"]
+    assert turn["status"] == "error" and len(turn["content"]) <= LIMIT

@@ -30,6 +30,7 @@ class Agent:
     workspace: Optional[str]
     timeout_seconds: float
     history: HistoryConfig
+    max_reply_chars: int
 
 
 class AgentRegistry:
@@ -49,6 +50,7 @@ class AgentRegistry:
                 workspace=entry.workspace,
                 timeout_seconds=entry.timeoutSeconds or defaults.timeoutSeconds,
                 history=entry.history or defaults.history,
+                max_reply_chars=defaults.maxReplyChars,
             )
         marked = [normalize_agent_id(e.id) for e in entries if e.default]
         self.default_id = marked[0] if marked else normalize_agent_id(entries[0].id)

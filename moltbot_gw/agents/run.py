@@ -109,7 +109,9 @@ class Run:
         self.run_id = run_id
         self.agent_id = agent_id
         self.session_key = session_key
-        self.text = ""
+        self._text_parts: list[str] = []
+        self._text: Optional[str] = ""          # the parts joined, until the next part
+        self.output_chars = 0         # text, reasoning and tool-call arguments streamed so far
         self.produced_output = False  # any text, reasoning or tool call streamed yet
         # Consumers that cannot keep up pause the upstream read (see FlowControl).
         self.flow = FlowControl()
@@ -119,6 +121,19 @@ class Run:
         self._waiters: list[Deferred] = []
         self._canceller: Optional[Callable[[], None]] = None  # set by the runner
         self.cancel_reason: Optional[str] = None  # "cancelled" or "timeout" once cancelled
+
+    @property
+    def text(self) -> str:
+        """The reply text streamed so far."""
+        if self._text is None:
+            self._text = "".join(self._text_parts)
+            self._text_parts = [self._text]
+        return self._text
+
+    def add_text(self, text: str) -> None:
+        # Parts joined on demand: ``text += delta`` would copy the whole reply per delta.
+        self._text_parts.append(text)
+        self._text = None
 
     @property
     def done(self) -> bool:

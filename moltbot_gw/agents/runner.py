@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from ..config import HistoryConfig, parse_model_ref
 from ..providers.base import ModelRequest, ModelResult
-from ..providers.errors import ProviderError
+from ..providers.errors import ProviderError, ProviderReplyTooLarge
 from ..sessions.keys import openai_session_key, resolve_session_key
 from ..sessions.store import SessionStore
 from ..sessions.transcript import content_text, history_messages
@@ -188,19 +188,29 @@ class AgentRunner:
         system = await self._system_prompt(agent, request.extra_system_prompt)
         options = {k: v for k, v in request.options.items() if k in SAMPLING_OPTIONS}
 
+        def spend(chars: int) -> None:
+            """Count output against the agent's limit; raising here makes the provider stop
+            reading (and close) the upstream reply."""
+            run.output_chars += chars
+            if run.output_chars > agent.max_reply_chars:
+                raise ProviderReplyTooLarge(
+                    f"the model's reply is longer than the gateway's limit of "
+                    f"{agent.max_reply_chars} characters (agents.defaults.maxReplyChars)")
+            run.produced_output = True
+
         def on_delta(text: str) -> None:
             if text:
-                run.text += text
-                run.produced_output = True
+                spend(len(text))
+                run.add_text(text)
                 run.emit("assistant", {"delta": text})
 
         def on_reasoning(text: str) -> None:
             if text:
-                run.produced_output = True
+                spend(len(text))
                 run.emit("assistant", {"reasoning": text})
 
         def on_tool_call(index: int, call_id, name, fragment: str) -> None:
-            run.produced_output = True
+            spend(len(fragment or "") + len(name or ""))
             data = {"index": index, "argumentsDelta": fragment}
             if call_id is not None:
                 data["id"] = call_id

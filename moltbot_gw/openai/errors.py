@@ -94,6 +94,8 @@ def api_error_for_run_failure(error: BaseException) -> APIError:
     if isinstance(error, provider.ProviderAuthError):
         return APIError(502, "the model provider refused the gateway's credentials",
                         code="upstream_auth_error")
+    if isinstance(error, provider.ProviderReplyTooLarge):
+        return APIError(502, message, code="upstream_reply_too_large")
     if isinstance(error, provider.ProviderUnavailable):
         return APIError(502, f"the model provider failed: {message}", code="upstream_error")
     if isinstance(error, RunCancelled):

@@ -50,6 +50,12 @@ class ProviderTimeout(ProviderError):
     kind = "upstream_timeout"
 
 
+class ProviderReplyTooLarge(ProviderError):
+    """The model's reply (text, reasoning and tool-call arguments) outgrew the agent's limit;
+    the rest is not read, so one runaway reply cannot exhaust the gateway's memory."""
+    kind = "upstream_reply_too_large"
+
+
 def no_embeddings(provider: str) -> ProviderBadRequest:
     """What a provider without an embeddings endpoint fails ``embeddings()`` with."""
     return ProviderBadRequest(f'provider "{provider}" does not offer embeddings')
