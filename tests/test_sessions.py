@@ -409,7 +409,7 @@ async def test_disk_io_runs_off_the_reactor_thread(tmp_path, monkeypatch):
             return function(*args, **kwargs)
         return run
 
-    for name in ("append_records", "read_transcript", "_write_json_atomically",
+    for name in ("append_records", "read_transcript", "_write_sessions_atomically",
                  "_read_sessions_file"):
         monkeypatch.setattr(store_module, name, watched(getattr(store_module, name)))
 
@@ -417,7 +417,7 @@ async def test_disk_io_runs_off_the_reactor_thread(tmp_path, monkeypatch):
     await store.record_turn(KEY, [user("q")])
     await SessionStore(tmp_path).load_history(KEY)  # a fresh store has nothing cached
     assert {name for name, _ in threads_seen} == {
-        "append_records", "read_transcript", "_write_json_atomically", "_read_sessions_file"}
+        "append_records", "read_transcript", "_write_sessions_atomically", "_read_sessions_file"}
     assert not any(in_reactor_thread for _, in_reactor_thread in threads_seen)
 
 

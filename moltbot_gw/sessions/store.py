@@ -40,7 +40,7 @@ SAVE_DELAY_SECONDS = 1.0       # sessions.json updates of existing sessions are 
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per session ever used, all kept in memory
 class SessionEntry:
     """One session as recorded in ``sessions.json``; times are epoch milliseconds."""
 
@@ -128,13 +128,27 @@ def _make_private_dirs(base: Path, *parts: str) -> Path:
     return path
 
 
-def _write_json_atomically(path: Path, document: Any) -> None:
-    """Replace ``path`` by ``document`` so readers see the old or the new file, never a mix."""
-    payload = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
+def _write_sessions_atomically(path: Path, entries: Sequence[SessionEntry]) -> None:
+    """Replace ``path`` by the entries as one JSON object, so readers see the old or the new
+    file, never a mix.
+
+    One entry per line, written as it is encoded: the file grows with every session, and
+    building it as one string would make each rewrite allocate (and the allocator keep) a
+    buffer as large as the whole file.
+    """
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as temp_file:
-            temp_file.write(payload + b"\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as temp_file:
+            separator = "{\n  "
+            for entry in sorted(entries, key=lambda each: each.key):
+                temp_file.write(separator)
+                temp_file.write(json.dumps(entry.key, ensure_ascii=False))
+                temp_file.write(": ")
+                temp_file.write(json.dumps(entry.to_json(), sort_keys=True,
+                                           ensure_ascii=False, separators=(", ", ": ")))
+                separator = ",\n  "
+            temp_file.write("{}" if separator == "{\n  " else "\n}")
+            temp_file.write("\n")
             temp_file.flush()
             os.fsync(temp_file.fileno())
         os.replace(temp_name, path)
@@ -371,13 +385,14 @@ class SessionStore:
         if agent.save_timer is not None:  # this write covers the delayed one too
             agent.save_timer.cancel()
             agent.save_timer = None
-        document = {key: entry.to_json() for key, entry in agent.entries.items()}
-        await self._in_thread(self._write_sessions_file, agent.sessions_dir, document)
+        # Entries are immutable, so the thread can encode this snapshot while turns go on.
+        entries = tuple(agent.entries.values())
+        await self._in_thread(self._write_sessions_file, agent.sessions_dir, entries)
 
-    def _write_sessions_file(self, sessions_dir: Path, document: Mapping[str, Any]) -> None:
+    def _write_sessions_file(self, sessions_dir: Path, entries: Sequence[SessionEntry]) -> None:
         relative = sessions_dir.relative_to(self.state_dir)
         _make_private_dirs(self.state_dir, *relative.parts)
-        _write_json_atomically(sessions_dir / SESSIONS_FILE_NAME, document)
+        _write_sessions_atomically(sessions_dir / SESSIONS_FILE_NAME, entries)
 
     def _new_entry(self, agent: _AgentSessions, session_key: str) -> SessionEntry:
         now = self._now_ms()
