@@ -22,7 +22,7 @@ import math
 import re
 import socket
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any, ClassVar, Mapping, Optional
 
@@ -36,6 +36,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 _WORD = re.compile(r"\s*\S+\s*")
+_ENDLESS_PIECE = "y" * 65_536   # what an endless reply repeats
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Script:
     tool_chunks: int = 3                    # argument pieces per streamed tool call
     reasoning: Optional[str] = None         # thinking text before the reply, one piece a word
     reasoning_key: str = "reasoning_content"  # OpenAI field carrying it ("reasoning" for some)
+    endless: bool = False                   # then more text, forever, until the client leaves
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,9 @@ class FakeUpstream:
                 await self._sleep(script.delay * max(1, len(pieces)))
             if script.stall_after is not None:
                 await self._sleep(math.inf)
+            if script.endless:
+                await self._endless_json(request, reply)
+                return
             self._send_json(request, 200, self.completion(reply))
             return
         request.setHeader("content-type", "text/event-stream")
@@ -353,6 +358,9 @@ class FakeUpstream:
                   + self.stream_chunk(piece, reply))
         if await self._interrupt(request, record, len(pieces)):
             return
+        while script.endless:
+            await self._sleep(0)   # let the client read (or leave: that cancels us)
+            write(self.stream_chunk(_ENDLESS_PIECE, reply))
         write(self.text_end(reply))
         await write_paced(self.tool_call_frames(reply))
         if script.malformed:
@@ -373,6 +381,17 @@ class FakeUpstream:
         if script.stall_after is not None and sent >= script.stall_after:
             await Deferred()   # until the client leaves or stop() cancels us
         return False
+
+    async def _endless_json(self, request, reply: Reply) -> None:
+        """A completion body whose text never ends: its JSON is never closed."""
+        marker = "\u0000ENDLESS\u0000"
+        body = json.dumps(self.completion(replace(reply, text=reply.text + marker)))
+        request.setResponseCode(200)
+        request.setHeader("content-type", "application/json")
+        request.write(body[:body.index(json.dumps(marker)[1:-1])].encode())
+        while True:
+            await self._sleep(0)
+            request.write(_ENDLESS_PIECE.encode())
 
     def _sleep(self, seconds: float) -> Deferred:
         if math.isinf(seconds):
