@@ -432,6 +432,28 @@ async def test_history_is_served_from_memory_and_matches_the_transcript(tmp_path
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_history_cache_is_bounded_in_bytes_and_stays_correct(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "HISTORY_CACHE_BYTES", 5000)
+    store = SessionStore(tmp_path)
+    keys = [f"agent:main:long-{i}" for i in range(3)]
+    for key in keys:                      # about 2 kB of transcript each
+        await store.record_turn(key, [user("x" * 2000)])
+    cache = store._agent("main").history
+    assert len(cache) == 2 and cache.bytes <= 5000   # the least recently used one went
+    for key in keys:                      # each still loads whole (from disk when evicted)
+        history = await store.load_history(key)
+        assert [r.get("content") for r in history if r["type"] == "message"] == ["x" * 2000]
+    assert cache.bytes == sum(size for _, size in cache._entries.values()) <= 5000
+
+    huge = "agent:main:huge"              # a transcript larger than the whole budget
+    await store.record_turn(huge, [user("y" * 6000)])
+    assert cache.get(store._agent("main").entries[huge].session_id) is None
+    await store.record_turn(huge, [user("z")])
+    history = await store.load_history(huge)
+    assert [r.get("content") for r in history if r["type"] == "message"] == ["y" * 6000, "z"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_token_totals_of_existing_sessions_are_written_in_one_batch(tmp_path):
     store = SessionStore(tmp_path)
     await store.record_turn(KEY, [user("q")], usage={"input_tokens": 1, "output_tokens": 1})

@@ -34,7 +34,8 @@ T = TypeVar("T")
 
 SESSIONS_FILE_NAME = "sessions.json"
 PRIVATE_DIR_MODE = 0o700
-HISTORY_CACHE_SESSIONS = 256   # per agent: transcripts kept in memory for the next turn
+HISTORY_CACHE_SESSIONS = 256   # per agent: transcripts kept in memory for the next turn ...
+HISTORY_CACHE_BYTES = 32 * 1024 * 1024  # ... as long as their files add up to at most this
 SAVE_DELAY_SECONDS = 1.0       # sessions.json updates of existing sessions are batched
 # Session ids name files, so an entry read from disk must not smuggle a path in.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -206,6 +207,54 @@ def _rename_if_present(source: Path, target: Path) -> bool:
     return True
 
 
+class _HistoryCache:
+    """Transcript records of recently used sessions, so a turn does not re-read its whole
+    transcript from disk; the file stays the truth.
+
+    Bounded in sessions and in transcript bytes (long conversations are large), least
+    recently used out first; a transcript larger than the whole budget is not kept.
+    """
+
+    def __init__(self, max_sessions: int, max_bytes: int):
+        self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, tuple[list[dict[str, Any]], int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, session_id: str) -> Optional[list[dict[str, Any]]]:
+        """The session's records (most recently used now), or None."""
+        cached = self._entries.get(session_id)
+        if cached is None:
+            return None
+        self._entries.move_to_end(session_id)
+        return cached[0]
+
+    def put(self, session_id: str, records: list[dict[str, Any]], size: int) -> None:
+        self.pop(session_id)
+        if size > self.max_bytes:
+            return
+        self._entries[session_id] = (records, size)
+        self.bytes += size
+        while len(self._entries) > self.max_sessions or self.bytes > self.max_bytes:
+            _, (_, evicted_size) = self._entries.popitem(last=False)
+            self.bytes -= evicted_size
+
+    def extend(self, session_id: str, records: list[dict[str, Any]], size: int) -> None:
+        """Add a turn to a cached session (nothing if it is not cached)."""
+        cached = self._entries.get(session_id)
+        if cached is not None:
+            cached[0].extend(records)
+            self.put(session_id, cached[0], cached[1] + size)
+
+    def pop(self, session_id: str) -> None:
+        cached = self._entries.pop(session_id, None)
+        if cached is not None:
+            self.bytes -= cached[1]
+
+
 class _AgentSessions:
     """One agent's entries in memory, and the lock that orders its disk work."""
 
@@ -216,9 +265,7 @@ class _AgentSessions:
         self.lock = DeferredLock()
         self.entries: dict[str, SessionEntry] = {}
         self.loaded = False
-        # Transcript records of recently used sessions, so a turn does not re-read its whole
-        # transcript from disk (least recently used first; the file stays the truth).
-        self.history: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.history = _HistoryCache(HISTORY_CACHE_SESSIONS, HISTORY_CACHE_BYTES)
         self.save_timer: Optional[Any] = None  # a delayed sessions.json rewrite, if pending
 
 
@@ -422,16 +469,9 @@ class SessionStore:
         if cached is None:
             contents = await self._in_thread(
                 read_transcript, transcript_path(agent.sessions_dir, entry.session_id))
-            cached = self._remember_history(agent, entry.session_id, list(contents.records))
-        agent.history.move_to_end(entry.session_id)
+            cached = list(contents.records)
+            agent.history.put(entry.session_id, cached, contents.size_bytes)
         return list(cached)
-
-    def _remember_history(self, agent: _AgentSessions, session_id: str,
-                          records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        agent.history[session_id] = records
-        while len(agent.history) > HISTORY_CACHE_SESSIONS:
-            agent.history.popitem(last=False)
-        return records
 
     async def _record_turn(self, agent: _AgentSessions, session_key: str,
                            records: list[dict[str, Any]], model: Optional[str],
@@ -442,13 +482,12 @@ class SessionStore:
             entry = self._new_entry(agent, session_key)
         if records:
             header = session_header(entry.session_id, session_key, entry.created_at)
-            await self._in_thread(self._append_transcript, agent.sessions_dir,
-                                  entry.session_id, records, header)
-            cached = agent.history.get(entry.session_id)
-            if cached is not None:
-                cached.extend(records)
-            elif is_new:
-                self._remember_history(agent, entry.session_id, [header, *records])
+            written = await self._in_thread(self._append_transcript, agent.sessions_dir,
+                                            entry.session_id, records, header)
+            if is_new:
+                agent.history.put(entry.session_id, [header, *records], written)
+            else:
+                agent.history.extend(entry.session_id, records, written)
         input_tokens, output_tokens, total_tokens = _usage_token_counts(usage)
         if total_tokens is None:
             total_tokens = input_tokens + output_tokens
@@ -472,10 +511,10 @@ class SessionStore:
         return entry
 
     def _append_transcript(self, sessions_dir: Path, session_id: str,
-                           records: list[dict[str, Any]], header: Mapping[str, Any]) -> None:
+                           records: list[dict[str, Any]], header: Mapping[str, Any]) -> int:
         relative = sessions_dir.relative_to(self.state_dir)
         _make_private_dirs(self.state_dir, *relative.parts)
-        append_records(transcript_path(sessions_dir, session_id), records, header=header)
+        return append_records(transcript_path(sessions_dir, session_id), records, header=header)
 
     async def _reset(self, agent: _AgentSessions, session_key: str) -> bool:
         old = agent.entries.get(session_key)
@@ -492,7 +531,7 @@ class SessionStore:
         entry = agent.entries.pop(session_key, None)
         if entry is None:
             return False
-        agent.history.pop(entry.session_id, None)
+        agent.history.pop(entry.session_id)
         # The entry goes first: a crash in between leaves an orphan transcript, not an entry
         # pointing at a missing file.
         await self._save(agent)

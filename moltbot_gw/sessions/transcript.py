@@ -58,8 +58,9 @@ def fsync_directory(directory: Path) -> None:
 
 
 def append_records(path: Path, records: Sequence[Mapping[str, Any]],
-                   header: Optional[Mapping[str, Any]] = None) -> None:
-    """Append ``records`` in one write, then flush and fsync. Blocking.
+                   header: Optional[Mapping[str, Any]] = None) -> int:
+    """Append ``records`` in one write, then flush and fsync; return the bytes written.
+    Blocking.
 
     ``header`` is written first when the file is new or empty. If the file does not end in a
     newline (a torn write before a crash), the new records start on a fresh line so the torn
@@ -78,12 +79,13 @@ def append_records(path: Path, records: Sequence[Mapping[str, Any]],
             if transcript_file.read(1) != b"\n":
                 payload = b"\n" + payload
         if not payload:
-            return
+            return 0
         transcript_file.write(payload)
         transcript_file.flush()
         os.fsync(transcript_file.fileno())
     if size == 0:
         fsync_directory(path.parent)
+    return len(payload)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class TranscriptContents:
     records: tuple[dict[str, Any], ...]
     skipped_lines: int = 0
     torn_last_line: bool = False
+    size_bytes: int = 0       # of the lines read, readable or not
 
 
 def _decode_line(raw: bytes) -> Optional[dict[str, Any]]:
@@ -111,7 +114,7 @@ def read_transcript(path: Path) -> TranscriptContents:
     """
     path = Path(path)
     records: list[dict[str, Any]] = []
-    skipped = 0
+    skipped = size = 0
     torn = False
     try:
         transcript_file = open(path, "rb")
@@ -121,6 +124,7 @@ def read_transcript(path: Path) -> TranscriptContents:
         # Binary iteration splits on b"\n" only; str.splitlines would also split on U+2028,
         # which ensure_ascii=False leaves unescaped inside JSON strings.
         for line_number, raw in enumerate(transcript_file, start=1):
+            size += len(raw)
             terminated = raw.endswith(b"\n")
             line = raw.rstrip(b"\r\n")
             if not line.strip():
@@ -139,7 +143,7 @@ def read_transcript(path: Path) -> TranscriptContents:
                          " ({length} bytes)", line_number=line_number, path=str(path),
                          length=len(raw))
     return TranscriptContents(records=tuple(records), skipped_lines=skipped,
-                              torn_last_line=torn)
+                              torn_last_line=torn, size_bytes=size)
 
 
 @dataclass(frozen=True)
