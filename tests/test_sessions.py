@@ -432,6 +432,15 @@ async def test_history_is_served_from_memory_and_matches_the_transcript(tmp_path
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_reply_with_a_lone_surrogate_is_recorded_and_reads_back_the_same(tmp_path):
+    text = "broken \ud83d emoji"      # what json.loads makes of an upstream's "\ud83d"
+    await SessionStore(tmp_path).record_turn(KEY, [user("q"), {
+        "type": "message", "role": "assistant", "content": text}])
+    history = await SessionStore(tmp_path).load_history(KEY)
+    assert [r.get("content") for r in history if r["type"] == "message"] == ["q", text]
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_history_cache_is_bounded_in_bytes_and_stays_correct(tmp_path, monkeypatch):
     monkeypatch.setattr(store_module, "HISTORY_CACHE_BYTES", 5000)
     store = SessionStore(tmp_path)

@@ -40,7 +40,10 @@ def encode_records(records: Iterable[Mapping[str, Any]]) -> bytes:
             raise TypeError("transcript records must be mappings, not %s"
                             % type(record).__name__)
         lines.append(json.dumps(dict(record), separators=(",", ":"), ensure_ascii=False))
-    return "".join(line + "\n" for line in lines).encode("utf-8")
+    # A lone surrogate (a model may stream a "\ud800" escape) can only stand inside a JSON
+    # string here: backslashreplace writes it back as that escape, so the line still parses
+    # to the same text, where strict UTF-8 would refuse the whole turn.
+    return "".join(line + "\n" for line in lines).encode("utf-8", "backslashreplace")
 
 
 def fsync_directory(directory: Path) -> None:
