@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import sys
 
@@ -27,8 +28,8 @@ in_thread = threads.deferToThread
 class Client:
     """A blocking websocket-client connection; call its methods through ``in_thread``."""
 
-    def __init__(self, url: str, timeout: float = 5.0):
-        self.ws = websocket.create_connection(url, timeout=timeout)
+    def __init__(self, url: str, timeout: float = 5.0, **options):
+        self.ws = websocket.create_connection(url, timeout=timeout, **options)
         self.events: list[dict] = []
         self._ids = 0
 
@@ -531,6 +532,31 @@ async def test_stopping_the_gateway_sends_shutdown_and_closes_with_1001(state_di
     assert shutdown["event"] == "shutdown"
     assert close["close"] == 1001
     assert not service.ws_factory.connections
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_is_dropped_when_its_backlog_passes_the_bound(
+        start_gateway, upstream):
+    upstream.script(text="start", endless=True)   # events keep coming until maxReplyChars
+    gw = await start_gateway(upstream_config(upstream))
+    factory = gw.service.ws_factory
+    factory.max_backlog = 256 * 1024
+
+    def start_a_run_and_stop_reading():
+        # a small receive buffer, so the kernel soon stops taking data for it
+        client = Client(gw.ws_url, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+        assert client.connect()["ok"]
+        client.send({"type": "req", "id": "a1", "method": "agent",
+                     "params": {"message": "go"}})
+        return client
+
+    client = await in_thread(start_a_run_and_stop_reading)
+    try:
+        await eventually(lambda: not factory.connections, timeout=10)
+        # The run belongs to no connection: it goes on until the reply limit ends it.
+        await eventually(lambda: not gw.service.runner.active, timeout=10)
+    finally:
+        await in_thread(client.ws.sock.close)
 
 
 # --- the CLI over WebSocket --------------------------------------------------------------

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from .. import __version__
 from ..auth import GatewayAuth, client_address
+from .backlog import MAX_BACKLOG_BYTES, SendBacklog
 from .frames import (PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, Request,
                      encode_error, encode_event, encode_response, invalid, parse_connect,
                      parse_request)
@@ -43,6 +44,7 @@ class GatewayWSProtocol(WebSocketServerProtocol):
         self._handshake_timer = None
         self._ticker: Optional[task.LoopingCall] = None
         self._pending: set[defer.Deferred] = set()
+        self._backlog: Optional[SendBacklog] = None
 
     # -- connection lifecycle --------------------------------------------------------
 
@@ -55,6 +57,11 @@ class GatewayWSProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         self.factory.connections.add(self)
+        # The transport still names the HTTP channel it served before the upgrade as its
+        # producer; from now on it tells this connection's backlog when it is full.
+        self._backlog = SendBacklog(self.factory.max_backlog, self._client_too_slow)
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self._backlog, True)
         self._handshake_timer = self.factory.reactor.callLater(
             self.factory.handshake_timeout, self._handshake_timed_out)
 
@@ -82,16 +89,28 @@ class GatewayWSProtocol(WebSocketServerProtocol):
 
     def send_response(self, request_id: Optional[str], payload: Any) -> None:
         if self.can_send:
-            self.sendMessage(encode_response(request_id, payload))
+            self._send(encode_response(request_id, payload))
 
     def send_error(self, request_id: Optional[str], error: ProtocolError) -> None:
         if self.can_send:
-            self.sendMessage(encode_error(request_id, error))
+            self._send(encode_error(request_id, error))
 
     def send_event(self, event: str, payload: Mapping[str, Any]) -> None:
         if self.can_send:
             self._seq += 1
-            self.sendMessage(encode_event(event, payload, self._seq))
+            self._send(encode_event(event, payload, self._seq))
+
+    def _send(self, frame: bytes) -> None:
+        self.sendMessage(frame)
+        if self._backlog is not None:
+            self._backlog.wrote(len(frame))
+
+    def _client_too_slow(self, waiting: int) -> None:
+        self._log.warn("WebSocket {conn_id} from {address} stopped reading ({waiting} bytes"
+                       " waiting); dropping it", conn_id=self.conn_id, address=self.address,
+                       waiting=waiting)
+        self._refused = True
+        self.transport.abortConnection()  # a close frame would wait behind the backlog
 
     def close_with(self, code: int, reason: str) -> None:
         """Close with ``code`` (including 1001, which autobahn's ``sendClose`` reserves)."""
@@ -224,12 +243,14 @@ class GatewayWSFactory(WebSocketServerFactory):
     def __init__(self, auth: GatewayAuth, methods: GatewayMethods, *, reactor=None,
                  tick_interval: float = TICK_INTERVAL,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 max_payload: int = MAX_PAYLOAD_BYTES):
+                 max_payload: int = MAX_PAYLOAD_BYTES,
+                 max_backlog: int = MAX_BACKLOG_BYTES):
         super().__init__(reactor=reactor)
         self.auth = auth
         self.methods = methods
         self.tick_interval = tick_interval
         self.handshake_timeout = handshake_timeout
+        self.max_backlog = max_backlog  # unread bytes after which a client is dropped
         self.connections: set[GatewayWSProtocol] = set()
         methods.connections = self.connections
         self._idle_waiters: list[defer.Deferred] = []
