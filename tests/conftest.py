@@ -1,16 +1,30 @@
 """Fixtures that start real gateways on 127.0.0.1 port 0 inside the test reactor."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
 import pytest_twisted
+from hypothesis import HealthCheck, settings
 from twisted.internet import reactor
 
 from moltbot_gw.config import parse_config, with_overrides
 from moltbot_gw.service import GatewayService
 
 TOKEN = "test-token-0123456789"
+
+# Hypothesis profiles. "ci" (loaded unless HYPOTHESIS_PROFILE or --hypothesis-profile names
+# another) keeps the property suites bounded; "long" asks for 10,000 examples per test. Tests
+# that set their own count (tests/test_fuzz.py) scale it with the loaded profile, since an
+# explicit max_examples would otherwise win over any profile. Registered here, not in a test
+# module, because pytest's Hypothesis plugin loads --hypothesis-profile before collection.
+CI_EXAMPLES = 100
+LONG_EXAMPLES = 10_000
+settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None, print_blob=True)
+settings.register_profile("long", max_examples=LONG_EXAMPLES, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @dataclass

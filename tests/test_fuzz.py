@@ -1,19 +1,26 @@
 """Bad input: property tests (Hypothesis) that throw junk at the gateway and its pure parsers.
 
-* The pure parsers (``parse_chat_request``, the WS frame parsers) get many fast examples: they
-  return a value or raise their own client error, never anything else.
-* A real daemon (``twistd moltbot-gw`` in a subprocess, builtin/echo agent, chat completions
-  enabled) started once per module gets arbitrary bodies, headers, paths and query strings
+* The pure parsers (chat completions, Responses, embeddings, the WS frames) get many fast
+  examples: they return a value or raise their own client error, never anything else.
+* A real daemon (``twistd moltbot-gw`` in a subprocess, builtin/echo agents, chat completions
+  and Responses enabled, embeddings from a small fake upstream in this process) started once
+  per module gets arbitrary bodies, headers, content types, methods, paths and query strings
   over plain sockets (one connection per request, so no client library smooths anything
-  over): every answer is one of the expected statuses, never a 5xx; an error answer is an
-  OpenAI-shaped JSON error without traceback text; and the daemon stays up.
+  over), and arbitrary WebSocket frames — before ``connect`` and over a live authenticated
+  connection. Every HTTP answer is one of the expected statuses, never a 5xx; an error is an
+  OpenAI-shaped JSON error without traceback text; every WS request gets an error response
+  (never ``INTERNAL``) or an answer, or the connection closes with the documented code; and
+  the daemon stays up.
 
-Script mode, for long runs against one daemon (prints counts by status, 5xx and liveness):
+Example counts come from the Hypothesis profile (tests/conftest.py): bounded by default,
+10,000 per test with ``pytest --hypothesis-profile=long``. Script mode, for long runs against
+one daemon (prints counts by status per target, 5xx and liveness):
 
-    python tests/test_fuzz.py --long 10000
+    python tests/test_fuzz.py --long 10000 [--targets chat,responses,embeddings,ws]
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import itertools
 import json
@@ -21,41 +28,84 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
+import pytest_twisted
+import treq
+import websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
 from moltbot_gw.openai.chat_request import ChatRequest, parse_chat_request
+from moltbot_gw.openai.embeddings import (MAX_INPUTS, EmbeddingsRequest,
+                                          parse_embeddings_request)
 from moltbot_gw.openai.errors import APIError
-from moltbot_gw.ws.frames import ConnectParams, ProtocolError, Request, parse_connect, parse_request
+from moltbot_gw.openai.responses_request import ResponsesRequest, parse_responses_request
+from moltbot_gw.ws.frames import (ConnectParams, ProtocolError, Request, encode_error,
+                                  encode_event, encode_response, parse_connect, parse_request)
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 HOST = "127.0.0.1"
 TOKEN = "fuzz-token-0123456789abcdef"
 PATH = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+EMBEDDINGS = "/v1/embeddings"
+ENDPOINTS = (PATH, RESPONSES, EMBEDDINGS)
+MAX_BODY_BYTES = 20 * 1024 * 1024          # the default limit, set explicitly below
+WS_MAX_PAYLOAD = 4 * 1024 * 1024           # docs/ws-protocol.rst, Limits
 ALLOWED = {200, 400, 401, 404, 405, 413, 429}
 TRACEBACK_MARKERS = (b"Traceback (most recent call last)", b'File "/', b"builtins.")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def examples(ci_count: int) -> int:
+    """How many examples a test gets: ``ci_count`` under the CI profile, or the loaded
+    profile's ``max_examples`` when that asks for more than the CI profile does (the
+    ``long`` profile: 10,000). An explicit ``max_examples`` wins over any profile, hence this.
+    """
+    wanted = settings.default.max_examples
+    try:
+        ci = settings.get_profile("ci").max_examples
+    except InvalidArgument:          # script mode, without tests/conftest.py
+        ci = wanted
+    return max(ci_count, wanted) if wanted > ci else ci_count
 
 
 # --- a daemon in a subprocess ---------------------------------------------------------------
 
-def fuzz_config(**chat) -> dict:
-    """Chat completions on, builtin/echo, and 127.0.0.1 trusted as a proxy so that each
-    request can name its own client address in X-Forwarded-For (the failed-auth limiter then
-    limits that address, not every fuzzed request after the tenth wrong token)."""
-    return {"gateway": {"trustedProxies": ["127.0.0.1"], "shutdownGraceSeconds": 5,
-                        "http": {"endpoints": {"chatCompletions": {"enabled": True, **chat}}}},
-            "agents": {"list": [{"id": "main", "default": True, "model": "builtin/echo"},
-                                {"id": "beta", "model": "builtin/echo"}]}}
+def fuzz_config(embeddings_url: Optional[str] = None, **chat) -> dict:
+    """Chat completions and Responses on, builtin/echo, and 127.0.0.1 trusted as a proxy so
+    that each request can name its own client address in X-Forwarded-For (the failed-auth
+    limiter then limits that address, not every fuzzed request after the tenth wrong token).
+    With ``embeddings_url`` a provider ``fakeemb`` (OpenAI-compatible, at that URL) serves
+    ``fakeemb/<model>`` embeddings, and agent ``beta``'s embeddingModel is ``fakeemb/tiny``.
+    """
+    config = {"gateway": {"trustedProxies": ["127.0.0.1"], "shutdownGraceSeconds": 5,
+                          "http": {"endpoints": {
+                              "chatCompletions": {"enabled": True,
+                                                  "maxBodyBytes": MAX_BODY_BYTES, **chat},
+                              "responses": {"enabled": True}}}},
+              "agents": {"list": [{"id": "main", "default": True, "model": "builtin/echo"},
+                                  {"id": "beta", "model": "builtin/echo"}]}}
+    if embeddings_url is not None:
+        config["models"] = {"providers": {"fakeemb": {"api": "openai-completions",
+                                                      "baseUrl": embeddings_url,
+                                                      "idleTimeoutSeconds": 10}}}
+        config["agents"]["list"][1]["embeddingModel"] = "fakeemb/tiny"
+    return config
 
 
 class GatewayDaemon:
@@ -141,6 +191,81 @@ class GatewayDaemon:
             return ""
 
 
+# --- a fake embeddings upstream -------------------------------------------------------------
+
+class FakeEmbeddings:
+    """An OpenAI-compatible ``POST /v1/embeddings`` on 127.0.0.1, served from a thread of this
+    process (the daemon is a subprocess, so it cannot share a test reactor): one small vector
+    per input, base64 when asked; ``dimensions`` over 1024 is refused with an OpenAI 400. It
+    counts requests the gateway should never have sent on (``unexpected``)."""
+
+    MAX_DIMENSIONS = 1024
+
+    def __init__(self):
+        self.requests = 0
+        self.unexpected: list[str] = []
+        self.server = ThreadingHTTPServer((HOST, 0), _EmbeddingsHandler)
+        self.server.daemon_threads = True
+        self.server.fake = self
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                       name="fake-embeddings")
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.server.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def answer(self, body: bytes) -> tuple[int, dict]:
+        self.requests += 1
+        try:
+            request = json.loads(body)
+            parsed = parse_embeddings_request(body)   # what the gateway must have checked
+        except (ValueError, APIError) as error:
+            self.unexpected.append(f"{error!r}: {body[:200]!r}")
+            return 500, {"error": {"message": "the fake got a request it should not have"}}
+        if set(request) - {"model", "input", "encoding_format", "dimensions"}:
+            self.unexpected.append(f"extra fields: {body[:200]!r}")
+        dimensions = parsed.dimensions or 4
+        if dimensions > self.MAX_DIMENSIONS:
+            return 400, {"error": {"message": f"dimensions {dimensions} is too large",
+                                   "type": "invalid_request_error", "param": "dimensions",
+                                   "code": None}}
+        value = parsed.input
+        count = len(value) if isinstance(value, list) and not isinstance(value[0], int) else 1
+        data = []
+        for index in range(count):
+            vector = [round(0.001 * (index + 1) * (d + 1), 6) for d in range(dimensions)]
+            if parsed.encoding_format == "base64":
+                vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": vector})
+        return 200, {"object": "list", "data": data, "model": parsed.model,
+                     "usage": {"prompt_tokens": count, "total_tokens": count}}
+
+
+class _EmbeddingsHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path.rstrip("/") != "/v1/embeddings":
+            status, answer = 404, {"error": {"message": "no such path"}}
+        else:
+            status, answer = self.server.fake.answer(body)
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format, *args):   # quiet: the test's output is for failures
+        pass
+
+
 # --- a client that sends exactly the bytes it is given --------------------------------------
 
 class Response:
@@ -171,13 +296,16 @@ def request(port: int, method: str, target, headers=(), body: Optional[bytes] = 
     sock = socket.create_connection((HOST, port), timeout=timeout)
     try:
         sock.sendall(data)
-        response = http.client.HTTPResponse(sock, method=method if method == "HEAD" else None)
-        response.begin()
-        payload = response.read()
-        return Response(response.status, {k.lower(): v for k, v in response.getheaders()},
-                        payload)
+        return _read_response(sock, method)
     finally:
         sock.close()
+
+
+def _read_response(sock, method: Optional[str] = None) -> Response:
+    response = http.client.HTTPResponse(sock, method=method if method == "HEAD" else None)
+    response.begin()
+    payload = response.read()
+    return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, payload)
 
 
 _client_counter = itertools.count(1)
@@ -213,8 +341,9 @@ def invalid_http(headers) -> bool:
 
 
 def check_answer(response: Response, *, stream: Optional[bool] = None,
-                 headers=()) -> None:
-    """Status allowed, never 5xx; an error is an OpenAI-shaped JSON error; no tracebacks."""
+                 headers=(), endpoint: str = PATH) -> None:
+    """Status allowed, never 5xx; an error is an OpenAI-shaped JSON error; no tracebacks; a
+    200 from ``endpoint`` has that endpoint's shape (when ``stream`` says what was asked)."""
     assert response.status < 500, response
     assert not any(marker in response.body for marker in TRACEBACK_MARKERS), response
     if (response.status == 400 and not response.body and not response.headers
@@ -232,30 +361,106 @@ def check_answer(response: Response, *, stream: Optional[bool] = None,
             return
     assert response.status in ALLOWED, response
     if response.status == 200 and stream is not None:
-        if stream:
-            assert response.headers["content-type"].startswith("text/event-stream"), response
-            assert response.body.endswith(b"data: [DONE]\n\n"), response
-            for event in response.body.split(b"\n\n"):
-                if event and event != b"data: [DONE]":
-                    assert event.startswith(b"data: "), response
-                    json.loads(event[len(b"data: "):])
-        else:
-            completion = response.json()
-            assert completion["object"] == "chat.completion", response
-            assert completion["choices"][0]["message"]["role"] == "assistant", response
+        SUCCESS_CHECKS[endpoint](response, stream)
+
+
+def _check_chat_success(response: Response, stream: bool) -> None:
+    if stream:
+        assert response.headers["content-type"].startswith("text/event-stream"), response
+        assert response.body.endswith(b"data: [DONE]\n\n"), response
+        for event in response.body.split(b"\n\n"):
+            if event and event != b"data: [DONE]" and not event.startswith(b":"):
+                assert event.startswith(b"data: "), response
+                # an in-band error is how a stream that already said 200 reports a failure;
+                # echo never fails, so one here is a bug (the 5xx of a stream)
+                assert "error" not in json.loads(event[len(b"data: "):]), response
+    else:
+        completion = response.json()
+        assert completion["object"] == "chat.completion", response
+        assert completion["choices"][0]["message"]["role"] == "assistant", response
+
+
+# Ids of responses the daemon gave, for bodies that continue one (previous_response_id).
+RESPONSE_IDS: list[str] = []
+PREVIOUS = "<an id the daemon gave>"
+
+
+def _check_responses_success(response: Response, stream: bool) -> None:
+    if stream:
+        assert response.headers["content-type"].startswith("text/event-stream"), response
+        events = []
+        for block in response.body.split(b"\n\n"):
+            if not block or block.startswith(b":"):       # the end, keepalive comments
+                continue
+            kind, _, data = block.partition(b"\n")
+            assert kind.startswith(b"event: ") and data.startswith(b"data: "), response
+            event = json.loads(data[len(b"data: "):])
+            assert event["type"] == kind[len(b"event: "):].decode(), response
+            events.append(event)
+        assert [e["sequence_number"] for e in events] == list(range(len(events))), response
+        assert events and events[0]["type"] == "response.created", response
+        # response.failed would be the 5xx of a stream: echo never fails
+        assert events[-1]["type"] in ("response.completed", "response.incomplete"), response
+        body = events[-1]["response"]
+    else:
+        body = response.json()
+    assert body["object"] == "response" and body["id"].startswith("resp_"), response
+    assert body["status"] in ("completed", "incomplete"), response
+    assert isinstance(body["output"], list) and body["output"], response
+    RESPONSE_IDS.append(body["id"])
+    del RESPONSE_IDS[:-50]
+
+
+def _check_embeddings_success(response: Response, stream: bool) -> None:
+    body = response.json()
+    assert body["object"] == "list" and isinstance(body["data"], list) and body["data"], response
+    assert all("embedding" in item for item in body["data"]), response
+    assert isinstance(body["usage"]["prompt_tokens"], int), response
+
+
+SUCCESS_CHECKS = {PATH: _check_chat_success, RESPONSES: _check_responses_success,
+                  EMBEDDINGS: _check_embeddings_success}
 
 
 # --- strategies -----------------------------------------------------------------------------
 
+def weighted(*choices):
+    """``one_of`` with weights, from ``(weight, strategy)`` pairs: ``one_of`` flattens nested
+    ``one_of``s, so each of their branches would otherwise weigh as much as a whole choice."""
+    total = sum(weight for weight, _ in choices)
+
+    def pick(n: int):
+        for weight, strategy in choices:
+            if n < weight:
+                return strategy
+            n -= weight
+
+    return st.integers(0, total - 1).flatmap(pick)
+
+
+# Strings that broke, or could break, an encoder: lone UTF-16 surrogates (JSON escapes can
+# carry them, UTF-8 cannot), a surrogate pair split by encoding, NUL, separators that
+# str.splitlines honours, bidi controls, a BOM, astral characters, JSON's own metacharacters.
+odd_text = st.sampled_from(["\ud800", "a\udfffb", "\udc00\ud800", "\ud83d\ude00", "\x00",
+                            "\u2028\u2029", "\u202e", "\ufeff", "\U0001f600", "\\", '"',
+                            "</script>", "\r\n", "%s%n", "${x}"])
+short_text = st.text(max_size=60) | odd_text | st.lists(
+    odd_text | st.text(max_size=5), max_size=4).map("".join)
+# Up to ~1 MB: well under the body limit, big for everything that copies or echoes it. Few
+# words, though: echo streams one word per reactor turn, and a run of 250,000 words would
+# hold its session (and every run queued behind it) for a long time.
+huge_text = (st.builds(lambda piece, n: piece * n, st.sampled_from(["x", "é", "\U0001f600"]),
+                       st.integers(10_000, 250_000))
+             | st.integers(100, 3000).map(lambda n: "word " * n))
 ROLES = ["system", "developer", "user", "assistant", "tool", "function"]
 json_scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40))
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
+                | odd_text)
 json_values = st.recursive(
     json_scalars,
     lambda children: (st.lists(children, max_size=4)
                       | st.dictionaries(st.text(max_size=10), children, max_size=4)),
     max_leaves=12)
-short_text = st.text(max_size=60)
 role = st.sampled_from(ROLES) | json_values
 data_uri = st.builds(lambda mime, data: f"data:{mime};base64,{data}",
                      st.sampled_from(["image/png", "image/jpeg", "image/gif", "image/webp",
@@ -287,10 +492,11 @@ messages = (st.lists(message, max_size=5)
             | st.lists(message, max_size=3).map(lambda ms: ms + [{"role": "user",
                                                                   "content": "hi there"}])
             | json_values)
+tool_name = st.from_regex(r"[a-zA-Z0-9_-]{1,64}", fullmatch=True)
 tool = (st.fixed_dictionaries(
     {"type": st.sampled_from(["function"]) | json_values,
      "function": st.fixed_dictionaries(
-         {"name": st.from_regex(r"[a-zA-Z0-9_-]{1,64}", fullmatch=True) | short_text},
+         {"name": tool_name | short_text},
          optional={"description": short_text | json_values,
                    "parameters": st.just({"type": "object"}) | json_values,
                    "strict": json_values})}) | json_values)
@@ -330,8 +536,31 @@ valid_chat_body = st.fixed_dictionaries(
               "model": st.sampled_from(["moltbot", "moltbot:main", "moltbot:beta"])})
 
 
-def _encode_json(value) -> bytes:
-    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+def _encode_json(value, ensure_ascii: bool = False) -> bytes:
+    """JSON as the test means it: lone surrogates go out as ``\\udXXX`` escapes
+    (``ensure_ascii``) or as the invalid UTF-8 of "surrogatepass"."""
+    return json.dumps(value, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")
+
+
+def json_bytes(values):
+    """``values`` encoded either way, whole or cut short (truncated JSON)."""
+    encoded = st.builds(_encode_json, values, st.booleans())
+    return encoded | st.builds(lambda raw, cut: raw[:-cut], encoded, st.integers(1, 8))
+
+
+def _nested(depth: int, opener: str) -> str:
+    return ("[" * depth + "]" * depth) if opener == "[" else ('{"a":' * depth + "1" + "}" * depth)
+
+
+# Nesting around and beyond the interpreter's recursion limit, alone or as one field of a
+# body that is otherwise valid (parsers that recurse, encoders that echo the field back).
+nesting = st.builds(_nested, st.integers(1, 3000), st.sampled_from(["[", "{"]))
+
+
+def _with_nested_field(body: dict, field: str, nested: str) -> bytes:
+    head = json.dumps({k: v for k, v in body.items() if k != field})[:-1]
+    return (head + (", " if len(head) > 1 else "") + json.dumps(field) + ": " + nested
+            + "}").encode()
 
 
 chat_bytes = st.one_of(
@@ -351,6 +580,147 @@ DEEP_JSON = {"array": b"[" * 3000 + b"]" * 3000,
              "inside-a-valid-body": b'{"messages": [{"role": "user", "content": "hi"}], "x": '
                                     + b"[" * 3000 + b"]" * 3000 + b"}"}
 
+# -- Responses API request bodies (POST /v1/responses) --
+
+input_text_part = st.fixed_dictionaries(
+    {"type": st.sampled_from(["input_text", "output_text", "text"]),
+     "text": short_text | huge_text | json_values})
+input_image_part = st.fixed_dictionaries(
+    {"type": st.just("input_image")},
+    optional={"image_url": image_url, "detail": st.sampled_from(["auto", "low", "high"])
+              | json_values, "file_id": json_values})
+responses_part = (input_text_part | input_image_part
+                  | st.fixed_dictionaries({"type": st.sampled_from(
+                      ["refusal", "input_file", "input_audio", ""]) | json_values},
+                      optional={"text": json_values, "refusal": json_values})
+                  | short_text | json_values)
+responses_content = short_text | st.lists(responses_part, max_size=4) | json_values
+item_role = st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | json_values
+responses_message = st.fixed_dictionaries(
+    {"role": item_role},
+    optional={"type": st.just("message") | json_values, "content": responses_content,
+              "id": json_values, "status": json_values})
+function_call_item = st.fixed_dictionaries(
+    {"type": st.just("function_call")},
+    optional={"call_id": short_text | json_values, "name": tool_name | json_values,
+              "arguments": short_text | json_values, "id": json_values})
+function_call_output_item = st.fixed_dictionaries(
+    {"type": st.just("function_call_output")},
+    optional={"call_id": short_text | json_values,
+              "output": short_text | st.lists(input_text_part | json_values, max_size=3)
+              | json_values})
+other_item = st.fixed_dictionaries(
+    {"type": st.sampled_from(["reasoning", "web_search_call", "item_reference", "message",
+                              ""]) | json_values},
+    optional={"id": json_values, "summary": json_values, "content": json_values})
+responses_item = (responses_message | function_call_item | function_call_output_item
+                  | other_item | json_values)
+responses_input = (short_text | huge_text | st.lists(responses_item, max_size=5)
+                   | st.lists(responses_item, max_size=3).map(
+                       lambda items: items + [{"role": "user", "content": "hi there"}])
+                   | json_values)
+responses_tool = (st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "web_search_preview", "file_search"]) | json_values},
+    optional={"name": tool_name | short_text | json_values,
+              "description": short_text | json_values,
+              "parameters": st.just({"type": "object"}) | json_values,
+              "strict": json_values}) | json_values)
+responses_tool_choice = (st.sampled_from(["none", "auto", "required"])
+                         | st.fixed_dictionaries({"type": st.just("function"),
+                                                  "name": tool_name | short_text})
+                         | json_values)
+metadata = (st.dictionaries(st.text(max_size=70) | odd_text, st.text(max_size=600) | odd_text,
+                            max_size=18) | json_values)
+text_config = (st.fixed_dictionaries({}, optional={"format": st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "json_object", "json_schema"]) | json_values},
+    optional={"name": short_text | json_values, "schema": st.just({"type": "object"})
+              | json_values, "strict": json_values, "description": json_values})
+    | json_values}) | json_values)
+responses_body = st.fixed_dictionaries(
+    {"input": responses_input},
+    optional={"model": model, "instructions": short_text | huge_text | json_values,
+              "stream": st.booleans() | json_values,
+              "previous_response_id": st.just(PREVIOUS) | st.sampled_from(
+                  ["resp_0", "resp_", ""]) | short_text | json_values,
+              "tools": st.lists(responses_tool, max_size=3) | json_values,
+              "tool_choice": responses_tool_choice,
+              "max_output_tokens": st.integers(-5, 100) | json_values,
+              "user": short_text | json_values, "metadata": metadata,
+              "temperature": st.floats(-1, 3) | json_values,
+              "top_p": st.floats(-1, 2) | json_values, "text": text_config,
+              "truncation": st.sampled_from(["auto", "disabled"]) | json_values,
+              "store": json_values, "background": json_values, "conversation": json_values,
+              "parallel_tool_calls": json_values, "reasoning": json_values,
+              "include": json_values, "extra": json_values})
+# Bodies that should mostly get a 200: a user turn last, sane options; echo calls the tool
+# when the text is "call <name> <json object>" and the tool is offered.
+WEATHER_TOOL = {"type": "function", "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+valid_responses_body = st.fixed_dictionaries(
+    {"input": st.sampled_from(["hello fuzz", 'call get_weather {"city": "Oslo"}'])
+     | st.lists(responses_message, max_size=2).map(
+         lambda items: items + [{"role": "user", "content": [{"type": "input_text",
+                                                              "text": "hello fuzz"}]}])},
+    optional={"stream": st.booleans(), "user": st.text(max_size=20),
+              "model": st.sampled_from(["moltbot", "moltbot:main", "moltbot:beta"]),
+              "instructions": st.text(max_size=40),
+              "previous_response_id": st.just(PREVIOUS),
+              "tools": st.just([WEATHER_TOOL]),
+              "max_output_tokens": st.integers(1, 50),
+              "metadata": st.dictionaries(st.text(max_size=10), st.text(max_size=10),
+                                          max_size=3)})
+responses_bytes = st.one_of(
+    json_bytes(responses_body), json_bytes(valid_responses_body), json_bytes(json_values),
+    st.binary(max_size=300),
+    st.builds(_with_nested_field, valid_responses_body,
+              st.sampled_from(["input", "tools", "metadata", "text", "instructions", "x"]),
+              nesting),
+    st.sampled_from([b"", b"null", b"[]", b"{}", b'{"input": []}', b'{"input": ""}',
+                     b"\xff\xfe{}", b'{"input": "\\ud800"}', b'{"input": "x", "model": "\\udc00"}',
+                     b'{"input": "x", "temperature": NaN}', b'{"input": "x", "top_p": 1e999}',
+                     b'{"input": "x", "input": 1}']))
+
+# -- embeddings request bodies (POST /v1/embeddings) --
+
+EMBEDDING_MODELS = ["fakeemb/tiny", "moltbot:beta"]
+token = st.integers(-2**40, 2**40)
+embeddings_model = (st.sampled_from(EMBEDDING_MODELS + [
+    "moltbot:main", "builtin/echo", "nope/x", "moltbot:nope", "fakeemb", "fakeemb/", "/x",
+    "agent:beta", "CLAWDBOT:beta", " fakeemb/tiny ", ""]) | short_text | json_values)
+embeddings_input = (short_text | huge_text | st.lists(short_text, max_size=5)
+                    | st.lists(token, max_size=8) | st.lists(st.lists(token, max_size=5),
+                                                             max_size=4)
+                    | st.integers(MAX_INPUTS - 2, MAX_INPUTS + 2).map(lambda n: ["a"] * n)
+                    | json_values)
+embeddings_body = st.fixed_dictionaries(
+    {"input": embeddings_input},
+    optional={"model": embeddings_model,
+              "encoding_format": st.sampled_from(["float", "base64", "", "FLOAT", "int8"])
+              | json_values,
+              "dimensions": st.integers(-2, 4096) | json_values,
+              "user": short_text | json_values, "extra": json_values})
+valid_embeddings_body = st.fixed_dictionaries(
+    {"model": st.sampled_from(EMBEDDING_MODELS),
+     "input": st.text(min_size=1, max_size=30) | st.lists(st.text(min_size=1, max_size=10),
+                                                          min_size=1, max_size=4)
+     | st.lists(st.integers(0, 100_000), min_size=1, max_size=6)
+     | st.lists(st.lists(st.integers(0, 100_000), min_size=1, max_size=4), min_size=1,
+                max_size=3)},
+    optional={"encoding_format": st.sampled_from(["float", "base64"]),
+              "dimensions": st.integers(1, 1100), "user": st.text(max_size=10)})
+embeddings_bytes = st.one_of(
+    json_bytes(embeddings_body), json_bytes(valid_embeddings_body), json_bytes(json_values),
+    st.binary(max_size=300),
+    st.builds(_with_nested_field, valid_embeddings_body,
+              st.sampled_from(["input", "model", "dimensions", "x"]), nesting),
+    st.sampled_from([b"", b"null", b"[]", b"{}", b'{"input": "x"}', b"\xff\xfe{}",
+                     b'{"model": "fakeemb/tiny", "input": "\\ud800"}',
+                     b'{"model": "fakeemb/\\udc00", "input": "x"}',
+                     b'{"model": "fakeemb/tiny", "input": "x", "dimensions": 1e999}',
+                     b'{"model": "fakeemb/tiny", "input": [true, false]}']))
+BODIES = {PATH: chat_bytes, RESPONSES: responses_bytes, EMBEDDINGS: embeddings_bytes}
+VALID_BODIES = {PATH: valid_chat_body, RESPONSES: valid_responses_body,
+                EMBEDDINGS: valid_embeddings_body}
 
 header_text = st.text(alphabet=st.characters(exclude_characters="\r\n"), max_size=80)
 huge_header_text = st.integers(1, 12).map(lambda k: "x" * (k * 1000))
@@ -367,6 +737,12 @@ header_names = st.sampled_from([
     "x-moltbot-whatever", "content-type", "accept", "origin", "x-forwarded-for",
     "x-openwebui-chat-id", "user-agent", "cookie", "expect", "accept-encoding"])
 extra_headers = st.lists(st.tuples(header_names, header_value), max_size=4)
+content_types = st.sampled_from([
+    None, "application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
+    "application/json; charset=latin-1", "text/plain", "text/html", "application/xml",
+    "application/octet-stream", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=xyz", "multipart/form-data", "*/*", "", ";",
+    "application/json; boundary=\"", "application/vnd.api+json"]) | header_text
 
 path_piece = st.text(alphabet=st.characters(codec="ascii", exclude_characters="/?#%"),
                      max_size=12).map(lambda s: "".join(
@@ -377,48 +753,64 @@ known_paths = st.sampled_from(["/", "/health", "/v1", "/v1/", "/v1/chat/completi
                                "/v1/models/x", "/v1/embeddings", "/v1/responses", "/metrics",
                                "//v1/chat/completions", "/v1//chat/completions",
                                "/v1/chat/../chat/completions", "/V1/CHAT/COMPLETIONS",
-                               "/v1/chat/completions%2F", "/favicon.ico", "/%2e%2e/etc"])
+                               "/v1/chat/completions%2F", "/favicon.ico", "/%2e%2e/etc",
+                               "/v1/responses/", "/v1/responses/resp_1", "/v1/embeddings/x",
+                               "/v1/responses%00", "/v1/embeddings?x=%ff"])
 paths = known_paths | st.lists(path_piece, min_size=1, max_size=4).map(
     lambda parts: "/" + "/".join(parts))
 query = st.lists(st.tuples(path_piece, path_piece), max_size=3).map(
     lambda pairs: "?" + "&".join(f"{k}={v}" for k, v in pairs) if pairs else "")
-methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE"])
+methods = (st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE",
+                            "CONNECT", "PROPFIND", "BREW", "get", "Post", "M-SEARCH"])
+           | st.from_regex(r"[A-Za-z!#$%&'*+.^_`|~-]{1,16}", fullmatch=True))
 
 
 # --- the pure parsers (fast, many examples) -------------------------------------------------
 
-def _parse_or_400(body: bytes):
+def _client_error(parse, body: bytes):
+    """``parse(body)``, or None when it raised a well-formed 400."""
     try:
-        parsed = parse_chat_request(body)
+        return parse(body)
     except APIError as error:
         assert error.status == 400, error
         assert isinstance(error.message, str) and error.message
+        error.body().decode("utf-8")     # the error itself must be encodable
         json.loads(error.body())
         return None
-    assert isinstance(parsed, ChatRequest)
-    assert parsed.input and all(m["role"] in ("user", "tool") for m in parsed.input)
+
+
+def _parse_or_400(body: bytes):
+    parsed = _client_error(parse_chat_request, body)
+    if parsed is not None:
+        assert isinstance(parsed, ChatRequest)
+        assert parsed.input and all(m["role"] in ("user", "tool") for m in parsed.input)
     return parsed
 
 
-@settings(max_examples=500, deadline=None)
+def _no_lone_surrogates(value) -> bool:
+    """What gets past a parser must be encodable as UTF-8 (transcripts, providers, SSE)."""
+    return not LONE_SURROGATE.search(json.dumps(value, ensure_ascii=False, default=repr))
+
+
+@settings(max_examples=examples(500), deadline=None)
 @given(chat_body)
 def test_parser_on_chat_shaped_bodies_returns_or_raises_400(body):
-    _parse_or_400(_encode_json(body))
+    parsed = _parse_or_400(_encode_json(body, ensure_ascii=True))
+    if parsed is not None:
+        assert _no_lone_surrogates([parsed.input, parsed.history, parsed.system_prompt,
+                                    parsed.model, parsed.user, parsed.tools])
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(chat_bytes)
 def test_parser_on_arbitrary_bytes_returns_or_raises_400(body):
     _parse_or_400(body)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(valid_chat_body)
 def test_parser_accepts_bodies_that_end_with_a_user_message(body):
-    try:
-        parsed = _parse_or_400(_encode_json(body))
-    except AssertionError:
-        raise
+    parsed = _parse_or_400(_encode_json(body))
     if parsed is not None:
         assert parsed.input[-1]["content"] == "hello fuzz"
 
@@ -428,12 +820,137 @@ def test_parser_on_deeply_nested_json(name):
     _parse_or_400(DEEP_JSON[name])
 
 
+def _parse_responses_or_400(body: bytes) -> Optional[ResponsesRequest]:
+    parsed = _client_error(parse_responses_request, body)
+    if parsed is not None:
+        assert isinstance(parsed, ResponsesRequest)
+        assert parsed.input and all(m["role"] in ("user", "tool") for m in parsed.input)
+        assert isinstance(parsed.model, str) and parsed.model.strip()
+        json.dumps(parsed.echo)
+    return parsed
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(responses_body)
+def test_responses_parser_on_responses_shaped_bodies_returns_or_raises_400(body):
+    parsed = _parse_responses_or_400(_encode_json(body, ensure_ascii=True))
+    if parsed is not None:
+        assert _no_lone_surrogates([parsed.input, parsed.history, parsed.system_prompt,
+                                    parsed.echo, parsed.model, parsed.tools])
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(responses_bytes)
+def test_responses_parser_on_arbitrary_bytes_returns_or_raises_400(body):
+    _parse_responses_or_400(body)
+
+
+well_formed_responses_body = st.fixed_dictionaries(
+    {"input": st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system", "developer"]),
+         "content": st.text(min_size=1, max_size=20)}), max_size=3).map(
+        lambda items: items + [{"role": "user", "content": [{"type": "input_text",
+                                                             "text": "hello fuzz"}]}])},
+    optional={"stream": st.booleans(), "user": st.text(max_size=20),
+              "model": st.sampled_from(["moltbot", "moltbot:main", "moltbot:beta"]),
+              "instructions": st.text(max_size=40), "tools": st.just([WEATHER_TOOL]),
+              "tool_choice": st.sampled_from(["auto", "none", "required"]),
+              "max_output_tokens": st.integers(1, 50),
+              "metadata": st.dictionaries(st.text(max_size=10), st.text(max_size=10),
+                                          max_size=3)}).map(
+    lambda body: {**body, "tools": [WEATHER_TOOL]} if body.get("tool_choice") == "required"
+    else body)
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(well_formed_responses_body)
+def test_responses_parser_accepts_bodies_that_end_with_a_user_turn(body):
+    parsed = _parse_responses_or_400(_encode_json(body, ensure_ascii=True))
+    assert parsed is not None and parsed.input[-1]["content"] == "hello fuzz"
+
+
+def _parse_embeddings_or_400(body: bytes) -> Optional[EmbeddingsRequest]:
+    parsed = _client_error(parse_embeddings_request, body)
+    if parsed is not None:
+        assert isinstance(parsed, EmbeddingsRequest)
+        assert isinstance(parsed.model, str) and parsed.model
+        assert _no_lone_surrogates([parsed.model, parsed.input])
+    return parsed
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(embeddings_body)
+def test_embeddings_parser_on_embeddings_shaped_bodies_returns_or_raises_400(body):
+    _parse_embeddings_or_400(_encode_json(body, ensure_ascii=True))
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(embeddings_bytes)
+def test_embeddings_parser_on_arbitrary_bytes_returns_or_raises_400(body):
+    _parse_embeddings_or_400(body)
+
+
+@pytest.mark.parametrize("name", sorted(DEEP_JSON))
+@pytest.mark.parametrize("parse", [parse_responses_request, parse_embeddings_request],
+                         ids=["responses", "embeddings"])
+def test_other_parsers_on_deeply_nested_json(parse, name):
+    assert _client_error(parse, DEEP_JSON[name]) is None
+
+
 @pytest.mark.parametrize("name", sorted(DEEP_JSON))
 def test_ws_parse_request_on_deeply_nested_json(name):
     with pytest.raises(ProtocolError):
         parse_request(DEEP_JSON[name])
 
 
+# -- WebSocket frames --
+
+ws_id = (st.text(min_size=1, max_size=20) | odd_text | st.text(min_size=120, max_size=140)
+         | st.just("") | json_values)
+WS_METHODS = ["health", "status", "agent", "agent.wait", "chat.send", "chat.history",
+              "chat.abort", "sessions.list", "sessions.reset", "sessions.delete", "models.list"]
+ws_method = (st.sampled_from(WS_METHODS + ["connect", "", "HEALTH", "health ", "agent.",
+                                           "__proto__", "constructor", "nope"])
+             | short_text | json_values)
+session_key = (st.sampled_from(["main", "agent:main:main", "agent:beta:x", "agent:nope:x",
+                                "agent:main:", "agent::x", "../x", "agent:main:../../etc",
+                                "a" * 300, "agent:MAIN:Fuzz"]) | short_text | json_values)
+ws_params = (st.fixed_dictionaries({}, optional={
+    "message": short_text | huge_text | json_values,
+    "agentId": st.sampled_from(["main", "beta", "MAIN", "nope", "", "../x"]) | short_text
+    | json_values,
+    "sessionKey": session_key, "key": session_key,
+    "idempotencyKey": short_text | st.text(min_size=250, max_size=260) | json_values,
+    "extraSystemPrompt": short_text | json_values,
+    "runId": st.sampled_from(["run_x", ""]) | short_text | json_values,
+    "limit": st.integers(-2, 1002) | json_values, "junk": json_values}) | json_values)
+ws_request = st.fixed_dictionaries(
+    {"type": st.just("req") | json_values, "id": ws_id, "method": ws_method},
+    optional={"params": ws_params})
+# A well-formed call of a real method, its params mostly plausible: every method finds the
+# fields it requires (the others ignore them), agent.wait and chat.abort often a real run.
+RUN_ID = "<a run id the daemon gave>"
+plausible_session_key = st.sampled_from(["main", "fuzz", "agent:main:fuzz", "agent:beta:other",
+                                         "agent:main:main", "x" * 120])
+ws_call_params = st.fixed_dictionaries(
+    {"message": weighted((3, st.sampled_from(["hello fuzz", "hi there friend"])
+                          | st.text(min_size=1, max_size=30)),
+                         (1, short_text | huge_text | json_values)),
+     "sessionKey": weighted((3, plausible_session_key), (1, session_key)),
+     "key": weighted((3, plausible_session_key), (1, session_key)),
+     "runId": weighted((3, st.just(RUN_ID)), (1, st.text(max_size=20) | json_values))},
+    optional={"agentId": weighted((3, st.sampled_from(["main", "beta"])),
+                                  (1, st.sampled_from(["MAIN", "nope", "", "../x"])
+                                   | short_text | json_values)),
+              "idempotencyKey": st.sampled_from(["k1", "k2", "k3"]) | st.text(max_size=260)
+              | json_values,
+              "extraSystemPrompt": st.text(max_size=30) | json_values,
+              "limit": st.integers(-2, 1002) | json_values, "junk": json_values})
+ws_call = st.fixed_dictionaries(
+    {"type": st.just("req"),
+     "id": weighted((4, st.text(min_size=1, max_size=40)), (1, odd_text)),
+     "method": st.sampled_from(WS_METHODS)},
+    optional={"params": weighted((6, ws_call_params), (1, ws_params))})
 ws_frames = st.one_of(
     st.binary(max_size=200),
     json_values.map(_encode_json),
@@ -455,19 +972,21 @@ connect_params = st.dictionaries(st.text(max_size=10), json_values, max_size=3) 
             | json_values})
 
 
-@settings(max_examples=800, deadline=None)
-@given(ws_frames)
+@settings(max_examples=examples(800), deadline=None)
+@given(ws_frames | json_bytes(ws_request))
 def test_ws_parse_request_returns_or_raises_protocol_error(payload):
     try:
         parsed = parse_request(payload)
     except ProtocolError as error:
         assert error.code == "INVALID_REQUEST" and error.message
         json.dumps(error.to_json())
+        assert error.request_id is None or not LONE_SURROGATE.search(error.request_id)
         return
     assert isinstance(parsed, Request) and isinstance(parsed.params, dict)
+    assert _no_lone_surrogates([parsed.id, parsed.method, parsed.params])
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=examples(800), deadline=None)
 @given(connect_params)
 def test_ws_parse_connect_returns_or_raises_protocol_error(params):
     try:
@@ -481,29 +1000,52 @@ def test_ws_parse_connect_returns_or_raises_protocol_error(params):
 # --- the real daemon ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    daemon = GatewayDaemon(tmp_path_factory.mktemp("fuzz"), fuzz_config())
+def fake_embeddings():
+    fake = FakeEmbeddings()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, fake_embeddings):
+    daemon = GatewayDaemon(tmp_path_factory.mktemp("fuzz"),
+                           fuzz_config(embeddings_url=fake_embeddings.base_url))
     daemon.start()
     yield daemon
     code = daemon.terminate()
     assert code == 0, daemon.log_text()[-3000:]
 
 
-HTTP_SETTINGS = settings(max_examples=150, deadline=None,
-                         suppress_health_check=[HealthCheck.too_slow,
-                                                HealthCheck.function_scoped_fixture])
+def http_settings(ci_count: int = 150):
+    return settings(max_examples=examples(ci_count), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
 
 
-def _chat(gateway, body: bytes, headers=(), method="POST", target=PATH) -> Response:
+HTTP_SETTINGS = http_settings(150)
+
+
+def _continue_previous(body: bytes) -> bytes:
+    """Put the id of a response the daemon gave where a body asks for one."""
+    marker = json.dumps(PREVIOUS).encode()
+    if marker in body and RESPONSE_IDS:
+        body = body.replace(marker, json.dumps(RESPONSE_IDS[-1]).encode())
+    return body
+
+
+def _post(gateway, body: bytes, headers=(), method="POST", target=PATH,
+          content_type: Optional[str] = "application/json") -> Response:
+    typed = [("Content-Type", content_type)] if content_type is not None else []
     return request(gateway.port, method, target,
-                   [("X-Forwarded-For", fresh_client_address()),
-                    ("Content-Type", "application/json"), *headers], body)
+                   [("X-Forwarded-For", fresh_client_address()), *typed, *headers],
+                   _continue_previous(body) if body is not None else None)
 
 
-def _stream_flag(body: bytes) -> Optional[bool]:
+
+def _stream_flag(body: Optional[bytes]) -> Optional[bool]:
     try:
         value = json.loads(body)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError, TypeError):
         return None
     return value.get("stream") is True if isinstance(value, dict) else None
 
@@ -511,7 +1053,7 @@ def _stream_flag(body: bytes) -> Optional[bool]:
 @HTTP_SETTINGS
 @given(chat_bytes)
 def test_http_chat_bodies(gateway, body):
-    response = _chat(gateway, body, [auth_header()])
+    response = _post(gateway, body, [auth_header()])
     check_answer(response, stream=_stream_flag(body))
     assert response.status in (200, 400), response
 
@@ -520,14 +1062,14 @@ def test_http_chat_bodies(gateway, body):
 @given(valid_chat_body, extra_headers)
 def test_http_valid_bodies_with_junk_headers(gateway, body, headers):
     raw = _encode_json(body)
-    response = _chat(gateway, raw, [auth_header(), *headers])
+    response = _post(gateway, raw, [auth_header(), *headers])
     check_answer(response, stream=_stream_flag(raw), headers=headers)
 
 
 @HTTP_SETTINGS
 @given(authorization, chat_bytes)
 def test_http_authorization_variants(gateway, value, body):
-    response = _chat(gateway, body, [("Authorization", value)])
+    response = _post(gateway, body, [("Authorization", value)])
     check_answer(response, stream=_stream_flag(body), headers=[("Authorization", value)])
     if response.status == 200:
         assert value.strip().lower().startswith("bearer") and TOKEN in value
@@ -546,28 +1088,151 @@ def test_http_paths_methods_and_queries(gateway, method, path, qs, authed, body)
     check_answer(response)
 
 
+@http_settings(150)
+@given(responses_bytes)
+def test_http_responses_bodies(gateway, body):
+    response = _post(gateway, body, [auth_header()], target=RESPONSES)
+    check_answer(response, stream=_stream_flag(body), endpoint=RESPONSES)
+    assert response.status in (200, 400, 404), response
+    if response.status == 404:
+        assert response.json()["error"]["code"] in ("model_not_found",
+                                                     "previous_response_not_found"), response
+
+
+@http_settings(60)
+@given(valid_responses_body, extra_headers)
+def test_http_valid_responses_bodies_with_junk_headers(gateway, body, headers):
+    raw = _encode_json(body)
+    response = _post(gateway, raw, [auth_header(), *headers], target=RESPONSES)
+    check_answer(response, stream=_stream_flag(raw), headers=headers, endpoint=RESPONSES)
+
+
+@http_settings(150)
+@given(embeddings_bytes)
+def test_http_embeddings_bodies(gateway, fake_embeddings, body):
+    response = _post(gateway, body, [auth_header()], target=EMBEDDINGS)
+    check_answer(response, stream=False, endpoint=EMBEDDINGS)
+    assert response.status in (200, 400, 404), response
+    assert not fake_embeddings.unexpected, fake_embeddings.unexpected
+
+
+@http_settings(40)
+@given(valid_embeddings_body, extra_headers)
+def test_http_valid_embeddings_bodies_with_junk_headers(gateway, body, headers):
+    response = _post(gateway, _encode_json(body), [auth_header(), *headers], target=EMBEDDINGS)
+    check_answer(response, stream=False, headers=headers, endpoint=EMBEDDINGS)
+    if response.status == 200:
+        assert len(response.json()["data"]) == (
+            len(body["input"]) if isinstance(body["input"], list)
+            and not isinstance(body["input"][0], int) else 1)
+
+
+def test_http_valid_embeddings_request_is_answered_by_the_provider(gateway, fake_embeddings):
+    """The fuzzed 200s above are real: one plain request must get vectors back."""
+    response = _post(gateway, b'{"model": "moltbot:beta", "input": ["a", "b"]}',
+                     [auth_header()], target=EMBEDDINGS)
+    check_answer(response, stream=False, endpoint=EMBEDDINGS)
+    assert response.status == 200 and len(response.json()["data"]) == 2, response
+    assert fake_embeddings.requests > 0
+
+
+endpoint_bodies = st.sampled_from(ENDPOINTS).flatmap(
+    lambda endpoint: st.tuples(st.just(endpoint), BODIES[endpoint]
+                               | VALID_BODIES[endpoint].map(_encode_json)))
+
+
+@http_settings(90)
+@given(endpoint_bodies, content_types)
+def test_http_wrong_or_missing_content_types(gateway, endpoint_body, content_type):
+    endpoint, body = endpoint_body
+    response = _post(gateway, body, [auth_header()], target=endpoint,
+                     content_type=content_type)
+    check_answer(response, stream=_stream_flag(body), endpoint=endpoint,
+                 headers=[("Content-Type", content_type or "")])
+
+
+@pytest.mark.parametrize("endpoint", [RESPONSES, EMBEDDINGS])
+@pytest.mark.parametrize("name", sorted(DEEP_JSON))
+def test_http_deeply_nested_json_on_other_endpoints(gateway, endpoint, name):
+    response = _post(gateway, DEEP_JSON[name], [auth_header()], target=endpoint)
+    check_answer(response, endpoint=endpoint)
+    assert response.status == 400
+
+
 @pytest.mark.parametrize("name", sorted(DEEP_JSON))
 def test_http_deeply_nested_json(gateway, name):
-    response = _chat(gateway, DEEP_JSON[name], [auth_header()])
+    response = _post(gateway, DEEP_JSON[name], [auth_header()])
     check_answer(response)
     assert response.status == 400
 
 
-def test_http_oversized_body_is_413(gateway):
-    """Refused on its Content-Length, before the body is read."""
-    head = (f"POST {PATH} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {21 * 1024 * 1024}\r\n\r\n")
-    sock = socket.create_connection((HOST, gateway.port), timeout=10)
+def _oversized(port: int, endpoint: str, declared: int, sent: bytes, headers=()) -> Response:
+    """Announce ``declared`` body bytes, send only ``sent``, and read the answer."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    sock = socket.create_connection((HOST, port), timeout=10)
     try:
-        sock.sendall(head.encode() + b'{"messages": [')
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        answer = Response(response.status, {k.lower(): v for k, v in response.getheaders()},
-                          response.read())
+        sock.sendall(f"POST {endpoint} HTTP/1.1\r\nHost: {HOST}\r\n{head}"
+                     f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+                     .encode() + sent)
+        return _read_response(sock)
     finally:
         sock.close()
+
+
+def _assert_too_large(answer: Response) -> None:
     assert answer.status == 413, answer
     check_answer(answer)
+    assert answer.json()["error"]["code"] == "request_too_large", answer
+
+
+def test_http_oversized_body_is_413(gateway):
+    """Refused on its Content-Length, before the body is read."""
+    answer = _oversized(gateway.port, PATH, 21 * 1024 * 1024, b'{"messages": [',
+                        [auth_header()])
+    _assert_too_large(answer)
+    assert gateway.healthy()
+
+
+@http_settings(30)
+@given(st.sampled_from(ENDPOINTS), st.integers(MAX_BODY_BYTES + 1, 4 * MAX_BODY_BYTES),
+       st.integers(0, 65536), st.booleans())
+def test_http_body_over_the_limit_is_413_before_it_is_read(gateway, endpoint, declared, sent,
+                                                            authed):
+    """Only a little of the announced body is ever sent: the 413 cannot have waited for it."""
+    headers = [("X-Forwarded-For", fresh_client_address())]
+    if authed:
+        headers.append(auth_header())
+    _assert_too_large(_oversized(gateway.port, endpoint, declared,
+                                 b'{"input": "' + b"x" * sent, headers))
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_http_chunked_body_over_the_limit_is_413(gateway, endpoint):
+    """Without a Content-Length the limit applies as the body arrives: the answer comes
+    once it is exceeded, while the client is still sending."""
+    sock = socket.create_connection((HOST, gateway.port), timeout=15)
+    chunk = b"x" * (256 * 1024)
+    stop = threading.Event()
+
+    def upload():
+        try:
+            while not stop.is_set():    # far more than the limit, unless refused first
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=upload, daemon=True)
+    try:
+        sock.sendall(f"POST {endpoint} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer "
+                     f"{TOKEN}\r\nContent-Type: application/json\r\n"
+                     f"Transfer-Encoding: chunked\r\n\r\n".encode())
+        sender.start()
+        answer = _read_response(sock)
+    finally:
+        stop.set()
+        sock.close()
+        sender.join(10)
+    _assert_too_large(answer)
     assert gateway.healthy()
 
 
@@ -591,98 +1256,731 @@ def test_non_utf8_path_gets_an_openai_shaped_error(gateway):
     check_answer(response)
 
 
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("escaped", [True, False], ids=["escaped", "raw-bytes"])
+def test_lone_surrogates_in_a_body_are_400(gateway, endpoint, stream, escaped):
+    """Regression: a lone UTF-16 surrogate (a ``\\ud800`` escape, or its invalid UTF-8
+    encoding) parsed into a string that no UTF-8 encoder takes. It reached the streams (a 500,
+    or a 200 ending in an in-band "internal error"), the transcripts and the upstream request.
+    Now the body is refused as not valid Unicode."""
+    body = {PATH: {"messages": [{"role": "user", "content": "hi \ud800"}]},
+            RESPONSES: {"input": "hi", "instructions": "a\udfffb"},
+            EMBEDDINGS: {"model": "moltbot:beta", "input": ["ok", "\udc00"]}}[endpoint]
+    if endpoint != EMBEDDINGS:
+        body["stream"] = stream
+    response = _post(gateway, _encode_json(body, ensure_ascii=escaped), [auth_header()],
+                     target=endpoint)
+    check_answer(response)
+    assert response.status == 400, response
+    assert "surrogate" in response.json()["error"]["message"], response
+
+
+# -- WebSocket, against the daemon --
+
+WS_ERROR_CODES = {"INVALID_REQUEST", "UNKNOWN_METHOD", "HANDSHAKE_REQUIRED",
+                  "PROTOCOL_MISMATCH", "UNAUTHORIZED", "RATE_LIMITED", "HANDSHAKE_TIMEOUT",
+                  "NOT_FOUND", "ABORTED", "TIMEOUT", "UNAVAILABLE"}   # not INTERNAL: a bug
+HANDSHAKE_CLOSE_CODES = {4001, 4002, 4029}
+CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_UTF8, CLOSE_TOO_BIG = 1002, 1007, 1009
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def check_ws_frame(raw: bytes) -> dict:
+    """A text frame from the gateway: one JSON response or event, an error response with a
+    documented code and a message (never INTERNAL), no traceback text."""
+    assert not any(marker in raw for marker in TRACEBACK_MARKERS), raw[:500]
+    frame = json.loads(raw.decode("utf-8"))      # strict: no lone surrogates on the wire
+    assert isinstance(frame, dict) and frame.get("type") in ("res", "event"), raw[:500]
+    if frame["type"] == "event":
+        assert isinstance(frame.get("event"), str) and isinstance(frame.get("seq"), int), frame
+        return frame
+    assert frame.get("id") is None or isinstance(frame["id"], str), raw[:500]
+    assert isinstance(frame.get("ok"), bool), raw[:500]
+    if frame["ok"]:
+        assert "payload" in frame, raw[:500]
+    else:
+        error = frame.get("error")
+        assert isinstance(error, dict), raw[:500]
+        assert error.get("code") in WS_ERROR_CODES, raw[:500]
+        assert isinstance(error.get("message"), str) and error["message"], raw[:500]
+        assert isinstance(error.get("retryAfterMs", 0), int), raw[:500]
+        assert isinstance(error.get("details", {}), dict), raw[:500]
+    return frame
+
+
+def ws_frame_bytes(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
+                   masked: bool = True) -> bytes:
+    """One client frame, exactly as given (websocket-client refuses to build broken ones)."""
+    head = bytes([(0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 15)])
+    n = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([mask_bit | n])
+    elif n < 65536:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", n)
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def ws_answer_id(payload: bytes) -> Optional[str]:
+    """The id the gateway answers a text frame with: its id when it is a valid one."""
+    try:
+        frame = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    request_id = frame.get("id") if isinstance(frame, dict) else None
+    if (isinstance(request_id, str) and 1 <= len(request_id) <= 128
+            and not LONE_SURROGATE.search(request_id)):
+        return request_id
+    return None
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class WSClosed(Exception):
+    def __init__(self, code: Optional[int]):
+        super().__init__(f"closed with {code}")
+        self.code = code          # None: dropped without a close frame
+
+
+class WSConnection:
+    """One WebSocket connection to the daemon (websocket-client), its own client address."""
+
+    def __init__(self, port: int, timeout: float = 10.0):
+        self.ws = websocket.create_connection(
+            f"ws://{HOST}:{port}/", timeout=timeout,
+            header=[f"X-Forwarded-For: {fresh_client_address()}"])
+        self.closed: Optional[WSClosed] = None
+        self.local_port = self.ws.sock.getsockname()[1]
+
+    def send(self, data: bytes) -> None:
+        """Raw frame bytes; a gateway that already closed is noticed on receive."""
+        try:
+            self.ws.sock.sendall(data)
+        except OSError:
+            pass
+
+    def send_json(self, value) -> None:
+        self.send(ws_frame_bytes(OP_TEXT, _encode_json(value, ensure_ascii=True)))
+
+    def receive(self, timeout: float) -> Optional[dict]:
+        """The next text frame (checked), None on a timeout; raises WSClosed once closed.
+        Frames are read one by one: websocket-client's own loop would answer a close frame
+        and could lose its code to a broken pipe."""
+        if self.closed is not None:
+            raise self.closed
+        self.ws.settimeout(timeout)
+        try:
+            while True:
+                frame = self.ws.recv_frame()
+                if frame.opcode == OP_TEXT:
+                    assert frame.fin, "the gateway fragmented a message"
+                    return check_ws_frame(frame.data)
+                if frame.opcode == OP_CLOSE:
+                    data = frame.data
+                    self.closed = WSClosed(struct.unpack("!H", data[:2])[0]
+                                           if len(data) >= 2 else 1005)
+                    self._finish_closing(data[:2])
+                    break
+                assert frame.opcode in (OP_PING, OP_PONG), f"unexpected frame {frame}"
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (websocket.WebSocketConnectionClosedException, ConnectionError) as error:
+            self.closed = WSClosed(None)
+            self.closed.__cause__ = error
+        self.close()
+        raise self.closed
+
+    def _finish_closing(self, code: bytes) -> None:
+        """Answer a close frame and wait for the gateway to close the TCP connection, as
+        RFC 6455 has it. A client that just drops the socket leaves the gateway waiting out
+        its closing handshake and then aborting (an RST), and on loopback, at fuzzing rates,
+        the client port may meanwhile carry a new connection that the RST then kills."""
+        try:
+            self.ws.sock.sendall(ws_frame_bytes(OP_CLOSE, code))
+            self.ws.sock.settimeout(5)
+            while self.ws.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def answer(self, request_id, timeout: float = 15.0) -> tuple[dict, list[dict]]:
+        """The first response to ``request_id`` and every frame that came before it."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            frame = self.receive(max(0.01, deadline - time.monotonic()))
+            if frame is None:
+                continue
+            if frame["type"] == "res" and frame.get("id") == request_id:
+                return frame, seen
+            seen.append(frame)
+        raise AssertionError(f"no answer to {request_id!r} within {timeout} s; saw {seen[-5:]}")
+
+    def connect(self, token: str = TOKEN) -> dict:
+        self.send_json({"type": "req", "id": "c1", "method": "connect", "params": {
+            "minProtocol": 1, "maxProtocol": 1, "client": {"id": "fuzz"},
+            "auth": {"token": token}}})
+        hello, _ = self.answer("c1")
+        assert hello["ok"] and hello["payload"]["type"] == "hello-ok", hello
+        return hello
+
+    def close(self) -> None:
+        """Close as a polite client does (close frame, then the gateway's close), unless the
+        connection is closed already."""
+        if self.closed is None and self.ws.sock is not None:
+            self.closed = WSClosed(1000)
+            try:
+                self.ws.sock.sendall(ws_frame_bytes(OP_CLOSE, struct.pack("!H", 1000)))
+                self.ws.sock.settimeout(5)
+                while self.ws.sock.recv(65536):   # its close frame, then the end
+                    pass
+            except OSError:
+                pass
+        try:
+            self.ws.sock and self.ws.sock.close()
+        except OSError:
+            pass
+        self.ws.connected = False
+
+
+@dataclass
+class WSOutcome:
+    frames: list                  # what came before the probe's answer
+    closed_with: Optional[int]    # the close code, when the gateway closed the connection
+    reconnected_health: bool = False
+
+
+class WSSession:
+    """An authenticated connection reused across examples; replaced when the gateway closes
+    it (as documented for invalid UTF-8, oversized and malformed frames)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.conn: Optional[WSConnection] = None
+        self.ids = itertools.count(1)
+        self.reconnects = 0
+        self.run_ids: list[str] = []
+
+    def connection(self) -> WSConnection:
+        if self.conn is None or self.conn.closed is not None:
+            if self.conn is not None:
+                self.reconnects += 1
+            self.conn = WSConnection(self.port)
+            self.conn.connect()
+        return self.conn
+
+    def health(self) -> dict:
+        conn = self.connection()
+        probe = f"probe-{next(self.ids)}"
+        conn.send_json({"type": "req", "id": probe, "method": "health"})
+        answer, _ = conn.answer(probe)
+        assert answer["ok"] and answer["payload"]["ok"] is True, answer
+        return answer
+
+    def unique(self, value):
+        """A request-shaped value with a valid id gets a unique one (its answer is then told
+        apart from late answers to earlier frames), keeping its odd characters; a run id
+        placeholder becomes the newest run id the daemon gave."""
+        if not isinstance(value, dict):
+            return value
+        if isinstance(value.get("id"), str) and 1 <= len(value["id"]) <= 128:
+            value = {**value, "id": f"{value['id'][:100]}~{next(self.ids)}"}
+        params = value.get("params")
+        if isinstance(params, dict) and params.get("runId") == RUN_ID and self.run_ids:
+            value = {**value, "params": {**params, "runId": self.run_ids[-1]}}
+        return value
+
+    def remember(self, frames) -> None:
+        for frame in frames:
+            payload = frame.get("payload") if frame["type"] == "res" and frame["ok"] else None
+            if isinstance(payload, dict) and isinstance(payload.get("runId"), str):
+                self.run_ids.append(payload["runId"])
+                del self.run_ids[:-20]
+
+    def exchange(self, data: bytes) -> WSOutcome:
+        """Send raw frame bytes, then a ``health`` probe; wait for the probe's answer and for
+        the answer due to the frame (when one is due), or for the gateway to close."""
+        conn = self.connection()
+        conn.send(data)
+        probe = f"probe-{next(self.ids)}"
+        conn.send_json({"type": "req", "id": probe, "method": "health"})
+        try:
+            answer, seen = conn.answer(probe)
+        except WSClosed as closed:
+            self.health()         # a new connection is served
+            return WSOutcome([], closed.code, reconnected_health=True)
+        assert answer["ok"], answer
+        self.remember(seen)
+        return WSOutcome(seen, None)
+
+
+def ws_text(value, ensure_ascii: bool) -> bytes:
+    return _encode_json(value, ensure_ascii=ensure_ascii)
+
+
+# What to send over a live connection: request-shaped JSON (whose id may be made unique),
+# other JSON, truncated JSON, arbitrary bytes as text (often not UTF-8) or binary, deep nesting.
+@dataclass(frozen=True)
+class WSInput:
+    kind: str                  # "request", "text", "binary"
+    value: Any                 # a JSON value ("request"), or bytes
+    ensure_ascii: bool = True
+    cut: int = 0               # bytes cut off the end of an encoded request
+
+    def payload(self, session: Optional[WSSession] = None) -> tuple[int, bytes]:
+        if self.kind == "request":
+            value = session.unique(self.value) if session is not None else self.value
+            raw = ws_text(value, self.ensure_ascii)
+            return OP_TEXT, raw[:len(raw) - self.cut]
+        return (OP_BINARY if self.kind == "binary" else OP_TEXT), self.value
+
+
+ws_inputs = weighted(
+    (4, st.builds(WSInput, st.just("request"), ws_call, st.booleans())),
+    (2, st.builds(WSInput, st.just("request"), ws_request, st.booleans(),
+                  st.sampled_from([0] * 6 + [1, 2, 5]))),
+    (1, st.builds(WSInput, st.just("request"), json_values, st.booleans())),
+    (2, st.builds(WSInput, st.just("text"), st.binary(max_size=300) | nesting.map(str.encode)
+                  | st.sampled_from([b"", b"null", b"{}", b"[]", b'{"type": "req"}',
+                                     b'{"type":"req","id":"\\ud800","method":"health"}',
+                                     b'{"type":"req","id":"x","method":"\\udc00"}',
+                                     b'{"type":"req","id":"x","method":"agent","params":'
+                                     b'{"message":"\\ud800"}}',
+                                     b'{"type":"req","id":"x","method":"health","params":[]}',
+                                     b"\xed\xa0\x80", b"\xff", b"\xc3\x28"]))),
+    (1, st.builds(WSInput, st.just("binary"), st.binary(max_size=300)
+                  | json_bytes(ws_request))))
+
+
+def check_ws_outcome(session: WSSession, opcode: int, data: bytes, outcome: WSOutcome) -> None:
+    """The frame was answered as docs/ws-protocol.rst says, on a connection that stayed up
+    — or, for a text frame that is not UTF-8, the connection closed with 1007."""
+    if opcode == OP_TEXT and not is_utf8(data):
+        assert outcome.closed_with == CLOSE_INVALID_UTF8, (outcome, data[:200])
+        return
+    assert outcome.closed_with is None, (f"the gateway closed the connection with "
+                                         f"{outcome.closed_with} after {data[:300]!r}")
+    expected = ws_answer_id(data) if opcode == OP_TEXT else None
+    answers = [f for f in outcome.frames if f["type"] == "res" and f.get("id") == expected]
+    if expected is None:
+        # refused while the frame was parsed, so before the probe was even read
+        assert answers and not answers[0]["ok"], (outcome, data[:300])
+        assert answers[0]["error"]["code"] == "INVALID_REQUEST", (answers[0], data[:300])
+    elif not answers:
+        # methods that wait (for the session store, for a run) may answer after the probe
+        answer, seen = session.connection().answer(expected)
+        session.remember(seen + [answer])
+
+
+@pytest.fixture(scope="module")
+def ws_session(gateway):
+    session = WSSession(gateway.port)
+    yield session
+    if session.conn is not None:
+        session.conn.close()
+
+
+WS_SETTINGS = http_settings(300)
+
+
+@WS_SETTINGS
+@given(ws_inputs)
+def test_ws_frames_on_an_authenticated_connection(gateway, ws_session, sent):
+    opcode, data = sent.payload(ws_session)
+    outcome = ws_session.exchange(ws_frame_bytes(opcode, data))
+    check_ws_outcome(ws_session, opcode, data, outcome)
+
+
+def test_ws_live_connection_survives_every_documented_error(gateway, ws_session):
+    """One request of each kind that must be refused without closing the connection."""
+    conn = ws_session.connection()
+    cases = [({"type": "req", "id": "e1", "method": "nope"}, "UNKNOWN_METHOD"),
+             ({"type": "req", "id": "e2", "method": "connect", "params": {}}, "INVALID_REQUEST"),
+             ({"type": "req", "id": "e3", "method": "agent", "params": {}}, "INVALID_REQUEST"),
+             ({"type": "req", "id": "e4", "method": "agent.wait", "params": {"runId": "x"}},
+              "NOT_FOUND"),
+             ({"type": "req", "id": "e5", "method": "agent",
+               "params": {"message": "hi", "agentId": "nope"}}, "NOT_FOUND"),
+             ({"type": "req", "id": "e6", "method": "chat.history",
+               "params": {"limit": 0}}, "INVALID_REQUEST"),
+             ({"type": "req", "id": "e7", "method": "health", "params": [1]}, "INVALID_REQUEST"),
+             ({"type": "req", "id": "e8", "method": "agent",
+               "params": {"message": "hi \ud800"}}, "INVALID_REQUEST")]
+    for frame, code in cases:
+        conn.send_json(frame)
+        answer, _ = conn.answer(frame["id"])
+        assert not answer["ok"] and answer["error"]["code"] == code, (frame, answer)
+    ws_session.health()
+    assert ws_session.conn is conn and conn.closed is None
+
+
+@pytest.mark.parametrize("name", sorted(DEEP_JSON))
+def test_ws_deeply_nested_json_on_a_live_connection(gateway, ws_session, name):
+    outcome = ws_session.exchange(ws_frame_bytes(OP_TEXT, DEEP_JSON[name]))
+    check_ws_outcome(ws_session, OP_TEXT, DEEP_JSON[name], outcome)
+
+
+def test_ws_lone_surrogate_id_is_answered_with_a_null_id(gateway, ws_session):
+    """Regression: an id (or any string) with a lone surrogate could not be encoded into the
+    answer, so the request went unanswered and the daemon logged a traceback."""
+    conn = ws_session.connection()
+    conn.send(ws_frame_bytes(OP_TEXT, b'{"type": "req", "id": "a\\ud800", "method": "nope"}'))
+    answer, _ = conn.answer(None)
+    assert answer["error"]["code"] == "INVALID_REQUEST", answer
+    assert "surrogate" in answer["error"]["message"], answer
+    ws_session.health()
+
+
+def test_ws_message_over_max_payload_closes_with_1009(gateway, ws_session):
+    outcome = ws_session.exchange(ws_frame_bytes(OP_TEXT, b'"' + b"x" * WS_MAX_PAYLOAD + b'"'))
+    assert outcome.closed_with == CLOSE_TOO_BIG and outcome.reconnected_health, outcome
+
+
+# Framing that RFC 6455 forbids: reserved opcodes, RSV bits without an extension, an
+# unmasked client frame, continuation without a start, an unfinished control frame, a
+# control frame over 125 bytes, a close code that may not be sent — and a few legal frames.
+ws_raw_frames = st.one_of(
+    st.tuples(st.integers(0, 15), st.binary(max_size=200), st.booleans(), st.integers(0, 7),
+              st.booleans()),
+    st.tuples(st.sampled_from([OP_PING, OP_PONG]), st.binary(max_size=130), st.booleans(),
+              st.just(0), st.just(True)),
+    st.tuples(st.just(OP_CLOSE), st.integers(0, 5000).map(lambda c: struct.pack("!H", c))
+              | st.binary(max_size=4), st.just(True), st.just(0), st.just(True)))
+
+
+@http_settings(100)
+@given(ws_raw_frames)
+def test_ws_broken_framing_closes_with_an_rfc_code(gateway, ws_session, raw):
+    opcode, payload, fin, rsv, masked = raw
+    outcome = ws_session.exchange(ws_frame_bytes(opcode, payload, fin, rsv, masked))
+    if outcome.closed_with is None:
+        return          # a legal frame (ping, pong, a text or binary one that got answered)
+    assert outcome.reconnected_health
+    # a close frame from us is answered with a close; anything else is a framing error
+    allowed = {CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_UTF8, CLOSE_TOO_BIG}
+    if opcode == OP_CLOSE:
+        allowed |= {1000, 1005} | ({struct.unpack("!H", payload[:2])[0]}
+                                   if len(payload) >= 2 else set())
+    assert outcome.closed_with in allowed, (outcome, raw)
+
+
+connect_request = st.fixed_dictionaries(
+    {"type": st.just("req"), "id": ws_id, "method": weighted((3, st.just("connect")),
+                                                             (1, ws_method)),
+     "params": connect_params | st.fixed_dictionaries(
+         {"minProtocol": st.just(1), "maxProtocol": st.just(1) | st.integers(1, 3),
+          "client": st.fixed_dictionaries({"id": st.text(min_size=1, max_size=20)})},
+         optional={"auth": st.fixed_dictionaries({}, optional={
+             "token": st.sampled_from([TOKEN, TOKEN + "x", "", TOKEN.upper()]) | json_values,
+             "password": json_values}) | json_values})})
+first_frames = weighted((1, ws_inputs),
+                        (1, st.builds(WSInput, st.just("request"), connect_request,
+                                      st.booleans())))
+
+
+@http_settings(150)
+@given(first_frames)
+def test_ws_junk_before_connect_is_refused_and_closed(gateway, ws_session, sent):
+    """Each example on a new connection: the first frame is a valid connect (hello-ok) or is
+    refused with an error response and the documented close code."""
+    opcode, data = sent.payload()
+    conn = WSConnection(gateway.port)
+    try:
+        conn.send(ws_frame_bytes(opcode, data))
+        frames = []
+        try:
+            while True:
+                frame = conn.receive(10)
+                assert frame is not None, ("no answer and no close within 10 s", frames,
+                                           data[:300], conn.local_port, time.time())
+                frames.append(frame)
+                if frame["type"] == "res" and frame["ok"]:
+                    assert frame["payload"]["type"] == "hello-ok", frame
+                    return
+        except WSClosed as closed:
+            code, cause = closed.code, closed.__cause__
+    finally:
+        conn.close()
+    if opcode == OP_TEXT and not is_utf8(data):
+        assert code == CLOSE_INVALID_UTF8, (code, frames, cause)
+        return
+    assert code in HANDSHAKE_CLOSE_CODES, (code, frames, data[:300], cause, conn.local_port,
+                                           time.time())
+    assert len(frames) == 1 and frames[0]["type"] == "res" and not frames[0]["ok"], frames
+    assert frames[0]["id"] == (ws_answer_id(data) if opcode == OP_TEXT else None), frames
+    ws_session.health()
+
+
+# -- bad text from a model provider (in-process gateway, fake upstream) --
+
+ODD_REPLY = "bad \ud800 reply"     # what a "\ud800" escape in an upstream's JSON decodes to
+
+
+def test_ws_frames_encode_lone_surrogates_as_json_escapes():
+    """Regression: text from a model may hold a lone surrogate; the frame encoder failed on it
+    (an agent event or result that could not be sent)."""
+    for raw in (encode_event("agent", {"delta": ODD_REPLY}, 1),
+                encode_response("r1", {"text": ODD_REPLY}),
+                encode_error(None, ProtocolError("INVALID_REQUEST", ODD_REPLY))):
+        assert b"\\ud800" in raw, raw        # the JSON escape, as the model sent it
+        assert ODD_REPLY in json.dumps(json.loads(raw.decode("utf-8")), ensure_ascii=False)
+    assert "é".encode() in encode_event("x", {"t": "é"}, 1)   # other text stays UTF-8
+
+
+def _sse_payloads(body: bytes) -> list:
+    events = []
+    for block in body.decode("utf-8").split("\n\n"):   # strict UTF-8: nothing unencodable
+        for line in block.split("\n"):
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[len("data: "):]))
+    return events
+
+
+@pytest_twisted.ensureDeferred
+async def test_lone_surrogate_from_the_model_streams_as_an_escape(start_gateway, upstream):
+    """Regression: a model's delta holding a lone surrogate broke the SSE encoders. Chat
+    streams ended in an in-band "internal error" (the run "failed unexpectedly"); Responses
+    streams got a JSON error body written into the event stream."""
+    upstream.script(text=ODD_REPLY, chunks=1)
+    gw = await start_gateway({
+        "gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True},
+                                           "responses": {"enabled": True}}}},
+        "models": {"providers": {"up": {"api": "openai-completions",
+                                        "baseUrl": upstream.base_url}}},
+        "agents": {"list": [{"id": "main", "default": True, "model": "up/m"}]}})
+    headers = {**gw.auth_headers, "Content-Type": "application/json"}
+    response = await treq.post(gw.url + PATH, json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode(),
+        headers=headers)
+    body = await response.content()
+    assert response.code == 200 and body.endswith(b"data: [DONE]\n\n"), body
+    events = _sse_payloads(body)
+    assert not any("error" in e for e in events), body
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events
+                   if e.get("choices")) == ODD_REPLY
+
+    response = await treq.post(gw.url + RESPONSES, json.dumps(
+        {"input": "hi", "stream": True}).encode(), headers=headers)
+    body = await response.content()
+    assert response.code == 200, body
+    events = _sse_payloads(body)
+    assert events[-1]["type"] == "response.completed", body
+    assert events[-1]["response"]["output"][-1]["content"][0]["text"] == ODD_REPLY
+
+
 def test_gateway_is_alive_and_logged_no_unhandled_errors(gateway):
     assert gateway.healthy()
     log = gateway.log_text()
     assert "Unhandled Error" not in log and "nhandled error" not in log, log[-3000:]
     assert "failed unexpectedly" not in log, log[-3000:]
+    assert "could not record run" not in log, log[-3000:]
+    assert "Traceback (most recent call last)" not in log, log[-3000:]
 
 
 # --- script mode: a long run against one daemon ---------------------------------------------
 
-def long_run(n: int, seed: int = 0) -> int:
-    """Send ``n`` fuzzed requests (all kinds above, one connection each) to one daemon."""
-    counts: Counter = Counter()
-    failures: list[str] = []
-    kinds: Counter = Counter()
-    any_request = st.one_of(
-        st.tuples(st.just("chat"), chat_bytes, st.just(()), st.just("POST"), st.just(PATH)),
-        st.tuples(st.just("headers"), valid_chat_body.map(_encode_json), extra_headers,
-                  st.just("POST"), st.just(PATH)),
-        st.tuples(st.just("auth"), chat_bytes, authorization.map(lambda v: [("Authorization",
-                                                                              v)]),
-                  st.just("POST"), st.just(PATH)),
-        st.tuples(st.just("paths"), st.none() | chat_bytes, st.just(()), methods,
-                  st.tuples(paths, query).map("".join)),
-        # inputs that once broke the gateway (deep nesting, non-UTF-8 escapes)
-        st.tuples(st.just("regressions"), st.sampled_from(sorted(DEEP_JSON.values())),
-                  st.just(()), st.just("POST"), st.just(PATH)),
-        st.tuples(st.just("regressions"), st.none(), st.just(()), st.just("GET"),
-                  st.sampled_from(["/v1/models/%ff%fe", "/v1/%c3%28", "/v1/chat/%80"])))
-    with tempfile.TemporaryDirectory(prefix="moltbot-fuzz-") as tmp:
-        daemon = GatewayDaemon(Path(tmp), fuzz_config())
-        daemon.start()
-        started = time.monotonic()
+def _http_target(daemon, kinds, counts, failures, example) -> None:
+    kind, body, headers, method, target = example
+    kinds[kind] += 1
+    hdrs = list(headers)
+    if kind not in ("auth", "paths", "oversize"):
+        hdrs.insert(0, auth_header())
+    if kind in ("paths", "oversize") and counts.total() % 2:
+        hdrs.append(auth_header())
+    try:
+        if kind == "oversize":
+            response = _oversized(daemon.port, target, body[0], body[1],
+                                  [("X-Forwarded-For", fresh_client_address()), *hdrs])
+        elif kind == "content-type":
+            content_type = hdrs[-1][1]
+            response = _post(daemon, body, hdrs[:-1], method=method, target=target,
+                             content_type=content_type)
+            hdrs[-1] = ("Content-Type", content_type or "")
+        else:
+            response = _post(daemon, body, hdrs, method=method, target=target)
+    except OSError as error:
+        counts[f"socket error {type(error).__name__}"] += 1
+        if not kind.endswith("headers") or not daemon.healthy():
+            failures.append(f"{kind}: {error!r}")
+        return
+    counts[response.status] += 1
+    if method == "HEAD":
+        ok = response.status < 500
+    else:
         try:
-            @settings(max_examples=n, deadline=None, database=None, derandomize=False,
-                      suppress_health_check=list(HealthCheck))
-            @given(any_request)
-            def one(example):
-                kind, body, headers, method, target = example
-                kinds[kind] += 1
-                hdrs = list(headers)
-                if kind in ("chat", "headers", "regressions"):
-                    hdrs.insert(0, auth_header())
-                if kind == "paths" and counts.total() % 2:
-                    hdrs.append(auth_header())
-                try:
-                    response = _chat(daemon, body, hdrs, method=method, target=target)
-                except OSError as error:
-                    counts[f"socket error {type(error).__name__}"] += 1
-                    if kind != "headers" or not daemon.healthy():
-                        failures.append(f"{kind}: {error!r}")
-                    return
-                counts[response.status] += 1
-                if method == "HEAD":
-                    ok = response.status < 500
+            posted = method == "POST" and target in ENDPOINTS and body is not None \
+                and kind != "oversize"
+            check_answer(response, stream=_stream_flag(body) if posted else None,
+                         headers=hdrs, endpoint=target if posted else PATH)
+            if kind == "oversize":
+                assert response.status == 413, response
+            ok = True
+        except (AssertionError, ValueError, KeyError) as error:
+            ok = False
+            if len(failures) < 20:
+                failures.append(f"{kind} {method} {target[:80]!r}: {response!r} {error!r}")
+    if not ok:
+        counts["check failed"] += 1
+
+
+def _http_requests(endpoint: str):
+    """The requests of one HTTP target: (kind, body, headers, method, path)."""
+    post = st.just("POST")
+    at = st.just(endpoint)
+    common = [
+        st.tuples(st.just("bodies"), BODIES[endpoint], st.just(()), post, at),
+        st.tuples(st.just("headers"), VALID_BODIES[endpoint].map(_encode_json), extra_headers,
+                  post, at),
+        st.tuples(st.just("content-type"), BODIES[endpoint],
+                  content_types.map(lambda ct: [("Content-Type", ct)]), post, at),
+        st.tuples(st.just("regressions"), st.sampled_from(sorted(DEEP_JSON.values())),
+                  st.just(()), post, at),
+        st.tuples(st.just("oversize"), st.tuples(st.integers(MAX_BODY_BYTES + 1,
+                                                             4 * MAX_BODY_BYTES),
+                                                 st.binary(max_size=4096)),
+                  st.just(()), post, at)]
+    if endpoint == PATH:   # the chat target also covers auth, methods and paths
+        common += [
+            st.tuples(st.just("auth"), chat_bytes,
+                      authorization.map(lambda v: [("Authorization", v)]), post, at),
+            st.tuples(st.just("paths"), st.none() | chat_bytes, st.just(()), methods,
+                      st.tuples(paths, query).map("".join)),
+            st.tuples(st.just("regressions"), st.none(), st.just(()), st.just("GET"),
+                      st.sampled_from(["/v1/models/%ff%fe", "/v1/%c3%28", "/v1/chat/%80"]))]
+    return st.one_of(common)
+
+
+def _ws_target(daemon, session, kinds, counts, failures, example) -> None:
+    kind, sent = example
+    kinds[kind] += 1
+    try:
+        if kind == "framing":
+            opcode, payload, fin, rsv, masked = sent
+            outcome = session.exchange(ws_frame_bytes(opcode, payload, fin, rsv, masked))
+            counts["answered" if outcome.closed_with is None
+                   else f"close {outcome.closed_with}"] += 1
+            return
+        if kind == "first-frame":
+            opcode, data = sent.payload()
+            conn = WSConnection(daemon.port)
+            try:
+                conn.send(ws_frame_bytes(opcode, data))
+                while True:
+                    frame = conn.receive(10)
+                    assert frame is not None, "no answer and no close within 10 s"
+                    counts[_ws_label(frame)] += 1
+                    if frame["type"] == "res" and frame["ok"]:
+                        break
+            except WSClosed as closed:
+                counts[f"close {closed.code}"] += 1
+                assert closed.code is not None, "connection dropped without a close frame"
+            finally:
+                conn.close()
+            return
+        opcode, data = sent.payload(session)
+        outcome = session.exchange(ws_frame_bytes(opcode, data))
+        check_ws_outcome(session, opcode, data, outcome)
+        if outcome.closed_with is not None:
+            counts[f"close {outcome.closed_with}"] += 1
+        for frame in outcome.frames:
+            if frame["type"] == "res":
+                counts[_ws_label(frame)] += 1
+    except (AssertionError, ValueError, KeyError, OSError, WSClosed) as error:
+        counts["check failed"] += 1
+        if len(failures) < 20:
+            failures.append(f"ws {kind} {sent!r:.300}: {error!r:.600}")
+
+
+def _ws_label(frame: dict) -> str:
+    if frame["type"] == "event":
+        return "event"
+    return "ok" if frame["ok"] else frame["error"]["code"]
+
+
+def long_run(n: int, targets=("chat", "responses", "embeddings", "ws"), seed: int = 0) -> int:
+    """``n`` fuzzed examples per target against one daemon; prints counts per target."""
+    endpoint_of = {"chat": PATH, "responses": RESPONSES, "embeddings": EMBEDDINGS}
+    results = []
+    fake = FakeEmbeddings()
+    with tempfile.TemporaryDirectory(prefix="moltbot-fuzz-") as tmp:
+        daemon = GatewayDaemon(Path(tmp), fuzz_config(embeddings_url=fake.base_url))
+        daemon.start()
+        session = WSSession(daemon.port)
+        try:
+            for target in targets:
+                counts: Counter = Counter()
+                kinds: Counter = Counter()
+                failures: list[str] = []
+                started = time.monotonic()
+                if target == "ws":
+                    examples_of = st.one_of(
+                        st.tuples(st.just("live"), ws_inputs),
+                        st.tuples(st.just("framing"), ws_raw_frames),
+                        st.tuples(st.just("first-frame"), first_frames))
+
+                    def one(example):
+                        _ws_target(daemon, session, kinds, counts, failures, example)
                 else:
-                    try:
-                        chat = method == "POST" and target == PATH and body
-                        check_answer(response, stream=_stream_flag(body) if chat else None,
-                                     headers=hdrs)
-                        ok = True
-                    except (AssertionError, ValueError, KeyError) as error:
-                        ok = False
-                        if len(failures) < 20:
-                            failures.append(f"{kind} {method} {target[:80]!r}: {response!r} "
-                                            f"{error!r}")
-                if not ok:
-                    counts["check failed"] += 1
-            one()
-            elapsed = time.monotonic() - started
-            alive = daemon.healthy()
+                    examples_of = _http_requests(endpoint_of[target])
+
+                    def one(example):
+                        _http_target(daemon, kinds, counts, failures, example)
+
+                run = settings(max_examples=n, deadline=None, database=None,
+                               suppress_health_check=list(HealthCheck))(given(examples_of)(one))
+                run()
+                elapsed = time.monotonic() - started
+                alive = daemon.healthy()
+                results.append((target, counts, kinds, failures, elapsed, alive))
+                five = sum(v for k, v in counts.items() if isinstance(k, int) and k >= 500)
+                total = sum(kinds.values())
+                print(f"[{target}] {total} examples in {elapsed:.1f} s "
+                      f"({total / elapsed:.0f}/s); by kind: {dict(kinds)}")
+                print(f"[{target}] by status:", {k: counts[k] for k in sorted(counts, key=str)})
+                print(f"[{target}] 5xx: {five}; checks failed: {counts['check failed']}; "
+                      f"daemon healthy after: {alive}")
+                for line in failures[:20]:
+                    print("  FAIL", line[:700])
+                sys.stdout.flush()
+            if session.conn is not None:
+                session.conn.close()
+            print(f"WS reconnects (after documented closes): {session.reconnects}; fake "
+                  f"embeddings upstream: {fake.requests} requests, unexpected: "
+                  f"{len(fake.unexpected)}")
         finally:
             code = daemon.terminate()
             log = daemon.log_text()
-    five = sum(v for k, v in counts.items() if isinstance(k, int) and k >= 500)
-    total = sum(v for k, v in counts.items() if isinstance(k, int))
-    print(f"requests answered: {total} in {elapsed:.1f} s ({total / elapsed:.0f}/s); "
-          f"by kind: {dict(kinds)}")
-    print("by status:", {k: counts[k] for k in sorted(counts, key=str)})
-    print(f"5xx: {five}; daemon alive and healthy at the end: {alive}; exit code after "
-          f"SIGTERM: {code}")
+            fake.stop()
     tracebacks = log.count("Traceback (most recent call last)")
-    print(f"tracebacks in the daemon log: {tracebacks}; 'Unhandled Error': "
-          f"{log.count('Unhandled Error')}")
-    for line in failures[:20]:
-        print("  FAIL", line[:600])
-    return 0 if five == 0 and alive and code == 0 and not counts["check failed"] else 1
+    levels = Counter(re.findall(r"#(debug|info|warn|error|critical)\]", log))
+    print(f"exit code after SIGTERM: {code}; tracebacks in the daemon log: {tracebacks}; "
+          f"'Unhandled Error': {log.count('Unhandled Error')}; log lines by level: "
+          f"{dict(levels)}")
+    for line in re.findall(r"^.*#(?:error|critical)\].*$", log, re.M)[:10]:
+        print("  LOG", line[:300])
+    bad = any(sum(v for k, v in c.items() if isinstance(k, int) and k >= 500) or not alive
+              or c["check failed"] for _t, c, _k, _f, _e, alive in results)
+    return 0 if not bad and code == 0 and not tracebacks and not fake.unexpected else 1
 
 
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="fuzz one moltbot-gw daemon for a while")
-    parser.add_argument("--long", type=int, default=10_000, help="number of requests")
+    parser.add_argument("--long", type=int, default=10_000, help="examples per target")
+    parser.add_argument("--targets", default="chat,responses,embeddings,ws",
+                        help="comma-separated: chat, responses, embeddings, ws")
     args = parser.parse_args()
-    sys.exit(long_run(args.long))
+    sys.exit(long_run(args.long, tuple(t for t in args.targets.split(",") if t)))

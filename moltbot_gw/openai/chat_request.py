@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from ..config import ImagesConfig
+from ..json_text import has_lone_surrogate
 from .validation import bad_request as _bad
 from .validation import is_int as _is_int
 from .validation import is_number as _is_number
@@ -57,6 +58,10 @@ def parse_body(body: bytes) -> dict:
                    "with Content-Type: application/json.", None, "invalid_json")
     if not isinstance(data, dict):
         raise _bad("The request body must be a JSON object.", None, "invalid_json")
+    if has_lone_surrogate(body, data):   # as OpenAI does: not valid Unicode, not for us
+        raise _bad("We could not parse the JSON body of your request: it contains a lone "
+                   "UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is not valid "
+                   "Unicode.", None, "invalid_json")
     return data
 
 

@@ -2,11 +2,11 @@
 stream of ``chat.completion.chunk`` SSE frames written as run events arrive."""
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 
 from ..agents.run import RunEvent, RunResult
+from ..json_text import compact_utf8
 from .errors import APIError
 from .sse_stream import SSEStream
 
@@ -53,10 +53,6 @@ _CONTENT_HEAD = b'[{"index":0,"delta":{"content":'
 _CONTENT_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
 
 
-def _dumps(payload) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
 class ChatStream(SSEStream):
     """Writes one run as ``chat.completion.chunk`` SSE frames onto a twisted.web request.
 
@@ -70,7 +66,7 @@ class ChatStream(SSEStream):
         super().__init__(request, keepalive_seconds, clock, flow)
         self.include_usage = include_usage
         # Every chunk shares id/object/created/model: encode that prefix once.
-        head = _dumps({"id": completion_id(run_id), "object": "chat.completion.chunk",
+        head = compact_utf8({"id": completion_id(run_id), "object": "chat.completion.chunk",
                        "created": created, "model": model})
         self._prefix = b"data: " + head[:-1] + b',"choices":'
 
@@ -78,7 +74,7 @@ class ChatStream(SSEStream):
         return self._prefix + choices_json + extra + b"}\n\n"
 
     def _choice(self, delta: dict, finish_reason: Optional[str] = None) -> bytes:
-        return _dumps([{"index": 0, "delta": delta, "logprobs": None,
+        return compact_utf8([{"index": 0, "delta": delta, "logprobs": None,
                         "finish_reason": finish_reason}])
 
     def _opening(self) -> None:
@@ -90,7 +86,7 @@ class ChatStream(SSEStream):
             self._output()
             if "delta" in data:
                 # The hot path: only the delta text is encoded per chunk.
-                self._write(self._prefix + _CONTENT_HEAD + _dumps(data["delta"])
+                self._write(self._prefix + _CONTENT_HEAD + compact_utf8(data["delta"])
                             + _CONTENT_TAIL)
             elif "reasoning" in data:
                 self._write(self._chunk(self._choice({"reasoning_content": data["reasoning"]})))
@@ -111,7 +107,7 @@ class ChatStream(SSEStream):
         self.start()
         self._write(self._chunk(self._choice({}, result.finish_reason)))
         if self.include_usage:
-            self._write(self._chunk(b"[]", b',"usage":' + _dumps(usage_json(result.usage))))
+            self._write(self._chunk(b"[]", b',"usage":' + compact_utf8(usage_json(result.usage))))
         self._end()
         return DONE_FRAME
 

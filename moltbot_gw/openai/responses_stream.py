@@ -2,12 +2,12 @@
 of typed SSE events (``event: <type>`` / ``data: <json>``) written as run events arrive."""
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ..agents.run import RunEvent, RunResult
+from ..json_text import compact_utf8
 from .errors import APIError
 from .sse_stream import SSEStream
 
@@ -18,10 +18,6 @@ INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
-
-
-def _dumps(payload) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -149,7 +145,7 @@ class ResponsesStream(SSEStream):
     def _emit(self, kind: str, payload: dict) -> None:
         event = {"type": kind, "sequence_number": self.sequence, **payload}
         self.sequence += 1
-        self._write(b"event: " + kind.encode("ascii") + b"\ndata: " + _dumps(event) + b"\n\n")
+        self._write(b"event: " + kind.encode("ascii") + b"\ndata: " + compact_utf8(event) + b"\n\n")
 
     def _opening(self) -> None:
         snapshot = self.shell.body("in_progress", [])

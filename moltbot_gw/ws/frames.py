@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from ..json_text import LONE_SURROGATE, compact_utf8, has_lone_surrogate
+
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
 MAX_CLIENT_FIELD_LENGTH = 128
@@ -65,6 +67,10 @@ def invalid(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_REQUEST, message)
 
 
+def _valid_id(value) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH
+
+
 @dataclass(frozen=True)
 class Request:
     id: str
@@ -82,7 +88,13 @@ def parse_request(payload: bytes) -> Request:
     if not isinstance(frame, dict):
         raise invalid("a frame must be a JSON object")
     request_id = frame.get("id")
-    if not isinstance(request_id, str) or not 1 <= len(request_id) <= MAX_ID_LENGTH:
+    if has_lone_surrogate(payload, frame):
+        error = invalid("the frame holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
+                        "escape), which is not valid Unicode")
+        if _valid_id(request_id) and not LONE_SURROGATE.search(request_id):
+            error.request_id = request_id
+        raise error
+    if not _valid_id(request_id):
         raise invalid(f"id must be a string of 1 to {MAX_ID_LENGTH} characters")
 
     def fail(message: str) -> ProtocolError:
@@ -157,17 +169,13 @@ def parse_connect(params: Mapping[str, Any]) -> ConnectParams:
                          secret or None)
 
 
-def _encode(frame: Mapping[str, Any]) -> bytes:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
 def encode_response(request_id: Optional[str], payload: Any) -> bytes:
-    return _encode({"type": "res", "id": request_id, "ok": True, "payload": payload})
+    return compact_utf8({"type": "res", "id": request_id, "ok": True, "payload": payload})
 
 
 def encode_error(request_id: Optional[str], error: ProtocolError) -> bytes:
-    return _encode({"type": "res", "id": request_id, "ok": False, "error": error.to_json()})
+    return compact_utf8({"type": "res", "id": request_id, "ok": False, "error": error.to_json()})
 
 
 def encode_event(event: str, payload: Any, seq: int) -> bytes:
-    return _encode({"type": "event", "event": event, "payload": payload, "seq": seq})
+    return compact_utf8({"type": "event", "event": event, "payload": payload, "seq": seq})
