@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 from ..config import ImagesConfig
 from ..json_text import has_lone_surrogate
 from .validation import bad_request as _bad
+from .validation import function_definition as _function_definition
 from .validation import is_int as _is_int
 from .validation import is_number as _is_number
 from .validation import text_of as _text_of
@@ -265,19 +266,7 @@ def _tools(data: dict) -> tuple[tuple, Any, Optional[bool]]:
             raise _bad(f'tools[{i}].function.name "{name}" is offered twice',
                        f"tools[{i}].function.name")
         names.add(name)
-        entry = {"name": name}
-        if function.get("description") is not None:
-            if not isinstance(function["description"], str):
-                raise _bad(f"tools[{i}].function.description must be a string",
-                           f"tools[{i}].function.description", "invalid_type")
-            entry["description"] = function["description"]
-        if function.get("parameters") is not None:
-            if not isinstance(function["parameters"], dict):
-                raise _bad(f"tools[{i}].function.parameters must be a JSON Schema object",
-                           f"tools[{i}].function.parameters", "invalid_type")
-            entry["parameters"] = function["parameters"]
-        if function.get("strict") is not None:
-            entry["strict"] = bool(function["strict"])
+        entry = _function_definition(name, function, f"tools[{i}].function")
         checked.append({"type": "function", "function": entry})
     choice = data.get("tool_choice")
     if choice is not None:

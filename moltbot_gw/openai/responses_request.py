@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 
 from ..config import ImagesConfig
 from .chat_request import TOOL_NAME_RE, agent_from_model, parse_body
+from .validation import function_definition
 from .validation import bad_request as _bad
 from .validation import is_int as _is_int
 from .validation import is_number as _is_number
@@ -210,22 +211,7 @@ def _tools(data: dict) -> tuple[tuple, list, Any, Any]:
         if name in names:
             raise _bad(f'{where}.name "{name}" is offered twice', f"{where}.name")
         names.add(name)
-        function: dict[str, Any] = {"name": name}
-        if tool.get("description") is not None:
-            if not isinstance(tool["description"], str):
-                raise _bad(f"{where}.description must be a string", f"{where}.description",
-                           "invalid_type")
-            function["description"] = tool["description"]
-        if tool.get("parameters") is not None:
-            if not isinstance(tool["parameters"], dict):
-                raise _bad(f"{where}.parameters must be a JSON Schema object",
-                           f"{where}.parameters", "invalid_type")
-            function["parameters"] = tool["parameters"]
-        if tool.get("strict") is not None:
-            if not isinstance(tool["strict"], bool):
-                raise _bad(f"{where}.strict must be a boolean", f"{where}.strict",
-                           "invalid_type")
-            function["strict"] = tool["strict"]
+        function = function_definition(name, tool, where)
         chat_tools.append({"type": "function", "function": function})
         echoed.append({"type": "function", "name": name,
                        "description": function.get("description"),
