@@ -304,7 +304,9 @@ async def test_configured_session_header_maps_one_ui_chat_to_one_session(
     chat = {"x-openwebui-chat-id": "chat-42"}
     await post(http, gw, {"model": "moltbot:beta", "messages": [
         {"role": "user", "content": "first"}]}, headers=chat)
+    # the UI resends the whole conversation every turn (the client owns the history)
     await post(http, gw, {"model": "moltbot:beta", "messages": [
+        {"role": "user", "content": "first"}, {"role": "assistant", "content": "first"},
         {"role": "user", "content": "second"}]}, headers=chat)
     assert [m["content"] for m in upstream_messages(upstream)[1:]] == [
         "first", "first", "second"]
