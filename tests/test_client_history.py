@@ -173,6 +173,34 @@ async def test_ws_chat_history_shows_the_current_branch(start_gateway, http, ups
         ("user", "u1"), ("assistant", "a1"), ("user", "u2 edited"), ("assistant", "b1")]
 
 
+@pytest_twisted.ensureDeferred
+async def test_responses_on_a_header_session_follow_the_clients_input(start_gateway, http,
+                                                                      upstream):
+    raw = ui_config(upstream)
+    raw["gateway"]["http"]["endpoints"]["responses"] = {"enabled": True}
+    gw = await start_gateway(raw)
+    upstream.queue(text="a1").queue(text="a2").queue(text="b1")
+    url = gw.url + "/v1/responses"
+    headers = {"Content-Type": "application/json", **gw.auth_headers, **CHAT}
+
+    async def respond(body):
+        response = await http.post(url, json.dumps(body).encode(), headers=headers)
+        reply = json.loads(await response.content())
+        assert response.code == 200, reply
+        return reply
+
+    first = await respond({"model": "moltbot:beta", "input": "u1"})
+    await respond({"model": "moltbot:beta", "input": [
+        user("u1"), {"role": "assistant", "content": "a1"}, user("u2")]})
+    assert upstream_messages(upstream) == [SYS, user("u1"), assistant("a1"), user("u2")]
+    # an edit of the first message, sent as the whole conversation
+    await respond({"model": "moltbot:beta", "input": "u1 edited"})
+    assert upstream_messages(upstream) == [SYS, user("u1 edited")]
+    # continuing by previous_response_id on that header session keeps the stored history
+    await respond({"model": "moltbot:beta", "input": "u2", "previous_response_id": first["id"]})
+    assert upstream_messages(upstream) == [SYS, user("u1 edited"), assistant("b1"), user("u2")]
+
+
 # --- history building and alignment, in memory --------------------------------------------
 
 
