@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from .chat_helpers import HI, config, http, no_leftovers  # noqa: F401
+from .data import openwebui_prompts as owui
 from .test_chat_completions import (assert_error, header, post, sessions_index, sse_payloads,
                                     transcript_records, upstream_messages)
 from .test_openai_sdk import sdk
@@ -304,7 +305,9 @@ async def test_configured_session_header_maps_one_ui_chat_to_one_session(
     chat = {"x-openwebui-chat-id": "chat-42"}
     await post(http, gw, {"model": "moltbot:beta", "messages": [
         {"role": "user", "content": "first"}]}, headers=chat)
+    # the UI resends the whole conversation every turn (the client owns the history)
     await post(http, gw, {"model": "moltbot:beta", "messages": [
+        {"role": "user", "content": "first"}, {"role": "assistant", "content": "first"},
         {"role": "user", "content": "second"}]}, headers=chat)
     assert [m["content"] for m in upstream_messages(upstream)[1:]] == [
         "first", "first", "second"]
@@ -321,7 +324,7 @@ async def test_task_prompt_leaves_no_trace_in_any_session(start_gateway, http, u
     await post(http, gw, {"model": "moltbot:beta", "user": "ann", "messages": HI})
     before = (state_dir / "agents" / "beta" / "sessions").glob("*.jsonl")
     before = {p.name: p.read_bytes() for p in before}
-    task = [{"role": "user", "content": "### Task:\nGenerate a title for the chat."}]
+    task = [{"role": "user", "content": owui.fill(owui.TITLE, HI)}]
     response, _ = await post(http, gw, {"model": "moltbot:beta", "user": "ann",
                                         "messages": task})
     assert response.code == 200

@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from ..providers.base import FlowControl, ToolCall, Usage
 
+HISTORY_OWNERS = ("store", "client")
 SAMPLING_OPTIONS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                     "frequency_penalty", "response_format")
 
@@ -21,7 +22,10 @@ class RunRequest:
 
     ``input`` are the turn's new messages (``{"role": "user", "content": str | parts}``).
     ``client_history`` is conversation the client sent along (OpenAI-style requests resend
-    it); it is used as history only when the session has none stored. ``persist=False``
+    it). ``history_owner`` says whose history wins: ``"store"`` (the default) uses it only
+    when the session has none stored; ``"client"`` (a chat UI that resends the whole
+    conversation) makes it the conversation, enriched with the stored records that match it,
+    and records a branch where the stored history differs. ``persist=False``
     runs without reading or writing any session (stateless requests, background tasks).
     ``stream=False`` says nobody needs deltas as they come, so the provider may answer in
     one piece (cheaper for upstream and gateway); the run still emits that as one delta.
@@ -31,6 +35,7 @@ class RunRequest:
     agent_id: Optional[str] = None
     session_key: Optional[str] = None
     client_history: tuple[Mapping[str, Any], ...] = ()
+    history_owner: str = "store"                   # HISTORY_OWNERS: whose history wins
     extra_system_prompt: Optional[str] = None
     model: Optional[str] = None                    # "provider/model" override for this run
     options: Mapping[str, Any] = field(default_factory=dict)  # SAMPLING_OPTIONS only

@@ -19,7 +19,9 @@ from ..providers.base import ModelRequest, ModelResult
 from ..providers.errors import ProviderError, ProviderReplyTooLarge
 from ..sessions.keys import openai_session_key, resolve_session_key
 from ..sessions.store import SessionStore
-from ..sessions.transcript import content_text, history_messages
+from ..sessions.transcript import (branch_messages, complete_tool_turns, content_text,
+                                   history_messages)
+from .client_history import align
 from .lanes import Lanes
 from .registry import Agent, AgentRegistry
 from .run import (InvalidRunRequest, Run, RunCancelled, RunRequest, RunResult, RunTimedOut,
@@ -145,19 +147,21 @@ class AgentRunner:
         try:
             run.emit("lifecycle", {"phase": "start", "agentId": agent.id,
                                    "sessionKey": run.session_key, "startedAt": _now_ms()})
+            before: list = []    # records the turn writes before its own (a branch point)
             try:
-                result = await self._turn(run, agent, chain, request)
+                history, before = await self._history(run, request)
+                result = await self._turn(run, agent, chain, request, history)
             except BaseException:
                 failure = Failure()
                 error = self._as_run_error(failure, run)
                 status = "aborted" if isinstance(error, (RunCancelled, RunTimedOut)) else "error"
-                await self._record(run, request, status=status, error=error)
+                await self._record(run, request, status=status, error=error, before=before)
                 run.emit("lifecycle", {"phase": "error", "error": {
                     "kind": getattr(error, "kind", "error"), "message": _message(error)}})
                 self.log.info("run {run_id} of {agent} ended: {kind}", run_id=run.run_id,
                               agent=agent.id, kind=getattr(error, "kind", "error"))
                 raise error
-            await self._record(run, request, status="ok", result=result)
+            await self._record(run, request, status="ok", result=result, before=before)
             run.emit("lifecycle", {"phase": "end", "finishReason": result.finish_reason,
                                    "model": result.model})
             return result
@@ -176,14 +180,36 @@ class AgentRunner:
         self.log.failure("run {run_id} failed unexpectedly", failure, run_id=run.run_id)
         return ProviderError("internal error while running the agent")
 
+    async def _history(self, run: Run, request: RunRequest) -> tuple[list, list]:
+        """The conversation before the turn's input, and the records to write before the
+        turn's own. The stored history wins unless the client owns it (``history_owner``):
+        then the client's conversation wins, stored records fill in where they match it,
+        and a divergence is recorded as a branch point followed by the client's version."""
+        answered_now = [m["tool_call_id"] for m in request.input if m.get("role") == "tool"]
+        if not request.persist:
+            return list(request.client_history), []
+        records = await self.store.load_history(run.session_key)
+        if request.history_owner != "client":
+            stored = history_messages(records, answered_now=answered_now)
+            return (stored if stored else list(request.client_history)), []
+        stored = branch_messages(records)
+        alignment = align(stored, request.client_history)
+        before: list = []
+        now = _now_ms()
+        if alignment.drop:
+            before.append({"type": "branch", "drop": alignment.drop, "keep": alignment.keep,
+                           "runId": run.run_id, "ts": now})
+            self.log.info("run {run_id}: the client's history leaves {drop} stored message(s)"
+                          " of {session_key} on an earlier branch", run_id=run.run_id,
+                          drop=alignment.drop, session_key=run.session_key)
+        before += [_message_record(message, run.run_id, now, origin="client")
+                   for message in alignment.rest]
+        history = complete_tool_turns(stored[:alignment.keep] + list(alignment.rest),
+                                      answered_now)
+        return history, before
+
     async def _turn(self, run: Run, agent: Agent, chain: tuple[str, ...],
-                    request: RunRequest) -> RunResult:
-        stored = []
-        if request.persist:
-            records = await self.store.load_history(run.session_key)
-            stored = history_messages(records, answered_now=[
-                m["tool_call_id"] for m in request.input if m.get("role") == "tool"])
-        history = stored if stored else list(request.client_history)
+                    request: RunRequest, history: list) -> RunResult:
         messages = cap_history(history, agent.history) + list(request.input)
         system = await self._system_prompt(agent, request.extra_system_prompt)
         options = {k: v for k, v in request.options.items() if k in SAMPLING_OPTIONS}
@@ -257,18 +283,15 @@ class AgentRunner:
         raise last_error  # pragma: no cover - the loop returns or raises
 
     async def _record(self, run: Run, request: RunRequest, status: str,
-                      result: Optional[RunResult] = None, error: Exception = None) -> None:
-        """Write the turn to the transcript before anyone hears that it ended."""
+                      result: Optional[RunResult] = None, error: Exception = None,
+                      before: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Write the turn to the transcript before anyone hears that it ended; ``before``
+        (a branch point and the client's version of earlier messages) goes first."""
         if not request.persist:
             return
         now = _now_ms()
-        records = []
-        for message in request.input:
-            record = {"type": "message", "role": message.get("role", "user"),
-                      "content": message.get("content"), "runId": run.run_id, "ts": now}
-            if message.get("tool_call_id") is not None:
-                record["tool_call_id"] = message["tool_call_id"]
-            records.append(record)
+        records = list(before)
+        records += [_message_record(message, run.run_id, now) for message in request.input]
         reply: dict[str, Any] = {"type": "message", "role": "assistant", "content": run.text,
                                  "runId": run.run_id, "ts": now, "status": status}
         usage = None
@@ -296,6 +319,21 @@ class AgentRunner:
         except Exception:
             self.log.failure("could not record run {run_id} in its transcript",
                              run_id=run.run_id)
+
+
+def _message_record(message: Mapping[str, Any], run_id: str, now: int,
+                    origin: Optional[str] = None) -> dict[str, Any]:
+    """A transcript ``message`` record of a chat message the client sent; ``origin``
+    "client" marks an earlier message taken from the client's conversation (an edit)."""
+    record = {"type": "message", "role": message.get("role", "user"),
+              "content": message.get("content"), "runId": run_id, "ts": now}
+    if message.get("tool_call_id") is not None:
+        record["tool_call_id"] = message["tool_call_id"]
+    if message.get("tool_calls"):
+        record["tool_calls"] = [dict(call) for call in message["tool_calls"]]
+    if origin is not None:
+        record["origin"] = origin
+    return record
 
 
 def _message(error: BaseException) -> str:

@@ -26,6 +26,8 @@ BARE_MODEL_NAMES = ("moltbot", "clawdbot", "agent")
 RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 IMAGE_PART_TYPES = ("image_url", "input_image")
 TASK_PROMPT_PREFIX = "### Task:"
+CHAT_HISTORY_OPEN, CHAT_HISTORY_CLOSE = "<chat_history>", "</chat_history>"
+RETRIEVED_CONTEXT_TAG = "<context>"
 TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -67,11 +69,21 @@ def parse_body(body: bytes) -> dict:
 
 
 def is_task_prompt(chat: "ChatRequest") -> bool:
-    """Open WebUI's background tasks (titles, tags, follow-ups): one user message that
-    starts with ``### Task:``."""
+    """Open WebUI's background tasks (title, tags, follow-ups, search queries, autocomplete):
+    the turn is one user message that starts with ``### Task:`` and carries the chat it is
+    about in a ``<chat_history>…</chat_history>`` block, with no retrieved ``<context>``
+    outside that block. A file-attached (RAG) turn also starts with ``### Task:`` but holds
+    ``<context>`` and the user's query instead: it is a real turn of the chat."""
     if len(chat.input) != 1 or chat.input[0]["role"] != "user":
         return False
-    return _text_of(chat.input[0]["content"]).lstrip().startswith(TASK_PROMPT_PREFIX)
+    text = _text_of(chat.input[0]["content"]).lstrip()
+    if not text.startswith(TASK_PROMPT_PREFIX):
+        return False
+    start, end = text.find(CHAT_HISTORY_OPEN), text.rfind(CHAT_HISTORY_CLOSE)
+    if start < 0 or end < start:
+        return False
+    template = text[:start] + text[end + len(CHAT_HISTORY_CLOSE):]
+    return RETRIEVED_CONTEXT_TAG not in template
 
 
 def agent_from_model(model: str) -> Optional[str]:

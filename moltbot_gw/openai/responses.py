@@ -130,6 +130,7 @@ class ResponsesEndpoint:
         run = start_run(self.runner, RunRequest(
             input=parsed.input, agent_id=agent.id, session_key=session_key,
             client_history=parsed.history, extra_system_prompt=parsed.system_prompt,
+            history_owner=self._history_owner(request, previous),
             model=header(request, MODEL_HEADERS), options=parsed.options, persist=True,
             stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
             parallel_tool_calls=parsed.parallel_tool_calls))
@@ -149,6 +150,15 @@ class ResponsesEndpoint:
         body = response_body(shell, result, int(self.clock.seconds()))
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+    def _history_owner(self, request, previous: Optional[StoredResponse]) -> str:
+        """"client" for a session chosen by a configured session header when the input is
+        the whole conversation (no ``previous_response_id``), as for chat completions."""
+        if previous is not None or header(request, SESSION_KEY_HEADERS) is not None:
+            return "store"
+        chosen_by_header = any(header(request, (name,)) is not None
+                               for name in self.session_headers)
+        return "client" if chosen_by_header else "store"
 
     def _session(self, request, agent_id: str, parsed: ResponsesRequest,
                  previous: Optional[StoredResponse], response_id: str) -> str:

@@ -116,13 +116,14 @@ class OpenAIRoutes:
         except UnknownAgent as e:
             raise APIError(404, f"The model '{chat.model}' does not exist: there is no agent "
                                 f'"{e.agent_id}"', param="model", code="model_not_found")
-        session_key, persist = self._session(request, agent.id, chat)
+        session_key, persist, history_owner = self._session(request, agent.id, chat)
         if images.remote:
             await fetch_remote_images(images, self.image_client, self.clock)
         model_override = header(request, MODEL_HEADERS)
         run = start_run(self.runner, RunRequest(
             input=chat.input, agent_id=agent.id, session_key=session_key,
-            client_history=chat.history, extra_system_prompt=chat.system_prompt,
+            client_history=chat.history, history_owner=history_owner,
+            extra_system_prompt=chat.system_prompt,
             model=model_override, options=chat.options, persist=persist,
             stream=chat.stream, tools=chat.tools, tool_choice=chat.tool_choice,
             parallel_tool_calls=chat.parallel_tool_calls))
@@ -179,24 +180,28 @@ class OpenAIRoutes:
             raise api_error_for_run_failure(e)
         return _json(request, embeddings_body(answer, embedding.model))
 
-    def _session(self, request, agent_id: str, chat) -> tuple[str, bool]:
-        """The session key of a chat request and whether the run may touch the session.
+    def _session(self, request, agent_id: str, chat) -> tuple[str, bool, str]:
+        """The session key of a chat request, whether the run may touch the session, and
+        who owns its history (``RunRequest.history_owner``).
 
         ``x-moltbot-session-key`` wins; then a configured session header (e.g. Open WebUI's
-        chat id); then ``user``; otherwise a fresh key that is never stored. Background
-        ``### Task:`` prompts never read or write a session (statelessTaskPrompts)."""
+        chat id: the UI resends, edits and branches the whole conversation, so the client
+        owns the history); then ``user``; otherwise a fresh key that is never stored.
+        Background task prompts never read or write a session (statelessTaskPrompts)."""
         if self.chat.statelessTaskPrompts and is_task_prompt(chat):
-            return openai_session_key(agent_id), False
+            return openai_session_key(agent_id), False, "store"
         explicit = header(request, SESSION_KEY_HEADERS)
         if explicit is not None:
-            return explicit, True
+            return explicit, True, "store"
         for name in self.session_headers:
             value = header(request, (name,))
             if value is not None:
-                return named_session(agent_id, f"openai-chat:{value}", name.decode()), True
+                return (named_session(agent_id, f"openai-chat:{value}", name.decode()), True,
+                        "client")
         if chat.user is not None:
-            return named_session(agent_id, f"openai-user:{chat.user}", "user"), True
-        return openai_session_key(agent_id), False  # a fresh per-request session: not stored
+            return named_session(agent_id, f"openai-user:{chat.user}", "user"), True, "store"
+        # a fresh per-request session: not stored
+        return openai_session_key(agent_id), False, "store"
 
 
     @app.handle_errors(APIError)

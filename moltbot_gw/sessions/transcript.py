@@ -2,6 +2,15 @@
 
 The file functions here block on disk I/O and must be called from a worker thread (the
 ``SessionStore`` does that and keeps writes ordered); ``history_messages`` is pure.
+
+Records: a ``session`` header, ``message`` records (one per user, assistant or tool message)
+and ``branch`` records ``{"type": "branch", "drop": D, "keep": K, "ts": ...}``. A branch
+record says that the conversation continues from an earlier point (a chat UI's edit or
+regenerate): the last ``D`` conversation messages before it (those ``branch_messages`` would
+produce) are off the current branch; ``K`` messages were kept. Nothing is rewritten in place:
+the dropped messages stay in the file. ``drop`` counts back from the marker, so history built
+from a tail window of the file is still right; a ``drop`` reaching before the window drops
+everything in the window before the marker. ``keep`` is informational.
 """
 from __future__ import annotations
 
@@ -180,11 +189,96 @@ def content_text(content: Any) -> str:
     return ""
 
 
+def _is_message(record: Mapping[str, Any], open_calls: set) -> bool:
+    """Whether a record yields a conversation message (see ``_as_message``)."""
+    if record.get("type") != "message":
+        return False
+    role = record.get("role")
+    if role == "user":
+        return True
+    if role == "assistant":
+        calls = record.get("tool_calls")
+        return bool(isinstance(calls, list) and calls) or bool(content_text(
+            record.get("content")))
+    if role == "tool":
+        return record.get("tool_call_id") in open_calls
+    return False
+
+
+def _call_ids(record: Mapping[str, Any]) -> list:
+    calls = record.get("tool_calls")
+    if record.get("role") != "assistant" or not isinstance(calls, list):
+        return []
+    return [call["id"] for call in calls
+            if isinstance(call, Mapping) and isinstance(call.get("id"), str)]
+
+
+def current_branch(records: Iterable[Mapping[str, Any]],
+                   every_message: bool = False) -> list[Mapping[str, Any]]:
+    """The message records of the current branch, oldest first, ``branch`` records applied.
+    Records that yield no conversation message (empty replies of aborted turns, orphan tool
+    results) are left out unless ``every_message`` (a transcript view for people)."""
+    kept: list[tuple[Mapping[str, Any], bool]] = []   # (record, yields a message)
+    open_calls: set = set()     # ids of kept tool calls still waiting for their result
+    for record in records:
+        kind = record.get("type")
+        if kind == "branch":
+            drop = record.get("drop")
+            if not isinstance(drop, int) or isinstance(drop, bool) or drop < 0:
+                continue          # not a branch record this code can read: ignore it
+            while drop and kept:
+                gone, counted = kept.pop()
+                if counted:
+                    drop -= 1
+                    open_calls.difference_update(_call_ids(gone))
+                    if gone.get("role") == "tool":
+                        open_calls.add(gone.get("tool_call_id"))
+            continue
+        if kind != "message":
+            continue
+        counted = _is_message(record, open_calls)
+        if counted:
+            if record.get("role") == "tool":
+                open_calls.discard(record.get("tool_call_id"))
+            open_calls.update(_call_ids(record))
+        if counted or every_message:
+            kept.append((record, counted))
+    return [record for record, _ in kept]
+
+
+def _as_message(record: Mapping[str, Any]) -> dict[str, Any]:
+    role = record.get("role")
+    content = record.get("content")
+    if role == "user":
+        if isinstance(content, list):
+            content = [dict(part) if isinstance(part, Mapping) else part for part in content]
+        elif not isinstance(content, str):
+            content = content_text(content)
+        return {"role": "user", "content": content}
+    if role == "assistant":
+        text = content_text(content)
+        calls = record.get("tool_calls")
+        if isinstance(calls, list) and calls:
+            return {"role": "assistant", "content": text or None,
+                    "tool_calls": [dict(call) for call in calls]}
+        return {"role": "assistant", "content": text}
+    return {"role": "tool", "tool_call_id": record.get("tool_call_id"),
+            "content": content_text(content)}
+
+
+def branch_messages(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The current branch as OpenAI-style chat messages, one per record of
+    ``current_branch``, before unanswered tool calls are cleaned out. ``branch`` records
+    count their ``drop`` in these messages."""
+    return [_as_message(record) for record in current_branch(records)]
+
+
 def history_messages(records: Iterable[Mapping[str, Any]],
                      answered_now: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Turn transcript records into OpenAI-style chat messages for the model.
 
-    User turns always count. Assistant turns count with their text when it is non-empty;
+    Only the current branch counts (see the module docstring). User turns always count.
+    Assistant turns count with their text when it is non-empty;
     an aborted or failed turn thus contributes whatever partial text was streamed, and an
     empty assistant message (which some providers reject) is never sent. An assistant turn
     that called tools keeps its ``tool_calls`` only when every call's result follows, and a
@@ -192,39 +286,14 @@ def history_messages(records: Iterable[Mapping[str, Any]],
     ``answered_now`` are ids of calls whose results the new turn brings, so the last
     stored call is kept for them.
     """
-    messages: list[dict[str, Any]] = []
-    pending: dict[str, dict[str, Any]] = {}   # tool_call_id -> the assistant message
-    for record in records:
-        if record.get("type") != "message":
-            continue
-        role = record.get("role")
-        content = record.get("content")
-        if role == "user":
-            if isinstance(content, list):
-                content = [dict(part) if isinstance(part, Mapping) else part
-                           for part in content]
-            elif not isinstance(content, str):
-                content = content_text(content)
-            messages.append({"role": "user", "content": content})
-        elif role == "assistant":
-            text = content_text(content)
-            calls = record.get("tool_calls")
-            if isinstance(calls, list) and calls:
-                message = {"role": "assistant", "content": text or None,
-                           "tool_calls": [dict(call) for call in calls]}
-                messages.append(message)
-                for call in calls:
-                    if isinstance(call, Mapping) and isinstance(call.get("id"), str):
-                        pending[call["id"]] = message
-            elif text:
-                messages.append({"role": "assistant", "content": text})
-        elif role == "tool":
-            call_id = record.get("tool_call_id")
-            if call_id in pending:
-                pending.pop(call_id)
-                messages.append({"role": "tool", "tool_call_id": call_id,
-                                 "content": content_text(content)})
-    return _without_unanswered_calls(messages, set(answered_now))
+    return complete_tool_turns(branch_messages(records), answered_now)
+
+
+def complete_tool_turns(messages: Sequence[Mapping[str, Any]],
+                        answered_now: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """``messages`` without tool calls whose results are missing (and their partial
+    results); ``answered_now`` are ids of calls the next message answers."""
+    return _without_unanswered_calls([dict(m) for m in messages], set(answered_now))
 
 
 def _without_unanswered_calls(messages: list[dict[str, Any]],

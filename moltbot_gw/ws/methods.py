@@ -19,6 +19,7 @@ from ..config import normalize_agent_id
 from ..providers import errors as provider_errors
 from ..sessions.keys import KEY_PREFIX, parse_session_key, resolve_session_key
 from ..sessions.store import SessionStore
+from ..sessions.transcript import current_branch
 from .frames import PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, invalid
 from .idempotency import ExpiringCache
 
@@ -342,7 +343,7 @@ class GatewayMethods:
         entry = await self.store.get(key)
         records = await self.store.load_history(key) if entry is not None else []
         messages = [{name: record[name] for name in HISTORY_FIELDS if name in record}
-                    for record in records if record.get("type") == "message"]
+                    for record in current_branch(records, every_message=True)]
         return {"sessionKey": key, "sessionId": entry.session_id if entry else None,
                 "messages": messages[-limit:]}
 

@@ -1,0 +1,1 @@
+"""Test data copied (abridged) from other projects, with their sources named."""
