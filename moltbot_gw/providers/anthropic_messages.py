@@ -45,12 +45,12 @@ class AnthropicMessagesProvider(HTTPProvider):
             payload = self.payload(request, stream)
         except ProviderBadRequest as e:
             return fail(e)
-        sink = MessagesSink(self.name, on_delta, secrets=(config.apiKey,),
+        sink = MessagesSink(self.name, on_delta, secrets=self.secrets,
                             on_tool_call=on_tool_call, on_reasoning=on_reasoning)
         d = self._client.post_json(
             self.url, payload, sink, label=self.name, headers=self.headers(),
             connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,), flow=flow)
+            idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets, flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
 

@@ -39,13 +39,13 @@ class OpenAICompletionsProvider(HTTPProvider):
             body["encoding_format"] = encoding_format
         if dimensions is not None:
             body["dimensions"] = dimensions
-        sink = JSONSink(self.name, secrets=(config.apiKey,), max_bytes=MAX_EMBEDDINGS_BYTES)
+        sink = JSONSink(self.name, secrets=self.secrets, max_bytes=MAX_EMBEDDINGS_BYTES)
         headers = {"Accept": "application/json"}
         headers.update(self.headers())
         d = self._client.post_json(
             self.base_url + "/embeddings", body, sink, label=self.name, headers=headers,
             connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,))
+            idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets)
         d.addCallback(lambda _response: sink.finish())
         d.addCallback(self._check_embeddings)
         return d
@@ -60,12 +60,12 @@ class OpenAICompletionsProvider(HTTPProvider):
               on_tool_call: Optional[ToolCallSink], on_reasoning: Optional[ReasoningSink],
               stream: bool, flow=None) -> Deferred:
         config = self._config
-        sink = ChatCompletionSink(self.name, on_delta, secrets=(config.apiKey,),
+        sink = ChatCompletionSink(self.name, on_delta, secrets=self.secrets,
                                   on_tool_call=on_tool_call, on_reasoning=on_reasoning)
         d = self._client.post_json(
             self.url, self.payload(request, stream), sink, label=self.name,
             headers=self.headers(), connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,), flow=flow)
+            idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets, flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
 
