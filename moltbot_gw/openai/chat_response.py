@@ -7,7 +7,7 @@ from typing import Optional
 
 from ..agents.run import RunEvent, RunResult
 from ..json_text import compact_utf8
-from .errors import APIError
+from .errors import APIError, note_refusal
 from .sse_stream import SSEStream
 
 DONE_FRAME = b"data: [DONE]\n\n"
@@ -113,6 +113,7 @@ class ChatStream(SSEStream):
 
     def fail(self, error: APIError) -> bytes:
         """A failure after the stream started: an error frame, then ``[DONE]``."""
+        note_refusal(self.request, error)
         self._write(b"data: " + error.body() + b"\n\n")
         self._end()
         return DONE_FRAME
