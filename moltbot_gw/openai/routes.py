@@ -23,7 +23,7 @@ from .chat_request import (AGENT_MODEL_PREFIXES, agent_from_model, is_task_promp
                            parse_chat_request)
 from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
-from .chat_response import ChatStream, completion_body
+from .chat_response import ChatStream, completion_body, response_model
 from .responses import ResponsesEndpoint
 from .runs import await_run, start_run
 from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
@@ -127,9 +127,13 @@ class OpenAIRoutes:
             stream=chat.stream, tools=chat.tools, tool_choice=chat.tool_choice,
             parallel_tool_calls=chat.parallel_tool_calls))
         created = int(self.clock.seconds())
+        # The model field names the agent: echo it. Else name the model that answers.
+        names_agent = chat.agent_id is not None
         stream = None
         if chat.stream:
-            stream = ChatStream(request, run.run_id, chat.model, created, chat.include_usage,
+            models = ((chat.model,) if names_agent
+                      else (model_override,) if model_override else agent.model.chain)
+            stream = ChatStream(request, run.run_id, models, created, chat.include_usage,
                                 self.chat.keepaliveSeconds, self.clock, flow=run.flow)
             run.subscribe(stream.on_event)
         result, failed = await await_run(run, stream)
@@ -137,7 +141,8 @@ class OpenAIRoutes:
             return failed
         if stream is not None:
             return stream.finish(result)
-        return _json(request, completion_body(result, chat.model, created))
+        model = response_model(chat.model, names_agent, result.model)
+        return _json(request, completion_body(result, model, created))
 
     @app.route("/responses")
     async def responses(self, request):

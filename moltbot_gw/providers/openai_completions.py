@@ -207,7 +207,10 @@ class ChatCompletionSink(EventStreamSink):
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = Usage(prompt_tokens=_int(usage.get("prompt_tokens")),
-                                completion_tokens=_int(usage.get("completion_tokens")))
+                                completion_tokens=_int(usage.get("completion_tokens")),
+                                prompt_tokens_details=_counts(usage.get("prompt_tokens_details")),
+                                completion_tokens_details=_counts(
+                                    usage.get("completion_tokens_details")))
 
     def end(self) -> ModelResult:
         if not self._done and self._finish_reason is None:
@@ -240,6 +243,16 @@ def _text_of(content: Any) -> str:
 
 def _str(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value else None
+
+
+def _counts(details: Any) -> Optional[dict[str, int]]:
+    """A usage details object (``{"cached_tokens": 12, ...}``) with its counts only: what
+    clients are told is a number per name, never other upstream data."""
+    if not isinstance(details, dict):
+        return None
+    counts = {str(name): value for name, value in details.items()
+              if isinstance(value, int) and not isinstance(value, bool) and value >= 0}
+    return counts or None
 
 
 def _int(value: Any) -> int:

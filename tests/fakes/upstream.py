@@ -63,6 +63,7 @@ class Script:
     finish_reason: Optional[str] = "stop"   # OpenAI terms; None: no finish chunk/stop_reason
     done: bool = True                       # end with ``[DONE]`` / ``message_stop``
     usage: Optional[tuple[int, int]] = None  # (prompt, completion); default: word counts
+    usage_details: Optional[Mapping[str, Any]] = None  # extra OpenAI usage fields (details)
     include_usage: Optional[bool] = None    # OpenAI usage chunk; None: as the request asks
     model: Optional[str] = None             # reported model; default: the requested one
     comments: bool = False                  # ``: keep-alive`` comments between events
@@ -489,7 +490,7 @@ class FakeOpenAI(FakeUpstream):
                 "model": reply.model,
                 "choices": [{"index": 0, "message": message,
                              "finish_reason": reply.finish_reason or "stop"}],
-                "usage": _openai_usage(reply.usage)}
+                "usage": _openai_usage(reply.usage, reply.script.usage_details)}
 
     @staticmethod
     def _frame(payload) -> str:
@@ -538,7 +539,7 @@ class FakeOpenAI(FakeUpstream):
         if include:
             frames.append(self._frame({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                                        "created": 1700000000, "model": model, "choices": [],
-                                       "usage": _openai_usage(reply.usage)}))
+                                       "usage": _openai_usage(reply.usage, reply.script.usage_details)}))
         if script.done:
             frames.append("data: [DONE]\n\n")
         return frames
@@ -758,9 +759,9 @@ def _prompt_words(body: dict) -> int:
     return words
 
 
-def _openai_usage(usage: tuple[int, int]) -> dict:
+def _openai_usage(usage: tuple[int, int], details: Optional[Mapping[str, Any]] = None) -> dict:
     return {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-            "total_tokens": usage[0] + usage[1]}
+            "total_tokens": usage[0] + usage[1], **(details or {})}
 
 
 def _reason(status: int) -> str:
