@@ -26,6 +26,7 @@ ROUTES = {
     b"/health": "/health",
     b"/metrics": "/metrics",
     b"/v1/chat/completions": "/v1/chat/completions",
+    b"/v1/completions": "/v1/completions",
     b"/v1/models": "/v1/models",
     b"/v1/responses": "/v1/responses",
     b"/v1/embeddings": "/v1/embeddings",
