@@ -8,6 +8,11 @@ import json
 import openai
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+
+from moltbot_gw.openai.completions import parse_completion_request
+from moltbot_gw.openai.errors import APIError
 
 from .chat_helpers import BETA_PROMPT, config, http, no_leftovers  # noqa: F401
 from .conftest import TOKEN
@@ -99,3 +104,24 @@ async def test_completions_need_auth_and_the_chat_switch(start_gateway, http):
                                headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.code == 404
     assert json.loads(await response.content())["error"]["type"] == "not_found_error"
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=10)
+_fields = st.sampled_from(["model", "prompt", "stream", "stream_options", "echo", "logprobs",
+                           "suffix", "best_of", "n", "max_tokens", "temperature", "stop",
+                           "user", "seed"])
+
+
+@given(st.dictionaries(_fields, _json_values, max_size=6))
+def test_any_json_object_parses_or_is_a_400_naming_a_param(body):
+    try:
+        parsed = parse_completion_request(json.dumps(body).encode())
+    except APIError as e:
+        assert e.status == 400 and e.param is not None
+    else:
+        assert isinstance(parsed.prompt, str) and parsed.prompt.strip()
