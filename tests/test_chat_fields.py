@@ -118,3 +118,29 @@ async def test_model_names_the_fallback_that_answered(start_gateway, upstream, h
         assert {c["model"] for c in sse_payloads(raw)[:-1]} == {"up/spare"}
     else:
         assert json.loads(raw)["model"] == "up/spare"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_anthropic_cache_reads_become_cached_tokens(start_gateway, http, stream):
+    from twisted.internet import reactor
+
+    from .fakes import FakeAnthropic
+
+    claude = await FakeAnthropic.start(reactor)
+    try:
+        raw_config = config(claude, provider={"api": "anthropic-messages"})
+        gw = await start_gateway(raw_config)
+        claude.script(text="from the cache", usage=(10, 3),
+                      usage_details={"cache_read_input_tokens": 8,
+                                     "cache_creation_input_tokens": 0})
+        code, raw = await _post(http, gw, {"model": "moltbot:beta", "messages": HI,
+                                           "stream": stream,
+                                           "stream_options": {"include_usage": True}})
+        assert code == 200
+        usage = sse_payloads(raw)[-2]["usage"] if stream else json.loads(raw)["usage"]
+        assert usage["prompt_tokens"] == 18                      # input + cache reads
+        assert usage["prompt_tokens_details"] == {"cached_tokens": 8}
+        assert "completion_tokens_details" not in usage
+    finally:
+        await claude.stop()

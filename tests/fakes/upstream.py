@@ -63,7 +63,7 @@ class Script:
     finish_reason: Optional[str] = "stop"   # OpenAI terms; None: no finish chunk/stop_reason
     done: bool = True                       # end with ``[DONE]`` / ``message_stop``
     usage: Optional[tuple[int, int]] = None  # (prompt, completion); default: word counts
-    usage_details: Optional[Mapping[str, Any]] = None  # extra OpenAI usage fields (details)
+    usage_details: Optional[Mapping[str, Any]] = None  # extra usage fields, in the dialect's names
     include_usage: Optional[bool] = None    # OpenAI usage chunk; None: as the request asks
     model: Optional[str] = None             # reported model; default: the requested one
     comments: bool = False                  # ``: keep-alive`` comments between events
@@ -602,7 +602,8 @@ class FakeAnthropic(FakeUpstream):
         return {"id": "msg_fake", "type": "message", "role": "assistant", "model": reply.model,
                 "content": content, "stop_reason": self._stop_reason(reply) or "end_turn",
                 "stop_sequence": None,
-                "usage": {"input_tokens": reply.usage[0], "output_tokens": reply.usage[1]}}
+                "usage": {"input_tokens": reply.usage[0], "output_tokens": reply.usage[1],
+                          **(script.usage_details or {})}}
 
     def _stop_reason(self, reply) -> Optional[str]:
         reason = reply.finish_reason
@@ -634,7 +635,8 @@ class FakeAnthropic(FakeUpstream):
     def stream_start(self, reply):
         message = {"id": "msg_fake", "type": "message", "role": "assistant", "content": [],
                    "model": reply.model, "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": reply.usage[0], "output_tokens": 1}}
+                   "usage": {"input_tokens": reply.usage[0], "output_tokens": 1,
+                             **(reply.script.usage_details or {})}}
         return [self._event("message_start", {"type": "message_start", "message": message}),
                 self._event("ping", {"type": "ping"})]
 
