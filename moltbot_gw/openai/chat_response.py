@@ -35,6 +35,15 @@ def response_model(requested: str, names_agent: bool, answered: str) -> str:
     return requested if names_agent else answered
 
 
+def stream_models(requested: str, names_agent: bool, override, chain) -> tuple[str, ...]:
+    """What a stream's chunks may name, in order (``response_model``'s rule before the run
+    has answered): the request's string, else the override, else the agent's model chain
+    (a stream moves to the next one on each ``fallback`` event)."""
+    if names_agent:
+        return (requested,)
+    return (override,) if override else tuple(chain)
+
+
 def tool_calls_json(result: RunResult) -> list:
     return [{"id": call.id, "type": "function",
              "function": {"name": call.name, "arguments": call.arguments}}

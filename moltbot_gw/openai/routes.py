@@ -25,7 +25,7 @@ from .completions import (TextCompletionStream, parse_completion_request,
                           text_completion_body)
 from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
-from .chat_response import ChatStream, completion_body, response_model
+from .chat_response import ChatStream, completion_body, response_model, stream_models
 from .responses import ResponsesEndpoint
 from .runs import await_run, start_run
 from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
@@ -133,8 +133,7 @@ class OpenAIRoutes:
         names_agent = chat.agent_id is not None
         stream = None
         if chat.stream:
-            models = ((chat.model,) if names_agent
-                      else (model_override,) if model_override else agent.model.chain)
+            models = stream_models(chat.model, names_agent, model_override, agent.model.chain)
             stream = ChatStream(request, run.run_id, models, created, chat.include_usage,
                                 self.chat.keepaliveSeconds, self.clock, flow=run.flow)
             run.subscribe(stream.on_event)
@@ -170,8 +169,7 @@ class OpenAIRoutes:
         names_agent = text.agent_id is not None
         stream = None
         if text.stream:
-            models = ((text.model,) if names_agent
-                      else (model_override,) if model_override else agent.model.chain)
+            models = stream_models(text.model, names_agent, model_override, agent.model.chain)
             stream = TextCompletionStream(request, run.run_id, models, created,
                                           text.include_usage, self.chat.keepaliveSeconds,
                                           self.clock, flow=run.flow)

@@ -539,7 +539,8 @@ class FakeOpenAI(FakeUpstream):
         if include:
             frames.append(self._frame({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                                        "created": 1700000000, "model": model, "choices": [],
-                                       "usage": _openai_usage(reply.usage, reply.script.usage_details)}))
+                                       "usage": _openai_usage(reply.usage,
+                                                              script.usage_details)}))
         if script.done:
             frames.append("data: [DONE]\n\n")
         return frames
