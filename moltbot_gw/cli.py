@@ -176,7 +176,9 @@ async def _run_agent_locally(reactor, config: Config, args) -> int:
 
 
 def _print_delta(event) -> None:
-    if event.stream == "assistant":
+    """Print the answer's text as it streams. Reasoning events (``{"reasoning"}``) are not
+    the answer: they are left out, as ``agent`` through the gateway leaves them out."""
+    if event.stream == "assistant" and "delta" in event.data:
         sys.stdout.write(event.data["delta"])
         sys.stdout.flush()
 

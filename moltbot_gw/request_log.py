@@ -1,6 +1,7 @@
 """The access log: one structured ``twisted.logger`` event per HTTP request (request id,
-method, route, path, agent, status, duration, tokens), plus the request ids themselves and
-the bounded route names that logs and metrics share. Never logs headers, bodies or queries.
+method, route, path, agent, status, duration, tokens; for a refused request the error's code
+and param), plus the request ids themselves and the bounded route names that logs and metrics
+share. Never logs headers, bodies, queries or error messages.
 """
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ ROUTES = {
     b"/health": "/health",
     b"/metrics": "/metrics",
     b"/v1/chat/completions": "/v1/chat/completions",
+    b"/v1/completions": "/v1/completions",
     b"/v1/models": "/v1/models",
     b"/v1/responses": "/v1/responses",
     b"/v1/embeddings": "/v1/embeddings",
 }
 MAX_LOGGED_PATH = 200
+MAX_LOGGED_PARAM = 100
 
 log = Logger(namespace="moltbot_gw.access")
 
@@ -69,8 +72,14 @@ def log_request(request, status: int, seconds: float) -> None:
         fmt = "{request_id} {method} {path} {status} {duration_ms}ms agent={agent}"
     else:
         fmt = "{request_id} {method} {path} {status} {duration_ms}ms"
+    # Why it was refused (set by openai.errors.write_error): code and param, never a message.
+    error_code, error_param = getattr(request, "moltbot_error", None) or (None, None)
+    if isinstance(error_param, str) and len(error_param) > MAX_LOGGED_PARAM:
+        error_param = error_param[:MAX_LOGGED_PARAM] + "…"
+    if error_code is not None or error_param is not None:
+        fmt += " error={error_code} param={error_param}"
     log.info(fmt, request_id=request.request_id.decode("ascii"),
              method=request.method.decode("latin-1"), path=path, route=route_of(request.path),
              status=status, duration_ms=round(seconds * 1000, 1), agent=agent,
-             tokens_in=tokens_in, tokens_out=tokens_out,
-             client=getattr(peer, "host", None), access=True)
+             tokens_in=tokens_in, tokens_out=tokens_out, error_code=error_code,
+             error_param=error_param, client=getattr(peer, "host", None), access=True)

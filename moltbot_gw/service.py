@@ -49,7 +49,8 @@ class GatewayService(MultiService):
         self.reactor = reactor
         self.auth = auth or GatewayAuth.from_config(config, reactor)
         self.agents = AgentRegistry(config)
-        self.providers = ProviderRegistry(config.models, reactor)
+        self.providers = ProviderRegistry(
+            config.models, reactor, extra_secrets=(config.gateway.auth.explicit_secret,))
         self.store = SessionStore(config.state_dir, reactor)
         self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
                                   config.agents.defaults.maxConcurrent)
@@ -114,7 +115,8 @@ class GatewayService(MultiService):
         self.auth.reconfigure(config)
         old_providers = self.providers
         self.agents = AgentRegistry(config)
-        self.providers = ProviderRegistry(config.models, self.reactor)
+        self.providers = ProviderRegistry(
+            config.models, self.reactor, extra_secrets=(config.gateway.auth.explicit_secret,))
         self.providers.client.metrics = self.metrics
         self.runner.agents = self.agents
         self.runner.providers = self.providers

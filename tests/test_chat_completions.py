@@ -339,7 +339,7 @@ async def test_agent_id_header_picks_the_agent(start_gateway, http, upstream, na
     response, body = await post(http, gw, {"model": "moltbot", "messages": HI},
                                 {name: " beta "})
     assert response.code == 200
-    assert json.loads(body)["model"] == "moltbot"
+    assert json.loads(body)["model"] == "up/some-model"   # the model that answered
     assert upstream_messages(upstream)[0] == {"role": "system", "content": BETA_PROMPT}
 
 
@@ -349,7 +349,7 @@ async def test_no_agent_hint_runs_the_default_agent(start_gateway, http, upstrea
     for model in ("moltbot", "gpt-4o-mini"):   # a model name that names no agent
         response, body = await post(http, gw, {"model": model, "messages": HI})
         assert response.code == 200
-        assert json.loads(body)["model"] == model
+        assert json.loads(body)["model"] == "up/main-model"   # the model that answered
         assert upstream.requests[-1].body["model"] == "main-model"
         assert upstream_messages(upstream)[0] == {"role": "system", "content": MAIN_PROMPT}
 
@@ -484,7 +484,7 @@ async def test_reference_non_streaming_curl_example(start_gateway, http):
     assert completion["id"].startswith("chatcmpl-") and len(completion["id"]) > 12
     assert completion["object"] == "chat.completion"
     assert before <= completion["created"] <= int(time.time())
-    assert completion["model"] == "moltbot"
+    assert completion["model"] == "builtin/echo"   # agent by header: the model that answered
     [choice] = completion["choices"]
     assert choice["index"] == 0
     assert choice["message"]["role"] == "assistant"
@@ -516,7 +516,7 @@ async def test_reference_streaming_curl_example(start_gateway, http):
     chunks = payloads[:-1]
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
-    assert {c["model"] for c in chunks} == {"moltbot"}
+    assert {c["model"] for c in chunks} == {"builtin/echo"}
     assert len({c["created"] for c in chunks}) == 1
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "hi"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..providers.base import FlowControl, ToolCall, Usage
@@ -110,6 +111,8 @@ EventListener = Callable[[RunEvent], None]
 class Run:
     """The handle of a started run."""
 
+    log = Logger()
+
     def __init__(self, run_id: str, agent_id: str, session_key: str):
         self.run_id = run_id
         self.agent_id = agent_id
@@ -172,10 +175,19 @@ class Run:
     # -- used by the runner ------------------------------------------------------------
 
     def emit(self, stream: str, data: Mapping[str, Any]) -> None:
+        """Hand ``data`` to every listener. A listener that raises is logged once (its error
+        type, no traceback: event data may be private) and gets no more events; the run and
+        the other listeners go on, so one bad subscriber can never break a run."""
         self._seq += 1
         event = RunEvent(self.run_id, self._seq, stream, data)
         for listener in list(self._listeners):
-            listener(event)
+            try:
+                listener(event)
+            except Exception as e:
+                self.unsubscribe(listener)
+                self.log.error("run {run_id}: an event listener failed on a {stream} event "
+                               "({error}); it was removed and the run goes on",
+                               run_id=self.run_id, stream=stream, error=type(e).__name__)
 
     def finish(self, outcome: object) -> None:
         self._outcome = outcome

@@ -7,7 +7,7 @@ from typing import Optional
 
 from ..agents.run import RunEvent, RunResult
 from ..json_text import compact_utf8
-from .errors import APIError
+from .errors import APIError, note_refusal
 from .sse_stream import SSEStream
 
 DONE_FRAME = b"data: [DONE]\n\n"
@@ -18,8 +18,30 @@ def completion_id(run_id: str) -> str:
 
 
 def usage_json(usage) -> dict:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+    """OpenAI's ``usage``; the token details only when the provider reported them."""
+    body = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens}
+    if usage.prompt_tokens_details:
+        body["prompt_tokens_details"] = dict(usage.prompt_tokens_details)
+    if usage.completion_tokens_details:
+        body["completion_tokens_details"] = dict(usage.completion_tokens_details)
+    return body
+
+
+def response_model(requested: str, names_agent: bool, answered: str) -> str:
+    """The ``model`` of a response: the request's string when it named the agent
+    (``moltbot:<id>``), else the ``provider/model`` that answered (the agent was chosen by
+    header or is the default, so the request's string says nothing about who answered)."""
+    return requested if names_agent else answered
+
+
+def stream_models(requested: str, names_agent: bool, override, chain) -> tuple[str, ...]:
+    """What a stream's chunks may name, in order (``response_model``'s rule before the run
+    has answered): the request's string, else the override, else the agent's model chain
+    (a stream moves to the next one on each ``fallback`` event)."""
+    if names_agent:
+        return (requested,)
+    return (override,) if override else tuple(chain)
 
 
 def tool_calls_json(result: RunResult) -> list:
@@ -41,6 +63,7 @@ def completion_body(result: RunResult, model: str, created: int) -> dict:
         "object": "chat.completion",
         "created": created,
         "model": model,
+        "system_fingerprint": None,
         "choices": [{"index": 0,
                      "message": message,
                      "logprobs": None,
@@ -50,7 +73,7 @@ def completion_body(result: RunResult, model: str, created: int) -> dict:
 
 
 _CONTENT_HEAD = b'[{"index":0,"delta":{"content":'
-_CONTENT_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+_CONTENT_TAIL = b'},"logprobs":null,"finish_reason":null}]'
 
 
 class ChatStream(SSEStream):
@@ -59,18 +82,32 @@ class ChatStream(SSEStream):
     Content deltas are written as they arrive: frames produced in the same reactor turn (an
     upstream read often carries several) go out as one HTTP chunk at the end of that turn,
     nothing is held longer.
+
+    ``models`` is the chain of models the run may answer with: chunks name the first until a
+    ``fallback`` event says it failed (before any output), then the next. With
+    ``include_usage`` every chunk but the last carries ``"usage": null``, as OpenAI's do.
     """
 
-    def __init__(self, request, run_id: str, model: str, created: int, include_usage: bool,
-                 keepalive_seconds: float, clock, flow=None):
+    def __init__(self, request, run_id: str, models: tuple[str, ...], created: int,
+                 include_usage: bool, keepalive_seconds: float, clock, flow=None):
         super().__init__(request, keepalive_seconds, clock, flow)
         self.include_usage = include_usage
-        # Every chunk shares id/object/created/model: encode that prefix once.
-        head = compact_utf8({"id": completion_id(run_id), "object": "chat.completion.chunk",
-                       "created": created, "model": model})
+        self._id = completion_id(run_id)
+        self._created = created
+        self._models = list(models)
+        self._end_of_chunk = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        self._set_prefix()
+
+    def _set_prefix(self) -> None:
+        # Every chunk shares id/object/created/model: encode that prefix once per model.
+        head = compact_utf8({"id": self._id, "object": "chat.completion.chunk",
+                             "created": self._created, "model": self._models[0],
+                             "system_fingerprint": None})
         self._prefix = b"data: " + head[:-1] + b',"choices":'
 
-    def _chunk(self, choices_json: bytes, extra: bytes = b"") -> bytes:
+    def _chunk(self, choices_json: bytes, extra: Optional[bytes] = None) -> bytes:
+        if extra is None:
+            return self._prefix + choices_json + self._end_of_chunk
         return self._prefix + choices_json + extra + b"}\n\n"
 
     def _choice(self, delta: dict, finish_reason: Optional[str] = None) -> bytes:
@@ -87,9 +124,14 @@ class ChatStream(SSEStream):
             if "delta" in data:
                 # The hot path: only the delta text is encoded per chunk.
                 self._write(self._prefix + _CONTENT_HEAD + compact_utf8(data["delta"])
-                            + _CONTENT_TAIL)
+                            + _CONTENT_TAIL + self._end_of_chunk)
             elif "reasoning" in data:
                 self._write(self._chunk(self._choice({"reasoning_content": data["reasoning"]})))
+        elif event.stream == "lifecycle":
+            if (data.get("phase") == "fallback" and len(self._models) > 1
+                    and data.get("model") == self._models[0]):
+                self._models.pop(0)
+                self._set_prefix()
         elif event.stream == "tool":
             self._output()
             call: dict = {"index": data["index"]}
@@ -113,6 +155,7 @@ class ChatStream(SSEStream):
 
     def fail(self, error: APIError) -> bytes:
         """A failure after the stream started: an error frame, then ``[DONE]``."""
+        note_refusal(self.request, error)
         self._write(b"data: " + error.body() + b"\n\n")
         self._end()
         return DONE_FRAME

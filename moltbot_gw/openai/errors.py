@@ -51,11 +51,18 @@ def error_body(message: str, type: str, param: Optional[str] = None,
 
 def write_error(request, error: APIError) -> bytes:
     """Set status and headers for ``error`` on a twisted.web request; return the body."""
+    note_refusal(request, error)
     request.setResponseCode(error.status)
     request.setHeader(b"content-type", b"application/json")
     for name, value in error.headers.items():
         request.setHeader(name.encode("ascii"), value.encode("ascii"))
     return error.body()
+
+
+def note_refusal(request, error: APIError) -> None:
+    """Tell the access log why the request was refused: the error's ``code`` and ``param``,
+    never its message (which may quote what the client sent)."""
+    request.moltbot_error = (error.code, error.param)
 
 
 def not_found(request) -> bytes:

@@ -21,9 +21,11 @@ from ..http_auth import require_auth
 from ..sessions.keys import openai_session_key
 from .chat_request import (AGENT_MODEL_PREFIXES, agent_from_model, is_task_prompt,
                            parse_chat_request)
+from .completions import (TextCompletionStream, parse_completion_request,
+                          text_completion_body)
 from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
-from .chat_response import ChatStream, completion_body
+from .chat_response import ChatStream, completion_body, response_model, stream_models
 from .responses import ResponsesEndpoint
 from .runs import await_run, start_run
 from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
@@ -128,9 +130,12 @@ class OpenAIRoutes:
             stream=chat.stream, tools=chat.tools, tool_choice=chat.tool_choice,
             parallel_tool_calls=chat.parallel_tool_calls))
         created = int(self.clock.seconds())
+        # The model field names the agent: echo it. Else name the model that answers.
+        names_agent = chat.agent_id is not None
         stream = None
         if chat.stream:
-            stream = ChatStream(request, run.run_id, chat.model, created, chat.include_usage,
+            models = stream_models(chat.model, names_agent, model_override, agent.model.chain)
+            stream = ChatStream(request, run.run_id, models, created, chat.include_usage,
                                 self.chat.keepaliveSeconds, self.clock, flow=run.flow)
             run.subscribe(stream.on_event)
         result, failed = await await_run(run, stream)
@@ -138,7 +143,45 @@ class OpenAIRoutes:
             return failed
         if stream is not None:
             return stream.finish(result)
-        return _json(request, completion_body(result, chat.model, created))
+        model = response_model(chat.model, names_agent, result.model)
+        return _json(request, completion_body(result, model, created))
+
+    @app.route("/completions")
+    async def completions(self, request):
+        """Legacy text completions on the chat path (same switch, auth and agent choice).
+        Stateless unless ``x-moltbot-session-key`` names a session: such clients put the
+        whole conversation in the prompt, so ``user`` selects none."""
+        _require_enabled_method(request, self.chat.enabled, ("POST",))
+        require_auth(request, self.auth)
+        text = parse_completion_request(request.content.read())
+        try:
+            agent = self.agents.get(text.agent_id or header(request, AGENT_ID_HEADERS))
+        except UnknownAgent as e:
+            raise APIError(404, f"The model '{text.model}' does not exist: there is no agent "
+                                f'"{e.agent_id}"', param="model", code="model_not_found")
+        session_key = header(request, SESSION_KEY_HEADERS)
+        model_override = header(request, MODEL_HEADERS)
+        run = start_run(self.runner, RunRequest(
+            input=({"role": "user", "content": text.prompt},), agent_id=agent.id,
+            session_key=session_key or openai_session_key(agent.id),
+            model=model_override, options=text.options, persist=session_key is not None,
+            stream=text.stream))
+        created = int(self.clock.seconds())
+        names_agent = text.agent_id is not None
+        stream = None
+        if text.stream:
+            models = stream_models(text.model, names_agent, model_override, agent.model.chain)
+            stream = TextCompletionStream(request, run.run_id, models, created,
+                                          text.include_usage, self.chat.keepaliveSeconds,
+                                          self.clock, flow=run.flow)
+            run.subscribe(stream.on_event)
+        result, failed = await await_run(run, stream)
+        if failed is not None:
+            return failed
+        if stream is not None:
+            return stream.finish(result)
+        model = response_model(text.model, names_agent, result.model)
+        return _json(request, text_completion_body(result, model, created))
 
     @app.route("/responses")
     async def responses(self, request):

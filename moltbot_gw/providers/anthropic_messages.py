@@ -45,12 +45,12 @@ class AnthropicMessagesProvider(HTTPProvider):
             payload = self.payload(request, stream)
         except ProviderBadRequest as e:
             return fail(e)
-        sink = MessagesSink(self.name, on_delta, secrets=(config.apiKey,),
+        sink = MessagesSink(self.name, on_delta, secrets=self.secrets,
                             on_tool_call=on_tool_call, on_reasoning=on_reasoning)
         d = self._client.post_json(
             self.url, payload, sink, label=self.name, headers=self.headers(),
             connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,), flow=flow)
+            idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets, flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
 
@@ -292,6 +292,7 @@ class MessagesSink(EventStreamSink):
         self._stop_reason: Optional[str] = None
         self._input_tokens = 0
         self._output_tokens = 0
+        self._cached_tokens: Optional[int] = None   # cache_read_input_tokens, when reported
         self._model: Optional[str] = None
         self._stopped = False
 
@@ -380,6 +381,8 @@ class MessagesSink(EventStreamSink):
         if "input_tokens" in usage:
             self._input_tokens = sum(_int(usage.get(k)) for k in (
                 "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+        if "cache_read_input_tokens" in usage:   # OpenAI calls these cached_tokens
+            self._cached_tokens = _int(usage.get("cache_read_input_tokens"))
         if "output_tokens" in usage:
             self._output_tokens = _int(usage.get("output_tokens"))
 
@@ -391,7 +394,10 @@ class MessagesSink(EventStreamSink):
         if tool_calls and reason == "stop":
             reason = "tool_calls"
         return ModelResult(text="".join(self._text), finish_reason=reason,
-                           usage=Usage(self._input_tokens, self._output_tokens), model=self._model,
+                           usage=Usage(self._input_tokens, self._output_tokens,
+                                       prompt_tokens_details=None if self._cached_tokens is None
+                                       else {"cached_tokens": self._cached_tokens}),
+                           model=self._model,
                            tool_calls=tool_calls, reasoning="".join(self._reasoning))
 
 

@@ -9,8 +9,14 @@ from twisted.internet.defer import Deferred
 
 @dataclass(frozen=True)
 class Usage:
+    """Token counts of one model call. The details are the upstream's own breakdowns, passed
+    through when it reports them (OpenAI names: ``{"cached_tokens": n}`` for the prompt,
+    ``{"reasoning_tokens": n}`` for the completion), else ``None``."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_tokens_details: Optional[Mapping[str, int]] = None
+    completion_tokens_details: Optional[Mapping[str, int]] = None
 
     @property
     def total_tokens(self) -> int:

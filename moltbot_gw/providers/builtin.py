@@ -4,6 +4,9 @@ word by word. For first runs, demos and tests; it is not a model and counts word
 One trick demos client tools offline: when the request offers a function tool ``N`` and the
 newest user message is exactly ``call N {"json": "object"}``, ``echo`` answers with that tool
 call instead of text. When the newest message is a tool result, it echoes the result's text.
+``tool_choice`` narrows the trick: ``"none"`` allows no call, ``{"type": "function",
+"function": {"name": X}}`` allows only ``X``; echo never invents a call the message did not
+ask for, so where none is allowed (or asked) it echoes the text, ``"required"`` included.
 """
 from __future__ import annotations
 
@@ -55,6 +58,19 @@ def offered_functions(tools: Any) -> set[str]:
     return names
 
 
+def callable_functions(tools: Any, tool_choice: Any) -> set[str]:
+    """The offered function tools ``tool_choice`` lets the model call: none for ``"none"``,
+    only the named one for ``{"type": "function", "function": {"name": ...}}``, else all."""
+    offered = offered_functions(tools)
+    if tool_choice == "none":
+        return set()
+    if isinstance(tool_choice, Mapping):
+        function = tool_choice.get("function")
+        name = function.get("name") if isinstance(function, Mapping) else None
+        return {name} & offered if isinstance(name, str) else set()
+    return offered
+
+
 def parse_call(text: str, offered: set[str]) -> Optional[tuple[str, str]]:
     """``(name, compact JSON arguments)`` when ``text`` is ``call <offered name> <JSON object>``."""
     match = _CALL.fullmatch(text.strip())
@@ -93,7 +109,7 @@ class BuiltinProvider:
                 break
         prompt_words = len((request.system or "").split()) + sum(
             len(message_text(m.get("content")).split()) for m in request.messages)
-        call = (parse_call(newest, offered_functions(request.tools))
+        call = (parse_call(newest, callable_functions(request.tools, request.tool_choice))
                 if newest_role == "user" and request.tools else None)
         if call is not None:
             name, arguments = call

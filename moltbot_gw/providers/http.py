@@ -178,9 +178,8 @@ class JSONSink(EventStreamSink):
 
 def redact(text: str, secrets: Iterable[Optional[str]] = ()) -> str:
     """Remove our secrets (and anything shaped like an API key) from upstream-provided text."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
     return _KEY_LIKE.sub("***", text)
 
 
@@ -573,10 +572,15 @@ class HTTPProvider:
     supports_embeddings = False
     supports_flow_control = True
 
-    def __init__(self, name: str, config, client: UpstreamClient):
+    def __init__(self, name: str, config, client: UpstreamClient,
+                 secrets: Optional[tuple[str, ...]] = None):
         self.name = name
         self._config = config
         self._client = client
+        # Blanked out of upstream error text: the registry passes every configured secret
+        # (all providers' keys and header values, the gateway's own), not just this one's.
+        self.secrets = secrets if secrets is not None else tuple(
+            s for s in (config.apiKey, *config.headers.values()) if s)
         self.base_url = (config.baseUrl or self.default_base_url).rstrip("/")
         self.url = self.base_url + self.path
 

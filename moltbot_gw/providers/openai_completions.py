@@ -39,13 +39,13 @@ class OpenAICompletionsProvider(HTTPProvider):
             body["encoding_format"] = encoding_format
         if dimensions is not None:
             body["dimensions"] = dimensions
-        sink = JSONSink(self.name, secrets=(config.apiKey,), max_bytes=MAX_EMBEDDINGS_BYTES)
+        sink = JSONSink(self.name, secrets=self.secrets, max_bytes=MAX_EMBEDDINGS_BYTES)
         headers = {"Accept": "application/json"}
         headers.update(self.headers())
         d = self._client.post_json(
             self.base_url + "/embeddings", body, sink, label=self.name, headers=headers,
             connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,))
+            idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets)
         d.addCallback(lambda _response: sink.finish())
         d.addCallback(self._check_embeddings)
         return d
@@ -60,12 +60,12 @@ class OpenAICompletionsProvider(HTTPProvider):
               on_tool_call: Optional[ToolCallSink], on_reasoning: Optional[ReasoningSink],
               stream: bool, flow=None) -> Deferred:
         config = self._config
-        sink = ChatCompletionSink(self.name, on_delta, secrets=(config.apiKey,),
+        sink = ChatCompletionSink(self.name, on_delta, secrets=self.secrets,
                                   on_tool_call=on_tool_call, on_reasoning=on_reasoning)
         d = self._client.post_json(
             self.url, self.payload(request, stream), sink, label=self.name,
             headers=self.headers(), connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=(config.apiKey,), flow=flow)
+            idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets, flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
 
@@ -207,7 +207,10 @@ class ChatCompletionSink(EventStreamSink):
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = Usage(prompt_tokens=_int(usage.get("prompt_tokens")),
-                                completion_tokens=_int(usage.get("completion_tokens")))
+                                completion_tokens=_int(usage.get("completion_tokens")),
+                                prompt_tokens_details=_counts(usage.get("prompt_tokens_details")),
+                                completion_tokens_details=_counts(
+                                    usage.get("completion_tokens_details")))
 
     def end(self) -> ModelResult:
         if not self._done and self._finish_reason is None:
@@ -240,6 +243,16 @@ def _text_of(content: Any) -> str:
 
 def _str(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value else None
+
+
+def _counts(details: Any) -> Optional[dict[str, int]]:
+    """A usage details object (``{"cached_tokens": 12, ...}``) with its counts only: what
+    clients are told is a number per name, never other upstream data."""
+    if not isinstance(details, dict):
+        return None
+    counts = {str(name): value for name, value in details.items()
+              if isinstance(value, int) and not isinstance(value, bool) and value >= 0}
+    return counts or None
 
 
 def _int(value: Any) -> int:

@@ -5,7 +5,7 @@ fallbacks and retrying belong to the agent runtime, not here.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -16,6 +16,7 @@ from .base import Provider
 from .builtin import BuiltinProvider
 from .http import UpstreamClient
 from .openai_completions import OpenAICompletionsProvider
+from .redaction import configured_secrets
 
 _APIS = {
     "openai-completions": OpenAICompletionsProvider,
@@ -30,13 +31,18 @@ class ProviderRegistry:
     log = Logger()
 
     def __init__(self, models_config: ModelsConfig, reactor,
-                 client: Optional[UpstreamClient] = None):
+                 client: Optional[UpstreamClient] = None,
+                 extra_secrets: Iterable[Optional[str]] = ()):
+        """``extra_secrets`` (the gateway's own token or password) are redacted from upstream
+        error text along with every provider's apiKey and header values."""
         self.client = client if client is not None else UpstreamClient(reactor)
+        self.secrets = configured_secrets(models_config, extra_secrets)
         self._providers: dict[str, Provider] = {"builtin": BuiltinProvider(reactor)}
         for name, config in models_config.providers.items():
             if name == "builtin":
                 raise ValueError('"builtin" is reserved for the built-in provider')
-            self._providers[name] = _APIS[config.api](name, config, self.client)
+            self._providers[name] = _APIS[config.api](name, config, self.client,
+                                                      secrets=self.secrets)
             self.log.info("provider {provider} uses {api}", provider=name, api=config.api)
 
     def get(self, name: str) -> Provider:

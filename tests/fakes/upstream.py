@@ -63,6 +63,7 @@ class Script:
     finish_reason: Optional[str] = "stop"   # OpenAI terms; None: no finish chunk/stop_reason
     done: bool = True                       # end with ``[DONE]`` / ``message_stop``
     usage: Optional[tuple[int, int]] = None  # (prompt, completion); default: word counts
+    usage_details: Optional[Mapping[str, Any]] = None  # extra usage fields, in the dialect's names
     include_usage: Optional[bool] = None    # OpenAI usage chunk; None: as the request asks
     model: Optional[str] = None             # reported model; default: the requested one
     comments: bool = False                  # ``: keep-alive`` comments between events
@@ -489,7 +490,7 @@ class FakeOpenAI(FakeUpstream):
                 "model": reply.model,
                 "choices": [{"index": 0, "message": message,
                              "finish_reason": reply.finish_reason or "stop"}],
-                "usage": _openai_usage(reply.usage)}
+                "usage": _openai_usage(reply.usage, reply.script.usage_details)}
 
     @staticmethod
     def _frame(payload) -> str:
@@ -538,7 +539,8 @@ class FakeOpenAI(FakeUpstream):
         if include:
             frames.append(self._frame({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                                        "created": 1700000000, "model": model, "choices": [],
-                                       "usage": _openai_usage(reply.usage)}))
+                                       "usage": _openai_usage(reply.usage,
+                                                              script.usage_details)}))
         if script.done:
             frames.append("data: [DONE]\n\n")
         return frames
@@ -601,7 +603,8 @@ class FakeAnthropic(FakeUpstream):
         return {"id": "msg_fake", "type": "message", "role": "assistant", "model": reply.model,
                 "content": content, "stop_reason": self._stop_reason(reply) or "end_turn",
                 "stop_sequence": None,
-                "usage": {"input_tokens": reply.usage[0], "output_tokens": reply.usage[1]}}
+                "usage": {"input_tokens": reply.usage[0], "output_tokens": reply.usage[1],
+                          **(script.usage_details or {})}}
 
     def _stop_reason(self, reply) -> Optional[str]:
         reason = reply.finish_reason
@@ -633,7 +636,8 @@ class FakeAnthropic(FakeUpstream):
     def stream_start(self, reply):
         message = {"id": "msg_fake", "type": "message", "role": "assistant", "content": [],
                    "model": reply.model, "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": reply.usage[0], "output_tokens": 1}}
+                   "usage": {"input_tokens": reply.usage[0], "output_tokens": 1,
+                             **(reply.script.usage_details or {})}}
         return [self._event("message_start", {"type": "message_start", "message": message}),
                 self._event("ping", {"type": "ping"})]
 
@@ -758,9 +762,9 @@ def _prompt_words(body: dict) -> int:
     return words
 
 
-def _openai_usage(usage: tuple[int, int]) -> dict:
+def _openai_usage(usage: tuple[int, int], details: Optional[Mapping[str, Any]] = None) -> dict:
     return {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-            "total_tokens": usage[0] + usage[1]}
+            "total_tokens": usage[0] + usage[1], **(details or {})}
 
 
 def _reason(status: int) -> str:

@@ -1,0 +1,139 @@
+"""Legacy OpenAI text completions (``POST /v1/completions``) as agent runs: the request's
+``prompt`` becomes one user turn, the reply comes back as ``text_completion`` objects (one
+JSON body, or SSE chunks). For clients that still default to it (llama-index ``OpenAILike``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from ..agents.run import RunEvent, RunResult
+from ..json_text import compact_utf8
+from .chat_request import _options as sampling_options
+from .chat_request import agent_from_model, parse_body
+from .chat_response import DONE_FRAME, usage_json
+from .errors import APIError, note_refusal
+from .sse_stream import SSEStream
+from .validation import bad_request, is_int
+
+# Parameters a text completion may carry that an agent cannot honour: refused, not ignored,
+# so a client relying on them learns it at once.
+UNSUPPORTED = {
+    "echo": "echo is not supported: an agent's reply never repeats the prompt",
+    "logprobs": "logprobs are not supported by the gateway",
+    "suffix": "suffix (insertion) is not supported by the gateway",
+}
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str
+    agent_id: Optional[str]                        # from the model field, if it names one
+    prompt: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _prompt(value: Any) -> str:
+    """A string, or a list holding exactly one string. Several prompts would ask for a batch
+    of completions, token arrays for a tokenizer the gateway does not have."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, list) and len(value) > 1 and all(isinstance(p, str) for p in value):
+        raise bad_request("a list of several prompts is not supported: send one prompt per "
+                          "request", "prompt", "unsupported_value")
+    if not isinstance(value, str):
+        raise bad_request("prompt must be a string (or a list of one string); token arrays "
+                          "are not supported", "prompt", "invalid_type")
+    if not value.strip():
+        raise bad_request("prompt must not be empty", "prompt")
+    return value
+
+
+def parse_completion_request(body: bytes) -> CompletionRequest:
+    """Validate a ``/v1/completions`` body; a 400 naming the param otherwise."""
+    data = parse_body(body)
+    for name, message in UNSUPPORTED.items():
+        value = data.get(name)
+        if value is not None and value is not False and value != "":
+            raise bad_request(message, name, "unsupported_parameter")
+    best_of = data.get("best_of")
+    if best_of is not None and (not is_int(best_of) or best_of != 1):
+        raise bad_request("best_of must be 1: the gateway returns one choice per request",
+                          "best_of", "unsupported_value")
+    model = data.get("model", "moltbot")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request('model must be a non-empty string, e.g. "moltbot:main"', "model",
+                          "invalid_type")
+    if "prompt" not in data:
+        raise bad_request("prompt is required", "prompt", "missing_required_parameter")
+    stream = data.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("stream must be a boolean", "stream", "invalid_type")
+    stream_options = data.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise bad_request("stream_options must be an object", "stream_options", "invalid_type")
+    return CompletionRequest(
+        model=model, agent_id=agent_from_model(model), prompt=_prompt(data["prompt"]),
+        options=sampling_options(data), stream=bool(stream),
+        include_usage=bool(stream_options and stream_options.get("include_usage") is True))
+
+
+def completion_id(run_id: str) -> str:
+    return "cmpl-" + run_id.removeprefix("run_")
+
+
+def text_completion_body(result: RunResult, model: str, created: int) -> dict:
+    return {"id": completion_id(result.run_id), "object": "text_completion",
+            "created": created, "model": model, "system_fingerprint": None,
+            "choices": [{"text": result.text, "index": 0, "logprobs": None,
+                         "finish_reason": result.finish_reason}],
+            "usage": usage_json(result.usage)}
+
+
+class TextCompletionStream(SSEStream):
+    """Writes one run as ``text_completion`` SSE chunks: one per text delta, then one with
+    the ``finish_reason``, then (``include_usage``) one with ``choices: []`` and ``usage``,
+    then ``[DONE]``. Reasoning is not part of a text completion and is left out. ``models``
+    is the run's model chain, as for ``ChatStream``: a ``fallback`` event moves to the next."""
+
+    def __init__(self, request, run_id: str, models: tuple[str, ...], created: int,
+                 include_usage: bool, keepalive_seconds: float, clock, flow=None):
+        super().__init__(request, keepalive_seconds, clock, flow)
+        self.include_usage = include_usage
+        self._models = list(models)
+        self._head = {"id": completion_id(run_id), "object": "text_completion",
+                      "created": created, "model": models[0], "system_fingerprint": None}
+
+    def _chunk(self, choices: list, **extra) -> None:
+        if self.include_usage and "usage" not in extra:
+            extra["usage"] = None
+        self._write(b"data: " + compact_utf8({**self._head, "choices": choices, **extra})
+                    + b"\n\n")
+
+    def on_event(self, event: RunEvent) -> None:
+        if event.stream == "assistant" and "delta" in event.data:
+            self._output()
+            self._chunk([{"text": event.data["delta"], "index": 0, "logprobs": None,
+                          "finish_reason": None}])
+        elif (event.stream == "lifecycle" and event.data.get("phase") == "fallback"
+              and len(self._models) > 1 and event.data.get("model") == self._models[0]):
+            self._models.pop(0)
+            self._head["model"] = self._models[0]
+
+    def finish(self, result: RunResult) -> bytes:
+        """Write the closing chunks; returns the final ``[DONE]`` frame for the caller."""
+        self.start()
+        self._chunk([{"text": "", "index": 0, "logprobs": None,
+                      "finish_reason": result.finish_reason}])
+        if self.include_usage:
+            self._chunk([], usage=usage_json(result.usage))
+        self._end()
+        return DONE_FRAME
+
+    def fail(self, error: APIError) -> bytes:
+        """A failure after the stream started: an error frame, then ``[DONE]``."""
+        note_refusal(self.request, error)
+        self._write(b"data: " + error.body() + b"\n\n")
+        self._end()
+        return DONE_FRAME
