@@ -50,7 +50,7 @@ class GatewayService(MultiService):
         self.auth = auth or GatewayAuth.from_config(config, reactor)
         self.agents = AgentRegistry(config)
         self.providers = ProviderRegistry(config.models, reactor)
-        self.store = SessionStore(config.state_dir, reactor)
+        self.store = SessionStore(config.state_dir, reactor, limits=config.session)
         self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
                                   config.agents.defaults.maxConcurrent)
         # Metrics are always recorded (cheaply, in a registry of this gateway's own); the
@@ -117,6 +117,7 @@ class GatewayService(MultiService):
         self.providers = ProviderRegistry(config.models, self.reactor)
         self.providers.client.metrics = self.metrics
         self.runner.agents = self.agents
+        self.store.limits = config.session
         self.runner.providers = self.providers
         self.ws_factory.methods.agents = self.agents
         self.config = config

@@ -50,6 +50,22 @@ def cap_history(messages: Sequence[Mapping[str, Any]], limits: HistoryConfig) ->
     return kept
 
 
+def history_budget(limits: HistoryConfig):
+    """When a transcript read from its end has enough for ``cap_history``: twice the messages
+    and tokens it can keep (records that do not become messages, such as unanswered tool
+    calls or empty replies, leave room for older ones), so older turns are never read."""
+    messages = tokens = 0
+
+    def enough(record: Mapping[str, Any]) -> bool:
+        nonlocal messages, tokens
+        if record.get("type") == "message":
+            messages += 1
+            tokens += estimate_tokens(record)
+        return messages >= 2 * limits.maxMessages + 2 or tokens > 2 * limits.maxTokens + 64
+
+    return enough
+
+
 def _read_workspace(folder: str) -> list[str]:
     parts = []
     for name in WORKSPACE_FILES:
@@ -180,7 +196,8 @@ class AgentRunner:
                     request: RunRequest) -> RunResult:
         stored = []
         if request.persist:
-            records = await self.store.load_history(run.session_key)
+            records = await self.store.load_history(run.session_key,
+                                                    history_budget(agent.history))
             stored = history_messages(records, answered_now=[
                 m["tool_call_id"] for m in request.input if m.get("role") == "tool"])
         history = stored if stored else list(request.client_history)
