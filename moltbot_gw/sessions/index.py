@@ -85,6 +85,23 @@ class SessionEntry:
                    total_tokens=whole_number("totalTokens"))
 
 
+def usage_token_counts(usage: Any) -> tuple[int, int, Optional[int]]:
+    """``(input, output, total-or-None)`` from a usage mapping or object, in either naming."""
+    if usage is None:
+        return 0, 0, None
+
+    def lookup(*names: str) -> Optional[int]:
+        for name in names:
+            value = usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return None
+
+    input_tokens = lookup("input_tokens", "inputTokens", "prompt_tokens") or 0
+    output_tokens = lookup("output_tokens", "outputTokens", "completion_tokens") or 0
+    return input_tokens, output_tokens, lookup("total_tokens", "totalTokens")
+
+
 def put_op(entry: SessionEntry) -> dict[str, Any]:
     return {"op": "put", "key": entry.key, "entry": entry.to_json()}
 

@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 
 from moltbot_gw.config import AGENT_ID_RE, SessionConfig
 from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of this API
-    SESSIONS_FILE_NAME, SessionEntry, append_changes, begin_compaction, del_op,
-    finish_compaction, put_op, read_index)
+    SessionEntry, append_changes, begin_compaction, del_op,
+    finish_compaction, put_op, read_index, usage_token_counts)
 from moltbot_gw.sessions.keys import parse_session_key
 from moltbot_gw.sessions.retention import agent_ids_on_disk, remove_transcripts, take_pruned
 from moltbot_gw.sessions.transcript import (
@@ -43,23 +43,6 @@ SAVE_DELAY_SECONDS = 1.0       # index updates of existing sessions are batched
 COMPACT_MIN_JOURNAL_LINES = 10_000
 # A transcript past session.maxTranscriptBytes keeps its newest turns up to this share of it.
 COMPACTED_SHARE = 4
-
-
-def _usage_token_counts(usage: Any) -> tuple[int, int, Optional[int]]:
-    """``(input, output, total-or-None)`` from a usage mapping or object, in either naming."""
-    if usage is None:
-        return 0, 0, None
-
-    def lookup(*names: str) -> Optional[int]:
-        for name in names:
-            value = usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                return value
-        return None
-
-    input_tokens = lookup("input_tokens", "inputTokens", "prompt_tokens") or 0
-    output_tokens = lookup("output_tokens", "outputTokens", "completion_tokens") or 0
-    return input_tokens, output_tokens, lookup("total_tokens", "totalTokens")
 
 
 def _make_private_dirs(base: Path, *parts: str) -> Path:
@@ -381,7 +364,7 @@ class SessionStore:
                 self.log.info("transcript of {session_key} passed session.maxTranscriptBytes:"
                               " compacted to its newest turns ({dropped} bytes dropped)",
                               session_key=session_key, dropped=dropped)
-        input_tokens, output_tokens, total_tokens = _usage_token_counts(usage)
+        input_tokens, output_tokens, total_tokens = usage_token_counts(usage)
         if total_tokens is None:
             total_tokens = input_tokens + output_tokens
         entry = replace(entry,
