@@ -285,3 +285,18 @@ async def test_a_transcript_at_max_transcript_bytes_is_compacted_to_its_newest_t
     assert messages[-1]["content"].startswith("a39 ")
     assert not any(m["content"].startswith("q0 ") for m in messages)
     assert [name for name in os.listdir(path.parent) if name.endswith(".tmp")] == []
+
+
+def test_tail_read_matches_a_forward_read_for_every_block_size(tmp_path):
+    path = tmp_path / "t.jsonl"
+    append_records(path, [user("é" * n + "\u2028") for n in range(12)],
+                   header=session_header("s", "k", 1))
+    with open(path, "ab") as transcript:
+        transcript.write(b"\n\nnot json\n")
+    append_records(path, [assistant("last")])
+    forward = read_transcript(path)
+    for block_size in range(1, 80, 3):
+        backward = read_transcript_tail(path, lambda record: False, block_size=block_size)
+        assert backward.records == forward.records, block_size
+        assert (backward.skipped_lines, backward.torn_last_line) == (1, False)
+        assert backward.size_bytes == path.stat().st_size
