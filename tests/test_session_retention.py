@@ -24,6 +24,8 @@ from moltbot_gw.sessions.transcript import (append_records, history_messages,
                                             read_transcript, read_transcript_tail,
                                             session_header, transcript_path)
 
+from .chat_helpers import PATH, http, no_leftovers  # noqa: F401
+
 DAY = 24 * 60 * 60
 
 
@@ -300,3 +302,34 @@ def test_tail_read_matches_a_forward_read_for_every_block_size(tmp_path):
         assert backward.records == forward.records, block_size
         assert (backward.skipped_lines, backward.torn_last_line) == (1, False)
         assert backward.size_bytes == path.stat().st_size
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_gateway_past_the_cap_still_replays_the_newest_history(
+        start_gateway, upstream, http, state_dir):
+    gw = await start_gateway({
+        "gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}}}},
+        "models": {"providers": {"up": {"api": "openai-completions",
+                                         "baseUrl": upstream.base_url}}},
+        "agents": {"list": [{"id": "main", "model": "up/m",
+                             "history": {"maxMessages": 6}}]},
+        "session": {"maxTranscriptBytes": 6000},
+    })
+    for n in range(15):
+        upstream.script(text=f"answer {n} " + "z" * 200)
+        response = await http.post(gw.url + PATH, json.dumps({
+            "model": "moltbot:main", "user": "carol",
+            "messages": [{"role": "user", "content": f"question {n} " + "y" * 300}]}).encode(),
+            headers={**gw.auth_headers, "Content-Type": "application/json"})
+        assert response.code == 200, await response.content()
+        await response.content()
+
+    sent = [m for m in upstream.requests[-1].body["messages"] if m["role"] != "system"]
+    # maxMessages (6) of history, all from the compacted transcript's newest turns, then the
+    # new question.
+    assert [m["content"].split(" ")[:2] for m in sent] == [
+        [kind, str(n)] for n in (11, 12, 13) for kind in ("question", "answer")
+    ] + [["question", "14"]]
+    transcripts = list(sessions_dir(state_dir).glob("*.jsonl"))
+    assert len(transcripts) == 1 and transcripts[0].stat().st_size <= 6000
+    assert read_transcript(transcripts[0]).records[1]["type"] == "compaction"
