@@ -1,8 +1,9 @@
 """The ``moltbot-gw`` console script: operator commands around the daemon.
 
 The daemon itself runs under twistd (``twistd -n moltbot-gw``); these commands validate
-config, print the token, check health and run agent turns — the last two through the
-running gateway's WebSocket protocol (``agent --local`` runs in this process instead).
+config, print the token, check health, run agent turns — those two through the running
+gateway's WebSocket protocol (``agent --local`` runs in this process instead) — and prune the
+session store of a stopped gateway.
 """
 from __future__ import annotations
 
@@ -248,6 +249,32 @@ def cmd_agent(args) -> int:
     return _react(_run_agent_remotely, config, args)
 
 
+def cmd_sessions_prune(args) -> int:
+    """Apply session retention to the state dir of a stopped gateway (docs/operations.rst)."""
+    import time
+
+    from .config import AGENT_ID_RE
+    from .sessions.retention import agent_ids_on_disk, prune_agent
+
+    config = _load(args.config)
+    if args.agent is not None and not AGENT_ID_RE.fullmatch(args.agent):
+        print(f"moltbot-gw: {args.agent!r} is not a valid agent id", file=sys.stderr)
+        return 2
+    agent_ids = [args.agent] if args.agent else agent_ids_on_disk(config.state_dir)
+    now_ms = int(time.time() * 1000)
+    verb = "would prune" if args.dry_run else "pruned"
+    for agent_id in agent_ids:
+        report = prune_agent(config.state_dir, agent_id, config.session, now_ms,
+                             dry_run=args.dry_run)
+        print(f"agent {agent_id}: {verb} {len(report.pruned)} session(s), kept {report.kept}")
+        if args.dry_run:
+            for entry in report.pruned:
+                print(f"  {entry.key} (session {entry.session_id}, last used "
+                      f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(entry.updated_at / 1000))}"
+                      " UTC)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moltbot-gw", description=(
         "Operator commands for the moltbot-gw gateway. Run the daemon with "
@@ -286,6 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds to wait for the connection and handshake")
     agent.add_argument("--config", help="config path")
     agent.set_defaults(func=cmd_agent)
+
+    sessions = sub.add_parser("sessions", help="work with the session store")
+    sessions_sub = sessions.add_subparsers(dest="sessions_command", required=True)
+    prune = sessions_sub.add_parser(
+        "prune", help="apply session.maxSessionsPerAgent and session.idleDays now "
+                      "(stop the gateway first)")
+    prune.add_argument("--config", help="config path")
+    prune.add_argument("--agent", help="only this agent (default: every agent on disk)")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="list what would be pruned; change nothing")
+    prune.set_defaults(func=cmd_sessions_prune)
     return parser
 
 

@@ -317,11 +317,28 @@ class AgentsConfig:
     list: tuple[AgentConfig, ...] = _key("list", ())
 
 
+def _positive_or_unset(value, path):
+    return None if value is None else _positive(value, path)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Retention and size bounds of the session store (docs/operations.rst, "Sessions")."""
+
+    maxSessionsPerAgent: int = _key("maxSessionsPerAgent", 10_000, check=_positive,
+                                    doc="sessions kept per agent; least recently used pruned")
+    idleDays: Optional[float] = _key("idleDays", None, check=_positive_or_unset,
+                                     doc="sessions idle longer are pruned (unset: kept)")
+    maxTranscriptBytes: int = _key("maxTranscriptBytes", 64 * 1024 * 1024, check=_positive,
+                                   doc="a transcript past this is compacted to its newest turns")
+
+
 @dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig = _key("gateway", GatewayConfig())
     models: ModelsConfig = _key("models", ModelsConfig())
     agents: AgentsConfig = _key("agents", AgentsConfig())
+    session: SessionConfig = _key("session", SessionConfig())
     # Not in the file: where it came from and where state lives.
     state_dir: Path = field(default=Path("~/.moltbot").expanduser(), metadata={"wire": None})
     path: Optional[Path] = field(default=None, metadata={"wire": None})

@@ -51,7 +51,7 @@ class GatewayService(MultiService):
         self.agents = AgentRegistry(config)
         self.providers = ProviderRegistry(
             config.models, reactor, extra_secrets=(config.gateway.auth.explicit_secret,))
-        self.store = SessionStore(config.state_dir, reactor)
+        self.store = SessionStore(config.state_dir, reactor, limits=config.session)
         self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
                                   config.agents.defaults.maxConcurrent)
         # Metrics are always recorded (cheaply, in a registry of this gateway's own); the
@@ -119,6 +119,7 @@ class GatewayService(MultiService):
             config.models, self.reactor, extra_secrets=(config.gateway.auth.explicit_secret,))
         self.providers.client.metrics = self.metrics
         self.runner.agents = self.agents
+        self.store.limits = config.session
         self.runner.providers = self.providers
         self.ws_factory.methods.agents = self.agents
         self.config = config

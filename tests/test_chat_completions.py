@@ -148,10 +148,9 @@ def transcript_records(state_dir, agent_id):
 
 
 def sessions_index(state_dir, agent_id):
-    path = state_dir / "agents" / agent_id / "sessions" / "sessions.json"
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text())
+    """The session index as the gateway reads it (sessions.json plus its journal)."""
+    from moltbot_gw.sessions.index import load_index_document
+    return load_index_document(state_dir / "agents" / agent_id / "sessions", agent_id)
 
 
 # --- the reference page: overview and enabling -------------------------------------------

@@ -23,6 +23,7 @@ from typing import Optional
 
 import pytest
 
+from moltbot_gw.sessions.index import load_index_document
 from moltbot_gw.sessions.transcript import read_transcript
 
 from .test_fuzz import TOKEN, GatewayDaemon, Response, request
@@ -149,12 +150,13 @@ def inspect_state(state_dir: Path) -> dict:
     """Parse every sessions.json and load every transcript the way the gateway does."""
     report = {"sessions_files": 0, "entries": {}, "transcripts": {}, "skipped": 0, "torn": 0,
               "bad_files": []}
-    for sessions_file in sorted(state_dir.glob("agents/*/sessions/sessions.json")):
+    for sessions_dir in sorted(state_dir.glob("agents/*/sessions")):
         report["sessions_files"] += 1
-        document = json.loads(sessions_file.read_text("utf-8"))   # must parse
-        assert isinstance(document, dict), sessions_file
+        if (sessions_dir / "sessions.json").exists():
+            json.loads((sessions_dir / "sessions.json").read_text("utf-8"))   # must parse
+        document = load_index_document(sessions_dir, sessions_dir.parent.name)  # must load
         for key, entry in document.items():
-            report["entries"][key] = (sessions_file.parent, entry["sessionId"])
+            report["entries"][key] = (sessions_dir, entry["sessionId"])
     for transcript in sorted(state_dir.glob("agents/*/sessions/*.jsonl")):
         contents = read_transcript(transcript)                   # must load
         report["transcripts"][transcript] = contents

@@ -120,8 +120,9 @@ def transcript_records(state_dir, agent_id):
 
 
 def sessions_index(state_dir, agent_id):
-    path = state_dir / "agents" / agent_id / "sessions" / "sessions.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The session index as the gateway reads it (sessions.json plus its journal)."""
+    from moltbot_gw.sessions.index import load_index_document
+    return load_index_document(state_dir / "agents" / agent_id / "sessions", agent_id)
 
 
 # --- enabling, methods, auth ---------------------------------------------------------------

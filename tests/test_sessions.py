@@ -19,6 +19,7 @@ from moltbot_gw.sessions.keys import (
     parse_session_key,
     resolve_session_key,
 )
+from moltbot_gw.sessions.index import load_index_document
 from moltbot_gw.sessions.store import SessionEntry, SessionStore
 from moltbot_gw.sessions.transcript import (
     Transcript,
@@ -216,6 +217,11 @@ def sessions_dir(state_dir, agent_id="main"):
     return state_dir / "agents" / agent_id / "sessions"
 
 
+def index_on_disk(state_dir, agent_id="main"):
+    """The index as a restarted gateway would read it (snapshot plus journal)."""
+    return load_index_document(sessions_dir(state_dir, agent_id), agent_id)
+
+
 @pytest_twisted.ensureDeferred
 async def test_get_or_create_creates_once_and_persists(tmp_path):
     store = SessionStore(tmp_path / "state")
@@ -226,8 +232,7 @@ async def test_get_or_create_creates_once_and_persists(tmp_path):
     assert await store.get_or_create(KEY) == entry
     assert await store.get("agent:main:other") is None
 
-    saved = json.loads((sessions_dir(tmp_path / "state") / "sessions.json").read_text())
-    assert saved == {KEY: entry.to_json()}
+    assert index_on_disk(tmp_path / "state") == {KEY: entry.to_json()}
 
 
 @pytest_twisted.ensureDeferred
@@ -260,7 +265,7 @@ async def test_malformed_key_fails_the_deferred_with_value_error(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_sessions_json_is_rewritten_atomically_in_private_directories(tmp_path):
+async def test_the_index_is_journalled_in_private_directories(tmp_path):
     state_dir = tmp_path / "state"
     store = SessionStore(state_dir)
     for n in range(3):
@@ -268,13 +273,12 @@ async def test_sessions_json_is_rewritten_atomically_in_private_directories(tmp_
     entry = await store.get(KEY)
 
     directory = sessions_dir(state_dir)
-    assert sorted(os.listdir(directory)) == sorted(["sessions.json",
+    assert sorted(os.listdir(directory)) == sorted(["sessions.journal",
                                                     entry.session_id + ".jsonl"])
     for path in (state_dir, state_dir / "agents", state_dir / "agents" / "main", directory):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
-    assert stat.S_IMODE((directory / "sessions.json").stat().st_mode) == 0o600
-    assert json.loads((directory / "sessions.json").read_text())[KEY]["sessionId"] == \
-        entry.session_id
+    assert stat.S_IMODE((directory / "sessions.journal").stat().st_mode) == 0o600
+    assert index_on_disk(state_dir)[KEY]["sessionId"] == entry.session_id
 
 
 @pytest_twisted.ensureDeferred
@@ -291,8 +295,7 @@ async def test_corrupt_sessions_json_is_moved_aside_and_store_starts_empty(
     asides = [name for name in os.listdir(directory) if name.startswith("sessions.json.corrupt-")]
     assert len(asides) == 1
     assert (directory / asides[0]).read_text().startswith('{"agent:main:chat"')
-    assert json.loads((directory / "sessions.json").read_text())[KEY]["sessionId"] == \
-        entry.session_id
+    assert index_on_disk(tmp_path)[KEY]["sessionId"] == entry.session_id
     assert warnings_about(captured_log_events, "corrupt")
 
 
@@ -409,26 +412,15 @@ async def test_disk_io_runs_off_the_reactor_thread(tmp_path, monkeypatch):
             return function(*args, **kwargs)
         return run
 
-    for name in ("append_records", "read_transcript", "_write_sessions_atomically",
-                 "_read_sessions_file"):
+    for name in ("append_records", "read_transcript_tail", "append_changes", "read_index"):
         monkeypatch.setattr(store_module, name, watched(getattr(store_module, name)))
 
     store = SessionStore(tmp_path)
     await store.record_turn(KEY, [user("q")])
-    await SessionStore(tmp_path).load_history(KEY)  # a fresh store has nothing cached
+    await SessionStore(tmp_path).load_history(KEY)
     assert {name for name, _ in threads_seen} == {
-        "append_records", "read_transcript", "_write_sessions_atomically", "_read_sessions_file"}
+        "append_records", "read_transcript_tail", "append_changes", "read_index"}
     assert not any(in_reactor_thread for _, in_reactor_thread in threads_seen)
-
-
-@pytest_twisted.ensureDeferred
-async def test_history_is_served_from_memory_and_matches_the_transcript(tmp_path):
-    store = SessionStore(tmp_path)
-    for i in range(3):
-        await store.record_turn(KEY, [user(f"q{i}")])
-    cached = await store.load_history(KEY)
-    assert cached == await SessionStore(tmp_path).load_history(KEY)
-    assert [r.get("content") for r in cached if r["type"] == "message"] == ["q0", "q1", "q2"]
 
 
 @pytest_twisted.ensureDeferred
@@ -441,36 +433,12 @@ async def test_a_reply_with_a_lone_surrogate_is_recorded_and_reads_back_the_same
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_history_cache_is_bounded_in_bytes_and_stays_correct(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "HISTORY_CACHE_BYTES", 5000)
-    store = SessionStore(tmp_path)
-    keys = [f"agent:main:long-{i}" for i in range(3)]
-    for key in keys:                      # about 2 kB of transcript each
-        await store.record_turn(key, [user("x" * 2000)])
-    cache = store._agent("main").history
-    assert len(cache) == 2 and cache.bytes <= 5000   # the least recently used one went
-    for key in keys:                      # each still loads whole (from disk when evicted)
-        history = await store.load_history(key)
-        assert [r.get("content") for r in history if r["type"] == "message"] == ["x" * 2000]
-    assert cache.bytes == sum(size for _, size in cache._entries.values()) <= 5000
-
-    huge = "agent:main:huge"              # a transcript larger than the whole budget
-    await store.record_turn(huge, [user("y" * 6000)])
-    assert cache.get(store._agent("main").entries[huge].session_id) is None
-    await store.record_turn(huge, [user("z")])
-    history = await store.load_history(huge)
-    assert [r.get("content") for r in history if r["type"] == "message"] == ["y" * 6000, "z"]
-
-
-@pytest_twisted.ensureDeferred
 async def test_token_totals_of_existing_sessions_are_written_in_one_batch(tmp_path):
     store = SessionStore(tmp_path)
     await store.record_turn(KEY, [user("q")], usage={"input_tokens": 1, "output_tokens": 1})
     for _ in range(5):
         await store.record_turn(KEY, [user("q")], usage={"input_tokens": 1,
                                                          "output_tokens": 1})
-    on_disk = json.loads((sessions_dir(tmp_path) / "sessions.json").read_text())
-    assert on_disk[KEY]["totalTokens"] == 2          # the batch is still pending
+    assert index_on_disk(tmp_path)[KEY]["totalTokens"] == 2   # the batch is still pending
     await store.flush()
-    on_disk = json.loads((sessions_dir(tmp_path) / "sessions.json").read_text())
-    assert on_disk[KEY]["totalTokens"] == 12
+    assert index_on_disk(tmp_path)[KEY]["totalTokens"] == 12

@@ -52,6 +52,43 @@ def cap_history(messages: Sequence[Mapping[str, Any]], limits: HistoryConfig) ->
     return kept
 
 
+def history_budget(limits: HistoryConfig):
+    """When a transcript read from its end has enough for ``cap_history``: twice the messages
+    and tokens it can keep (records that do not become messages, such as unanswered tool
+    calls or empty replies, leave room for older ones), so older turns are never read."""
+    messages = tokens = 0
+
+    def enough(record: Mapping[str, Any]) -> bool:
+        nonlocal messages, tokens
+        if record.get("type") == "message":
+            messages += 1
+            tokens += estimate_tokens(record)
+        return messages >= 2 * limits.maxMessages + 2 or tokens > 2 * limits.maxTokens + 64
+
+    return enough
+
+
+def client_history_budget(client_messages: int):
+    """When a transcript read from its end reaches back past the conversation a client
+    that owns its history resent: its number of messages plus a margin, counting only
+    messages such a client sees (tool traffic is extra) and adding back each branch
+    record's dropped messages, so the alignment sees the whole current branch."""
+    needed = client_messages + 8
+    seen = 0
+
+    def enough(record: Mapping[str, Any]) -> bool:
+        nonlocal needed, seen
+        drop = record.get("drop")
+        if record.get("type") == "branch" and isinstance(drop, int) and drop > 0:
+            needed += drop
+        elif (record.get("type") == "message" and record.get("role") in ("user", "assistant")
+              and not record.get("tool_calls")):
+            seen += 1
+        return seen >= needed
+
+    return enough
+
+
 def _read_workspace(folder: str) -> list[str]:
     parts = []
     for name in WORKSPACE_FILES:
@@ -149,7 +186,7 @@ class AgentRunner:
                                    "sessionKey": run.session_key, "startedAt": _now_ms()})
             before: list = []    # records the turn writes before its own (a branch point)
             try:
-                history, before = await self._history(run, request)
+                history, before = await self._history(run, agent, request)
                 result = await self._turn(run, agent, chain, request, history)
             except BaseException:
                 failure = Failure()
@@ -180,7 +217,8 @@ class AgentRunner:
         self.log.failure("run {run_id} failed unexpectedly", failure, run_id=run.run_id)
         return ProviderError("internal error while running the agent")
 
-    async def _history(self, run: Run, request: RunRequest) -> tuple[list, list]:
+    async def _history(self, run: Run, agent: Agent,
+                       request: RunRequest) -> tuple[list, list]:
         """The conversation before the turn's input, and the records to write before the
         turn's own. The stored history wins unless the client owns it (``history_owner``):
         then the client's conversation wins, stored records fill in where they match it,
@@ -188,10 +226,13 @@ class AgentRunner:
         answered_now = [m["tool_call_id"] for m in request.input if m.get("role") == "tool"]
         if not request.persist:
             return list(request.client_history), []
-        records = await self.store.load_history(run.session_key)
         if request.history_owner != "client":
+            records = await self.store.load_history(run.session_key,
+                                                    history_budget(agent.history))
             stored = history_messages(records, answered_now=answered_now)
             return (stored if stored else list(request.client_history)), []
+        records = await self.store.load_history(
+            run.session_key, client_history_budget(len(request.client_history)))
         stored = branch_messages(records)
         alignment = align(stored, request.client_history)
         before: list = []

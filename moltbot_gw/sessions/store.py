@@ -1,17 +1,15 @@
-"""The session store: per agent, ``sessions.json`` (session key -> entry) plus JSONL transcripts.
+"""The session store: per agent, an index (session key -> entry; ``index.py``) plus one JSONL
+transcript per session, with retention (``retention.py``) and a size cap per transcript.
 
 Disk I/O runs in a thread pool, one agent's operations strictly in call order. It stores
 sessions; it does not decide who may use them or run anything.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
-import tempfile
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, TypeVar
 
@@ -20,93 +18,31 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from moltbot_gw.config import AGENT_ID_RE
+from moltbot_gw.config import AGENT_ID_RE, SessionConfig
+from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of this API
+    SessionEntry, append_changes, begin_compaction, del_op,
+    finish_compaction, put_op, read_index, usage_token_counts)
 from moltbot_gw.sessions.keys import parse_session_key
+from moltbot_gw.sessions.retention import agent_ids_on_disk, remove_transcripts, take_pruned
 from moltbot_gw.sessions.transcript import (
     append_records,
+    compact_transcript,
+    encode_records,
     fsync_directory,
-    read_transcript,
+    read_transcript_tail,
     session_header,
     transcript_path,
 )
 
 T = TypeVar("T")
 
-SESSIONS_FILE_NAME = "sessions.json"
 PRIVATE_DIR_MODE = 0o700
-HISTORY_CACHE_SESSIONS = 256   # per agent: transcripts kept in memory for the next turn ...
-HISTORY_CACHE_BYTES = 32 * 1024 * 1024  # ... as long as their files add up to at most this
-SAVE_DELAY_SECONDS = 1.0       # sessions.json updates of existing sessions are batched
-# Session ids name files, so an entry read from disk must not smuggle a path in.
-SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
-@dataclass(frozen=True, slots=True)  # one per session ever used, all kept in memory
-class SessionEntry:
-    """One session as recorded in ``sessions.json``; times are epoch milliseconds."""
-
-    key: str
-    agent_id: str
-    session_id: str
-    created_at: int
-    updated_at: int
-    model: Optional[str] = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "sessionId": self.session_id,
-            "createdAt": self.created_at,
-            "updatedAt": self.updated_at,
-            "model": self.model,
-            "inputTokens": self.input_tokens,
-            "outputTokens": self.output_tokens,
-            "totalTokens": self.total_tokens,
-        }
-
-    @classmethod
-    def from_json(cls, key: str, agent_id: str, data: Mapping[str, Any]) -> "SessionEntry":
-        """Build an entry from its ``sessions.json`` form; ``ValueError`` if it is malformed."""
-        session_id = data.get("sessionId")
-        if not isinstance(session_id, str) or not SESSION_ID_RE.fullmatch(session_id):
-            raise ValueError("bad sessionId %r" % (session_id,))
-        model = data.get("model")
-        if model is not None and not isinstance(model, str):
-            raise ValueError("bad model %r" % (model,))
-
-        def whole_number(name: str) -> int:
-            value = data.get(name, 0)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError("bad %s %r" % (name, value))
-            return value
-
-        created_at = whole_number("createdAt")
-        return cls(key=key, agent_id=agent_id, session_id=session_id,
-                   created_at=created_at,
-                   updated_at=whole_number("updatedAt") or created_at,
-                   model=model,
-                   input_tokens=whole_number("inputTokens"),
-                   output_tokens=whole_number("outputTokens"),
-                   total_tokens=whole_number("totalTokens"))
-
-
-def _usage_token_counts(usage: Any) -> tuple[int, int, Optional[int]]:
-    """``(input, output, total-or-None)`` from a usage mapping or object, in either naming."""
-    if usage is None:
-        return 0, 0, None
-
-    def lookup(*names: str) -> Optional[int]:
-        for name in names:
-            value = usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                return value
-        return None
-
-    input_tokens = lookup("input_tokens", "inputTokens", "prompt_tokens") or 0
-    output_tokens = lookup("output_tokens", "outputTokens", "completion_tokens") or 0
-    return input_tokens, output_tokens, lookup("total_tokens", "totalTokens")
+SAVE_DELAY_SECONDS = 1.0       # index updates of existing sessions are batched
+# The journal is folded into a new sessions.json once it has this many lines and more
+# than twice as many as there are sessions, so the rewrite's cost is spread over many turns.
+COMPACT_MIN_JOURNAL_LINES = 10_000
+# A transcript past session.maxTranscriptBytes keeps its newest turns up to this share of it.
+COMPACTED_SHARE = 4
 
 
 def _make_private_dirs(base: Path, *parts: str) -> Path:
@@ -129,75 +65,6 @@ def _make_private_dirs(base: Path, *parts: str) -> Path:
     return path
 
 
-def _write_sessions_atomically(path: Path, entries: Sequence[SessionEntry]) -> None:
-    """Replace ``path`` by the entries as one JSON object, so readers see the old or the new
-    file, never a mix.
-
-    One entry per line, written as it is encoded: the file grows with every session, and
-    building it as one string would make each rewrite allocate (and the allocator keep) a
-    buffer as large as the whole file.
-    """
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as temp_file:
-            separator = "{\n  "
-            for entry in sorted(entries, key=lambda each: each.key):
-                temp_file.write(separator)
-                temp_file.write(json.dumps(entry.key, ensure_ascii=False))
-                temp_file.write(": ")
-                temp_file.write(json.dumps(entry.to_json(), sort_keys=True,
-                                           ensure_ascii=False, separators=(", ", ": ")))
-                separator = ",\n  "
-            temp_file.write("{}" if separator == "{\n  " else "\n}")
-            temp_file.write("\n")
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except OSError:
-            pass
-        raise
-    fsync_directory(path.parent)
-
-
-@dataclass(frozen=True)
-class _SessionsFileContents:
-    document: Mapping[str, Any]
-    moved_aside_to: Optional[Path] = None
-    problem: Optional[str] = None
-
-
-def _read_sessions_file(path: Path, now_ms: int) -> _SessionsFileContents:
-    """Read ``sessions.json``; a corrupt file is renamed aside and reads as empty."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return _SessionsFileContents(document={})
-    try:
-        document = json.loads(raw.decode("utf-8"))
-        if not isinstance(document, dict):
-            raise ValueError("top level is %s, not an object" % type(document).__name__)
-        return _SessionsFileContents(document=document)
-    except ValueError as error:  # includes JSONDecodeError and UnicodeDecodeError
-        aside = path.with_name("%s.corrupt-%d" % (path.name, now_ms))
-        os.replace(path, aside)
-        fsync_directory(path.parent)
-        return _SessionsFileContents(document={}, moved_aside_to=aside, problem=str(error))
-
-
-def _list_agent_dirs(state_dir: Path) -> list[str]:
-    agents_dir = Path(state_dir) / "agents"
-    try:
-        names = os.listdir(agents_dir)
-    except FileNotFoundError:
-        return []
-    return sorted(name for name in names
-                  if AGENT_ID_RE.fullmatch(name)
-                  and (agents_dir / name / "sessions" / SESSIONS_FILE_NAME).is_file())
-
-
 def _rename_if_present(source: Path, target: Path) -> bool:
     try:
         os.replace(source, target)
@@ -207,52 +74,8 @@ def _rename_if_present(source: Path, target: Path) -> bool:
     return True
 
 
-class _HistoryCache:
-    """Transcript records of recently used sessions, so a turn does not re-read its whole
-    transcript from disk; the file stays the truth.
-
-    Bounded in sessions and in transcript bytes (long conversations are large), least
-    recently used out first; a transcript larger than the whole budget is not kept.
-    """
-
-    def __init__(self, max_sessions: int, max_bytes: int):
-        self.max_sessions = max_sessions
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[str, tuple[list[dict[str, Any]], int]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, session_id: str) -> Optional[list[dict[str, Any]]]:
-        """The session's records (most recently used now), or None."""
-        cached = self._entries.get(session_id)
-        if cached is None:
-            return None
-        self._entries.move_to_end(session_id)
-        return cached[0]
-
-    def put(self, session_id: str, records: list[dict[str, Any]], size: int) -> None:
-        self.pop(session_id)
-        if size > self.max_bytes:
-            return
-        self._entries[session_id] = (records, size)
-        self.bytes += size
-        while len(self._entries) > self.max_sessions or self.bytes > self.max_bytes:
-            _, (_, evicted_size) = self._entries.popitem(last=False)
-            self.bytes -= evicted_size
-
-    def extend(self, session_id: str, records: list[dict[str, Any]], size: int) -> None:
-        """Add a turn to a cached session (nothing if it is not cached)."""
-        cached = self._entries.get(session_id)
-        if cached is not None:
-            cached[0].extend(records)
-            self.put(session_id, cached[0], cached[1] + size)
-
-    def pop(self, session_id: str) -> None:
-        cached = self._entries.pop(session_id, None)
-        if cached is not None:
-            self.bytes -= cached[1]
+def _read_everything(record: Mapping[str, Any]) -> bool:
+    return False
 
 
 class _AgentSessions:
@@ -261,12 +84,14 @@ class _AgentSessions:
     def __init__(self, agent_id: str, sessions_dir: Path):
         self.agent_id = agent_id
         self.sessions_dir = sessions_dir
-        self.sessions_file = sessions_dir / SESSIONS_FILE_NAME
         self.lock = DeferredLock()
-        self.entries: dict[str, SessionEntry] = {}
+        # Least recently updated first, so retention finds its victims at the front.
+        self.entries: OrderedDict[str, SessionEntry] = OrderedDict()
         self.loaded = False
-        self.history = _HistoryCache(HISTORY_CACHE_SESSIONS, HISTORY_CACHE_BYTES)
-        self.save_timer: Optional[Any] = None  # a delayed sessions.json rewrite, if pending
+        self.dirty: dict[str, SessionEntry] = {}   # updates not yet in the journal
+        self.save_timer: Optional[Any] = None      # a delayed journal write, if pending
+        self.journal_lines = 0
+        self.compaction: Optional[Deferred] = None  # a snapshot being written off the lock
 
 
 def _uncancellable(work: Deferred) -> Deferred:
@@ -305,11 +130,13 @@ class SessionStore:
 
     log = Logger()
 
-    def __init__(self, state_dir: Path, reactor: Any = None, threadpool: Any = None):
+    def __init__(self, state_dir: Path, reactor: Any = None, threadpool: Any = None,
+                 limits: Optional[SessionConfig] = None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
         self.state_dir = Path(state_dir)
+        self.limits = limits if limits is not None else SessionConfig()  # swapped on reload
         self._reactor = reactor
         self._threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
         self._agents: dict[str, _AgentSessions] = {}
@@ -324,9 +151,13 @@ class SessionStore:
         """Fire with the key's ``SessionEntry``, or ``None``."""
         return self._locked_for_key(session_key, self._get)
 
-    def load_history(self, session_key: str) -> Deferred:
-        """Fire with the transcript records of the key's current session (``[]`` if none)."""
-        return self._locked_for_key(session_key, self._load_history)
+    def load_history(self, session_key: str,
+                     enough: Optional[Callable[[Mapping[str, Any]], bool]] = None) -> Deferred:
+        """Fire with the newest transcript records of the key's current session (``[]`` if
+        none), in file order. The transcript is read from its end until ``enough(record)``
+        (called newest first, in a worker thread) is true; without it, all of it."""
+        return self._locked_for_key(session_key, self._load_history,
+                                    enough or _read_everything)
 
     def record_turn(self, session_key: str, records: Sequence[Mapping[str, Any]],
                     model: Optional[str] = None, usage: Any = None) -> Deferred:
@@ -352,6 +183,18 @@ class SessionStore:
     def list_sessions(self, agent_id: Optional[str] = None) -> Deferred:
         """Fire with the entries of one agent (or of all), most recently updated first."""
         return _uncancellable(Deferred.fromCoroutine(self._list_sessions(agent_id)))
+
+    def flush(self) -> Deferred:
+        """Write every delayed index update now and wait for snapshots being written (on
+        shutdown); fires when done."""
+        pending = []
+        for agent in self._agents.values():
+            if agent.save_timer is not None:
+                agent.save_timer.cancel()
+                pending.append(self._delayed_save(agent))
+            if agent.compaction is not None:
+                pending.append(Deferred.fromCoroutine(self._wait_compaction(agent)))
+        return DeferredList(pending, consumeErrors=True)
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -382,28 +225,77 @@ class SessionStore:
     async def _ensure_loaded(self, agent: _AgentSessions) -> None:
         if agent.loaded:
             return
-        contents = await self._in_thread(_read_sessions_file, agent.sessions_file,
+        contents = await self._in_thread(read_index, agent.sessions_dir, agent.agent_id,
                                          self._now_ms())
         if contents.moved_aside_to is not None:
-            self.log.warn("sessions file {path} of agent {agent_id} is corrupt ({problem});"
-                          " moved it to {aside} and started empty",
-                          path=str(agent.sessions_file), agent_id=agent.agent_id,
-                          problem=contents.problem, aside=str(contents.moved_aside_to))
-        entries = {}
-        for key, data in contents.document.items():
-            try:
-                key_agent, _ = parse_session_key(key)
-                if key_agent != agent.agent_id:
-                    raise ValueError("key belongs to agent %r" % (key_agent,))
-                if not isinstance(data, Mapping):
-                    raise ValueError("entry is not an object")
-                entries[key] = SessionEntry.from_json(key, agent.agent_id, data)
-            except ValueError as error:
-                self.log.warn("dropped unreadable entry {session_key} from {path}: {problem}",
-                              session_key=key, path=str(agent.sessions_file),
-                              problem=str(error))
-        agent.entries = entries
+            self.log.warn("sessions file of agent {agent_id} is corrupt; moved it to {aside}"
+                          " and started from the journal alone",
+                          agent_id=agent.agent_id, aside=str(contents.moved_aside_to))
+        for problem in contents.problems:
+            self.log.warn("session index of agent {agent_id}: {problem}",
+                          agent_id=agent.agent_id, problem=problem)
+        agent.entries = contents.entries
+        agent.journal_lines = contents.journal_lines
         agent.loaded = True
+        if contents.compaction_pending:   # a compaction was cut short: finish it now
+            await self._in_thread(finish_compaction, agent.sessions_dir,
+                                  tuple(agent.entries.values()))
+        await self._persist(agent, [])
+
+    async def _persist(self, agent: _AgentSessions, changes: list[dict[str, Any]],
+                       keep: Optional[str] = None) -> None:
+        """Apply retention, then append ``changes`` and the removals to the journal (synced)
+        and delete the pruned transcripts."""
+        pruned = take_pruned(agent.entries, self.limits, self._now_ms(), keep=keep)
+        for entry in pruned:
+            agent.dirty.pop(entry.key, None)
+        changes = changes + [del_op(entry.key) for entry in pruned]
+        if not changes:
+            return
+        await self._in_thread(self._write_changes, agent.sessions_dir, changes,
+                              [entry.session_id for entry in pruned])
+        agent.journal_lines += len(changes)
+        if pruned:
+            self.log.info("pruned {n} session(s) of agent {agent_id} (session.idleDays /"
+                          " session.maxSessionsPerAgent); {kept} kept", n=len(pruned),
+                          agent_id=agent.agent_id, kept=len(agent.entries))
+        await self._maybe_compact(agent)
+
+    def _write_changes(self, sessions_dir: Path, changes: list[dict[str, Any]],
+                       removed_session_ids: list[str]) -> None:
+        relative = sessions_dir.relative_to(self.state_dir)
+        _make_private_dirs(self.state_dir, *relative.parts)
+        # Entries go first: a crash in between leaves orphan transcripts, not entries
+        # pointing at missing files.
+        append_changes(sessions_dir, changes)
+        remove_transcripts(sessions_dir, removed_session_ids)
+
+    async def _maybe_compact(self, agent: _AgentSessions) -> None:
+        """Fold the journal into a new snapshot once it is long: the journal is set aside
+        under the lock (a rename), the snapshot is written after it is released."""
+        if (agent.compaction is not None or agent.journal_lines < COMPACT_MIN_JOURNAL_LINES
+                or agent.journal_lines < 2 * len(agent.entries)):
+            return
+        if not await self._in_thread(begin_compaction, agent.sessions_dir):
+            return
+        agent.journal_lines = 0
+        entries = tuple(agent.entries.values())   # immutable: safe to encode in a thread
+        compaction = self._in_thread(finish_compaction, agent.sessions_dir, entries)
+
+        def done(outcome: Any) -> None:
+            agent.compaction = None
+            if isinstance(outcome, Failure):
+                self.log.failure("could not write the session index of agent {agent_id}",
+                                 failure=outcome, agent_id=agent.agent_id)
+
+        agent.compaction = compaction
+        compaction.addBoth(done)
+
+    async def _wait_compaction(self, agent: _AgentSessions) -> None:
+        while agent.compaction is not None:
+            waiter: Deferred = Deferred()
+            agent.compaction.addBoth(lambda outcome: waiter.callback(None) or outcome)
+            await waiter
 
     def _schedule_save(self, agent: _AgentSessions) -> None:
         if agent.save_timer is None:
@@ -415,36 +307,21 @@ class SessionStore:
 
         async def save() -> None:
             async with agent.lock:
-                await self._save(agent)
+                changes = [put_op(entry) for entry in agent.dirty.values()]
+                agent.dirty.clear()
+                await self._persist(agent, changes)
 
         return _uncancellable(Deferred.fromCoroutine(save()))
-
-    def flush(self) -> Deferred:
-        """Write every delayed sessions.json update now (on shutdown); fires when written."""
-        pending = []
-        for agent in self._agents.values():
-            if agent.save_timer is not None:
-                agent.save_timer.cancel()
-                pending.append(self._delayed_save(agent))
-        return DeferredList(pending, consumeErrors=True)
-
-    async def _save(self, agent: _AgentSessions) -> None:
-        if agent.save_timer is not None:  # this write covers the delayed one too
-            agent.save_timer.cancel()
-            agent.save_timer = None
-        # Entries are immutable, so the thread can encode this snapshot while turns go on.
-        entries = tuple(agent.entries.values())
-        await self._in_thread(self._write_sessions_file, agent.sessions_dir, entries)
-
-    def _write_sessions_file(self, sessions_dir: Path, entries: Sequence[SessionEntry]) -> None:
-        relative = sessions_dir.relative_to(self.state_dir)
-        _make_private_dirs(self.state_dir, *relative.parts)
-        _write_sessions_atomically(sessions_dir / SESSIONS_FILE_NAME, entries)
 
     def _new_entry(self, agent: _AgentSessions, session_key: str) -> SessionEntry:
         now = self._now_ms()
         return SessionEntry(key=session_key, agent_id=agent.agent_id,
                             session_id=uuid.uuid4().hex, created_at=now, updated_at=now)
+
+    def _store_entry(self, agent: _AgentSessions, entry: SessionEntry) -> None:
+        """Put ``entry`` in memory as the most recently used."""
+        agent.entries[entry.key] = entry
+        agent.entries.move_to_end(entry.key)
 
     # --- operations, each run under its agent's lock -------------------------------------
 
@@ -454,24 +331,22 @@ class SessionStore:
     async def _get_or_create(self, agent: _AgentSessions, session_key: str) -> SessionEntry:
         entry = agent.entries.get(session_key)
         if entry is None:
-            entry = agent.entries[session_key] = self._new_entry(agent, session_key)
-            await self._save(agent)
+            entry = self._new_entry(agent, session_key)
+            self._store_entry(agent, entry)
+            await self._persist(agent, [put_op(entry)], keep=session_key)
             self.log.info("created session {session_id} for {session_key}",
                           session_id=entry.session_id, session_key=session_key)
         return entry
 
-    async def _load_history(self, agent: _AgentSessions,
-                            session_key: str) -> list[dict[str, Any]]:
+    async def _load_history(self, agent: _AgentSessions, session_key: str,
+                            enough: Callable[[Mapping[str, Any]], bool]
+                            ) -> list[dict[str, Any]]:
         entry = agent.entries.get(session_key)
         if entry is None:
             return []
-        cached = agent.history.get(entry.session_id)
-        if cached is None:
-            contents = await self._in_thread(
-                read_transcript, transcript_path(agent.sessions_dir, entry.session_id))
-            cached = list(contents.records)
-            agent.history.put(entry.session_id, cached, contents.size_bytes)
-        return list(cached)
+        contents = await self._in_thread(
+            read_transcript_tail, transcript_path(agent.sessions_dir, entry.session_id), enough)
+        return list(contents.records)
 
     async def _record_turn(self, agent: _AgentSessions, session_key: str,
                            records: list[dict[str, Any]], model: Optional[str],
@@ -482,13 +357,14 @@ class SessionStore:
             entry = self._new_entry(agent, session_key)
         if records:
             header = session_header(entry.session_id, session_key, entry.created_at)
-            written = await self._in_thread(self._append_transcript, agent.sessions_dir,
-                                            entry.session_id, records, header)
-            if is_new:
-                agent.history.put(entry.session_id, [header, *records], written)
-            else:
-                agent.history.extend(entry.session_id, records, written)
-        input_tokens, output_tokens, total_tokens = _usage_token_counts(usage)
+            dropped = await self._in_thread(self._append_transcript, agent.sessions_dir,
+                                            entry.session_id, records, header,
+                                            self.limits.maxTranscriptBytes, self._now_ms())
+            if dropped is not None:
+                self.log.info("transcript of {session_key} passed session.maxTranscriptBytes:"
+                              " compacted to its newest turns ({dropped} bytes dropped)",
+                              session_key=session_key, dropped=dropped)
+        input_tokens, output_tokens, total_tokens = usage_token_counts(usage)
         if total_tokens is None:
             total_tokens = input_tokens + output_tokens
         entry = replace(entry,
@@ -497,31 +373,46 @@ class SessionStore:
                         input_tokens=entry.input_tokens + input_tokens,
                         output_tokens=entry.output_tokens + output_tokens,
                         total_tokens=entry.total_tokens + total_tokens)
-        agent.entries[session_key] = entry
+        self._store_entry(agent, entry)
         if is_new:
             # The key -> session id mapping must be on disk before the turn counts as stored.
-            await self._save(agent)
-        else:
-            # Only timestamps and token totals changed; the transcript (already synced) holds
-            # the turn. Many turns share one rewrite of sessions.json.
-            self._schedule_save(agent)
-        if is_new:
+            agent.dirty.pop(session_key, None)
+            await self._persist(agent, [put_op(entry)], keep=session_key)
             self.log.info("created session {session_id} for {session_key}",
                           session_id=entry.session_id, session_key=session_key)
+        else:
+            # Only timestamps and token totals changed; the transcript (already synced) holds
+            # the turn. Many turns share one journal write.
+            agent.dirty[session_key] = entry
+            self._schedule_save(agent)
         return entry
 
     def _append_transcript(self, sessions_dir: Path, session_id: str,
-                           records: list[dict[str, Any]], header: Mapping[str, Any]) -> int:
+                           records: list[dict[str, Any]], header: Mapping[str, Any],
+                           max_bytes: int, now_ms: int) -> Optional[int]:
+        """Append a turn; first compact the transcript if the turn would take it past
+        ``max_bytes``. Returns the bytes compaction dropped, or None."""
         relative = sessions_dir.relative_to(self.state_dir)
         _make_private_dirs(self.state_dir, *relative.parts)
-        return append_records(transcript_path(sessions_dir, session_id), records, header=header)
+        path = transcript_path(sessions_dir, session_id)
+        dropped = None
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            size = 0
+        if size and size + len(encode_records(records)) > max_bytes:
+            dropped = compact_transcript(path, header, max_bytes // COMPACTED_SHARE, now_ms)
+        append_records(path, records, header=header)
+        return dropped
 
     async def _reset(self, agent: _AgentSessions, session_key: str) -> bool:
         old = agent.entries.get(session_key)
         if old is None:
             return False
-        agent.entries[session_key] = new = self._new_entry(agent, session_key)
-        await self._save(agent)
+        new = self._new_entry(agent, session_key)
+        self._store_entry(agent, new)
+        agent.dirty.pop(session_key, None)
+        await self._persist(agent, [put_op(new)], keep=session_key)
         self.log.info("reset {session_key}: session {old_session_id} -> {session_id}",
                       session_key=session_key, old_session_id=old.session_id,
                       session_id=new.session_id)
@@ -531,10 +422,10 @@ class SessionStore:
         entry = agent.entries.pop(session_key, None)
         if entry is None:
             return False
-        agent.history.pop(entry.session_id)
+        agent.dirty.pop(session_key, None)
         # The entry goes first: a crash in between leaves an orphan transcript, not an entry
         # pointing at a missing file.
-        await self._save(agent)
+        await self._persist(agent, [del_op(session_key)])
         source = transcript_path(agent.sessions_dir, entry.session_id)
         target = source.with_name("%s.deleted-%d" % (source.name, self._now_ms()))
         await self._in_thread(_rename_if_present, source, target)
@@ -548,7 +439,7 @@ class SessionStore:
                 raise ValueError("invalid agent id %r" % (agent_id,))
             agent_ids = [agent_id]
         else:
-            on_disk = await self._in_thread(_list_agent_dirs, self.state_dir)
+            on_disk = await self._in_thread(agent_ids_on_disk, self.state_dir)
             agent_ids = sorted(set(on_disk) | set(self._agents))
         entries: list[SessionEntry] = []
         for each_agent_id in agent_ids:

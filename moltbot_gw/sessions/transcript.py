@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from twisted.logger import Logger
 
@@ -156,6 +156,113 @@ def read_transcript(path: Path) -> TranscriptContents:
                          length=len(raw))
     return TranscriptContents(records=tuple(records), skipped_lines=skipped,
                               torn_last_line=torn, size_bytes=size)
+
+
+TAIL_BLOCK_BYTES = 64 * 1024
+
+
+def read_transcript_tail(path: Path, enough: Callable[[dict[str, Any]], bool],
+                         block_size: int = TAIL_BLOCK_BYTES) -> TranscriptContents:
+    """Read a transcript backwards, a block at a time, until ``enough(record)`` (called with
+    each readable record, newest first) says so; return those records in file order.
+    Blocking.
+
+    Turns older than what is needed are never read, however large they are. Lines are
+    judged as ``read_transcript`` does: an unterminated, unparseable last line is torn.
+    """
+    newest_first: list[dict[str, Any]] = []
+    skipped = size = 0
+    torn = False
+    try:
+        transcript_file = open(path, "rb")
+    except FileNotFoundError:
+        return TranscriptContents(records=())
+
+    def take(raw: bytes, terminated: bool) -> bool:
+        nonlocal skipped, torn
+        line = raw.rstrip(b"\r")
+        if not line.strip():
+            return False
+        record = _decode_line(line)
+        if record is None:
+            skipped += 1
+            torn = torn or not terminated
+            log.warn("skipped an unreadable line near the end of transcript {path}",
+                     path=str(path))
+            return False
+        newest_first.append(record)
+        return enough(record)
+
+    with transcript_file:
+        position = os.fstat(transcript_file.fileno()).st_size
+        carry: list[bytes] = []   # pieces, newest first, of a line that starts further back
+        at_end = True             # the next line handled is the file's last
+        done = False
+        while position > 0 and not done:
+            step = min(block_size, position)
+            position -= step
+            transcript_file.seek(position)
+            block = transcript_file.read(step)
+            size += len(block)
+            pieces = block.split(b"\n")
+            if len(pieces) == 1:
+                carry.append(block)
+                continue
+            carry.reverse()
+            lines = [pieces[-1] + b"".join(carry)] + pieces[-2:0:-1]
+            carry = [pieces[0]]
+            for raw in lines:
+                done = take(raw, terminated=not at_end)
+                at_end = False
+                if done:
+                    break
+        if not done and position == 0 and carry:
+            carry.reverse()
+            take(b"".join(carry), terminated=not at_end)
+    newest_first.reverse()
+    return TranscriptContents(records=tuple(newest_first), skipped_lines=skipped,
+                              torn_last_line=torn, size_bytes=size)
+
+
+def compact_transcript(path: Path, header: Mapping[str, Any], keep_bytes: int,
+                       now_ms: int) -> int:
+    """Rewrite a transcript as its header, a ``compaction`` marker and its newest whole
+    turns (records from a user message on) that fit in ``keep_bytes``; older turns are
+    dropped, not archived. Atomic: a crash leaves the old file or the new. Blocking.
+    Returns the bytes dropped."""
+    path = Path(path)
+    kept_bytes = 0
+
+    def enough(record: Mapping[str, Any]) -> bool:
+        nonlocal kept_bytes
+        kept_bytes += len(encode_records([record]))
+        return kept_bytes > keep_bytes
+
+    tail = list(read_transcript_tail(path, enough).records)
+    while tail and kept_bytes > keep_bytes:   # the record that crossed the budget goes
+        kept_bytes -= len(encode_records([tail.pop(0)]))
+    kept = [record for record in tail if record.get("type") not in ("session", "compaction")]
+    while kept and not (kept[0].get("type") == "message" and kept[0].get("role") == "user"):
+        kept.pop(0)   # never start with the answer to a question that was dropped
+    old_size = os.stat(path).st_size
+    marker = {"type": "compaction", "ts": now_ms, "reason": "maxTranscriptBytes"}
+    payload = encode_records([header, marker, *kept])
+    temp_path = path.with_name(path.name + ".compacting.tmp")
+    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as temp_file:
+            temp_file.write(payload)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        try:
+            os.unlink(temp_path)
+        except OSError:
+            pass
+        raise
+    fsync_directory(path.parent)
+    return max(0, old_size - len(payload))
 
 
 @dataclass(frozen=True)

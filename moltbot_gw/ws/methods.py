@@ -77,6 +77,18 @@ def _count(params: Mapping[str, Any], name: str, default: Optional[int],
 
 # --- results -----------------------------------------------------------------------------
 
+def _message_count_reaches(limit: int):
+    """A transcript tail-read stop: once ``limit`` message records are in hand."""
+    seen = 0
+
+    def enough(record: Mapping[str, Any]) -> bool:
+        nonlocal seen
+        seen += record.get("type") == "message"
+        return seen >= limit
+
+    return enough
+
+
 def result_payload(result: RunResult) -> dict:
     return {"runId": result.run_id, "agentId": result.agent_id,
             "sessionKey": result.session_key, "status": "ok", "text": result.text,
@@ -341,7 +353,8 @@ class GatewayMethods:
         limit = _count(params, "limit", DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)
         _agent, key = self._session(params, "sessionKey", MAIN_SESSION)
         entry = await self.store.get(key)
-        records = await self.store.load_history(key) if entry is not None else []
+        records = (await self.store.load_history(key, _message_count_reaches(limit))
+                   if entry is not None else [])
         messages = [{name: record[name] for name in HISTORY_FIELDS if name in record}
                     for record in current_branch(records, every_message=True)]
         return {"sessionKey": key, "sessionId": entry.session_id if entry else None,
