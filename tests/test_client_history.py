@@ -64,6 +64,28 @@ async def test_header_session_continue_sends_nothing_twice(start_gateway, http, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_long_header_session_continues_without_a_branch(start_gateway, http, upstream,
+                                                                state_dir):
+    """History is read from the transcript's tail; for a session the client owns, the tail
+    must reach back over the whole conversation it resent, however short the agent's own
+    history limit, or every turn would look like an edit."""
+    raw = ui_config(upstream)
+    raw["agents"]["defaults"] = {"history": {"maxMessages": 2}}
+    gw = await start_gateway(raw)
+    conversation = []
+    for turn in range(12):
+        upstream.queue(text=f"a{turn}")
+        conversation.append(user(f"u{turn}"))
+        await ui_turn(http, gw, conversation)
+        conversation.append(assistant(f"a{turn}"))
+    assert upstream_messages(upstream) == [SYS, user("u10"), assistant("a10"), user("u11")]
+    records = all_records(state_dir)
+    assert [r for r in records if r["type"] == "branch"] == []
+    assert [r["content"] for r in records if r["type"] == "message"] == [
+        m["content"] for m in conversation]
+
+
+@pytest_twisted.ensureDeferred
 async def test_header_session_regenerate_drops_the_old_answer(start_gateway, http, upstream,
                                                               state_dir):
     gw = await start_gateway(ui_config(upstream))
