@@ -22,7 +22,8 @@ class RunRequest:
     ``input`` are the turn's new messages (``{"role": "user", "content": str | parts}``).
     ``client_history`` is conversation the client sent along (OpenAI-style requests resend
     it); it is used as history only when the session has none stored. ``persist=False``
-    runs without reading or writing any session (stateless requests, background tasks).
+    runs without reading or writing any session (stateless requests, background tasks);
+    ``record=False`` reads the session's history but writes nothing to it.
     ``stream=False`` says nobody needs deltas as they come, so the provider may answer in
     one piece (cheaper for upstream and gateway); the run still emits that as one delta.
     """
@@ -39,6 +40,7 @@ class RunRequest:
     tools: tuple[Mapping[str, Any], ...] = ()      # OpenAI-format function tools
     tool_choice: Any = None
     parallel_tool_calls: Optional[bool] = None
+    record: bool = True
 
 
 @dataclass(frozen=True)

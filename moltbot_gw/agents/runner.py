@@ -259,7 +259,7 @@ class AgentRunner:
     async def _record(self, run: Run, request: RunRequest, status: str,
                       result: Optional[RunResult] = None, error: Exception = None) -> None:
         """Write the turn to the transcript before anyone hears that it ended."""
-        if not request.persist:
+        if not (request.persist and request.record):
             return
         now = _now_ms()
         records = []
