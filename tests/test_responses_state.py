@@ -17,7 +17,7 @@ from moltbot_gw.openai.response_index import ResponseIndex, StoredResponse
 
 from .chat_helpers import BETA_PROMPT, http, no_leftovers  # noqa: F401
 from .test_responses import (WEATHER, OSLO, assert_error, post, rconfig, response_json, sdk,
-                             sessions_index, sse_events, transcript_records, upstream_messages)
+                             sse_events, transcript_records, upstream_messages)
 
 
 def session_files(state_dir):
