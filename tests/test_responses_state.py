@@ -13,9 +13,11 @@ import pytest_twisted
 from openai.types.responses import ResponseUsage
 from pydantic import BaseModel
 
+from moltbot_gw.config import parse_config, with_overrides
 from moltbot_gw.openai.response_index import ResponseIndex, StoredResponse
 
 from .chat_helpers import BETA_PROMPT, http, no_leftovers  # noqa: F401
+from .conftest import TOKEN
 from .test_responses import (WEATHER, OSLO, assert_error, post, rconfig, response_json, sdk,
                              sse_events, transcript_records, upstream_messages)
 
@@ -135,6 +137,44 @@ async def test_the_oldest_responses_are_forgotten_beyond_max_stored_responses(st
     response, body = await post(http, gw, {"model": "moltbot", "input": "x",
                                            "previous_response_id": ids[2]})
     assert response.code == 200, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_anonymous_chain_keeps_no_more_than_the_agents_history_limit(start_gateway,
+                                                                               upstream):
+    raw = rconfig(upstream)
+    raw["agents"]["defaults"] = {"history": {"maxMessages": 3}}
+    gw = await start_gateway(raw)
+    previous = None
+    for n in range(4):
+        upstream.queue(text=f"R{n}")
+        response = await sdk(gw, lambda c: c.responses.create(
+            model="moltbot:beta", input=f"turn {n}", previous_response_id=previous))
+        previous = response.id
+    assert upstream_messages(upstream)[1:] == [
+        {"role": "user", "content": "turn 2"}, {"role": "assistant", "content": "R2"},
+        {"role": "user", "content": "turn 3"}]
+    stored = gw.service.openai.responses_endpoint.responses.get(previous)
+    assert [m["content"] for m in stored.conversation] == ["turn 3", "R3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_config_reload_keeps_stored_responses_under_the_new_limits(start_gateway,
+                                                                            http, state_dir):
+    gw = await start_gateway(rconfig())
+    ids = []
+    for n in range(3):
+        _, body = await post(http, gw, {"model": "moltbot", "input": f"turn {n}"})
+        ids.append(response_json(body)["id"])
+    gw.service.reload(with_overrides(parse_config(
+        with_limits(rconfig(), maxStoredResponses=2), env={"CLAWDBOT_GATEWAY_TOKEN": TOKEN},
+        state_dir=state_dir), port=gw.port))
+    response, body = await post(http, gw, {"model": "moltbot", "input": "x",
+                                           "previous_response_id": ids[0]})
+    assert_error(response, body, 404, param="previous_response_id")
+    _, body = await post(http, gw, {"model": "moltbot", "input": "x",
+                                    "previous_response_id": ids[2]})
+    assert response_json(body)["output"][0]["content"][0]["text"] == "x"
 
 
 # --- item 12: item_reference ------------------------------------------------------------------

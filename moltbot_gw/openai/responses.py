@@ -19,9 +19,9 @@ from twisted.logger import Logger
 
 from ..agents.registry import AgentRegistry, UnknownAgent
 from ..agents.run import RunRequest, RunResult
-from ..agents.runner import AgentRunner
+from ..agents.runner import AgentRunner, cap_history
 from ..auth import GatewayAuth
-from ..config import Config
+from ..config import Config, HistoryConfig
 from ..http_auth import require_auth
 from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
                       named_session, session_header_names)
@@ -142,20 +142,22 @@ class ResponsesEndpoint:
             answer = json.dumps(body, separators=(",", ":")).encode("utf-8")
         if parsed.store:
             session = run.session_key if session_key is not None else None
-            self._remember(response_id, agent.id, session, history, parsed, result,
-                           body["output"])
+            self._remember(response_id, agent.id, agent.history, session, history, parsed,
+                           result, body["output"])
         return answer
 
-    def _remember(self, response_id: str, agent_id: str, session_key: Optional[str],
-                  history: tuple, parsed: ResponsesRequest, result: RunResult,
-                  output: list[Mapping[str, Any]]) -> None:
+    def _remember(self, response_id: str, agent_id: str, limits: HistoryConfig,
+                  session_key: Optional[str], history: tuple, parsed: ResponsesRequest,
+                  result: RunResult, output: list[Mapping[str, Any]]) -> None:
         """Keep the response for ``previous_response_id`` and its output items for
         ``item_reference``; an anonymous one also keeps its conversation (the session of
-        one that has a session holds it already)."""
+        one that has a session holds it already), no more of it than the agent's history
+        limits would ever send to the model."""
         conversation: tuple = ()
         if session_key is None:
             reply = reply_message(result)
-            conversation = (*history, *parsed.input, *([reply] if reply else []))
+            conversation = tuple(cap_history(
+                (*history, *parsed.input, *([reply] if reply else [])), limits))
         items = {item["id"]: item for item in output}
         self.responses.add(response_id, StoredResponse(agent_id, session_key,
                                                        conversation, items))
