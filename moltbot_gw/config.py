@@ -170,6 +170,11 @@ class ChatCompletionsConfig:
 @dataclass(frozen=True)
 class ResponsesConfig:
     enabled: bool = _key("enabled", False, doc="serve POST /v1/responses")
+    maxStoredResponses: int = _key("maxStoredResponses", 10_000, check=_positive,
+                                   doc="responses kept for previous_response_id and "
+                                       "item_reference (least recently used forgotten)")
+    maxStoredBytes: int = _key("maxStoredBytes", 64 * 1024 * 1024, check=_positive,
+                               doc="bytes those kept responses may hold in memory")
 
 
 @dataclass(frozen=True)

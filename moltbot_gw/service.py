@@ -84,7 +84,7 @@ class GatewayService(MultiService):
         self.openai = OpenAIRoutes(config, self.http_auth, self.agents, self.runner,
                                    self.reactor)
         if previous is not None:  # previous_response_id must survive a reload
-            self.openai.responses_endpoint.responses = previous.responses_endpoint.responses
+            self.openai.responses_endpoint.adopt(previous.responses_endpoint)
         http = config.gateway.http
         metrics = config.gateway.metrics
         self.root.api_resource = self.openai.resource()

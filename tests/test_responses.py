@@ -21,7 +21,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
-from moltbot_gw.openai.responses import ResponseIndex, StoredResponse
+from moltbot_gw.openai.response_index import ResponseIndex, StoredResponse
 
 from .chat_helpers import BETA_PROMPT, config, http, no_leftovers  # noqa: F401
 from .conftest import TOKEN
@@ -205,7 +205,7 @@ async def test_sdk_create_returns_a_response_whose_output_text_is_the_echo(start
 
 
 @pytest_twisted.ensureDeferred
-async def test_previous_response_id_continues_the_same_session(start_gateway, upstream, state_dir):
+async def test_previous_response_id_continues_an_anonymous_chain(start_gateway, upstream, state_dir):
     gw = await start_gateway(rconfig(upstream))
     upstream.queue(text="R1").queue(text="R2").queue(text="R3")
     first = await sdk(gw, lambda c: c.responses.create(model="moltbot:beta", input="first"))
@@ -221,7 +221,9 @@ async def test_previous_response_id_continues_the_same_session(start_gateway, up
                                            {"role": "user", "content": "first"},
                                            {"role": "assistant", "content": "R1"},
                                            {"role": "user", "content": "second"}]
-    assert f"agent:beta:responses:{first.id}" in sessions_index(state_dir, "beta")
+    # anonymous calls are stateless: the chain lives in the response index, not a session
+    assert sessions_index(state_dir, "beta") == {}
+    assert transcript_records(state_dir, "beta") == []
     # a response without previous_response_id starts afresh
     await sdk(gw, lambda c: c.responses.create(model="moltbot:beta", input="third"))
     assert upstream_messages(upstream)[1:] == [{"role": "user", "content": "third"}]
@@ -591,7 +593,9 @@ async def test_client_disconnect_cancels_the_run_and_its_upstream_request(start_
     client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", gw.port),
                                    _Collect())
     client.waiter = Deferred()
-    data = json.dumps({"model": "moltbot:beta", "input": "hi", "stream": True}).encode()
+    # a session (user) so that the aborted turn is recorded; anonymous calls keep none
+    data = json.dumps({"model": "moltbot:beta", "input": "hi", "stream": True,
+                       "user": "alice"}).encode()
     client.transport.write(
         b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
@@ -623,7 +627,7 @@ INVALID = [
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
      "input[0].content[0].type"),
     ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
-    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+    ({"input": [{"type": "item_reference", "id": 5}]}, "input[0].id"),
     ({"input": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
      "input"),
     ({"input": [{"role": "user", "content": [

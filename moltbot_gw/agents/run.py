@@ -27,7 +27,8 @@ class RunRequest:
     when the session has none stored; ``"client"`` (a chat UI that resends the whole
     conversation) makes it the conversation, enriched with the stored records that match it,
     and records a branch where the stored history differs. ``persist=False``
-    runs without reading or writing any session (stateless requests, background tasks).
+    runs without reading or writing any session (stateless requests, background tasks);
+    ``record=False`` reads the session's history but writes nothing to it.
     ``stream=False`` says nobody needs deltas as they come, so the provider may answer in
     one piece (cheaper for upstream and gateway); the run still emits that as one delta.
     """
@@ -45,6 +46,7 @@ class RunRequest:
     tools: tuple[Mapping[str, Any], ...] = ()      # OpenAI-format function tools
     tool_choice: Any = None
     parallel_tool_calls: Optional[bool] = None
+    record: bool = True
 
 
 @dataclass(frozen=True)

@@ -328,7 +328,7 @@ class AgentRunner:
                       before: Sequence[Mapping[str, Any]] = ()) -> None:
         """Write the turn to the transcript before anyone hears that it ended; ``before``
         (a branch point and the client's version of earlier messages) goes first."""
-        if not request.persist:
+        if not (request.persist and request.record):
             return
         now = _now_ms()
         records = list(before)

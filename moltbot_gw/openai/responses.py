@@ -4,77 +4,55 @@
 validation, agent and session choice, the run, JSON or SSE — and answers errors itself in the
 OpenAI error shape, so a router only has to call it.
 
-Every response is stored in a session so ``previous_response_id`` can continue it: the
-``x-moltbot-session-key`` header (or a configured session header) names one; otherwise the
-session of the previous response; otherwise ``user``'s session (shared with chat
-completions); otherwise a new session ``agent:<id>:responses:<id of this response>``. The
-map from response id to session is in memory (the newest ``MAX_REMEMBERED`` responses), so
-it does not survive a restart.
+Session choice: the ``x-moltbot-session-key`` header (or a configured session header) names
+one; otherwise the session of the previous response; otherwise ``user``'s session (shared
+with chat completions). A call with none of these is stateless like a chat completion: no
+session is created; its conversation is kept in the ``ResponseIndex`` (bounded, in memory)
+so that ``previous_response_id`` can continue it. ``store: false`` keeps nothing.
 """
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from twisted.logger import Logger
 
 from ..agents.registry import AgentRegistry, UnknownAgent
-from ..agents.run import RunRequest
-from ..agents.runner import AgentRunner
+from ..agents.run import RunRequest, RunResult
+from ..agents.runner import AgentRunner, cap_history
 from ..auth import GatewayAuth
-from ..config import Config
+from ..config import Config, HistoryConfig
 from ..http_auth import require_auth
-from ..sessions.keys import make_session_key
 from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
                       named_session, session_header_names)
 from .errors import (APIError, method_not_allowed, not_found,
                      write_error)
 from .images import ImageBudget, fetch_remote_images
 from .runs import await_run, start_run
+from .response_index import ResponseIndex, StoredResponse
 from .responses_request import ResponsesRequest, parse_responses_request
 from .responses_stream import ResponseShell, ResponsesStream, new_id, response_body
 
-MAX_REMEMBERED = 10_000
 
-
-
-@dataclass(frozen=True)
-class StoredResponse:
-    agent_id: str
-    session_key: str
-
-
-class ResponseIndex:
-    """Response id → the session that produced it; least recently used ids are forgotten
-    beyond ``capacity``."""
-
-    def __init__(self, capacity: int = MAX_REMEMBERED):
-        self.capacity = capacity
-        self._entries: OrderedDict[str, StoredResponse] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def add(self, response_id: str, stored: StoredResponse) -> None:
-        self._entries[response_id] = stored
-        self._entries.move_to_end(response_id)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-
-    def get(self, response_id: str) -> Optional[StoredResponse]:
-        stored = self._entries.get(response_id)
-        if stored is not None:
-            self._entries.move_to_end(response_id)
-        return stored
+def reply_message(result: RunResult) -> Optional[dict]:
+    """The run's answer as a chat message for a stored conversation (None if it said
+    nothing: providers reject empty assistant messages)."""
+    if not result.text and not result.tool_calls:
+        return None
+    message: dict[str, Any] = {"role": "assistant", "content": result.text or None}
+    if result.tool_calls:
+        message["tool_calls"] = [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}
+            for call in result.tool_calls]
+    return message
 
 
 class ResponsesEndpoint:
     log = Logger()
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
-                 runner: AgentRunner, clock, image_client, capacity: int = MAX_REMEMBERED):
+                 runner: AgentRunner, clock, image_client):
         self.config = config
         self.auth = auth
         self.agents = agents
@@ -85,8 +63,16 @@ class ResponsesEndpoint:
         # Image limits and the keepalive interval are those of chat completions.
         self.chat = endpoints.chatCompletions
         self.session_headers = session_header_names(config)
-        self.responses = ResponseIndex(capacity)
+        self.responses = ResponseIndex(endpoints.responses.maxStoredResponses,
+                                       endpoints.responses.maxStoredBytes)
         self.image_client = image_client  # shared with chat completions
+
+    def adopt(self, previous: "ResponsesEndpoint") -> None:
+        """Keep what ``previous`` (the endpoint before a config reload) remembers, under
+        this config's limits: ``previous_response_id`` must survive a reload."""
+        self.responses = previous.responses
+        limits = self.config.gateway.http.endpoints.responses
+        self.responses.resize(limits.maxStoredResponses, limits.maxStoredBytes)
 
     async def handle(self, request) -> bytes:
         """Answer one request to ``/v1/responses`` (any method)."""
@@ -102,7 +88,7 @@ class ResponsesEndpoint:
     async def _respond(self, request) -> bytes:
         require_auth(request, self.auth)
         images = ImageBudget(self.chat.images)
-        parsed = parse_responses_request(request.content.read(), images)
+        parsed = parse_responses_request(request.content.read(), images, self.responses.item)
         previous = None
         if parsed.previous_response_id is not None:
             previous = self.responses.get(parsed.previous_response_id)
@@ -124,17 +110,20 @@ class ResponsesEndpoint:
                                 f'"{previous.agent_id}", not "{agent.id}"',
                            param="previous_response_id", code="invalid_value")
         response_id = new_id("resp")
-        session_key = self._session(request, agent.id, parsed, previous, response_id)
+        session_key = self._session(request, agent.id, parsed, previous)
+        history = parsed.history
+        if previous is not None and previous.session_key is None:
+            history = tuple(previous.conversation) + history   # an anonymous chain
         if images.remote:
             await fetch_remote_images(images, self.image_client, self.clock)
         run = start_run(self.runner, RunRequest(
             input=parsed.input, agent_id=agent.id, session_key=session_key,
-            client_history=parsed.history, extra_system_prompt=parsed.system_prompt,
+            client_history=history, extra_system_prompt=parsed.system_prompt,
             history_owner=self._history_owner(request, previous),
-            model=header(request, MODEL_HEADERS), options=parsed.options, persist=True,
+            model=header(request, MODEL_HEADERS), options=parsed.options,
+            persist=session_key is not None, record=parsed.store,
             stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
             parallel_tool_calls=parsed.parallel_tool_calls))
-        self.responses.add(response_id, StoredResponse(agent.id, run.session_key))
         shell = ResponseShell(response_id, int(self.clock.seconds()), parsed.model,
                               parsed.echo)
         stream = None
@@ -146,10 +135,33 @@ class ResponsesEndpoint:
         if failed is not None:
             return failed
         if stream is not None:
-            return stream.finish(result)
-        body = response_body(shell, result, int(self.clock.seconds()))
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(body, separators=(",", ":")).encode("utf-8")
+            answer = stream.finish(result)
+            body = stream.body
+        else:
+            body = response_body(shell, result, int(self.clock.seconds()))
+            request.setHeader(b"content-type", b"application/json")
+            answer = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        if parsed.store:
+            session = run.session_key if session_key is not None else None
+            self._remember(response_id, agent.id, agent.history, session, history, parsed,
+                           result, body["output"])
+        return answer
+
+    def _remember(self, response_id: str, agent_id: str, limits: HistoryConfig,
+                  session_key: Optional[str], history: tuple, parsed: ResponsesRequest,
+                  result: RunResult, output: list[Mapping[str, Any]]) -> None:
+        """Keep the response for ``previous_response_id`` and its output items for
+        ``item_reference``; an anonymous one also keeps its conversation (the session of
+        one that has a session holds it already), no more of it than the agent's history
+        limits would ever send to the model."""
+        conversation: tuple = ()
+        if session_key is None:
+            reply = reply_message(result)
+            conversation = tuple(cap_history(
+                (*history, *parsed.input, *([reply] if reply else [])), limits))
+        items = {item["id"]: item for item in output}
+        self.responses.add(response_id, StoredResponse(agent_id, session_key,
+                                                       conversation, items))
 
     def _history_owner(self, request, previous: Optional[StoredResponse]) -> str:
         """"client" for a session chosen by a configured session header when the input is
@@ -161,7 +173,8 @@ class ResponsesEndpoint:
         return "client" if chosen_by_header else "store"
 
     def _session(self, request, agent_id: str, parsed: ResponsesRequest,
-                 previous: Optional[StoredResponse], response_id: str) -> str:
+                 previous: Optional[StoredResponse]) -> Optional[str]:
+        """The session key of the run, or None for a stateless (anonymous) one."""
         explicit = header(request, SESSION_KEY_HEADERS)
         if explicit is not None:
             return explicit            # resolved (and checked) by the runner
@@ -170,8 +183,8 @@ class ResponsesEndpoint:
             if value is not None:
                 return named_session(agent_id, f"openai-chat:{value}", name.decode())
         if previous is not None:
-            return previous.session_key
+            return previous.session_key     # None: an anonymous chain stays anonymous
         if parsed.user is not None:
             return named_session(agent_id, f"openai-user:{parsed.user}", "user")
-        return make_session_key(agent_id, f"responses:{response_id}")
+        return None
 

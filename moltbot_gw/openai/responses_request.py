@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from ..config import ImagesConfig
 from .chat_request import TOOL_NAME_RE, agent_from_model, parse_body
@@ -18,7 +18,11 @@ from .validation import bad_request as _bad
 from .validation import is_int as _is_int
 from .validation import is_number as _is_number
 from .validation import text_of as _text_of
+from .errors import APIError
 from .images import ImageBudget
+
+# Looks up an earlier output item by id (``msg_``, ``fc_``, ``rs_``): the item, or None.
+ItemResolver = Callable[[str], Optional[Mapping[str, Any]]]
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 TEXT_PART_TYPES = ("input_text", "output_text", "text")
@@ -44,6 +48,7 @@ class ResponsesRequest:
     tools: tuple[Mapping[str, Any], ...] = ()       # chat format, for the run
     tool_choice: Any = None                         # chat format, for the run
     parallel_tool_calls: Optional[bool] = None
+    store: bool = True                              # keep the response for later reference
     # Echoed in the response object, in Responses terms:
     echo: Mapping[str, Any] = field(default_factory=dict)
 
@@ -114,8 +119,29 @@ def _tool_output(item: Mapping, where: str) -> str:
     raise _bad(f"{where}.output must be a string", f"{where}.output", "invalid_type")
 
 
-def _items(data: dict, images: ImageBudget) -> tuple[list, list, list[str]]:
-    """(turn, history, system texts) of ``input``."""
+def _referenced(item: Mapping, where: str, resolve: Optional[ItemResolver]) -> Mapping:
+    """The stored output item an ``item_reference`` names; OpenAI's 404 if it is unknown."""
+    item_id = item.get("id")
+    if not isinstance(item_id, str) or not item_id:
+        raise _bad(f"{where}.id must be the id of an earlier output item", f"{where}.id",
+                   "invalid_type")
+    found = resolve(item_id) if resolve is not None else None
+    if found is None:
+        raise APIError(404, f"Item with id '{item_id}' not found.", param="input",
+                       code="item_not_found", type="invalid_request_error")
+    return found
+
+
+def _is_reference(item: Mapping) -> bool:
+    """An ``item_reference`` (its ``type`` is optional: an item with only an id is one)."""
+    kind = item.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in item and "id" in item)
+
+
+def _items(data: dict, images: ImageBudget,
+           resolve: Optional[ItemResolver] = None) -> tuple[list, list, list[str]]:
+    """(turn, history, system texts) of ``input``; ``item_reference`` items are replaced by
+    the stored items they name."""
     raw = data.get("input")
     if raw is None:
         raise _bad("input is required: a string or a list of input items", "input",
@@ -134,6 +160,8 @@ def _items(data: dict, images: ImageBudget) -> tuple[list, list, list[str]]:
         where = f"input[{i}]"
         if not isinstance(item, dict):
             raise _bad(f"{where} must be an object", where, "invalid_type")
+        if _is_reference(item):
+            item = _referenced(item, where, resolve)
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message":
             role = item.get("role")
@@ -321,10 +349,11 @@ def _metadata(data: dict) -> dict:
     return dict(metadata)
 
 
-def parse_responses_request(body: bytes,
-                            images: Optional[ImageBudget] = None) -> ResponsesRequest:
+def parse_responses_request(body: bytes, images: Optional[ImageBudget] = None,
+                            resolve: Optional[ItemResolver] = None) -> ResponsesRequest:
     """Validate ``body``; image parts count against ``images`` (whose ``remote`` list then
-    names the URLs the caller must fetch)."""
+    names the URLs the caller must fetch); ``resolve`` finds the items ``item_reference``
+    inputs name (without it every reference is unknown)."""
     data = parse_body(body)
     model = data.get("model", "moltbot")
     if not isinstance(model, str) or not model.strip():
@@ -345,7 +374,7 @@ def parse_responses_request(body: bytes,
     if data.get("conversation") is not None:
         raise _bad("conversation objects are not supported; continue a conversation with "
                    "previous_response_id", "conversation", "unsupported_value")
-    _optional_bool(data, "store")
+    store = _optional_bool(data, "store")
     truncation = data.get("truncation")
     if truncation is not None and truncation not in TRUNCATION_MODES:
         raise _bad('truncation must be "auto" or "disabled"', "truncation")
@@ -356,7 +385,7 @@ def parse_responses_request(body: bytes,
     response_format, echoed_text = _text_format(data)
     if response_format is not None:
         options["response_format"] = response_format
-    turn, history, system = _items(data, images or ImageBudget(ImagesConfig()))
+    turn, history, system = _items(data, images or ImageBudget(ImagesConfig()), resolve)
     system_parts = ([instructions] if instructions else []) + system
     echo = {
         "instructions": instructions,
@@ -371,9 +400,11 @@ def parse_responses_request(body: bytes,
         "top_p": options.get("top_p"),
         "truncation": truncation or "disabled",
         "user": user,
+        "store": True if store is None else store,
     }
     return ResponsesRequest(
         model=model, agent_id=agent_from_model(model), input=tuple(turn),
         history=tuple(history), system_prompt="\n\n".join(system_parts) or None,
         options=options, stream=bool(stream), user=user, previous_response_id=previous,
-        tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel, echo=echo)
+        tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel,
+        store=True if store is None else store, echo=echo)

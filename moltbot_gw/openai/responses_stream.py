@@ -44,7 +44,6 @@ class ResponseShell:
             "output": output,
             "usage": usage_json(usage) if usage is not None else None,
             "background": False,
-            "store": True,
             "reasoning": None,
             **self.echo,
         }
@@ -139,6 +138,7 @@ class ResponsesStream(SSEStream):
         self.output: list[_Item] = []
         self._open: Optional[_Item] = None          # the item deltas currently go to
         self._calls: dict[int, _Item] = {}          # the run's tool index -> its item
+        self.body: Optional[dict] = None            # the final response object, once sent
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -264,6 +264,7 @@ class ResponsesStream(SSEStream):
                                incomplete_details=incomplete,
                                completed_at=completed_at if status == "completed" else None)
         kind = "response.completed" if status == "completed" else "response.incomplete"
+        self.body = body
         self._emit(kind, {"response": body})
         self._end()
         return b""
