@@ -307,3 +307,16 @@ def test_response_index_is_bounded_in_bytes_and_forgets_items_with_their_respons
     index.resize(capacity=1, max_bytes=1500)
     assert len(index) == 1 and index.get("resp_long") is not None
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_usage_passes_the_upstreams_cached_and_reasoning_tokens_through(start_gateway,
+                                                                              upstream):
+    gw = await start_gateway(rconfig(upstream))
+    upstream.script(text="cached answer", usage=(20, 9), usage_details={
+        "prompt_tokens_details": {"cached_tokens": 5},
+        "completion_tokens_details": {"reasoning_tokens": 7}})
+    answer = await sdk(gw, lambda c: c.responses.create(model="moltbot:beta", input="Hi"))
+    assert answer.usage.input_tokens == 20 and answer.usage.output_tokens == 9
+    assert answer.usage.input_tokens_details.cached_tokens == 5
+    assert answer.usage.output_tokens_details.reasoning_tokens == 7

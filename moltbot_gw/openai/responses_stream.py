@@ -50,10 +50,17 @@ class ResponseShell:
 
 
 def usage_json(usage) -> dict:
+    """Responses ``usage``: the SDK's documented fields only; cached and reasoning tokens
+    come from the upstream's breakdowns when it reported them, else 0."""
+    prompt_details = usage.prompt_tokens_details or {}
+    completion_details = usage.completion_tokens_details or {}
     return {"input_tokens": usage.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "input_tokens_details": {
+                "cached_tokens": prompt_details.get("cached_tokens", 0),
+                "cache_write_tokens": prompt_details.get("cache_write_tokens", 0)},
             "output_tokens": usage.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {
+                "reasoning_tokens": completion_details.get("reasoning_tokens", 0)},
             "total_tokens": usage.total_tokens}
 
 
