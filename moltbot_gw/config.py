@@ -165,11 +165,23 @@ class ChatCompletionsConfig:
     statelessTaskPrompts: bool = _key("statelessTaskPrompts", True,
                                       doc='"### Task:" requests touch no session')
     images: ImagesConfig = _key("images", ImagesConfig(), doc="image input limits")
+    maxMessages: int = _key("maxMessages", 2000, check=_positive,
+                            doc="messages per request; more gets 400 too_many_messages")
+    maxContentParts: int = _key("maxContentParts", 200, check=_positive,
+                                doc="content parts per message; more gets 400")
+    maxTotalChars: int = _key("maxTotalChars", 1_000_000, check=_positive,
+                              doc="characters of text per request (images not counted)")
 
 
 @dataclass(frozen=True)
 class ResponsesConfig:
     enabled: bool = _key("enabled", False, doc="serve POST /v1/responses")
+    maxInputItems: int = _key("maxInputItems", 2000, check=_positive,
+                              doc="input items per request; more gets 400 too_many_input_items")
+    maxContentParts: int = _key("maxContentParts", 200, check=_positive,
+                                doc="content parts per input item; more gets 400")
+    maxTotalChars: int = _key("maxTotalChars", 1_000_000, check=_positive,
+                              doc="characters of text per request (images not counted)")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from .errors import (APIError, method_not_allowed, not_found,
                      write_error)
 from .images import ImageBudget, fetch_remote_images
 from .runs import await_run, start_run
+from .request_limits import RequestLimits
 from .responses_request import ResponsesRequest, parse_responses_request
 from .responses_stream import ResponseShell, ResponsesStream, new_id, response_body
 
@@ -84,6 +85,7 @@ class ResponsesEndpoint:
         self.enabled = endpoints.responses.enabled
         # Image limits and the keepalive interval are those of chat completions.
         self.chat = endpoints.chatCompletions
+        self.limits = RequestLimits.for_responses(endpoints.responses)
         self.session_headers = session_header_names(config)
         self.responses = ResponseIndex(capacity)
         self.image_client = image_client  # shared with chat completions
@@ -102,7 +104,7 @@ class ResponsesEndpoint:
     async def _respond(self, request) -> bytes:
         require_auth(request, self.auth)
         images = ImageBudget(self.chat.images)
-        parsed = parse_responses_request(request.content.read(), images)
+        parsed = parse_responses_request(request.content.read(), images, self.limits)
         previous = None
         if parsed.previous_response_id is not None:
             previous = self.responses.get(parsed.previous_response_id)

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from ..config import ImagesConfig
+from ..config import ImagesConfig, ResponsesConfig
 from .chat_request import TOOL_NAME_RE, agent_from_model, parse_body
 from .validation import function_definition
 from .validation import bad_request as _bad
@@ -19,6 +19,7 @@ from .validation import is_int as _is_int
 from .validation import is_number as _is_number
 from .validation import text_of as _text_of
 from .images import ImageBudget
+from .request_limits import RequestLimits, check_request_limits
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 TEXT_PART_TYPES = ("input_text", "output_text", "text")
@@ -321,11 +322,13 @@ def _metadata(data: dict) -> dict:
     return dict(metadata)
 
 
-def parse_responses_request(body: bytes,
-                            images: Optional[ImageBudget] = None) -> ResponsesRequest:
+def parse_responses_request(body: bytes, images: Optional[ImageBudget] = None,
+                            limits: Optional[RequestLimits] = None) -> ResponsesRequest:
     """Validate ``body``; image parts count against ``images`` (whose ``remote`` list then
-    names the URLs the caller must fetch)."""
+    names the URLs the caller must fetch); sizes are checked against ``limits``."""
     data = parse_body(body)
+    check_request_limits(data, limits or RequestLimits.for_responses(ResponsesConfig()),
+                         data.get("instructions"))
     model = data.get("model", "moltbot")
     if not isinstance(model, str) or not model.strip():
         raise _bad('model must be a non-empty string, e.g. "moltbot:main"', "model",

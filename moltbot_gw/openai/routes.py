@@ -23,6 +23,7 @@ from .chat_request import (AGENT_MODEL_PREFIXES, agent_from_model, is_task_promp
                            parse_chat_request)
 from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
+from .request_limits import RequestLimits
 from .chat_response import ChatStream, completion_body
 from .responses import ResponsesEndpoint
 from .runs import await_run, start_run
@@ -62,6 +63,7 @@ class OpenAIRoutes:
         self.clock = clock
         endpoints = config.gateway.http.endpoints
         self.chat = endpoints.chatCompletions
+        self.chat_limits = RequestLimits.for_chat(self.chat)
         self.session_headers = session_header_names(config)
         # Remote images are fetched with a client of their own: no pooled connections to
         # arbitrary hosts, never the providers' pool.
@@ -110,7 +112,7 @@ class OpenAIRoutes:
         _require_enabled_method(request, self.chat.enabled, ("POST",))
         require_auth(request, self.auth)
         images = ImageBudget(self.chat.images)
-        chat = parse_chat_request(request.content.read(), images)
+        chat = parse_chat_request(request.content.read(), images, self.chat_limits)
         try:
             agent = self.agents.get(chat.agent_id or header(request, AGENT_ID_HEADERS))
         except UnknownAgent as e:
