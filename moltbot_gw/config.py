@@ -220,6 +220,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    perClientConcurrency: int = _key("perClientConcurrency", 8, check=_positive,
+                                     doc="agent runs one client address may have at once")
+    perClientQueue: int = _key("perClientQueue", 16, check=_non_negative,
+                               doc="runs of one client that may wait for a slot; more get 429")
+    wsWriteRatePerSecond: float = _key("wsWriteRatePerSecond", 10.0, check=_positive,
+                                       doc="state-changing WS requests per second per"
+                                           " connection; more get RATE_LIMITED")
+    wsWriteBurst: int = _key("wsWriteBurst", 20, check=_positive,
+                             doc="state-changing WS requests allowed at once before the rate")
+    wsMaxMessageChars: int = _key("wsMaxMessageChars", 1_000_000, check=_positive,
+                                  doc="characters of an agent / chat.send message")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     port: int = _key("port", DEFAULT_PORT, check=_port, doc="TCP port for HTTP and WebSocket")
     bind: str = _key("bind", "loopback", check=_bind, doc='"loopback", "lan" or an IP address')
@@ -230,6 +245,8 @@ class GatewayConfig:
     metrics: MetricsConfig = _key("metrics", MetricsConfig())
     shutdownGraceSeconds: float = _key("shutdownGraceSeconds", 30.0, check=_non_negative,
                                        doc="how long in-flight requests may finish on stop")
+    limits: LimitsConfig = _key("limits", LimitsConfig(),
+                                doc="per-client fairness and WebSocket write limits")
 
     @property
     def interface(self) -> str:

@@ -20,19 +20,20 @@ from typing import Optional
 
 from twisted.logger import Logger
 
+from ..agents.client_slots import ClientSlots
 from ..agents.registry import AgentRegistry, UnknownAgent
 from ..agents.run import RunRequest
 from ..agents.runner import AgentRunner
 from ..auth import GatewayAuth
 from ..config import Config
-from ..http_auth import require_auth
+from ..http_auth import request_client_address, require_auth
 from ..sessions.keys import make_session_key
 from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
                       named_session, session_header_names)
 from .errors import (APIError, method_not_allowed, not_found,
                      write_error)
 from .images import ImageBudget, fetch_remote_images
-from .runs import await_run, start_run
+from .runs import await_run, start_run_for_client
 from .request_limits import RequestLimits
 from .responses_request import ResponsesRequest, parse_responses_request
 from .responses_stream import ResponseShell, ResponsesStream, new_id, response_body
@@ -75,7 +76,8 @@ class ResponsesEndpoint:
     log = Logger()
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
-                 runner: AgentRunner, clock, image_client, capacity: int = MAX_REMEMBERED):
+                 runner: AgentRunner, clock, image_client, capacity: int = MAX_REMEMBERED,
+                 client_slots: Optional[ClientSlots] = None):
         self.config = config
         self.auth = auth
         self.agents = agents
@@ -89,6 +91,9 @@ class ResponsesEndpoint:
         self.session_headers = session_header_names(config)
         self.responses = ResponseIndex(capacity)
         self.image_client = image_client  # shared with chat completions
+        limits = config.gateway.limits
+        self.client_slots = client_slots or ClientSlots(limits.perClientConcurrency,
+                                                        limits.perClientQueue)
 
     async def handle(self, request) -> bytes:
         """Answer one request to ``/v1/responses`` (any method)."""
@@ -129,12 +134,14 @@ class ResponsesEndpoint:
         session_key = self._session(request, agent.id, parsed, previous, response_id)
         if images.remote:
             await fetch_remote_images(images, self.image_client, self.clock)
-        run = start_run(self.runner, RunRequest(
-            input=parsed.input, agent_id=agent.id, session_key=session_key,
-            client_history=parsed.history, extra_system_prompt=parsed.system_prompt,
-            model=header(request, MODEL_HEADERS), options=parsed.options, persist=True,
-            stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
-            parallel_tool_calls=parsed.parallel_tool_calls))
+        run = await start_run_for_client(
+            self.runner, self.client_slots, request_client_address(request, self.auth),
+            RunRequest(
+                input=parsed.input, agent_id=agent.id, session_key=session_key,
+                client_history=parsed.history, extra_system_prompt=parsed.system_prompt,
+                model=header(request, MODEL_HEADERS), options=parsed.options, persist=True,
+                stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
+                parallel_tool_calls=parsed.parallel_tool_calls))
         self.responses.add(response_id, StoredResponse(agent.id, run.session_key))
         shell = ResponseShell(response_id, int(self.clock.seconds()), parsed.model,
                               parsed.echo)
