@@ -49,6 +49,7 @@ class GatewayService(MultiService):
         self.config = config
         self.reactor = reactor
         self.auth = auth or GatewayAuth.from_config(config, reactor)
+        self.state_dir_lock = None   # the daemon's StateDirLock, set by the twistd plugin
         self.agents = AgentRegistry(config)
         self.providers = ProviderRegistry(config.models, reactor)
         self.store = SessionStore(config.state_dir, reactor)
