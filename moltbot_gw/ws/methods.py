@@ -281,9 +281,10 @@ class GatewayMethods:
         idempotency_key = _text(params, "idempotencyKey",
                                 max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
         extra = _text(params, "extraSystemPrompt")
-        asked = self.admission.asked(params)
-        scope = None
+        scope: Optional[tuple] = None
+        asked = ""
         if idempotency_key is not None:
+            asked = self.admission.asked(params)
             scope = self.admission.idempotency_scope(connection, method, idempotency_key)
             earlier = self.admission.earlier_run(scope, asked)
             if earlier is not None:

@@ -4,6 +4,7 @@ method. The methods ask it before they start anything; it starts nothing itself.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any, Awaitable, Callable, Mapping, Optional
@@ -71,7 +72,9 @@ class RunAdmission:
 
     @staticmethod
     def asked(params: Mapping[str, Any]) -> str:
-        return json.dumps([params.get(name) for name in RUN_PARAMS])
+        """A digest of what a run was asked: remembered keys must not hold whole messages."""
+        what = json.dumps([params.get(name) for name in RUN_PARAMS], ensure_ascii=False)
+        return hashlib.sha256(what.encode("utf-8", "surrogatepass")).hexdigest()
 
     def earlier_run(self, scope: tuple, asked: str) -> Optional[Run]:
         """The run a key in ``scope`` started, if it asked the same; a key reused for
