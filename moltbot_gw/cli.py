@@ -80,7 +80,7 @@ def gateway_credential(config: Config) -> Optional[dict]:
     if secret is None:
         try:
             secret = read_token(config.state_dir)
-        except OSError:   # UnsafeTokenFile included: a symlinked token is never sent
+        except (OSError, UnsafeTokenFile):   # a symlinked token file is never sent
             secret = None
     return {"token": secret} if secret else None
 

@@ -66,6 +66,16 @@ def test_a_cancelled_waiter_leaves_the_queue():
     assert len(later) == 1
 
 
+def test_raising_the_limit_on_reload_lets_waiters_run():
+    slots = ClientSlots(per_client=1, queue_size=4)
+    got = []
+    for _ in range(3):
+        slots.acquire("a").addCallback(got.append)
+    assert len(got) == 1
+    slots.reconfigure(per_client=3, queue_size=4)
+    assert len(got) == 3 and slots.waiting("a") == 0
+
+
 def test_token_bucket_allows_a_burst_then_the_rate():
     clock = task.Clock()
     bucket = TokenBucket(clock, rate=2.0, burst=3)

@@ -76,6 +76,9 @@ def test_a_symlinked_token_file_is_refused_by_daemon_and_cli(tmp_path, env):
                            timeout=30)
     assert token.returncode == 1 and "attacker-chosen-token" not in token.stdout
     assert "symbolic link" in token.stderr
+    health = subprocess.run(CLI + ["health", "--url", "http://127.0.0.1:9"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert health.returncode == 1 and "Traceback" not in health.stderr
 
 
 def test_token_helpers_never_follow_a_link(tmp_path):
