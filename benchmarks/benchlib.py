@@ -257,6 +257,9 @@ def gateway_config(upstream: Server, max_concurrent: int = 1100) -> dict:
         "gateway": {
             "port": 0, "bind": "loopback", "auth": {"mode": "token"},
             "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+            # every load generator connects from 127.0.0.1, i.e. as one client: the
+            # per-client fairness limit must not be what the scenarios measure
+            "limits": {"perClientConcurrency": max_concurrent},
         },
         "models": {"providers": {
             "bench": {"api": "openai-completions", "baseUrl": f"{upstream.origin}/v1"},

@@ -6,10 +6,13 @@ address; nothing here knows about requests or frames.
 """
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import os
 import secrets
+import stat
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,28 +30,59 @@ def token_file(state_dir: Path) -> Path:
     return state_dir / TOKEN_FILE_NAME
 
 
+class UnsafeTokenFile(ValueError):
+    """The token file is not a plain file of ours (a symbolic link, say): never used."""
+
+
+def read_token(state_dir: Path) -> Optional[str]:
+    """The token stored in the state dir, ``None`` when there is none (or it is blank).
+
+    Opened with ``O_NOFOLLOW``: a symbolic link planted in its place is refused, not
+    followed to wherever it points."""
+    path = token_file(state_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafeTokenFile(f"{path} is a symbolic link; refusing to use it as the "
+                                  "gateway token (remove it to have a new token generated)")
+        raise
+    with os.fdopen(fd, "r", encoding="utf-8") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise UnsafeTokenFile(f"{path} is not a regular file; refusing to use it as the "
+                                  "gateway token")
+        return f.read().strip() or None
+
+
 def load_or_create_token(state_dir: Path) -> tuple[str, bool]:
     """Return the stored gateway token, generating it (0600) on first use.
 
     Runs before the reactor starts (and from the CLI), so plain file I/O is fine here.
-    The second item says whether the token was created just now.
+    The second item says whether the token was created just now. The new file is written
+    through ``mkstemp`` (``O_EXCL|O_NOFOLLOW``, 0600) and linked into place, which fails
+    rather than replace anything that appeared there meanwhile.
     """
-    path = token_file(state_dir)
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            return token, False
-    except FileNotFoundError:
-        pass
+    token = read_token(state_dir)
+    if token:
+        return token, False
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = token_file(state_dir)
     token = secrets.token_urlsafe(32)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=TOKEN_FILE_NAME + ".", suffix=".tmp", dir=state_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            path.unlink()      # a blank token file: replace it, but never through a link
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
     return token, True
 
 

@@ -13,7 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
-from .auth import load_or_create_token, token_file
+from .auth import UnsafeTokenFile, load_or_create_token, read_token
 from .config import Config, ConfigError, load_config
 
 
@@ -49,7 +49,11 @@ def cmd_token(args) -> int:
     if auth.token:
         print(auth.token)
         return 0
-    token, created = load_or_create_token(config.state_dir)
+    try:
+        token, created = load_or_create_token(config.state_dir)
+    except UnsafeTokenFile as e:
+        print(f"moltbot-gw: {e}", file=sys.stderr)
+        return 1
     if created:
         print(f"moltbot-gw: generated a new token in {config.state_dir / 'gateway.token'}",
               file=sys.stderr)
@@ -76,8 +80,8 @@ def gateway_credential(config: Config) -> Optional[dict]:
         return {"password": secret} if secret else None
     if secret is None:
         try:
-            secret = token_file(config.state_dir).read_text(encoding="utf-8").strip() or None
-        except OSError:
+            secret = read_token(config.state_dir)
+        except (OSError, UnsafeTokenFile):   # a symlinked token file is never sent
             secret = None
     return {"token": secret} if secret else None
 

@@ -165,6 +165,12 @@ class ChatCompletionsConfig:
     statelessTaskPrompts: bool = _key("statelessTaskPrompts", True,
                                       doc='"### Task:" requests touch no session')
     images: ImagesConfig = _key("images", ImagesConfig(), doc="image input limits")
+    maxMessages: int = _key("maxMessages", 2000, check=_positive,
+                            doc="messages per request; more gets 400 too_many_messages")
+    maxContentParts: int = _key("maxContentParts", 200, check=_positive,
+                                doc="content parts per message; more gets 400")
+    maxTotalChars: int = _key("maxTotalChars", 1_000_000, check=_positive,
+                              doc="characters of text per request (images not counted)")
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,12 @@ class ResponsesConfig:
                                        "item_reference (least recently used forgotten)")
     maxStoredBytes: int = _key("maxStoredBytes", 64 * 1024 * 1024, check=_positive,
                                doc="bytes those kept responses may hold in memory")
+    maxInputItems: int = _key("maxInputItems", 2000, check=_positive,
+                              doc="input items per request; more gets 400 too_many_input_items")
+    maxContentParts: int = _key("maxContentParts", 200, check=_positive,
+                                doc="content parts per input item; more gets 400")
+    maxTotalChars: int = _key("maxTotalChars", 1_000_000, check=_positive,
+                              doc="characters of text per request (images not counted)")
 
 
 @dataclass(frozen=True)
@@ -213,6 +225,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    perClientConcurrency: int = _key("perClientConcurrency", 8, check=_positive,
+                                     doc="agent runs one client address may have at once")
+    perClientQueue: int = _key("perClientQueue", 16, check=_non_negative,
+                               doc="runs of one client that may wait for a slot; more get 429")
+    wsWriteRatePerSecond: float = _key("wsWriteRatePerSecond", 10.0, check=_positive,
+                                       doc="state-changing WS requests per second per"
+                                           " connection; more get RATE_LIMITED")
+    wsWriteBurst: int = _key("wsWriteBurst", 20, check=_positive,
+                             doc="state-changing WS requests allowed at once before the rate")
+    wsMaxMessageChars: int = _key("wsMaxMessageChars", 1_000_000, check=_positive,
+                                  doc="characters of an agent / chat.send message")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     port: int = _key("port", DEFAULT_PORT, check=_port, doc="TCP port for HTTP and WebSocket")
     bind: str = _key("bind", "loopback", check=_bind, doc='"loopback", "lan" or an IP address')
@@ -223,6 +250,8 @@ class GatewayConfig:
     metrics: MetricsConfig = _key("metrics", MetricsConfig())
     shutdownGraceSeconds: float = _key("shutdownGraceSeconds", 30.0, check=_non_negative,
                                        doc="how long in-flight requests may finish on stop")
+    limits: LimitsConfig = _key("limits", LimitsConfig(),
+                                doc="per-client fairness and WebSocket write limits")
 
     @property
     def interface(self) -> str:

@@ -14,6 +14,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from . import __version__
+from .agents.client_slots import ClientSlots
 from .agents.registry import AgentRegistry
 from .agents.runner import AgentRunner
 from .providers.registry import ProviderRegistry
@@ -48,6 +49,7 @@ class GatewayService(MultiService):
         self.config = config
         self.reactor = reactor
         self.auth = auth or GatewayAuth.from_config(config, reactor)
+        self.state_dir_lock = None   # the daemon's StateDirLock, set by the twistd plugin
         self.agents = AgentRegistry(config)
         self.providers = ProviderRegistry(
             config.models, reactor, extra_secrets=(config.gateway.auth.explicit_secret,))
@@ -61,8 +63,12 @@ class GatewayService(MultiService):
         self.providers.client.metrics = self.metrics
         http_auth = CountingAuth(self.auth, lambda: self.metrics.auth_failed("http"))
         ws_auth = CountingAuth(self.auth, lambda: self.metrics.auth_failed("ws"))
+        limits = config.gateway.limits
+        # One per gateway: a client's HTTP and WebSocket runs share its slots.
+        self.client_slots = ClientSlots(limits.perClientConcurrency, limits.perClientQueue)
         self.ws_factory = GatewayWSFactory(
-            ws_auth, GatewayMethods(self.runner, self.store, self.agents, reactor),
+            ws_auth, GatewayMethods(self.runner, self.store, self.agents, reactor,
+                                    client_slots=self.client_slots, limits=limits),
             reactor=reactor)
         self.metrics.watch(self.runner, self.ws_factory)
         self.http_auth = http_auth
@@ -82,7 +88,7 @@ class GatewayService(MultiService):
         started with."""
         previous = getattr(self, "openai", None)
         self.openai = OpenAIRoutes(config, self.http_auth, self.agents, self.runner,
-                                   self.reactor)
+                                   self.reactor, client_slots=self.client_slots)
         if previous is not None:  # previous_response_id must survive a reload
             self.openai.responses_endpoint.adopt(previous.responses_endpoint)
         http = config.gateway.http
@@ -122,6 +128,9 @@ class GatewayService(MultiService):
         self.store.limits = config.session
         self.runner.providers = self.providers
         self.ws_factory.methods.agents = self.agents
+        self.ws_factory.methods.admission.limits = config.gateway.limits
+        self.client_slots.reconfigure(config.gateway.limits.perClientConcurrency,
+                                      config.gateway.limits.perClientQueue)
         self.config = config
         self._mount_http(config)
         old_providers.close()  # idle pooled connections; calls in flight keep theirs

@@ -64,7 +64,10 @@ def daemon_config(up: Upstream, grace: float = 10.0) -> dict:
     """Agent ``main`` (default) streams 10 chunks ``slow_interval`` apart; ``fast`` at once."""
     base = f"http://{HOST}:{up.port}"
     return {"gateway": {"shutdownGraceSeconds": grace,
-                        "http": {"endpoints": {"chatCompletions": {"enabled": True}}}},
+                        "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+                        # the "100 clients" here all connect from 127.0.0.1: one client to
+                        # the per-client fairness limit, which is not what this file tests
+                        "limits": {"perClientConcurrency": 256}},
             "models": {"providers": {
                 "slow": {"api": "openai-completions", "baseUrl": base + "/slow/v1"},
                 "fast": {"api": "openai-completions", "baseUrl": base + "/v1"}}},

@@ -1989,3 +1989,54 @@ if __name__ == "__main__":
                         help="comma-separated: chat, responses, embeddings, ws")
     args = parser.parse_args()
     sys.exit(long_run(args.long, tuple(t for t in args.targets.split(",") if t)))
+
+
+# --- request size limits (issue 13, item 6) -------------------------------------------------
+# The daemon runs on the default limits (docs/configuration.rst): 2,000 messages or input
+# items, 200 content parts per message, 1,000,000 characters of text per request. Requests
+# near and past each limit get a 200 below it and, past it, exactly the 400 naming it.
+
+LIMITS = {"messages": 2000, "parts": 200, "chars": 1_000_000}
+LIMIT_ERRORS = {  # (endpoint, kind) -> (param, code) of the 400 past the limit
+    (PATH, "messages"): ("messages", "too_many_messages"),
+    (PATH, "parts"): ("messages[0].content", "too_many_content_parts"),
+    (PATH, "chars"): ("messages", "too_many_characters"),
+    (RESPONSES, "messages"): ("input", "too_many_input_items"),
+    (RESPONSES, "parts"): ("input[0].content", "too_many_content_parts"),
+    (RESPONSES, "chars"): ("input", "too_many_characters"),
+}
+
+
+def limit_body(endpoint: str, kind: str, offset: int) -> tuple[bytes, bool]:
+    """A body ``offset`` away from the ``kind`` limit; and whether it is past it. Every
+    string value counts as text, so a ``{"role": "user", "content": s}`` item is
+    ``len(s) + 4`` characters."""
+    items_field = "messages" if endpoint == PATH else "input"
+    part_type = "text" if endpoint == PATH else "input_text"
+    size = LIMITS[kind] + offset
+    if kind == "messages":
+        items = [{"role": "user", "content": "hi"}] * size
+    elif kind == "parts":
+        items = [{"role": "user", "content": [{"type": part_type, "text": "a"}] * size}]
+    else:
+        items = [{"role": "user", "content": "a" * (size - len("user"))}]
+    return json.dumps({items_field: items}).encode(), size > LIMITS[kind]
+
+
+@http_settings(30)
+@given(st.sampled_from((PATH, RESPONSES)), st.sampled_from(sorted(LIMITS)),
+       st.integers(min_value=-2, max_value=2))
+@example(PATH, "messages", 1)
+@example(RESPONSES, "chars", 1)
+@example(PATH, "parts", 0)
+def test_http_requests_near_and_past_each_size_limit(gateway, endpoint, kind, offset):
+    body, past = limit_body(endpoint, kind, offset)
+    response = _post(gateway, body, [auth_header()], target=endpoint)
+    check_answer(response, stream=False, endpoint=endpoint)
+    if not past:
+        assert response.status == 200, response
+        return
+    assert response.status == 400, response
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == LIMIT_ERRORS[endpoint, kind], response
+    assert error["type"] == "invalid_request_error", response

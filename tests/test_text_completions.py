@@ -120,8 +120,19 @@ _fields = st.sampled_from(["model", "prompt", "stream", "stream_options", "echo"
 @given(st.dictionaries(_fields, _json_values, max_size=6))
 def test_any_json_object_parses_or_is_a_400_naming_a_param(body):
     try:
-        parsed = parse_completion_request(json.dumps(body).encode())
+        parsed = parse_completion_request(json.dumps(body).encode(), 1_000_000)
     except APIError as e:
         assert e.status == 400 and e.param is not None
     else:
         assert isinstance(parsed.prompt, str) and parsed.prompt.strip()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_prompt_past_max_total_chars_is_a_400_naming_the_limit(start_gateway, upstream):
+    raw = config(upstream, chat={"maxTotalChars": 100})
+    gw = await start_gateway(raw)
+    error = await sdk_raises(gw, openai.BadRequestError, lambda c: c.completions.create(
+        model="moltbot:beta", prompt="x" * 101))
+    assert error.body["param"] == "prompt" and error.body["code"] == "too_many_characters"
+    assert "chatCompletions.maxTotalChars" in error.body["message"]
+    assert upstream.requests == []

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from ..config import ImagesConfig
+from ..config import ChatCompletionsConfig, ImagesConfig
 from ..json_text import has_lone_surrogate
 from .validation import bad_request as _bad
 from .validation import function_definition as _function_definition
@@ -18,6 +18,7 @@ from .validation import is_int as _is_int
 from .validation import is_number as _is_number
 from .validation import text_of as _text_of
 from .images import ImageBudget
+from .request_limits import RequestLimits, check_request_limits
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 TEXT_PART_TYPES = ("text", "input_text")
@@ -299,10 +300,12 @@ def _tools(data: dict) -> tuple[tuple, Any, Optional[bool]]:
     return tuple(checked), choice, parallel
 
 
-def parse_chat_request(body: bytes, images: Optional[ImageBudget] = None) -> ChatRequest:
+def parse_chat_request(body: bytes, images: Optional[ImageBudget] = None,
+                       limits: Optional[RequestLimits] = None) -> ChatRequest:
     """Validate ``body``; image parts count against ``images`` (whose ``remote`` list then
-    names the URLs the caller must fetch)."""
+    names the URLs the caller must fetch); sizes are checked against ``limits``."""
     data = parse_body(body)
+    check_request_limits(data, limits or RequestLimits.for_chat(ChatCompletionsConfig()))
     model = data.get("model", "moltbot")
     if not isinstance(model, str) or not model.strip():
         raise _bad("model must be a non-empty string, e.g. \"moltbot:main\"", "model",

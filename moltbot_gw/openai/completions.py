@@ -13,6 +13,7 @@ from .chat_request import agent_from_model, parse_body
 from .chat_response import DONE_FRAME, usage_json
 from .errors import APIError, note_refusal
 from .sse_stream import SSEStream
+from .request_limits import count_text
 from .validation import bad_request, is_int
 
 # Parameters a text completion may carry that an agent cannot honour: refused, not ignored,
@@ -50,8 +51,9 @@ def _prompt(value: Any) -> str:
     return value
 
 
-def parse_completion_request(body: bytes) -> CompletionRequest:
-    """Validate a ``/v1/completions`` body; a 400 naming the param otherwise."""
+def parse_completion_request(body: bytes, max_chars: int) -> CompletionRequest:
+    """Validate a ``/v1/completions`` body; a 400 naming the param otherwise. The prompt
+    is held to chat completions' ``maxTotalChars``."""
     data = parse_body(body)
     for name, message in UNSUPPORTED.items():
         value = data.get(name)
@@ -67,6 +69,10 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
                           "invalid_type")
     if "prompt" not in data:
         raise bad_request("prompt is required", "prompt", "missing_required_parameter")
+    if count_text(data["prompt"], max_chars) > max_chars:
+        raise bad_request(f"prompt is longer than this gateway accepts: at most {max_chars} "
+                          "characters per request (chatCompletions.maxTotalChars)", "prompt",
+                          "too_many_characters")
     stream = data.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise bad_request("stream must be a boolean", "stream", "invalid_type")

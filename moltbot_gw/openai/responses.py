@@ -17,18 +17,20 @@ from typing import Any, Mapping, Optional
 
 from twisted.logger import Logger
 
+from ..agents.client_slots import ClientSlots
 from ..agents.registry import AgentRegistry, UnknownAgent
 from ..agents.run import RunRequest, RunResult
 from ..agents.runner import AgentRunner, cap_history
 from ..auth import GatewayAuth
 from ..config import Config, HistoryConfig
-from ..http_auth import require_auth
+from ..http_auth import request_client_address, require_auth
 from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
                       named_session, session_header_names)
 from .errors import (APIError, method_not_allowed, not_found,
                      write_error)
 from .images import ImageBudget, fetch_remote_images
-from .runs import await_run, start_run
+from .runs import await_run, start_run_for_client
+from .request_limits import RequestLimits
 from .response_index import ResponseIndex, StoredResponse
 from .responses_request import ResponsesRequest, parse_responses_request
 from .responses_stream import ResponseShell, ResponsesStream, new_id, response_body
@@ -52,7 +54,8 @@ class ResponsesEndpoint:
     log = Logger()
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
-                 runner: AgentRunner, clock, image_client):
+                 runner: AgentRunner, clock, image_client,
+                 client_slots: Optional[ClientSlots] = None):
         self.config = config
         self.auth = auth
         self.agents = agents
@@ -62,10 +65,14 @@ class ResponsesEndpoint:
         self.enabled = endpoints.responses.enabled
         # Image limits and the keepalive interval are those of chat completions.
         self.chat = endpoints.chatCompletions
+        self.limits = RequestLimits.for_responses(endpoints.responses)
         self.session_headers = session_header_names(config)
         self.responses = ResponseIndex(endpoints.responses.maxStoredResponses,
                                        endpoints.responses.maxStoredBytes)
         self.image_client = image_client  # shared with chat completions
+        limits = config.gateway.limits
+        self.client_slots = client_slots or ClientSlots(limits.perClientConcurrency,
+                                                        limits.perClientQueue)
 
     def adopt(self, previous: "ResponsesEndpoint") -> None:
         """Keep what ``previous`` (the endpoint before a config reload) remembers, under
@@ -88,7 +95,8 @@ class ResponsesEndpoint:
     async def _respond(self, request) -> bytes:
         require_auth(request, self.auth)
         images = ImageBudget(self.chat.images)
-        parsed = parse_responses_request(request.content.read(), images, self.responses.item)
+        parsed = parse_responses_request(request.content.read(), images,
+                                         self.responses.item, self.limits)
         previous = None
         if parsed.previous_response_id is not None:
             previous = self.responses.get(parsed.previous_response_id)
@@ -116,14 +124,16 @@ class ResponsesEndpoint:
             history = tuple(previous.conversation) + history   # an anonymous chain
         if images.remote:
             await fetch_remote_images(images, self.image_client, self.clock)
-        run = start_run(self.runner, RunRequest(
-            input=parsed.input, agent_id=agent.id, session_key=session_key,
-            client_history=history, extra_system_prompt=parsed.system_prompt,
-            history_owner=self._history_owner(request, previous),
-            model=header(request, MODEL_HEADERS), options=parsed.options,
-            persist=session_key is not None, record=parsed.store,
-            stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
-            parallel_tool_calls=parsed.parallel_tool_calls))
+        run = await start_run_for_client(
+            self.runner, self.client_slots, request_client_address(request, self.auth),
+            RunRequest(
+                input=parsed.input, agent_id=agent.id, session_key=session_key,
+                client_history=history, extra_system_prompt=parsed.system_prompt,
+                history_owner=self._history_owner(request, previous),
+                model=header(request, MODEL_HEADERS), options=parsed.options,
+                persist=session_key is not None, record=parsed.store,
+                stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
+                parallel_tool_calls=parsed.parallel_tool_calls))
         shell = ResponseShell(response_id, int(self.clock.seconds()), parsed.model,
                               parsed.echo)
         stream = None

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from ..config import ImagesConfig
+from ..config import ImagesConfig, ResponsesConfig
 from .chat_request import TOOL_NAME_RE, agent_from_model, parse_body
 from .validation import function_definition
 from .validation import bad_request as _bad
@@ -20,6 +20,7 @@ from .validation import is_number as _is_number
 from .validation import text_of as _text_of
 from .errors import APIError
 from .images import ImageBudget
+from .request_limits import RequestLimits, check_request_limits
 
 # Looks up an earlier output item by id (``msg_``, ``fc_``, ``rs_``): the item, or None.
 ItemResolver = Callable[[str], Optional[Mapping[str, Any]]]
@@ -350,11 +351,15 @@ def _metadata(data: dict) -> dict:
 
 
 def parse_responses_request(body: bytes, images: Optional[ImageBudget] = None,
-                            resolve: Optional[ItemResolver] = None) -> ResponsesRequest:
+                            resolve: Optional[ItemResolver] = None,
+                            limits: Optional[RequestLimits] = None) -> ResponsesRequest:
     """Validate ``body``; image parts count against ``images`` (whose ``remote`` list then
     names the URLs the caller must fetch); ``resolve`` finds the items ``item_reference``
-    inputs name (without it every reference is unknown)."""
+    inputs name (without it every reference is unknown); sizes are checked against
+    ``limits``."""
     data = parse_body(body)
+    check_request_limits(data, limits or RequestLimits.for_responses(ResponsesConfig()),
+                         data.get("instructions"))
     model = data.get("model", "moltbot")
     if not isinstance(model, str) or not model.strip():
         raise _bad('model must be a non-empty string, e.g. "moltbot:main"', "model",

@@ -4,6 +4,7 @@ authenticates first; agent runs go through the runtime, never around it.
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import treq
 from klein import Klein
@@ -11,13 +12,14 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..agents.client_slots import ClientSlots
 from ..agents.registry import AgentRegistry, UnknownAgent
 from ..agents.run import RunRequest
 from ..agents.runner import AgentRunner
 from ..auth import GatewayAuth
 from ..config import Config, parse_model_ref
 from ..providers.errors import ProviderError
-from ..http_auth import require_auth
+from ..http_auth import request_client_address, require_auth
 from ..sessions.keys import openai_session_key
 from .chat_request import (AGENT_MODEL_PREFIXES, agent_from_model, is_task_prompt,
                            parse_chat_request)
@@ -25,9 +27,10 @@ from .completions import (TextCompletionStream, parse_completion_request,
                           text_completion_body)
 from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
+from .request_limits import RequestLimits
 from .chat_response import ChatStream, completion_body, response_model, stream_models
 from .responses import ResponsesEndpoint
-from .runs import await_run, start_run
+from .runs import await_run, start_run_for_client
 from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
                       named_session, session_header_names)
 from .errors import (APIError, api_error_for_run_failure, method_not_allowed, not_found,
@@ -56,7 +59,7 @@ class OpenAIRoutes:
     log = Logger()
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
-                 runner: AgentRunner, clock):
+                 runner: AgentRunner, clock, client_slots: Optional[ClientSlots] = None):
         self.config = config
         self.auth = auth
         self.agents = agents
@@ -64,6 +67,7 @@ class OpenAIRoutes:
         self.clock = clock
         endpoints = config.gateway.http.endpoints
         self.chat = endpoints.chatCompletions
+        self.chat_limits = RequestLimits.for_chat(self.chat)
         self.session_headers = session_header_names(config)
         # Remote images are fetched with a client of their own: no pooled connections to
         # arbitrary hosts, never the providers' pool.
@@ -71,8 +75,12 @@ class OpenAIRoutes:
             Agent(clock, pool=HTTPConnectionPool(clock, persistent=False)))
         self.models_enabled = endpoints.chatCompletions.enabled or endpoints.responses.enabled
         self.created = int(clock.seconds())
+        limits = config.gateway.limits
+        self.client_slots = client_slots or ClientSlots(limits.perClientConcurrency,
+                                                        limits.perClientQueue)
         self.responses_endpoint = ResponsesEndpoint(config, auth, agents, runner, clock,
-                                                     self.image_client)
+                                                     self.image_client,
+                                                     client_slots=self.client_slots)
 
     def resource(self):
         return self.app.resource()
@@ -112,7 +120,7 @@ class OpenAIRoutes:
         _require_enabled_method(request, self.chat.enabled, ("POST",))
         require_auth(request, self.auth)
         images = ImageBudget(self.chat.images)
-        chat = parse_chat_request(request.content.read(), images)
+        chat = parse_chat_request(request.content.read(), images, self.chat_limits)
         try:
             agent = self.agents.get(chat.agent_id or header(request, AGENT_ID_HEADERS))
         except UnknownAgent as e:
@@ -122,13 +130,15 @@ class OpenAIRoutes:
         if images.remote:
             await fetch_remote_images(images, self.image_client, self.clock)
         model_override = header(request, MODEL_HEADERS)
-        run = start_run(self.runner, RunRequest(
-            input=chat.input, agent_id=agent.id, session_key=session_key,
-            client_history=chat.history, history_owner=history_owner,
-            extra_system_prompt=chat.system_prompt,
-            model=model_override, options=chat.options, persist=persist,
-            stream=chat.stream, tools=chat.tools, tool_choice=chat.tool_choice,
-            parallel_tool_calls=chat.parallel_tool_calls))
+        run = await start_run_for_client(
+            self.runner, self.client_slots, request_client_address(request, self.auth),
+            RunRequest(
+                input=chat.input, agent_id=agent.id, session_key=session_key,
+                client_history=chat.history, history_owner=history_owner,
+                extra_system_prompt=chat.system_prompt,
+                model=model_override, options=chat.options, persist=persist,
+                stream=chat.stream, tools=chat.tools, tool_choice=chat.tool_choice,
+                parallel_tool_calls=chat.parallel_tool_calls))
         created = int(self.clock.seconds())
         # The model field names the agent: echo it. Else name the model that answers.
         names_agent = chat.agent_id is not None
@@ -153,7 +163,7 @@ class OpenAIRoutes:
         whole conversation in the prompt, so ``user`` selects none."""
         _require_enabled_method(request, self.chat.enabled, ("POST",))
         require_auth(request, self.auth)
-        text = parse_completion_request(request.content.read())
+        text = parse_completion_request(request.content.read(), self.chat.maxTotalChars)
         try:
             agent = self.agents.get(text.agent_id or header(request, AGENT_ID_HEADERS))
         except UnknownAgent as e:
@@ -161,11 +171,13 @@ class OpenAIRoutes:
                                 f'"{e.agent_id}"', param="model", code="model_not_found")
         session_key = header(request, SESSION_KEY_HEADERS)
         model_override = header(request, MODEL_HEADERS)
-        run = start_run(self.runner, RunRequest(
-            input=({"role": "user", "content": text.prompt},), agent_id=agent.id,
-            session_key=session_key or openai_session_key(agent.id),
-            model=model_override, options=text.options, persist=session_key is not None,
-            stream=text.stream))
+        run = await start_run_for_client(
+            self.runner, self.client_slots, request_client_address(request, self.auth),
+            RunRequest(
+                input=({"role": "user", "content": text.prompt},), agent_id=agent.id,
+                session_key=session_key or openai_session_key(agent.id),
+                model=model_override, options=text.options, persist=session_key is not None,
+                stream=text.stream))
         created = int(self.clock.seconds())
         names_agent = text.agent_id is not None
         stream = None

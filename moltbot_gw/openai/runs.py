@@ -3,8 +3,11 @@ endpoint shares (request errors, client disconnects, failures before or after a 
 started)."""
 from __future__ import annotations
 
+import math
+
 from twisted.internet.defer import CancelledError
 
+from ..agents.client_slots import ClientBusy, ClientSlots
 from ..agents.run import InvalidRunRequest, Run, RunRequest
 from .errors import APIError, api_error_for_run_failure
 
@@ -19,6 +22,29 @@ def start_run(runner, request: RunRequest) -> Run:
     except InvalidRunRequest as e:
         raise APIError(400, e.message, param=PARAM_HEADERS.get(e.param),
                        code="invalid_request")
+
+
+async def start_run_for_client(runner, slots: ClientSlots, client: str,
+                               request: RunRequest) -> Run:
+    """``start_run`` once ``client`` has a free run slot (waiting in its queue if need be,
+    leaving it if the client goes away); the slot is held until the run ends. A full queue
+    is 429 with ``Retry-After``."""
+    try:
+        slot = await slots.acquire(client)
+    except ClientBusy as busy:
+        seconds = max(1, math.ceil(busy.retry_after))
+        raise APIError(429, f"too many concurrent requests from your address: at most "
+                            f"{slots.per_client} run at once and {slots.queue_size} wait "
+                            "(gateway.limits.perClientConcurrency / perClientQueue); retry "
+                            f"in {seconds} s", code="too_many_concurrent_requests",
+                       headers={"Retry-After": str(seconds)})
+    try:
+        run = start_run(runner, request)
+    except BaseException:
+        slot.release()
+        raise
+    run.wait().addBoth(lambda _: slot.release())
+    return run
 
 
 async def await_run(run: Run, stream=None):

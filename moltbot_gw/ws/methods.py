@@ -15,17 +15,17 @@ from ..agents.registry import Agent, AgentRegistry, UnknownAgent
 from ..agents.run import (InvalidRunRequest, Run, RunCancelled, RunEvent, RunRequest,
                           RunResult, RunTimedOut)
 from ..agents.runner import AgentRunner
-from ..config import normalize_agent_id
+from ..agents.client_slots import ClientSlots
+from ..config import LimitsConfig, normalize_agent_id
 from ..providers import errors as provider_errors
 from ..sessions.keys import KEY_PREFIX, parse_session_key, resolve_session_key
 from ..sessions.store import SessionStore
 from ..sessions.transcript import current_branch
 from .frames import PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, invalid
 from .idempotency import ExpiringCache
+from .run_admission import WRITE_METHODS, RunAdmission
 
 MAIN_SESSION = "main"
-IDEMPOTENCY_TTL = 600.0
-MAX_IDEMPOTENCY_KEYS = 10_000
 FINISHED_RUN_TTL = 600.0
 MAX_FINISHED_RUNS = 1_000
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
@@ -39,6 +39,9 @@ EVENTS = ("agent", "tick", "shutdown")
 
 class Connection(Protocol):
     """What methods need of a connection."""
+
+    address: str                      # the client address (X-Forwarded-For aware)
+    client_id: Optional[str]          # ``client.id`` of its connect request
 
     def send_event(self, event: str, payload: Mapping[str, Any]) -> None: ...
 
@@ -206,7 +209,8 @@ class GatewayMethods:
     log = Logger()
 
     def __init__(self, runner: AgentRunner, store: SessionStore, agents: AgentRegistry, clock,
-                 connections=()):
+                 connections=(), *, client_slots: Optional[ClientSlots] = None,
+                 limits: LimitsConfig = LimitsConfig()):
         self.runner = runner
         self.store = store
         self.agents = agents
@@ -215,8 +219,7 @@ class GatewayMethods:
         self.started_at = clock.seconds()
         self.started_at_ms = int(time.time() * 1000)
         self.router = EventRouter()
-        self.idempotency: ExpiringCache[Run] = ExpiringCache(clock, IDEMPOTENCY_TTL,
-                                                              MAX_IDEMPOTENCY_KEYS)
+        self.admission = RunAdmission(clock, limits, client_slots)
         self.finished_runs: ExpiringCache[Run] = ExpiringCache(clock, FINISHED_RUN_TTL,
                                                                 MAX_FINISHED_RUNS)
         self.table: dict[str, Handler] = {
@@ -232,6 +235,8 @@ class GatewayMethods:
             "sessions.delete": self.sessions_delete,
             "models.list": self.models_list,
         }
+        for name in WRITE_METHODS:
+            self.table[name] = self.admission.rate_limited(self.table[name])
 
     @property
     def names(self) -> list[str]:
@@ -239,6 +244,7 @@ class GatewayMethods:
 
     def connection_closed(self, connection: Connection) -> None:
         self.router.drop(connection)
+        self.admission.connection_closed(connection)
 
     def _uptime_ms(self) -> int:
         return int((self.clock.seconds() - self.started_at) * 1000)
@@ -279,32 +285,47 @@ class GatewayMethods:
 
     # -- runs ---------------------------------------------------------------------------
 
-    def _start_run(self, method: str, params: Mapping[str, Any]) -> tuple[Run, bool]:
-        """Start the run the params ask for, or find the one their idempotency key names.
-        Returns ``(run, deduplicated)``."""
+    async def _start_run(self, connection: Connection, method: str,
+                         params: Mapping[str, Any]) -> tuple[Run, bool]:
+        """Start the run the params ask for once the client has a free run slot, or find the
+        one their idempotency key names. Returns ``(run, deduplicated)``."""
         message = _text(params, "message", required=True)
+        self.admission.check_message(message)
         idempotency_key = _text(params, "idempotencyKey",
                                 max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
         extra = _text(params, "extraSystemPrompt")
+        scope: Optional[tuple] = None
+        asked = ""
         if idempotency_key is not None:
-            earlier = self.idempotency.get((method, idempotency_key))
+            asked = self.admission.asked(params)
+            scope = self.admission.idempotency_scope(connection, method, idempotency_key)
+            earlier = self.admission.earlier_run(scope, asked)
             if earlier is not None:
                 return earlier, True
         agent, session_key = self._session(params, "sessionKey", MAIN_SESSION)
+        slot = await self.admission.slot(connection.address)
         try:
+            if scope is not None:   # the same request may have started while this waited
+                earlier = self.admission.earlier_run(scope, asked)
+                if earlier is not None:
+                    slot.release()
+                    return earlier, True
             run = self.runner.run(RunRequest(
                 input=({"role": "user", "content": message},), agent_id=agent.id,
                 session_key=session_key, extra_system_prompt=extra or None, persist=True))
         except InvalidRunRequest as e:
+            slot.release()
             raise invalid(e.message)
-        except UnknownAgent as e:  # pragma: no cover - resolved above
-            raise ProtocolError(ErrorCode.NOT_FOUND, f'unknown agent "{e.agent_id}"')
+        except BaseException:
+            slot.release()
+            raise
+        run.wait().addBoth(lambda _: slot.release())   # the slot is held while the run runs
         self.router.watch(run)
         # Findable by agent.wait for a while after it ends, not only while it runs.
         self.finished_runs.put(run.run_id, run)
         run.wait().addBoth(lambda _: self.finished_runs.put(run.run_id, run))
-        if idempotency_key is not None:
-            self.idempotency.put((method, idempotency_key), run)
+        if scope is not None:
+            self.admission.remember(scope, asked, run)
         return run, False
 
     @staticmethod
@@ -329,7 +350,7 @@ class GatewayMethods:
                 "connections": len(self.connections)}
 
     async def agent(self, connection: Connection, request: Request) -> dict:
-        run, deduplicated = self._start_run("agent", request.params)
+        run, deduplicated = await self._start_run(connection, "agent", request.params)
         self.router.add_asker(run, connection)
         connection.send_response(request.id,
                                  self._run_reference(run, "accepted", deduplicated))
@@ -344,7 +365,7 @@ class GatewayMethods:
         return await wait_for(run)
 
     async def chat_send(self, connection: Connection, request: Request) -> dict:
-        run, deduplicated = self._start_run("chat.send", request.params)
+        run, deduplicated = await self._start_run(connection, "chat.send", request.params)
         self.router.subscribe_session(connection, run.session_key)
         return self._run_reference(run, "started", deduplicated)
 

@@ -128,13 +128,24 @@ class GatewayServiceMaker:
             _fail([f"refusing to listen on {config.gateway.interface} without an explicitly "
                    "configured secret: set gateway.auth.token (or CLAWDBOT_GATEWAY_TOKEN), or "
                    "gateway.auth.password, or bind to loopback"])
+        from moltbot_gw.state_dir import StateDirBusy, StateDirLock, prepare_state_dir
+
+        try:
+            prepare_state_dir(config.state_dir)
+            lock = StateDirLock.acquire(config.state_dir)
+        except (StateDirBusy, OSError) as e:
+            _fail([str(e)])
         try:
             service = GatewayService(config)
         except ValueError as e:
             _fail([str(e)])
+        # Held for the daemon's life: the lock is taken here, by the daemon, not by each
+        # GatewayService (tests run several of those in one process on one state dir).
+        service.state_dir_lock = lock
         from twisted.internet import reactor
 
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
+        reactor.callWhenRunning(lock.write_pid)   # the PID after twistd forked, if it did
 
         def load():
             return with_overrides(load_config(options["config"]),
