@@ -20,6 +20,7 @@ from .providers.registry import ProviderRegistry
 from .sessions.store import SessionStore
 from .auth import GatewayAuth
 from .config import Config, ConfigError
+from .fetch import GuardedFetcher
 from .metrics import CountingAuth, GatewayMetrics
 from .openai.cors import CorsPolicy
 from .openai.routes import OpenAIRoutes
@@ -41,12 +42,15 @@ class GatewayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor=None, auth: Optional[GatewayAuth] = None):
+    def __init__(self, config: Config, reactor=None, auth: Optional[GatewayAuth] = None,
+                 fetcher: Optional[GuardedFetcher] = None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
         self.reactor = reactor
+        # Every outbound fetch made for a client; tests pass one with their own address policy.
+        self.fetcher = fetcher if fetcher is not None else GuardedFetcher(reactor)
         self.auth = auth or GatewayAuth.from_config(config, reactor)
         self.agents = AgentRegistry(config)
         self.providers = ProviderRegistry(config.models, reactor)
@@ -81,7 +85,7 @@ class GatewayService(MultiService):
         started with."""
         previous = getattr(self, "openai", None)
         self.openai = OpenAIRoutes(config, self.http_auth, self.agents, self.runner,
-                                   self.reactor)
+                                   self.reactor, self.fetcher)
         if previous is not None:  # previous_response_id must survive a reload
             self.openai.responses_endpoint.responses = previous.responses_endpoint.responses
         http = config.gateway.http

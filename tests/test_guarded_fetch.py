@@ -200,22 +200,20 @@ async def test_trickling_server_fails_at_the_overall_deadline(site):
         await fetch(client, "http://img.example/slow", deadline=0.5)
     assert "deadline" in raised.value.reason
     # Each byte came well within any per-read idle timeout, yet the fetch ended.
-    request = public.requests[-1]
-    await request.notifyFinish().addErrback(lambda _: None)
-    assert request._disconnected
+    await public.ended[-1]
+    assert public.requests[-1]._disconnected
 
 
 @pytest_twisted.ensureDeferred
 async def test_deadline_covers_the_redirect_chain(site):
     public, _ = site
-    public.route("/a", status=302, redirect="/slow")
+    public.route("/a", status=302, redirect="/slow", body_bytes=50 * MB)
     public.route("/slow", content_type="image/png", trickle=0.1)
     client, _ = fetcher({"img.example": [[(PUBLIC_STAND_IN, public.port)]]})
     with pytest.raises(FetchFailed) as raised:
         await fetch(client, "http://img.example/a", deadline=0.5)
     assert "deadline" in raised.value.reason
-    request = public.requests[-1]
-    await request.notifyFinish().addErrback(lambda _: None)
+    await public.ended[-1]
 
 
 @pytest_twisted.ensureDeferred

@@ -74,7 +74,7 @@ class ResponsesEndpoint:
     log = Logger()
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
-                 runner: AgentRunner, clock, image_client, capacity: int = MAX_REMEMBERED):
+                 runner: AgentRunner, clock, fetcher, capacity: int = MAX_REMEMBERED):
         self.config = config
         self.auth = auth
         self.agents = agents
@@ -86,7 +86,7 @@ class ResponsesEndpoint:
         self.chat = endpoints.chatCompletions
         self.session_headers = session_header_names(config)
         self.responses = ResponseIndex(capacity)
-        self.image_client = image_client  # shared with chat completions
+        self.fetcher = fetcher  # the guarded fetcher, shared with chat completions
 
     async def handle(self, request) -> bytes:
         """Answer one request to ``/v1/responses`` (any method)."""
@@ -126,7 +126,7 @@ class ResponsesEndpoint:
         response_id = new_id("resp")
         session_key = self._session(request, agent.id, parsed, previous, response_id)
         if images.remote:
-            await fetch_remote_images(images, self.image_client, self.clock)
+            await fetch_remote_images(images, self.fetcher)
         run = start_run(self.runner, RunRequest(
             input=parsed.input, agent_id=agent.id, session_key=session_key,
             client_history=parsed.history, extra_system_prompt=parsed.system_prompt,

@@ -4,10 +4,9 @@ authenticates first; agent runs go through the runtime, never around it.
 from __future__ import annotations
 
 import json
+from typing import Optional
 
-import treq
 from klein import Klein
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -16,6 +15,7 @@ from ..agents.run import RunRequest
 from ..agents.runner import AgentRunner
 from ..auth import GatewayAuth
 from ..config import Config, parse_model_ref
+from ..fetch import GuardedFetcher
 from ..providers.errors import ProviderError
 from ..http_auth import require_auth
 from ..sessions.keys import openai_session_key
@@ -54,7 +54,7 @@ class OpenAIRoutes:
     log = Logger()
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
-                 runner: AgentRunner, clock):
+                 runner: AgentRunner, clock, fetcher: Optional[GuardedFetcher] = None):
         self.config = config
         self.auth = auth
         self.agents = agents
@@ -63,14 +63,13 @@ class OpenAIRoutes:
         endpoints = config.gateway.http.endpoints
         self.chat = endpoints.chatCompletions
         self.session_headers = session_header_names(config)
-        # Remote images are fetched with a client of their own: no pooled connections to
-        # arbitrary hosts, never the providers' pool.
-        self.image_client = treq.client.HTTPClient(
-            Agent(clock, pool=HTTPConnectionPool(clock, persistent=False)))
+        # Remote images come through the guarded fetcher (its own client, never the
+        # providers' pool); the service passes one in, tests one with their own policy.
+        self.fetcher = fetcher if fetcher is not None else GuardedFetcher(clock)
         self.models_enabled = endpoints.chatCompletions.enabled or endpoints.responses.enabled
         self.created = int(clock.seconds())
         self.responses_endpoint = ResponsesEndpoint(config, auth, agents, runner, clock,
-                                                     self.image_client)
+                                                     self.fetcher)
 
     def resource(self):
         return self.app.resource()
@@ -118,7 +117,7 @@ class OpenAIRoutes:
                                 f'"{e.agent_id}"', param="model", code="model_not_found")
         session_key, persist = self._session(request, agent.id, chat)
         if images.remote:
-            await fetch_remote_images(images, self.image_client, self.clock)
+            await fetch_remote_images(images, self.fetcher)
         model_override = header(request, MODEL_HEADERS)
         run = start_run(self.runner, RunRequest(
             input=chat.input, agent_id=agent.id, session_key=session_key,

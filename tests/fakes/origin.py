@@ -7,12 +7,14 @@ body bytes written, records request headers, and can redirect, trickle or stream
     origin.route("/b", body=PNG, content_type="image/png")
     origin.route("/slow", trickle=0.2)     # 1 byte every 0.2 s, forever
     origin.connections, origin.bytes_written, origin.requests[-1].getHeader("cookie")
+    await origin.ended[-1]     # fires when that request finished or its client went away
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -61,6 +63,7 @@ class _Pages(Resource):
 
     def render_GET(self, request):
         self.origin.requests.append(request)
+        self.origin.ended.append(request.notifyFinish().addErrback(lambda _: None))
         route = self.origin.routes.get(request.path.decode(), _Route(status=404, body=b"no"))
         request.setResponseCode(route.status)
         request.setHeader(b"content-type", route.content_type.encode())
@@ -106,6 +109,7 @@ class Origin:
         self.interface = interface
         self.routes: dict[str, _Route] = {}
         self.requests: list = []
+        self.ended: list[defer.Deferred] = []
         self.connections = 0
         self.bytes_written = 0
         self.port = None
@@ -121,4 +125,4 @@ class Origin:
         self.routes[path] = _Route(**kwargs)
 
     async def stop(self) -> None:
-        await self.listener.stopListening()
+        await defer.maybeDeferred(self.listener.stopListening)
