@@ -241,3 +241,16 @@ async def test_error_statuses_and_redirect_loops_are_fetch_failures(site):
         await fetch(client, "http://img.example/loop")
     assert "redirects" in raised.value.reason
     assert len(public.requests) == 1 + 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_system_resolver_answers_for_odd_loopback_spellings_are_dropped(site):
+    """The reactor's own resolver (getaddrinfo: no DNS needed for these) turns a decimal or
+    short IPv4 spelling and ``localhost`` into loopback; the policy never sees a literal, the
+    resolver wrapper still drops the answer."""
+    _, internal = site
+    client = GuardedFetcher(reactor)   # the default policy and the system resolver
+    for host in ("2130706433", "127.1", "0x7f.0.0.1", "localhost"):
+        with pytest.raises(FetchFailed):
+            await fetch(client, f"http://{host}:{internal.port}/secret")
+    assert internal.connections == 0

@@ -4,6 +4,7 @@ the stand-in public host are injected — and the client never learns more than 
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest_twisted
 from twisted.internet import reactor
@@ -101,3 +102,35 @@ async def test_huge_redirect_body_and_trickle_are_bounded(start_gateway, http, u
     assert error["message"] == "image could not be fetched from img.example"
     assert public.bytes_written < 16 * MB
     await public.ended[-1]     # the trickling response was abandoned, not left running
+
+
+@pytest_twisted.ensureDeferred
+async def test_responses_input_image_url_uses_the_same_guarded_fetch(start_gateway, http,
+                                                                     upstream, sites):
+    public, internal = sites
+    public.route("/cat.png", body=PNG, content_type="image/png")
+    public.route("/a.png", status=302, redirect=f"http://127.0.0.1:{internal.port}/secret.png")
+    raw = config(upstream, chat={"images": {"allowUrl": True}})
+    raw["gateway"]["http"]["endpoints"]["responses"] = {"enabled": True}
+    fetcher = GuardedFetcher(reactor, policy=AddressPolicy(allowed=[PUBLIC_STAND_IN]),
+                             resolver=ScriptedResolver(
+                                 {"img.example": [[(PUBLIC_STAND_IN, public.port)]]}))
+    gw = await start_gateway(raw, fetcher=fetcher)
+
+    async def respond(path):
+        body = {"model": "moltbot:beta", "input": [{"role": "user", "content": [
+            {"type": "input_text", "text": "see"},
+            {"type": "input_image", "image_url": f"http://img.example{path}"}]}]}
+        response = await http.post(gw.url + "/v1/responses", json.dumps(body).encode(),
+                                   headers={**gw.auth_headers,
+                                            "Content-Type": "application/json"})
+        return response, await response.content()
+
+    response, body = await respond("/cat.png")
+    assert response.code == 200, body
+    part = upstream_messages(upstream)[-1]["content"][1]
+    assert part["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(PNG).decode()
+    response, body = await respond("/a.png")
+    error = assert_error(response, body, 400)
+    assert error["message"] == "image could not be fetched from img.example"
+    assert internal.connections == 0
