@@ -254,3 +254,13 @@ async def test_system_resolver_answers_for_odd_loopback_spellings_are_dropped(si
         with pytest.raises(FetchFailed):
             await fetch(client, f"http://{host}:{internal.port}/secret")
     assert internal.connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_guarded_reactors_simple_resolve_is_filtered_too():
+    client, _ = fetcher({"evil.example": [[("127.0.0.1", 80)]],
+                         "ok.example": [[(PUBLIC_STAND_IN, 80)]]})
+    guarded = client.guarded_reactor
+    assert await guarded.resolve("ok.example") == PUBLIC_STAND_IN
+    with pytest.raises(Exception):
+        await guarded.resolve("evil.example")

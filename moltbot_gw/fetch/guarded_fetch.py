@@ -105,7 +105,7 @@ class GuardedFetcher:
     def __init__(self, reactor, policy: AddressPolicy = DEFAULT_POLICY, resolver=None):
         self.reactor = reactor
         self.policy = policy
-        guarded = GuardedReactor(reactor, GuardedResolver(
+        self.guarded_reactor = guarded = GuardedReactor(reactor, GuardedResolver(
             resolver if resolver is not None else reactor.nameResolver, policy))
         self.agent = Agent(guarded, connectTimeout=CONNECT_TIMEOUT_SECONDS,
                            pool=HTTPConnectionPool(guarded, persistent=False))

@@ -5,6 +5,7 @@ very addresses the connection uses (no DNS-rebinding gap, every A and AAAA recor
 redirect hop)."""
 from __future__ import annotations
 
+from twisted.internet._resolver import ComplexResolverSimplifier
 from twisted.internet.interfaces import (IHostnameResolver, IReactorCore,
                                          IReactorPluggableNameResolver, IReactorTCP,
                                          IReactorTime, IResolutionReceiver)
@@ -76,6 +77,10 @@ class GuardedReactor:
 
     def installNameResolver(self, resolver):
         raise RuntimeError("the guarded reactor's resolver cannot be replaced")
+
+    def resolve(self, name: str, timeout=(1, 3, 11, 45)):
+        """The old single-address API, guarded too, so no code path resolves around it."""
+        return ComplexResolverSimplifier(self._name_resolver).getHostByName(name, timeout)
 
     def __getattr__(self, name):
         return getattr(self._reactor, name)
