@@ -1,5 +1,4 @@
-"""``GuardedFetcher.fetch``: one bounded GET of a URL for a client — every hop checked (scheme,
-host allowlist, IP literal, and every resolved address through ``GuardedResolver``), redirect
+"""``GuardedFetcher.fetch``: one bounded GET for a client — every hop checked, redirect
 bodies discarded unread, one deadline and one byte budget for the whole fetch, no cookies.
 Errors are typed; their ``reason`` is for logs only, never for the client."""
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Name resolution that enforces the address policy: an ``IHostnameResolver`` wrapper that
-drops every refused address before the HTTP client sees it, and a reactor wrapper that hands
-it to the fetch client. Filtering here, not before the request, means the check covers the
-very addresses the connection uses (no DNS-rebinding gap, every A and AAAA record, every
-redirect hop)."""
+drops refused addresses before the HTTP client sees them (so the check covers exactly the
+addresses a connection uses: every record, every hop, no rebinding gap), and the reactor
+wrapper that hands it to the fetch client."""
 from __future__ import annotations
 
 from twisted.internet._resolver import ComplexResolverSimplifier
