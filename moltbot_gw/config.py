@@ -153,6 +153,9 @@ class ImagesConfig:
                               doc="decoded image bytes per request")
     maxBytes: int = _key("maxBytes", 10 * 1024 * 1024, check=_positive,
                          doc="decoded bytes per image")
+    fetchSeconds: float = _key("fetchSeconds", 10.0, check=_positive,
+                               doc="deadline of one remote image fetch, redirects and "
+                                   "body included")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from .providers.registry import ProviderRegistry
 from .sessions.store import SessionStore
 from .auth import GatewayAuth
 from .config import Config, ConfigError
+from .fetch import GuardedFetcher
 from .metrics import CountingAuth, GatewayMetrics
 from .openai.cors import CorsPolicy
 from .openai.routes import OpenAIRoutes
@@ -42,12 +43,15 @@ class GatewayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor=None, auth: Optional[GatewayAuth] = None):
+    def __init__(self, config: Config, reactor=None, auth: Optional[GatewayAuth] = None,
+                 fetcher: Optional[GuardedFetcher] = None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
         self.reactor = reactor
+        # Every outbound fetch made for a client; tests pass one with their own address policy.
+        self.fetcher = fetcher if fetcher is not None else GuardedFetcher(reactor)
         self.auth = auth or GatewayAuth.from_config(config, reactor)
         self.state_dir_lock = None   # the daemon's StateDirLock, set by the twistd plugin
         self.agents = AgentRegistry(config)
@@ -88,7 +92,7 @@ class GatewayService(MultiService):
         started with."""
         previous = getattr(self, "openai", None)
         self.openai = OpenAIRoutes(config, self.http_auth, self.agents, self.runner,
-                                   self.reactor, client_slots=self.client_slots)
+                                   self.reactor, self.fetcher, client_slots=self.client_slots)
         if previous is not None:  # previous_response_id must survive a reload
             self.openai.responses_endpoint.adopt(previous.responses_endpoint)
         http = config.gateway.http

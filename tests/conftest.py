@@ -59,11 +59,12 @@ async def start_gateway(state_dir):
     The token is ``TOKEN`` unless the config says otherwise."""
     running = []
 
-    async def start(raw=None, env=None):
+    async def start(raw=None, env=None, **service_kwargs):
         raw = dict(raw or {})
         environment = {"CLAWDBOT_GATEWAY_TOKEN": TOKEN} if env is None else env
         config = with_overrides(parse_config(raw, env=environment, state_dir=state_dir), port=0)
-        service = GatewayService(config, reactor)
+        # e.g. fetcher=, or reactor= a wrapper (tests/fakes/internet.py)
+        service = GatewayService(config, **{"reactor": reactor, **service_kwargs})
         service.startService()
         running.append(service)
         port = await service.when_listening()

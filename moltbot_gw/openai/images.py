@@ -1,25 +1,23 @@
 """Image inputs of chat requests: validate ``data:`` URIs against the configured limits and,
-when allowed, fetch remote ``http(s)`` images into data URIs — never from loopback, private
-or link-local addresses (checked on the resolved address of every hop)."""
+when allowed, fetch remote ``http(s)`` images into data URIs through the guarded fetcher
+(``moltbot_gw.fetch``: never an internal address, one deadline and byte budget per image)."""
 from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 from typing import Any, Mapping
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
-import treq
 from twisted.logger import Logger
 
 from ..config import ImagesConfig
+from ..fetch import FetchError, GuardedFetcher
 from .errors import APIError
 
 ALLOWED_MIME_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.S)
 MAX_REDIRECTS = 3
-FETCH_TIMEOUT_SECONDS = 10.0
 log = Logger()
 
 
@@ -91,80 +89,37 @@ class ImageBudget:
                        f"{self.config.maxTotalBytes} bytes", where)
 
 
-def is_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-async def fetch_remote_images(budget: ImageBudget, http_client, reactor) -> None:
+async def fetch_remote_images(budget: ImageBudget, fetcher: GuardedFetcher) -> None:
     """Replace each remote image part's URL by a data URI of the fetched bytes."""
     for part, url, where in budget.remote:
-        mime, body = await _fetch(url, where, budget, http_client, reactor)
+        mime, body = await _fetch(url, where, budget, fetcher)
         encoded = base64.b64encode(body).decode("ascii")
         part["image_url"]["url"] = f"data:{mime};base64,{encoded}"
 
 
-async def _fetch(url: str, where: str, budget: ImageBudget, http_client, reactor):
+async def _fetch(url: str, where: str, budget: ImageBudget, fetcher: GuardedFetcher):
+    """One image through the guarded fetcher. The client learns only the URL's host: never
+    a status code, content type or address of what answered (those go to the log)."""
     config = budget.config
-    for _hop in range(MAX_REDIRECTS + 1):
-        await _check_destination(url, where, config, reactor)
-        try:
-            response = await http_client.get(url, allow_redirects=False,
-                                             timeout=FETCH_TIMEOUT_SECONDS)
-        except Exception:
-            raise _bad(f"could not fetch the image at {_host(url)}", where)
-        if response.code in (301, 302, 303, 307, 308):
-            location = response.headers.getRawHeaders(b"location", [b""])[0].decode("latin-1")
-            await response.content()
-            if not location:
-                raise _bad("image URL redirected without a location", where)
-            url = urljoin(url, location)
-            continue
-        if response.code != 200:
-            raise _bad(f"fetching the image gave HTTP {response.code}", where)
-        mime = (response.headers.getRawHeaders(b"content-type", [b""])[0]
-                .split(b";")[0].strip().decode("latin-1").lower())
-        if mime not in ALLOWED_MIME_TYPES:
-            raise _bad(f"the fetched image has type {mime or 'unknown'}, not one of "
-                       f"{', '.join(ALLOWED_MIME_TYPES)}", where)
-        chunks: list[bytes] = []
-        received = [0]
-
-        def collect(data: bytes) -> None:
-            received[0] += len(data)
-            if received[0] > config.maxBytes:
-                raise _bad(f"the fetched image is over the limit of {config.maxBytes} bytes",
-                           where)
-            chunks.append(data)
-
-        await treq.collect(response, collect)
-        body = b"".join(chunks)
-        budget._count(len(body), 0, where)
-        return mime, body
-    raise _bad(f"image URL redirected more than {MAX_REDIRECTS} times", where)
+    host = _host(url)
+    unfetchable = _bad(f"image could not be fetched from {host}", where)
+    try:
+        result = await fetcher.fetch(url, max_bytes=config.maxBytes,
+                                     deadline_seconds=config.fetchSeconds,
+                                     allowed_hosts=config.urlAllowlist,
+                                     max_redirects=MAX_REDIRECTS)
+    except FetchError:
+        raise unfetchable from None   # the fetcher logged why
+    if result.content_type not in ALLOWED_MIME_TYPES:
+        log.info("image from {host} refused: content type {mime!r} is not an image type "
+                 "we accept", host=host, mime=result.content_type)
+        raise unfetchable
+    budget._count(len(result.body), 0, where)
+    return result.content_type, result.body
 
 
 def _host(url: str) -> str:
-    return urlsplit(url).hostname or "?"
-
-
-async def _check_destination(url: str, where: str, config: ImagesConfig, reactor) -> None:
-    """Refuse hosts off the allowlist and any that resolve to a non-public address."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _bad("image URL must be http(s) with a host", where)
-    host = parts.hostname.lower()
-    if config.urlAllowlist and host not in {h.lower() for h in config.urlAllowlist}:
-        raise _bad(f"image host {host} is not in images.urlAllowlist", where)
     try:
-        address = str(ipaddress.ip_address(host))
+        return urlsplit(url).hostname or "?"
     except ValueError:
-        try:
-            address = await reactor.resolve(host, timeout=(2, 3))
-        except Exception:
-            raise _bad(f"image host {host} does not resolve", where)
-    if not is_public_address(address):
-        raise _bad(f"image host {host} is a loopback, private or link-local address; "
-                   "refused", where)
+        return "?"

@@ -54,7 +54,7 @@ class ResponsesEndpoint:
     log = Logger()
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
-                 runner: AgentRunner, clock, image_client,
+                 runner: AgentRunner, clock, fetcher,
                  client_slots: Optional[ClientSlots] = None):
         self.config = config
         self.auth = auth
@@ -69,7 +69,7 @@ class ResponsesEndpoint:
         self.session_headers = session_header_names(config)
         self.responses = ResponseIndex(endpoints.responses.maxStoredResponses,
                                        endpoints.responses.maxStoredBytes)
-        self.image_client = image_client  # shared with chat completions
+        self.fetcher = fetcher  # the guarded fetcher, shared with chat completions
         limits = config.gateway.limits
         self.client_slots = client_slots or ClientSlots(limits.perClientConcurrency,
                                                         limits.perClientQueue)
@@ -123,7 +123,7 @@ class ResponsesEndpoint:
         if previous is not None and previous.session_key is None:
             history = tuple(previous.conversation) + history   # an anonymous chain
         if images.remote:
-            await fetch_remote_images(images, self.image_client, self.clock)
+            await fetch_remote_images(images, self.fetcher)
         run = await start_run_for_client(
             self.runner, self.client_slots, request_client_address(request, self.auth),
             RunRequest(

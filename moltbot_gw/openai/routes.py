@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-import treq
 from klein import Klein
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -18,6 +16,7 @@ from ..agents.run import RunRequest
 from ..agents.runner import AgentRunner
 from ..auth import GatewayAuth
 from ..config import Config, parse_model_ref
+from ..fetch import GuardedFetcher
 from ..providers.errors import ProviderError
 from ..http_auth import request_client_address, require_auth
 from ..sessions.keys import openai_session_key
@@ -59,7 +58,8 @@ class OpenAIRoutes:
     log = Logger()
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
-                 runner: AgentRunner, clock, client_slots: Optional[ClientSlots] = None):
+                 runner: AgentRunner, clock, fetcher: Optional[GuardedFetcher] = None,
+                 client_slots: Optional[ClientSlots] = None):
         self.config = config
         self.auth = auth
         self.agents = agents
@@ -69,17 +69,16 @@ class OpenAIRoutes:
         self.chat = endpoints.chatCompletions
         self.chat_limits = RequestLimits.for_chat(self.chat)
         self.session_headers = session_header_names(config)
-        # Remote images are fetched with a client of their own: no pooled connections to
-        # arbitrary hosts, never the providers' pool.
-        self.image_client = treq.client.HTTPClient(
-            Agent(clock, pool=HTTPConnectionPool(clock, persistent=False)))
+        # Remote images come through the guarded fetcher (its own client, never the
+        # providers' pool); the service passes one in, tests one with their own policy.
+        self.fetcher = fetcher if fetcher is not None else GuardedFetcher(clock)
         self.models_enabled = endpoints.chatCompletions.enabled or endpoints.responses.enabled
         self.created = int(clock.seconds())
         limits = config.gateway.limits
         self.client_slots = client_slots or ClientSlots(limits.perClientConcurrency,
                                                         limits.perClientQueue)
         self.responses_endpoint = ResponsesEndpoint(config, auth, agents, runner, clock,
-                                                     self.image_client,
+                                                     self.fetcher,
                                                      client_slots=self.client_slots)
 
     def resource(self):
@@ -128,7 +127,7 @@ class OpenAIRoutes:
                                 f'"{e.agent_id}"', param="model", code="model_not_found")
         session_key, persist, history_owner = self._session(request, agent.id, chat)
         if images.remote:
-            await fetch_remote_images(images, self.image_client, self.clock)
+            await fetch_remote_images(images, self.fetcher)
         model_override = header(request, MODEL_HEADERS)
         run = await start_run_for_client(
             self.runner, self.client_slots, request_client_address(request, self.auth),
