@@ -16,13 +16,14 @@ import pytest
 import pytest_twisted
 import treq
 import websocket
-from twisted.internet import task
+from twisted.internet import reactor, task
 
 from moltbot_gw import auth as gateway_auth
 from moltbot_gw import request_log
 from moltbot_gw.auth import FailureLimiter, GatewayAuth
 from moltbot_gw.config import parse_config
 from moltbot_gw.sessions.keys import resolve_session_key
+from moltbot_gw.ws.client import GatewayClient
 
 from .conftest import CHAT_ENABLED, TOKEN
 from .test_ws_protocol import Client, in_thread
@@ -225,6 +226,24 @@ async def test_loopback_client_is_not_locked_out_by_default(start_gateway):
         return client.connect()
 
     assert (await in_thread(cli_connect))["ok"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cli_client_is_not_locked_out_by_a_page_guessing_tokens(start_gateway):
+    """A web page in a local browser guesses tokens over WebSocket (Origin of its own host,
+    allowed in); the gateway's own client (moltbot-gw health / agent) still connects."""
+    gw = await start_gateway({"gateway": {"auth": {"rateLimit": {"maxFailures": 2}}}})
+
+    def page_guess():
+        client = ws_client(gw.ws_url, origin=f"http://127.0.0.1:{gw.port}")
+        return client.connect("guess"), client.frame()
+
+    for _ in range(2):
+        await in_thread(page_guess)
+    error, close = await in_thread(page_guess)    # the page itself is locked out
+    assert error["error"]["code"] == "RATE_LIMITED" and close["close"] == 4029
+    client = await GatewayClient.connect(reactor, gw.ws_url, {"token": TOKEN}, timeout=10)
+    await client.disconnect()
 
 
 @pytest_twisted.ensureDeferred
