@@ -36,6 +36,20 @@ def endpoint_description(config: Config) -> str:
     return f"tcp:{config.gateway.port}:interface={interface}"
 
 
+def closed_paths(endpoints) -> frozenset:
+    """The ``/v1`` paths of switched-off endpoints: they answer 404 as if absent, even
+    without the secret, so the site neither asks for it nor reads their bodies."""
+    chat, responses = endpoints.chatCompletions.enabled, endpoints.responses.enabled
+    closed = set()
+    if not chat:
+        closed.add(b"/v1/chat/completions")
+    if not responses:
+        closed.add(b"/v1/responses")
+    if not (chat or responses):
+        closed.update((b"/v1/models", b"/v1/embeddings"))
+    return frozenset(closed)
+
+
 class GatewayService(MultiService):
     """Everything one gateway process runs. Tests build several in one process."""
 
@@ -93,6 +107,7 @@ class GatewayService(MultiService):
                              if metrics.enabled else None)
         self.site.max_body_bytes = http.endpoints.chatCompletions.maxBodyBytes
         self.site.auth = self.http_auth
+        self.site.closed_paths = closed_paths(http.endpoints)
         self.ws_factory.set_max_payload(config.gateway.ws.maxFrameBytes)
         self.site.timeOut = http.idleTimeoutSeconds  # for connections accepted from now on
         self.site.headers_timeout = http.headersTimeoutSeconds

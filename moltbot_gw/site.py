@@ -18,8 +18,11 @@ from .request_log import (REQUEST_ID_HEADER, current_request, log_request, reque
                           route_of)
 
 CLIENT_CLOSED = 499  # nginx's status for a request the client abandoned before the answer
-# Statuses Twisted has no phrase for (it would send "Unknown Status").
-EXTRA_REASONS = {426: b"Upgrade Required", 429: b"Too Many Requests",
+# The largest body accepted on a path that reads none (GatewayRequest._body_limit).
+NO_USE_BODY_BYTES = 16 * 1024
+# Statuses Twisted has no phrase for (it would send "Unknown Status"), and 413 by its
+# current name (RFC 9110).
+EXTRA_REASONS = {413: b"Payload Too Large", 426: b"Upgrade Required", 429: b"Too Many Requests",
                  CLIENT_CLOSED: b"Client Closed Request"}
 
 
@@ -38,6 +41,7 @@ class GatewayRequest(Request):
     _site = None
     _sse = False
     _logged = False
+    _limit = None             # the body limit of this request, once known
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -49,7 +53,7 @@ class GatewayRequest(Request):
     def gotLength(self, length):
         if self._too_large:
             return  # refused at the headers (GatewayChannel.allHeadersReceived)
-        if length is not None and length > self.channel.site.max_body_bytes:
+        if length is not None and length > self._body_limit():
             self._refuse_too_large()
             return
         super().gotLength(length)
@@ -59,16 +63,29 @@ class GatewayRequest(Request):
         if self._too_large:
             return
         self._received = getattr(self, "_received", 0) + len(data)
-        if self._received > self.channel.site.max_body_bytes:
+        if self._received > self._body_limit():
             self._refuse_too_large()
             return
         super().handleContentChunk(data)
+
+    def _body_limit(self) -> int:
+        """``maxBodyBytes`` where a body can be of use (the API, behind auth); elsewhere
+        (``/health``, ``/``, unknown paths, CORS preflights) no body is ever read, so a
+        small cap keeps anyone from making the gateway buffer megabytes for nothing."""
+        if self._limit is None:
+            channel = self.channel
+            site = channel.site
+            self._limit = site.max_body_bytes
+            if not site.takes_body(channel._command, channel._path.split(b"?", 1)[0],
+                                   self.requestHeaders):
+                self._limit = min(site.max_body_bytes, NO_USE_BODY_BYTES)
+        return self._limit
 
     def _refuse_too_large(self) -> None:
         # The body has not been read yet, so answer at the transport and close: reading
         # (or buffering) an oversized body is what the limit exists to prevent.
         self._too_large = True
-        limit = self.channel.site.max_body_bytes
+        limit = self._body_limit()
         transport = self.channel.transport
         transport.write(_raw_error_response(
             413, f"request body is larger than the limit of {limit} bytes",
@@ -260,6 +277,7 @@ class GatewaySite(Site):
         super().__init__(resource, **kwargs)
         self.max_body_bytes = max_body_bytes
         self.auth = None   # the HTTP GatewayAuth, set by the service (needs_auth)
+        self.closed_paths: frozenset = frozenset()  # /v1 paths of disabled endpoints
         self.headers_timeout = 30.0   # seconds; set from the config (GatewayChannel)
         self.request_timeout = 300.0
         self.metrics = metrics
@@ -271,14 +289,20 @@ class GatewaySite(Site):
     def cors(self):
         return getattr(self.resource, "cors", None)
 
+    def takes_body(self, method: bytes, path: bytes, headers) -> bool:
+        """Whether a request may have a body of use: only the API under ``/v1/``, except
+        CORS preflights and switched-off endpoints (they answer 404 to anyone)."""
+        return (path.startswith(b"/v1/") and path not in self.closed_paths
+                and not (method == b"OPTIONS"
+                         and headers.hasHeader(b"access-control-request-method")))
+
     def needs_auth(self, method: bytes, path: bytes, headers) -> bool:
         """Whether a request for ``path`` is answered only with the gateway secret: the API
         under ``/v1/`` (except CORS preflights) and a non-public ``/metrics``."""
         if self.auth is None:
             return False
         if path.startswith(b"/v1/"):
-            return not (method == b"OPTIONS"
-                        and headers.hasHeader(b"access-control-request-method"))
+            return self.takes_body(method, path, headers)
         if path == b"/metrics":
             metrics = getattr(self.resource, "metrics", None)
             return metrics is not None and not metrics.public

@@ -326,6 +326,19 @@ async def test_max_body_bytes_below_1_mib_is_honoured(start_gateway):
     assert (await response.json())["error"]["code"] == "request_too_large"
 
 
+@pytest_twisted.ensureDeferred
+async def test_paths_that_read_no_body_refuse_one_over_16_kib_unread(start_gateway):
+    gw = await start_gateway(CHAT_ENABLED)
+    for target in (b"/health", b"/", b"/nowhere", b"/metrics"):
+        head = (b"POST " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Length: 20000000\r\n\r\n")
+        response = await in_thread(raw_exchange, gw.port, head)
+        assert status_line(response) == b"HTTP/1.1 413 Payload Too Large", target
+    small = b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
+    assert status_line(await in_thread(raw_exchange, gw.port, small)) == \
+        b"HTTP/1.1 405 Method Not Allowed"
+
+
 @pytest.mark.parametrize("secret", ["short-secret", " " * 20, "                 abc"])
 def test_exposed_bind_needs_a_secret_of_16_characters(secret):
     gateway = parse_config({"gateway": {"bind": "lan", "auth": {"token": secret}}},
