@@ -20,6 +20,11 @@ from twisted.logger import Logger
 from .config import Config
 
 TOKEN_FILE_NAME = "gateway.token"
+# Request headers that make a client ineligible for the loopback lockout exemption: a browser
+# page always sends Origin (Sec-WebSocket-Origin in old drafts); a proxy in front relays
+# clients that are not local at all.
+NOT_EXEMPTABLE_HEADERS = ("origin", "sec-websocket-origin", "x-forwarded-for", "forwarded",
+                          "x-real-ip")
 log = Logger()
 
 

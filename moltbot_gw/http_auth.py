@@ -7,12 +7,9 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from .auth import BadForwardedFor, GatewayAuth, bearer_credential, client_address
+from .auth import (NOT_EXEMPTABLE_HEADERS, BadForwardedFor, GatewayAuth, bearer_credential,
+                   client_address)
 from .openai.errors import APIError
-
-# A browser page always sends Origin; a proxy in front relays clients that are not local:
-# neither is exempt from the failed-auth lockout, even from loopback (docs/operations.rst).
-_NOT_EXEMPTABLE_HEADERS = (b"origin", b"x-forwarded-for", b"forwarded", b"x-real-ip")
 
 
 def request_client_address(request, auth: GatewayAuth) -> str:
@@ -34,7 +31,7 @@ def auth_error(request, auth: GatewayAuth) -> Optional[APIError]:
     header = request.getHeader(b"authorization")
     presented = bearer_credential(header.decode("latin-1") if header else None)
     exemptable = not any(request.requestHeaders.hasHeader(name)
-                         for name in _NOT_EXEMPTABLE_HEADERS)
+                         for name in NOT_EXEMPTABLE_HEADERS)
     outcome = auth.authenticate(address, presented, exemptable=exemptable)
     if outcome.ok:
         return None

@@ -205,6 +205,8 @@ class GatewayChannel(HTTPChannel):
         headers = request.requestHeaders
         if not ((self.length or 0) > 0 or headers.hasHeader(b"transfer-encoding")):
             return False
+        if (self.length or 0) > self.site.max_body_bytes:
+            return False  # refused as too large, unread, whoever sends it (gotLength)
         path = self._path.split(b"?", 1)[0]
         if not self.site.needs_auth(self._command, path, headers):
             return False

@@ -16,7 +16,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from .. import __version__
-from ..auth import BadForwardedFor, GatewayAuth, client_address
+from ..auth import NOT_EXEMPTABLE_HEADERS, BadForwardedFor, GatewayAuth, client_address
 from ..request_log import escape_for_log
 from .backlog import MAX_BACKLOG_BYTES, SendBacklog
 from .frames import (PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, Request,
@@ -32,10 +32,6 @@ TICK_INTERVAL = 15.0
 HANDSHAKE_TIMEOUT = 10.0
 SHUTDOWN_CLOSE_WAIT = 5.0
 SERVER_NAME = "moltbot-gw"
-# Headers that make a client ineligible for the loopback lockout exemption: a browser page
-# always sends Origin; a proxy in front relays clients that are not local at all.
-PROXY_OR_BROWSER_HEADERS = ("origin", "sec-websocket-origin", "x-forwarded-for", "forwarded",
-                            "x-real-ip")
 
 
 class GatewayWSProtocol(WebSocketServerProtocol):
@@ -69,7 +65,7 @@ class GatewayWSProtocol(WebSocketServerProtocol):
                                           self.factory.auth.trusted_proxies)
         except BadForwardedFor as error:
             raise ConnectionDeny(400, str(error))
-        self.exemptable = not any(name in request.headers for name in PROXY_OR_BROWSER_HEADERS)
+        self.exemptable = not any(name in request.headers for name in NOT_EXEMPTABLE_HEADERS)
         return None
 
     def onOpen(self):
