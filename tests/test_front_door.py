@@ -131,6 +131,8 @@ async def test_oversized_and_malformed_handshakes_count_as_failed_attempts(start
     assert (await in_thread(oversized))["close"] == 1009
     error, close = await in_thread(junk)
     assert error["error"]["code"] == "HANDSHAKE_REQUIRED" and close["close"] == 4002
+    assert b'moltbot_auth_failures_total{transport="ws"} 2.0' in \
+        gw.service.metrics.exposition()
     # two failed attempts: the address is locked even for the right token
     error, close = await in_thread(right_token)
     assert error["error"]["code"] == "RATE_LIMITED" and close["close"] == 4029
@@ -348,6 +350,20 @@ def test_exposed_bind_needs_a_secret_of_16_characters(secret):
     assert fine.gateway.exposure_problem() is None
     loopback = parse_config({"gateway": {"auth": {"token": secret}}}, env={})
     assert loopback.gateway.exposure_problem() is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_of_an_exposed_gateway_refuses_a_short_secret(start_gateway, state_dir):
+    long_token = "a-long-enough-token-0123"
+    gw = await start_gateway({"gateway": {"bind": "lan"}},
+                             env={"CLAWDBOT_GATEWAY_TOKEN": long_token})
+    short = parse_config({"gateway": {"bind": "lan"}}, env={"CLAWDBOT_GATEWAY_TOKEN": "short"},
+                         state_dir=state_dir)
+    with pytest.raises(ValueError, match="16 non-blank characters"):
+        gw.service.reload(short)
+    response = await treq.get(gw.url + "/health")
+    assert response.code == 200
+    await response.content()
 
 
 def test_daemon_refuses_lan_bind_with_a_short_token(tmp_path):
