@@ -97,7 +97,8 @@ class WebSocketEntry(Resource):
         port) or of ``gateway.http.cors.allowedOrigins`` may connect; clients that send no
         ``Origin`` (not browsers) may."""
         try:
-            request_client_address(request, self.root.auth)
+            if self.root.auth is not None:
+                request_client_address(request, self.root.auth)
         except BadForwardedFor as error:
             return APIError(400, str(error), param="X-Forwarded-For",
                             code="invalid_forwarded_for")
