@@ -23,6 +23,11 @@ from twisted.logger import Logger
 from .config import Config
 
 TOKEN_FILE_NAME = "gateway.token"
+# Request headers that make a client ineligible for the loopback lockout exemption: a browser
+# page always sends Origin (Sec-WebSocket-Origin in old drafts); a proxy in front relays
+# clients that are not local at all.
+NOT_EXEMPTABLE_HEADERS = ("origin", "sec-websocket-origin", "x-forwarded-for", "forwarded",
+                          "x-real-ip")
 log = Logger()
 
 
@@ -97,12 +102,18 @@ def bearer_credential(authorization: Optional[str]) -> Optional[str]:
     return value or None
 
 
+class BadForwardedFor(ValueError):
+    """An ``X-Forwarded-For`` from a trusted proxy names a hop that is not an IP address."""
+
+
 def client_address(peer: str, forwarded_for: Optional[str],
                    trusted_proxies: Sequence[ipaddress._BaseNetwork]) -> str:
     """The address to charge failed attempts to.
 
     ``X-Forwarded-For`` is believed only when the peer is a trusted proxy; then the
-    right-most hop that is not itself a trusted proxy is the client.
+    right-most hop that is not itself a trusted proxy is the client. A hop that is not an
+    IP address raises ``BadForwardedFor`` (a 400): charging the proxy instead would let one
+    client behind it lock every other one out.
     """
     if not forwarded_for or not _is_trusted(peer, trusted_proxies):
         return peer
@@ -112,8 +123,34 @@ def client_address(peer: str, forwarded_for: Optional[str],
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:
-                return peer  # garbage header: charge the proxy, not a made-up address
+                raise BadForwardedFor("X-Forwarded-For names a hop that is not an IP "
+                                      "address") from None
     return peer
+
+
+def limiter_key(address: str) -> str:
+    """What the limiter counts ``address`` under: an IPv6 client by its /64 (one host
+    usually holds a whole /64, so per-address counting would be no limit at all), an
+    IPv4-mapped IPv6 address as its IPv4 address, anything else as given."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def _is_trusted(address: str, trusted: Sequence[ipaddress._BaseNetwork]) -> bool:
@@ -154,6 +191,10 @@ class FailureLimiter:
             return None
         return remaining if entry[1] >= self.max_failures else None
 
+    def reset(self, address: str) -> None:
+        """Forget the failures of ``address`` (it just authenticated)."""
+        self._entries.pop(address, None)
+
     def record_failure(self, address: str) -> None:
         now = self._clock.seconds()
         self._expire(now)
@@ -191,8 +232,10 @@ class GatewayAuth:
     log = Logger()
 
     def __init__(self, mode: str, secret: str, limiter: FailureLimiter,
-                 trusted_proxies: Sequence[str] = (), generated: bool = False):
+                 trusted_proxies: Sequence[str] = (), generated: bool = False,
+                 exempt_loopback: bool = True):
         self.mode = mode
+        self.exempt_loopback = exempt_loopback
         self._secret = secret.encode("utf-8")
         self.limiter = limiter
         self.generated = generated
@@ -207,7 +250,8 @@ class GatewayAuth:
         auth = config.gateway.auth
         mode, secret, generated = cls._secret_of(config)
         limiter = FailureLimiter(clock, auth.rateLimit.maxFailures, auth.rateLimit.windowSeconds)
-        return cls(mode, secret, limiter, config.gateway.trustedProxies, generated)
+        return cls(mode, secret, limiter, config.gateway.trustedProxies, generated,
+                   auth.rateLimit.exemptLoopback)
 
     def reconfigure(self, config: Config) -> None:
         """Take the secret, mode, limits and trusted proxies of a reloaded config; the
@@ -217,6 +261,7 @@ class GatewayAuth:
         limits = config.gateway.auth.rateLimit
         self.limiter.max_failures = limits.maxFailures
         self.limiter.window = limits.windowSeconds
+        self.exempt_loopback = limits.exemptLoopback
         self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False)
                                      for p in config.gateway.trustedProxies)
 
@@ -246,18 +291,37 @@ class GatewayAuth:
             return False
         return hmac.compare_digest(presented.encode("utf-8"), self._secret)
 
-    def authenticate(self, address: str, presented: Optional[str]) -> AuthOutcome:
+    def is_exempt(self, address: str, exemptable: bool = True) -> bool:
+        """Whether failures of ``address`` are not counted: a loopback client, unless the
+        config says otherwise or the transport says it may not be (``exemptable`` is False
+        for a browser page, which sent ``Origin``, and for a request relayed by a proxy)."""
+        return self.exempt_loopback and exemptable and is_loopback(address)
+
+    def authenticate(self, address: str, presented: Optional[str], *,
+                     exemptable: bool = True) -> AuthOutcome:
         """Check ``presented`` for a client at ``address``, applying the failure limiter.
 
         A limited address is refused without looking at the secret, so guessing gains
-        nothing; a missing credential is refused but not counted as a guess.
+        nothing; a missing credential is refused but not counted as a guess; a success
+        clears the address's failures. Exempt clients (``is_exempt``) are never limited.
         """
-        wait = self.limiter.retry_after(address)
+        exempt = self.is_exempt(address, exemptable)
+        key = limiter_key(address)
+        wait = None if exempt else self.limiter.retry_after(key)
         if wait is not None:
             return AuthOutcome(False, retry_after=wait)
         if self.matches(presented):
+            if not exempt:
+                self.limiter.reset(key)
             return AuthOutcome(True)
         if presented is not None:
-            self.limiter.record_failure(address)
+            if not exempt:
+                self.limiter.record_failure(key)
             self.log.warn("Failed gateway auth from {address}", address=address)
         return AuthOutcome(False)
+
+    def charge(self, address: str, *, exemptable: bool = True) -> None:
+        """Count a failed attempt that presented no secret worth checking: a malformed or
+        oversized handshake. Exempt clients are not charged."""
+        if not self.is_exempt(address, exemptable):
+            self.limiter.record_failure(limiter_key(address))

@@ -119,6 +119,8 @@ def normalize_agent_id(raw: str) -> Optional[str]:
 
 # --- gateway -----------------------------------------------------------------------------
 
+MIN_EXPOSED_SECRET_LENGTH = 16  # a secret for a gateway listening beyond loopback
+
 
 @dataclass(frozen=True)
 class RateLimitConfig:
@@ -126,6 +128,9 @@ class RateLimitConfig:
                             doc="failed auth attempts allowed per client address per window")
     windowSeconds: float = _key("windowSeconds", 60.0, check=_positive,
                                 doc="length of the failed-attempt window")
+    exemptLoopback: bool = _key("exemptLoopback", True,
+                                doc="never lock out a loopback client (not a browser page,"
+                                    " not one relayed by a proxy)")
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,13 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class WebSocketConfig:
+    maxFrameBytes: int = _key("maxFrameBytes", 4 * 1024 * 1024, check=_positive,
+                              doc="largest WebSocket message after connect (before it: 16 KiB);"
+                                  " larger closes with 1009")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = _key("enabled", False, doc="serve GET /metrics")
     public: bool = _key("public", False, doc="serve /metrics without auth")
@@ -248,6 +260,7 @@ class GatewayConfig:
     bind: str = _key("bind", "loopback", check=_bind, doc='"loopback", "lan" or an IP address')
     auth: AuthConfig = _key("auth", AuthConfig())
     http: HttpConfig = _key("http", HttpConfig())
+    ws: WebSocketConfig = _key("ws", WebSocketConfig())
     trustedProxies: tuple[str, ...] = _key("trustedProxies", (), check=_ip_or_network,
                                            doc="proxies whose X-Forwarded-For is believed")
     metrics: MetricsConfig = _key("metrics", MetricsConfig())
@@ -268,6 +281,24 @@ class GatewayConfig:
     @property
     def is_loopback_only(self) -> bool:
         return ipaddress.ip_address(self.interface).is_loopback
+
+    def exposure_problem(self) -> Optional[str]:
+        """Why this config may not listen where it says, or ``None``: beyond loopback the
+        secret must be configured explicitly and hold at least ``MIN_EXPOSED_SECRET_LENGTH``
+        non-blank characters (a short or blank one is guessed or typed by mistake)."""
+        if self.is_loopback_only:
+            return None
+        secret = self.auth.explicit_secret
+        if secret is None:
+            return (f"refusing to listen on {self.interface} without an explicitly "
+                    "configured secret: set gateway.auth.token (or CLAWDBOT_GATEWAY_TOKEN), "
+                    "or gateway.auth.password, or bind to loopback")
+        if len(secret.strip()) < MIN_EXPOSED_SECRET_LENGTH:
+            return (f"refusing to listen on {self.interface} with a gateway {self.auth.mode} "
+                    f"of fewer than {MIN_EXPOSED_SECRET_LENGTH} non-blank characters: set a "
+                    "longer one (moltbot-gw token prints a generated one), or bind to "
+                    "loopback")
+        return None
 
 
 # --- models ------------------------------------------------------------------------------

@@ -152,5 +152,10 @@ class CountingAuth:
             self._on_failure()
         return outcome
 
+    def charge(self, *args, **kwargs):
+        """A malformed handshake charged to the limiter is a refused authentication too."""
+        self._auth.charge(*args, **kwargs)
+        self._on_failure()
+
     def __getattr__(self, name):
         return getattr(self._auth, name)

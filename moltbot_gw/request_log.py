@@ -48,6 +48,17 @@ def route_of(path: bytes) -> str:
     return "other"
 
 
+# Characters that would let a client forge or hide parts of a log line: C0 and C1 controls
+# (a newline starts a fake line), and bidi / line-separator format characters.
+_UNLOGGABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
+                         "\u2060-\u2069\ufeff]")
+
+
+def escape_for_log(text: str) -> str:
+    """``text`` with every unloggable character written as a ``\\xNN`` / ``\\uNNNN`` escape."""
+    return _UNLOGGABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def request_id_for(presented: Optional[bytes]) -> bytes:
     """The client's ``x-request-id`` when it is sane (1-64 of ``[A-Za-z0-9._-]``), else a
     fresh random one (16 hex digits)."""
@@ -58,7 +69,7 @@ def request_id_for(presented: Optional[bytes]) -> bytes:
 
 def log_request(request, status: int, seconds: float) -> None:
     """Emit the access-log event of a finished (or abandoned) request."""
-    path = request.path.decode("latin-1")
+    path = escape_for_log(request.path.decode("latin-1"))
     if len(path) > MAX_LOGGED_PATH:
         path = path[:MAX_LOGGED_PATH] + "…"
     agent = getattr(request, "moltbot_agent", None)

@@ -38,6 +38,20 @@ def endpoint_description(config: Config) -> str:
     return f"tcp:{config.gateway.port}:interface={interface}"
 
 
+def closed_paths(endpoints) -> frozenset:
+    """The ``/v1`` paths of switched-off endpoints: they answer 404 as if absent, even
+    without the secret, so the site neither asks for it nor reads their bodies."""
+    chat, responses = endpoints.chatCompletions.enabled, endpoints.responses.enabled
+    closed = set()
+    if not chat:
+        closed.update((b"/v1/chat/completions", b"/v1/completions"))
+    if not responses:
+        closed.add(b"/v1/responses")
+    if not (chat or responses):
+        closed.update((b"/v1/models", b"/v1/embeddings"))
+    return frozenset(closed)
+
+
 class GatewayService(MultiService):
     """Everything one gateway process runs. Tests build several in one process."""
 
@@ -73,10 +87,11 @@ class GatewayService(MultiService):
         self.ws_factory = GatewayWSFactory(
             ws_auth, GatewayMethods(self.runner, self.store, self.agents, reactor,
                                     client_slots=self.client_slots, limits=limits),
-            reactor=reactor)
+            reactor=reactor, max_payload=config.gateway.ws.maxFrameBytes)
         self.metrics.watch(self.runner, self.ws_factory)
         self.http_auth = http_auth
         self.root = GatewayRoot(WebSocketResource(self.ws_factory))
+        self.root.auth = self.auth
         self.site = GatewaySite(self.root, max_body_bytes=0, metrics=self.metrics)
         self._mount_http(config)
         self.site.displayTracebacks = False
@@ -101,8 +116,10 @@ class GatewayService(MultiService):
         self.root.cors = CorsPolicy(http.cors.allowedOrigins, http.sessionHeaders)
         self.root.metrics = (MetricsResource(self.metrics, self.http_auth, metrics.public)
                              if metrics.enabled else None)
-        self.site.max_body_bytes = max(http.endpoints.chatCompletions.maxBodyBytes,
-                                       1024 * 1024)
+        self.site.max_body_bytes = http.endpoints.chatCompletions.maxBodyBytes
+        self.site.auth = self.http_auth
+        self.site.closed_paths = closed_paths(http.endpoints)
+        self.ws_factory.set_max_payload(config.gateway.ws.maxFrameBytes)
         self.site.timeOut = http.idleTimeoutSeconds  # for connections accepted from now on
         self.site.headers_timeout = http.headersTimeoutSeconds
         self.site.request_timeout = http.requestTimeoutSeconds
@@ -112,9 +129,13 @@ class GatewayService(MultiService):
         providers, auth secret, endpoint toggles and limits. Runs in flight finish on what
         they started with. Port and bind need a restart."""
         old = self.config
-        if not old.gateway.is_loopback_only and config.gateway.auth.explicit_secret is None:
-            raise ValueError(f"the gateway listens on {old.gateway.interface}: a config "
-                             "without an explicitly configured secret is refused")
+        if not old.gateway.is_loopback_only:
+            # judged against where the gateway listens now: a bind change takes a restart
+            problem = dataclasses.replace(config.gateway, bind=old.gateway.bind
+                                          ).exposure_problem()
+            if problem is not None:
+                raise ValueError(f"the gateway listens on {old.gateway.interface}: "
+                                 f"{problem}")
         if (config.gateway.port, config.gateway.interface) != (old.gateway.port,
                                                                 old.gateway.interface):
             self.log.warn("gateway.port / gateway.bind changed: that takes a restart; still "

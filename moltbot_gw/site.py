@@ -5,17 +5,29 @@ lives in ``web.py``; this module only guards the door.
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.server import Request, Site
 
-from .openai.errors import ERROR_TYPES, error_body
+from .http_auth import auth_error
+from .openai.errors import ERROR_TYPES, error_body, note_refusal
 from .request_log import (REQUEST_ID_HEADER, current_request, log_request, request_id_for,
                           route_of)
 
 CLIENT_CLOSED = 499  # nginx's status for a request the client abandoned before the answer
+# The largest body accepted on a path that reads none (GatewayRequest._body_limit).
+NO_USE_BODY_BYTES = 16 * 1024
+# Statuses Twisted has no phrase for (it would send "Unknown Status"), and 413 by its
+# current name (RFC 9110).
+EXTRA_REASONS = {413: b"Payload Too Large", 426: b"Upgrade Required", 429: b"Too Many Requests",
+                 CLIENT_CLOSED: b"Client Closed Request"}
+
+
+def reason_phrase(status: int) -> bytes:
+    return EXTRA_REASONS.get(status) or RESPONSES.get(status) or b"Unknown Status"
 
 
 class GatewayRequest(Request):
@@ -29,13 +41,19 @@ class GatewayRequest(Request):
     _site = None
     _sse = False
     _logged = False
+    _limit = None             # the body limit of this request, once known
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._started = time.perf_counter()
 
+    def setResponseCode(self, code, message=None):
+        super().setResponseCode(code, message if message is not None else reason_phrase(code))
+
     def gotLength(self, length):
-        if length is not None and length > self.channel.site.max_body_bytes:
+        if self._too_large:
+            return  # refused at the headers (GatewayChannel.allHeadersReceived)
+        if length is not None and length > self._body_limit():
             self._refuse_too_large()
             return
         super().gotLength(length)
@@ -45,20 +63,33 @@ class GatewayRequest(Request):
         if self._too_large:
             return
         self._received = getattr(self, "_received", 0) + len(data)
-        if self._received > self.channel.site.max_body_bytes:
+        if self._received > self._body_limit():
             self._refuse_too_large()
             return
         super().handleContentChunk(data)
+
+    def _body_limit(self) -> int:
+        """``maxBodyBytes`` where a body can be of use (the API, behind auth); elsewhere
+        (``/health``, ``/``, unknown paths, CORS preflights) no body is ever read, so a
+        small cap keeps anyone from making the gateway buffer megabytes for nothing."""
+        if self._limit is None:
+            channel = self.channel
+            site = channel.site
+            self._limit = site.max_body_bytes
+            if not site.takes_body(channel._command, channel._path.split(b"?", 1)[0],
+                                   self.requestHeaders):
+                self._limit = min(site.max_body_bytes, NO_USE_BODY_BYTES)
+        return self._limit
 
     def _refuse_too_large(self) -> None:
         # The body has not been read yet, so answer at the transport and close: reading
         # (or buffering) an oversized body is what the limit exists to prevent.
         self._too_large = True
-        limit = self.channel.site.max_body_bytes
+        limit = self._body_limit()
         transport = self.channel.transport
         transport.write(_raw_error_response(
-            413, b"Payload Too Large",
-            f"request body is larger than the limit of {limit} bytes", "request_too_large"))
+            413, f"request body is larger than the limit of {limit} bytes",
+            "request_too_large"))
         self.log.info("Refused a request body over {limit} bytes", limit=limit)
         transport.loseConnection()
 
@@ -103,7 +134,8 @@ class GatewayRequest(Request):
             super().process()
         finally:
             current_request.reset(token)
-        if upgrade and self.channel is not None and self.channel.transport is None:
+        channel = getattr(self, "channel", None)  # gone once a refused upgrade finished
+        if upgrade and channel is not None and channel.transport is None:
             # The WebSocket protocol took the connection over: this request never finishes,
             # so it is logged now, as switched.
             self._completed(None, status=101)
@@ -124,12 +156,16 @@ class GatewayRequest(Request):
         log_request(self, status, seconds)
 
 
-def _raw_error_response(status: int, reason: bytes, message: str, code: str) -> bytes:
+def _raw_error_response(status: int, message: str, code: str, param: Optional[str] = None,
+                        headers: Optional[dict] = None) -> bytes:
     """A whole ``Connection: close`` error response, for writing straight to the transport
     when no Request can answer (the request has not been fully received)."""
-    body = error_body(message, ERROR_TYPES[status], None, code)
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n" % (status, reason, len(body))) + body
+    body = error_body(message, ERROR_TYPES[status], param, code)
+    extra = b"".join(b"%s: %s\r\n" % (name.encode("ascii"), value.encode("latin-1"))
+                     for name, value in (headers or {}).items())
+    return (b"HTTP/1.1 %d %s\r\nServer: moltbot-gw\r\nContent-Type: application/json\r\n"
+            b"%sConnection: close\r\nContent-Length: %d\r\n\r\n"
+            % (status, reason_phrase(status), extra, len(body))) + body
 
 
 class GatewayChannel(HTTPChannel):
@@ -156,7 +192,44 @@ class GatewayChannel(HTTPChannel):
 
     def allHeadersReceived(self):
         self._cancel_timer("_headers_timer")
+        if self._refused_before_body():
+            return  # no gotLength, no "100 Continue": the body is never read
         super().allHeadersReceived()
+
+    def _refused_before_body(self) -> bool:
+        """Answer 400/401/429 now, from the headers, when a request that needs the gateway
+        secret comes with a body but without the secret: reading (and buffering) up to
+        ``maxBodyBytes`` for someone who cannot use it is what this prevents. Requests
+        without a body take the ordinary path (request id, CORS, access log)."""
+        request = self.requests[-1]
+        headers = request.requestHeaders
+        if not ((self.length or 0) > 0 or headers.hasHeader(b"transfer-encoding")):
+            return False
+        if (self.length or 0) > self.site.max_body_bytes:
+            return False  # refused as too large, unread, whoever sends it (gotLength)
+        path = self._path.split(b"?", 1)[0]
+        if not self.site.needs_auth(self._command, path, headers):
+            return False
+        error = auth_error(request, self.site.auth)
+        if error is None:
+            return False
+        request._too_large = True  # nothing more is read or processed for it
+        # What the access log and the metrics need of a request that is never processed.
+        request.method, request.uri, request.path = self._command, self._path, path
+        request.request_id = request_id_for(request.getHeader(REQUEST_ID_HEADER))
+        request._site = self.site
+        response_headers = {"X-Request-Id": request.request_id.decode("ascii"), **error.headers}
+        origin = headers.getRawHeaders(b"origin", [None])[0]
+        cors = self.site.cors
+        if origin is not None and cors is not None and cors.allows(origin.decode("latin-1")):
+            response_headers.update({"Access-Control-Allow-Origin": origin.decode("latin-1"),
+                                     "Vary": "Origin"})
+        self.transport.write(_raw_error_response(error.status, error.message, error.code,
+                                                 error.param, response_headers))
+        note_refusal(request, error)
+        request._completed(None, status=error.status)
+        self.transport.loseConnection()
+        return True
 
     def allContentReceived(self):
         self._cancel_timers()
@@ -182,8 +255,7 @@ class GatewayChannel(HTTPChannel):
         if self.transport is None or self._handlingRequest:
             return
         self.transport.write(_raw_error_response(
-            408, b"Request Timeout",
-            f"{what} did not arrive within {seconds:g} s", "request_timeout"))
+            408, f"{what} did not arrive within {seconds:g} s", "request_timeout"))
         self.log.info("Closed a connection from {peer}: {what} did not arrive within"
                       " {seconds} s", peer=str(self.transport.getPeer()), what=what,
                       seconds=seconds)
@@ -207,12 +279,37 @@ class GatewaySite(Site):
         kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, **kwargs)
         self.max_body_bytes = max_body_bytes
+        self.auth = None   # the HTTP GatewayAuth, set by the service (needs_auth)
+        self.closed_paths: frozenset = frozenset()  # /v1 paths of disabled endpoints
         self.headers_timeout = 30.0   # seconds; set from the config (GatewayChannel)
         self.request_timeout = 300.0
         self.metrics = metrics
         self.draining = False
         self._inflight: set[Request] = set()
         self._idle_waiters: list[defer.Deferred] = []
+
+    @property
+    def cors(self):
+        return getattr(self.resource, "cors", None)
+
+    def takes_body(self, method: bytes, path: bytes, headers) -> bool:
+        """Whether a request may have a body of use: only the API under ``/v1/``, except
+        CORS preflights and switched-off endpoints (they answer 404 to anyone)."""
+        return (path.startswith(b"/v1/") and path not in self.closed_paths
+                and not (method == b"OPTIONS"
+                         and headers.hasHeader(b"access-control-request-method")))
+
+    def needs_auth(self, method: bytes, path: bytes, headers) -> bool:
+        """Whether a request for ``path`` is answered only with the gateway secret: the API
+        under ``/v1/`` (except CORS preflights) and a non-public ``/metrics``."""
+        if self.auth is None:
+            return False
+        if path.startswith(b"/v1/"):
+            return self.takes_body(method, path, headers)
+        if path == b"/metrics":
+            metrics = getattr(self.resource, "metrics", None)
+            return metrics is not None and not metrics.public
+        return False
 
     def log(self, request) -> None:
         """No Common Log Format line: ``GatewayRequest`` logs each request itself (with its

@@ -8,12 +8,14 @@ one of three children, and routing every request twice cost measurable CPU.
 from __future__ import annotations
 
 import json
-from urllib.parse import unquote_to_bytes
+from typing import Optional
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 
-from .http_auth import require_auth
+from .auth import BadForwardedFor
+from .http_auth import request_client_address, require_auth
 from .openai.errors import APIError, method_not_allowed, not_found, write_error
 
 HEALTH_BODY = json.dumps({"ok": True}).encode("utf-8")
@@ -67,15 +69,20 @@ class MetricsResource(_Leaf):
 
 
 class WebSocketEntry(Resource):
-    """``/``: WebSocket upgrades go to ``ws_resource``; a plain GET learns what to send."""
+    """``/``: WebSocket upgrades go to ``ws_resource`` when their ``Origin`` may connect; a
+    plain GET learns what to send."""
 
-    def __init__(self, ws_resource):
+    def __init__(self, ws_resource, root):
         super().__init__()
         self.ws_resource = ws_resource
+        self.root = root  # for the CORS policy of the moment (it changes on reload)
 
     def render(self, request):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if upgrade == b"websocket":
+            refusal = self._refusal(request)
+            if refusal is not None:
+                return write_error(request, refusal)
             return self.ws_resource.render(request)
         if request.method not in (b"GET", b"HEAD"):
             return method_not_allowed(request, ["GET"])
@@ -83,6 +90,30 @@ class WebSocketEntry(Resource):
         return write_error(request, APIError(
             426, "this path serves the WebSocket control protocol; send an Upgrade request",
             code="upgrade_required"))
+
+    def _refusal(self, request) -> Optional[APIError]:
+        """Why an upgrade is refused, or ``None``. Browsers let any page open a WebSocket
+        to any host, sending the page's ``Origin``: only pages of this host (same host and
+        port) or of ``gateway.http.cors.allowedOrigins`` may connect; clients that send no
+        ``Origin`` (not browsers) may."""
+        try:
+            if self.root.auth is not None:
+                request_client_address(request, self.root.auth)
+        except BadForwardedFor as error:
+            return APIError(400, str(error), param="X-Forwarded-For",
+                            code="invalid_forwarded_for")
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return None
+        origin_text = origin.decode("latin-1")
+        cors = self.root.cors
+        if cors is not None and cors.allows(origin_text):
+            return None
+        if _same_host(origin_text, (request.getHeader(b"host") or b"").decode("latin-1")):
+            return None
+        return APIError(403, "WebSocket connections from this Origin are not allowed; add it "
+                             "to gateway.http.cors.allowedOrigins", param="Origin",
+                        code="origin_not_allowed")
 
 
 class GatewayRoot(Resource):
@@ -92,7 +123,8 @@ class GatewayRoot(Resource):
     def __init__(self, ws_resource, api_resource=None, cors=None, metrics_resource=None):
         super().__init__()
         self.metrics = metrics_resource
-        self.entry = WebSocketEntry(ws_resource)
+        self.entry = WebSocketEntry(ws_resource, self)
+        self.auth = None  # the gateway's auth (client addresses), set by the service
         self.health = HealthResource()
         self.api_resource = api_resource
         self.cors = cors
@@ -113,6 +145,24 @@ class GatewayRoot(Resource):
                 return self.bad_path  # Klein would answer in text/html and log a traceback
             return self.api_resource
         return self.missing
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _same_host(origin: str, host: str) -> bool:
+    """Whether ``origin`` (``scheme://host[:port]``) names the host and port of the
+    ``Host`` header (the address the client connected to)."""
+    try:
+        page = urlsplit(origin.strip())
+        page_port = page.port or _DEFAULT_PORTS.get(page.scheme.lower())
+        target = urlsplit("//" + host.strip())
+        target_port = target.port or _DEFAULT_PORTS.get(page.scheme.lower())
+    except ValueError:  # a port that is not a number, or out of range
+        return False
+    if not page.hostname or not target.hostname or page.scheme.lower() not in _DEFAULT_PORTS:
+        return False
+    return page.hostname == target.hostname and page_port == target_port
 
 
 def _is_utf8_path(path: bytes) -> bool:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import ipaddress
 import stat
 
+import pytest
 from twisted.internet.task import Clock
 
-from moltbot_gw.auth import (FailureLimiter, GatewayAuth, bearer_credential, client_address,
-                             load_or_create_token)
+from moltbot_gw.auth import (BadForwardedFor, FailureLimiter, GatewayAuth, bearer_credential,
+                             client_address, load_or_create_token)
 
 
 def make_auth(clock, **kw):
@@ -60,7 +61,9 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies():
     assert client_address("10.0.0.1", "198.51.100.1, 203.0.113.5, 10.0.0.2",
                           trusted) == "203.0.113.5"
     assert client_address("192.0.2.9", "203.0.113.5", trusted) == "192.0.2.9"
-    assert client_address("10.0.0.1", "garbage", trusted) == "10.0.0.1"
+    # a hop that is not an IP is the proxy's client's doing, not the proxy's (item 3)
+    with pytest.raises(BadForwardedFor):
+        client_address("10.0.0.1", "garbage", trusted)
 
 
 def test_generated_token_is_stored_0600_and_reused(tmp_path):

@@ -15,6 +15,10 @@ from moltbot_gw.auth import FailureLimiter
 
 from .conftest import CHAT_ENABLED
 
+# Loopback clients are exempt from the lockout by default; these tests are about the lockout.
+LOCKOUT_ON_LOOPBACK = {"gateway": {**CHAT_ENABLED["gateway"],
+                                   "auth": {"rateLimit": {"exemptLoopback": False}}}}
+
 
 def client(bind_host: str) -> treq.client.HTTPClient:
     pool = HTTPConnectionPool(reactor, persistent=True)
@@ -24,7 +28,7 @@ def client(bind_host: str) -> treq.client.HTTPClient:
 @pytest_twisted.ensureDeferred
 async def test_a_thousand_wrong_tokens_are_throttled_while_the_right_one_works_elsewhere(
         start_gateway):
-    gw = await start_gateway(CHAT_ENABLED)
+    gw = await start_gateway(LOCKOUT_ON_LOOPBACK)
     attacker, attacker_pool = client("127.0.0.1")
     friend, friend_pool = client("127.0.0.2")
     codes = []

@@ -66,6 +66,7 @@ EMBEDDINGS = "/v1/embeddings"
 ENDPOINTS = (PATH, RESPONSES, EMBEDDINGS)
 MAX_BODY_BYTES = 20 * 1024 * 1024          # the default limit, set explicitly below
 WS_MAX_PAYLOAD = 4 * 1024 * 1024           # docs/ws-protocol.rst, Limits
+WS_PRE_AUTH_CAP = 16 * 1024                # docs/ws-protocol.rst, Handshake: before connect
 ALLOWED = {200, 400, 401, 404, 405, 413, 429}
 TRACEBACK_MARKERS = (b"Traceback (most recent call last)", b'File "/', b"builtins.")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -1285,7 +1286,8 @@ def test_lone_surrogates_in_a_body_are_400(gateway, endpoint, stream, escaped):
 
 WS_ERROR_CODES = {"INVALID_REQUEST", "UNKNOWN_METHOD", "HANDSHAKE_REQUIRED",
                   "PROTOCOL_MISMATCH", "UNAUTHORIZED", "RATE_LIMITED", "HANDSHAKE_TIMEOUT",
-                  "NOT_FOUND", "ABORTED", "TIMEOUT", "UNAVAILABLE"}   # not INTERNAL: a bug
+                  "NOT_FOUND", "ABORTED", "TIMEOUT", "UNAVAILABLE",
+                  "IDEMPOTENCY_CONFLICT"}   # not INTERNAL: a bug
 HANDSHAKE_CLOSE_CODES = {4001, 4002, 4029}
 CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_UTF8, CLOSE_TOO_BIG = 1002, 1007, 1009
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
@@ -1718,6 +1720,9 @@ def test_ws_junk_before_connect_is_refused_and_closed(gateway, ws_session, sent)
             code, cause = closed.code, closed.__cause__
     finally:
         conn.close()
+    if len(data) > WS_PRE_AUTH_CAP:    # refused from the frame header, unread (issue 13, #2)
+        assert code == CLOSE_TOO_BIG and not frames, (code, frames, cause)
+        return
     if opcode == OP_TEXT and not is_utf8(data):
         assert code == CLOSE_INVALID_UTF8, (code, frames, cause)
         return
@@ -1978,6 +1983,171 @@ def long_run(n: int, targets=("chat", "responses", "embeddings", "ws"), seed: in
     bad = any(sum(v for k, v in c.items() if isinstance(k, int) and k >= 500) or not alive
               or c["check failed"] for _t, c, _k, _f, _e, alive in results)
     return 0 if not bad and code == 0 and not tracebacks and not fake.unexpected else 1
+
+
+# --- WebSocket input before connect (issue 13, item 2) --------------------------------------
+#
+# Before a successful connect nobody has proven anything, so a frame over 16 KiB is refused
+# from its header (1009, nothing parsed), and every malformed handshake counts as a failed
+# attempt: after maxFailures of them the address is refused even with the right token. A
+# daemon of its own: a low limit, and loopback not exempt, so the lockout is observable.
+
+PRE_AUTH_MAX_FAILURES = 2
+
+
+@pytest.fixture(scope="module")
+def pre_auth_gateway(tmp_path_factory):
+    config = fuzz_config()
+    config["gateway"]["auth"] = {"rateLimit": {"maxFailures": PRE_AUTH_MAX_FAILURES,
+                                               "windowSeconds": 3600,
+                                               "exemptLoopback": False}}
+    daemon = GatewayDaemon(tmp_path_factory.mktemp("fuzz-pre-auth"), config)
+    daemon.start()
+    yield daemon
+    code = daemon.terminate()
+    assert code == 0, daemon.log_text()[-3000:]
+
+
+class AddressedWSConnection(WSConnection):
+    """A connection that names its client address (X-Forwarded-For through the trusted
+    127.0.0.1), or none (then the client is 127.0.0.1 itself)."""
+
+    def __init__(self, port: int, address: Optional[str], timeout: float = 10.0):
+        header = [f"X-Forwarded-For: {address}"] if address else []
+        self.ws = websocket.create_connection(f"ws://{HOST}:{port}/", timeout=timeout,
+                                              header=header)
+        self.closed = None
+        self.local_port = self.ws.sock.getsockname()[1]
+
+
+def _pre_auth_exchange(port: int, address: Optional[str], frames: list[bytes]):
+    """Send ``frames`` first thing on a new connection; (frames received, close code)."""
+    conn = AddressedWSConnection(port, address)
+    received = []
+    try:
+        for frame in frames:
+            conn.send(frame)
+        while True:
+            frame = conn.receive(10)
+            assert frame is not None, ("no answer and no close within 10 s", received)
+            received.append(frame)
+    except WSClosed as closed:
+        return received, closed.code
+    finally:
+        conn.close()
+
+
+def _connect_frame(token: str = TOKEN) -> bytes:
+    return ws_frame_bytes(OP_TEXT, _encode_json({
+        "type": "req", "id": "c1", "method": "connect",
+        "params": {"minProtocol": 1, "maxProtocol": 1, "client": {"id": "fuzz"},
+                   "auth": {"token": token}}}))
+
+
+def _fragments(payload: bytes, size: int) -> list[bytes]:
+    """``payload`` as one text message of ``size``-byte fragments."""
+    parts = [payload[i:i + size] for i in range(0, len(payload), size)] or [b""]
+    return [ws_frame_bytes(OP_TEXT if i == 0 else OP_CONT, part, fin=i == len(parts) - 1)
+            for i, part in enumerate(parts)]
+
+
+# (label, frames): what a client sends before (instead of) a valid connect.
+_oversized_payloads = st.one_of(
+    st.integers(WS_PRE_AUTH_CAP + 1, 256 * 1024).map(lambda n: b"[" * n),
+    st.integers(WS_PRE_AUTH_CAP + 1, 256 * 1024).map(lambda n: b'{"a":' * (n // 5 + 1)),
+    st.tuples(st.integers(WS_PRE_AUTH_CAP + 1, 256 * 1024), st.binary(min_size=1, max_size=64))
+    .map(lambda t: (t[1] * (t[0] // len(t[1]) + 1))[:t[0]]),
+    st.integers(WS_PRE_AUTH_CAP, 256 * 1024).map(lambda n: _encode_json({
+        "type": "req", "id": "c1", "method": "connect", "params": {
+            "minProtocol": 1, "maxProtocol": 1, "client": {"id": "x" * n}}})))
+_malformed_connect = st.one_of(
+    st.fixed_dictionaries({"type": st.just("req"), "id": st.just("c1"),
+                           "method": st.text(max_size=20).filter(lambda m: m != "connect"),
+                           "params": st.just({})}),
+    st.fixed_dictionaries({"type": st.just("req"), "id": st.just("c1"),
+                           "method": st.just("connect"),
+                           "params": st.fixed_dictionaries({
+                               "minProtocol": json_values.filter(
+                                   lambda v: isinstance(v, bool) or not isinstance(v, int)),
+                               "maxProtocol": st.just(1),
+                               "client": st.just({"id": "fuzz"})})}),
+    st.fixed_dictionaries({"type": st.just("req"), "id": st.just("c1"),
+                           "method": st.just("connect"),
+                           "params": st.fixed_dictionaries({
+                               "minProtocol": st.just(1), "maxProtocol": st.just(1),
+                               "client": json_values.filter(
+                                   lambda v: not isinstance(v, dict) or "id" not in v)})}))
+pre_auth_shapes = weighted(
+    (3, _oversized_payloads.map(lambda p: ("oversized", [ws_frame_bytes(OP_TEXT, p)]))),
+    (1, st.tuples(_oversized_payloads, st.integers(1024, WS_PRE_AUTH_CAP)).map(
+        lambda t: ("oversized in fragments", _fragments(t[0], t[1])))),
+    (2, st.integers(1, WS_PRE_AUTH_CAP // 2).map(
+        lambda n: ("junk", [ws_frame_bytes(OP_TEXT, b"[" * n + b"]" * n)]))),
+    (2, st.binary(max_size=2000).map(lambda b: ("junk", [ws_frame_bytes(OP_TEXT, b)]))),
+    (1, st.binary(max_size=2000).map(lambda b: ("junk", [ws_frame_bytes(OP_BINARY, b)]))),
+    (2, _malformed_connect.map(lambda v: ("junk", [ws_frame_bytes(OP_TEXT,
+                                                                   _encode_json(v))]))))
+
+
+def _check_refused(label: str, received: list, code) -> None:
+    """Refused as docs/ws-protocol.rst says: 1009 unread when over the cap; else an error
+    response and 4002 (or 1007 for text that is not UTF-8)."""
+    if label == "oversized":
+        assert code == CLOSE_TOO_BIG and not received, (code, received)
+        return
+    if label == "oversized in fragments":
+        # a fragment that is not UTF-8 may be refused (1007) before the total passes the cap
+        assert code in (CLOSE_TOO_BIG, CLOSE_INVALID_UTF8) and not received, (code, received)
+        return
+    if code == CLOSE_INVALID_UTF8:
+        return
+    assert code == 4002, (code, received)
+    assert len(received) == 1 and not received[0]["ok"], received
+    assert received[0]["error"]["code"] in ("HANDSHAKE_REQUIRED", "INVALID_REQUEST"), received
+
+
+@http_settings(25)
+@given(pre_auth_shapes)
+def test_ws_pre_auth_input_is_refused_counted_and_locks_the_address(pre_auth_gateway, shape):
+    label, frames = shape
+    address = fresh_client_address()
+    for _ in range(PRE_AUTH_MAX_FAILURES):
+        received, code = _pre_auth_exchange(pre_auth_gateway.port, address, frames)
+        _check_refused(label, received, code)
+    # the malformed handshakes were failed attempts: now even the right token is refused
+    received, code = _pre_auth_exchange(pre_auth_gateway.port, address, [_connect_frame()])
+    assert code == 4029 and received[0]["error"]["code"] == "RATE_LIMITED", (code, received)
+    # another address still gets in, and /health answers
+    received, _ = _pre_auth_exchange(pre_auth_gateway.port, fresh_client_address(),
+                                     [_connect_frame(), ws_frame_bytes(OP_CLOSE,
+                                                                       struct.pack("!H", 1000))])
+    assert received and received[0]["ok"], received
+    assert request(pre_auth_gateway.port, "GET", "/health").status == 200
+
+
+def test_ws_megabytes_of_nested_arrays_before_connect_are_not_parsed(pre_auth_gateway):
+    """The issue's attack: three 4 MB frames of nested empty arrays, each refused from its
+    header (1009) instead of being parsed; /health answers meanwhile."""
+    attack = ws_frame_bytes(OP_TEXT, b"[" * (2 * 1024 * 1024) + b"]" * (2 * 1024 * 1024))
+    address = fresh_client_address()
+    for _ in range(3):
+        received, code = _pre_auth_exchange(pre_auth_gateway.port, address, [attack])
+        assert code in (CLOSE_TOO_BIG, 4029) and not received, (code, received)
+        assert request(pre_auth_gateway.port, "GET", "/health").status == 200
+
+
+def test_ws_many_malformed_handshakes_from_loopback_lock_it_when_not_exempt(pre_auth_gateway):
+    """exemptLoopback is false on this daemon: a direct loopback client that keeps sending
+    junk is locked out like any other (by default it would be exempt)."""
+    codes = []
+    for i in range(PRE_AUTH_MAX_FAILURES + 3):
+        received, code = _pre_auth_exchange(pre_auth_gateway.port, None,
+                                            [ws_frame_bytes(OP_TEXT, b"junk %d" % i)])
+        codes.append(code)
+    assert codes[:PRE_AUTH_MAX_FAILURES] == [4002] * PRE_AUTH_MAX_FAILURES, codes
+    received, code = _pre_auth_exchange(pre_auth_gateway.port, None, [_connect_frame()])
+    assert code == 4029 and received[0]["error"]["code"] == "RATE_LIMITED", (code, received)
+    assert request(pre_auth_gateway.port, "GET", "/health").status == 200
 
 
 if __name__ == "__main__":

@@ -104,6 +104,10 @@ async def test_completions_need_auth_and_the_chat_switch(start_gateway, http):
                                headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.code == 404
     assert json.loads(await response.content())["error"]["type"] == "not_found_error"
+    # switched off, it is absent even to a client without the secret
+    response = await http.post(off.url + "/v1/completions", json={"prompt": "hi"})
+    assert response.code == 404
+    await response.content()
 
 
 _json_values = st.recursive(

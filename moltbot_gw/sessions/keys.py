@@ -14,11 +14,15 @@ KEY_PREFIX = "agent:"
 MAX_SESSION_KEY_LENGTH = 512
 
 
-_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+# C0 controls, DEL, C1 controls, and the format characters that rearrange or break what a
+# log line shows: bidi marks, embeddings, overrides and isolates (U+202E turns text around),
+# line and paragraph separators (U+2028/9), zero-width characters and the BOM.
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
+                                "\u2060-\u2069\ufeff]")
 
 
 def _has_control_character(text: str) -> bool:
-    # C0 controls, DEL and C1 controls; keys end up in logs and on the wire.
+    # keys end up in logs and on the wire
     return _CONTROL_CHARACTER.search(text) is not None
 
 

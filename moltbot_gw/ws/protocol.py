@@ -11,18 +11,23 @@ from typing import Any, Mapping, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from .. import __version__
-from ..auth import GatewayAuth, client_address
+from ..auth import NOT_EXEMPTABLE_HEADERS, BadForwardedFor, GatewayAuth, client_address
+from ..request_log import escape_for_log
 from .backlog import MAX_BACKLOG_BYTES, SendBacklog
 from .frames import (PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, Request,
                      encode_error, encode_event, encode_response, invalid, parse_connect,
                      parse_request)
 from .methods import EVENTS, GatewayMethods
 
-MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024   # after connect; gateway.ws.maxFrameBytes
+# Before a successful connect nobody has proven anything: a connect frame is well under
+# 1 KiB, and a bigger cap would let anyone make the reactor parse megabytes of JSON.
+PRE_AUTH_MAX_BYTES = 16 * 1024
 TICK_INTERVAL = 15.0
 HANDSHAKE_TIMEOUT = 10.0
 SHUTDOWN_CLOSE_WAIT = 5.0
@@ -37,6 +42,10 @@ class GatewayWSProtocol(WebSocketServerProtocol):
         super().__init__()
         self.conn_id = "conn_" + uuid.uuid4().hex[:16]
         self.address = "unknown"
+        # False for a browser page (it sent Origin) or a relayed client: never exempt from
+        # the failed-auth lockout, even from loopback (docs/operations.rst).
+        self.exemptable = False
+        self._charged = False
         self.authenticated = False
         self.client_id: Optional[str] = None
         self._seq = 0
@@ -51,8 +60,12 @@ class GatewayWSProtocol(WebSocketServerProtocol):
     def onConnect(self, request):
         peer = self.transport.getPeer()
         forwarded = request.headers.get("x-forwarded-for")
-        self.address = client_address(getattr(peer, "host", None) or "unknown", forwarded,
-                                      self.factory.auth.trusted_proxies)
+        try:
+            self.address = client_address(getattr(peer, "host", None) or "unknown", forwarded,
+                                          self.factory.auth.trusted_proxies)
+        except BadForwardedFor as error:
+            raise ConnectionDeny(400, str(error))
+        self.exemptable = not any(name in request.headers for name in NOT_EXEMPTABLE_HEADERS)
         return None
 
     def onOpen(self):
@@ -67,6 +80,10 @@ class GatewayWSProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self.factory.connection_closed(self)
+        if not self.authenticated and getattr(self, "failedByMe", False):
+            # autobahn failed the connection before connect: an oversized frame (1009),
+            # invalid UTF-8 (1007) or broken framing (1002). That is a failed attempt too.
+            self._charge()
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
@@ -122,6 +139,12 @@ class GatewayWSProtocol(WebSocketServerProtocol):
         else:
             self.sendCloseFrame(code, reason.encode("utf-8"))
 
+    def _charge(self) -> None:
+        """Count this connection's malformed handshake as a failed auth attempt (once)."""
+        if not self._charged:
+            self._charged = True
+            self.factory.auth.charge(self.address, exemptable=self.exemptable)
+
     def _refuse(self, request_id: Optional[str], error: ProtocolError, close_code: int) -> None:
         self.send_error(request_id, error)
         if self._handshake_timer is not None and self._handshake_timer.active():
@@ -139,6 +162,7 @@ class GatewayWSProtocol(WebSocketServerProtocol):
             request = parse_request(payload)
         except ProtocolError as error:
             if not self.authenticated:
+                self._charge()
                 self._refuse(error.request_id, ProtocolError(
                     ErrorCode.HANDSHAKE_REQUIRED,
                     f"the first frame must be a connect request ({error.message})"),
@@ -185,6 +209,7 @@ class GatewayWSProtocol(WebSocketServerProtocol):
 
     def _handshake(self, request: Request) -> None:
         if request.method != "connect":
+            self._charge()
             self._refuse(request.id, ProtocolError(
                 ErrorCode.HANDSHAKE_REQUIRED,
                 "the first request must be connect; got " f'"{request.method[:64]}"'),
@@ -193,9 +218,12 @@ class GatewayWSProtocol(WebSocketServerProtocol):
         try:
             hello = parse_connect(request.params)
         except ProtocolError as error:
+            if error.code != ErrorCode.PROTOCOL_MISMATCH:  # a version skew is no attack
+                self._charge()
             self._refuse(request.id, error, CloseCode.PROTOCOL_ERROR)
             return
-        outcome = self.factory.auth.authenticate(self.address, hello.secret)
+        outcome = self.factory.auth.authenticate(self.address, hello.secret,
+                                                 exemptable=self.exemptable)
         if outcome.rate_limited:
             seconds = max(1, math.ceil(outcome.retry_after))
             self._refuse(request.id, ProtocolError(
@@ -214,10 +242,15 @@ class GatewayWSProtocol(WebSocketServerProtocol):
         self._handshake_timer = None
         self.authenticated = True
         self.client_id = hello.client_id
+        # Only now may frames be as large as the post-auth limit (before sending hello-ok:
+        # autobahn applies the limit to what it sends, too).
+        self.maxFramePayloadSize = self.factory.max_payload
+        self.maxMessagePayloadSize = self.factory.max_payload
         self._log.info("WebSocket {conn_id} from {address}: client {client} {version} on "
                       "{platform}", conn_id=self.conn_id, address=self.address,
-                      client=hello.client_id, version=hello.client_version or "?",
-                      platform=hello.client_platform or "?")
+                      client=escape_for_log(hello.client_id),
+                      version=escape_for_log(hello.client_version or "?"),
+                      platform=escape_for_log(hello.client_platform or "?"))
         self.send_response(request.id, self.factory.hello_payload(self.conn_id))
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.factory.reactor
@@ -245,7 +278,8 @@ class GatewayWSFactory(WebSocketServerFactory):
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  max_payload: int = MAX_PAYLOAD_BYTES,
                  max_backlog: int = MAX_BACKLOG_BYTES):
-        super().__init__(reactor=reactor)
+        # server=: the Server header of the 101 answer names us, not AutobahnPython/<version>
+        super().__init__(reactor=reactor, server=SERVER_NAME)
         self.auth = auth
         self.methods = methods
         self.tick_interval = tick_interval
@@ -257,17 +291,21 @@ class GatewayWSFactory(WebSocketServerFactory):
         self.set_max_payload(max_payload)
 
     def set_max_payload(self, max_payload: int) -> None:
-        """Messages (and frames) larger than this close the connection with 1009."""
+        """Messages (and frames) larger than this, once connected, close the connection with
+        1009; before connect the limit is ``PRE_AUTH_MAX_BYTES`` (or this, if smaller).
+        Autobahn checks a frame's length from its header, before buffering its payload."""
+        self.max_payload = max_payload
+        pre_auth = min(PRE_AUTH_MAX_BYTES, max_payload)
         # failByDrop=False: on a protocol violation send the close code (1009, 1007, ...)
         # instead of dropping the TCP connection without a word.
-        self.setProtocolOptions(maxFramePayloadSize=max_payload,
-                                maxMessagePayloadSize=max_payload, failByDrop=False)
+        self.setProtocolOptions(maxFramePayloadSize=pre_auth,
+                                maxMessagePayloadSize=pre_auth, failByDrop=False)
 
     def hello_payload(self, conn_id: str) -> dict:
         return {"type": "hello-ok", "protocol": PROTOCOL_VERSION,
                 "server": {"name": SERVER_NAME, "version": __version__, "connId": conn_id},
                 "features": {"methods": self.methods.names, "events": list(EVENTS)},
-                "policy": {"maxPayload": self.maxMessagePayloadSize,
+                "policy": {"maxPayload": self.max_payload,
                            "tickIntervalMs": int(self.tick_interval * 1000)}}
 
     def connection_closed(self, connection: GatewayWSProtocol) -> None:

@@ -124,10 +124,9 @@ class GatewayServiceMaker:
                                     port=options["port"], bind=options["bind"])
         except ConfigError as e:
             _fail(["invalid configuration:"] + ["  " + line for line in e.errors])
-        if not config.gateway.is_loopback_only and config.gateway.auth.explicit_secret is None:
-            _fail([f"refusing to listen on {config.gateway.interface} without an explicitly "
-                   "configured secret: set gateway.auth.token (or CLAWDBOT_GATEWAY_TOKEN), or "
-                   "gateway.auth.password, or bind to loopback"])
+        problem = config.gateway.exposure_problem()
+        if problem is not None:
+            _fail([problem])
         from moltbot_gw.state_dir import StateDirBusy, StateDirLock, prepare_state_dir
 
         try:
