@@ -34,6 +34,7 @@ setup(
         "treq>=24.9",
         "json5>=0.9",
         "prometheus_client>=0.20",
+        "cachetools>=5.3",
     ],
     extras_require={
         "test": [

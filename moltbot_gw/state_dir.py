@@ -1,6 +1,7 @@
-"""The daemon's state dir as a whole: forced to mode 0700 at start, and claimed by one
-gateway at a time through ``<stateDir>/gateway.lock`` (an ``flock`` held for the daemon's
-life, its PID inside). Runs before the reactor does, so plain file I/O is fine here.
+"""The daemon's state dir: forced to mode 0700 at start, claimed by one gateway at a time
+through ``<stateDir>/gateway.lock`` (an ``flock`` held for the daemon's life, its PID inside),
+and the private directories and synced renames the stores make in it. The start-up part
+runs before the reactor does; the stores call the rest from worker threads.
 """
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from moltbot_gw.sessions.transcript import fsync_directory
+
 LOCK_FILE_NAME = "gateway.lock"
+PRIVATE_DIR_MODE = 0o700
 
 
 class StateDirBusy(Exception):
@@ -26,8 +30,38 @@ class StateDirBusy(Exception):
 def prepare_state_dir(state_dir: Path) -> None:
     """Create the state dir if needed and make it private (0700): it holds the token and
     every transcript."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_dir, 0o700)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    os.chmod(state_dir, PRIVATE_DIR_MODE)
+
+
+def make_private_dirs(base: Path, *parts: str) -> Path:
+    """Ensure ``base/parts...`` exist; each directory created here gets mode 0700.
+
+    (``os.makedirs`` applies its mode to the leaf only, and the umask may narrow it.)
+    """
+    if not base.is_dir():
+        os.makedirs(base, PRIVATE_DIR_MODE, exist_ok=True)
+        os.chmod(base, PRIVATE_DIR_MODE)
+    path = base
+    for part in parts:
+        path = path / part
+        try:
+            os.mkdir(path, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(path, PRIVATE_DIR_MODE)
+        fsync_directory(path.parent)
+    return path
+
+
+def rename_if_present(source: Path, target: Path) -> bool:
+    """``os.replace`` that tells whether ``source`` was there; the rename is synced."""
+    try:
+        os.replace(source, target)
+    except FileNotFoundError:
+        return False
+    fsync_directory(source.parent)
+    return True
 
 
 class StateDirLock:

@@ -238,6 +238,7 @@ async def test_history_is_read_from_the_tail_without_touching_a_huge_old_turn(tm
         await store.record_turn(key, [user(f"q{n}"), assistant(f"a{n}")])
 
     limits = HistoryConfig(maxMessages=10, maxTokens=10_000)
+    store = SessionStore(tmp_path)   # restarted: nothing of the transcript in memory
     read = []
     real_tail = store_module.read_transcript_tail
 

@@ -19,11 +19,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from moltbot_gw.config import AGENT_ID_RE, SessionConfig
+from moltbot_gw.state_dir import make_private_dirs, rename_if_present
 from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of this API
     SessionEntry, append_changes, begin_compaction, del_op,
     finish_compaction, put_op, read_index, usage_token_counts)
 from moltbot_gw.sessions.keys import parse_session_key
 from moltbot_gw.sessions.retention import agent_ids_on_disk, remove_transcripts, take_pruned
+from moltbot_gw.sessions.tail_cache import TailCache, skipping
 from moltbot_gw.sessions.transcript import (
     append_records,
     compact_transcript,
@@ -36,42 +38,13 @@ from moltbot_gw.sessions.transcript import (
 
 T = TypeVar("T")
 
-PRIVATE_DIR_MODE = 0o700
 SAVE_DELAY_SECONDS = 1.0       # index updates of existing sessions are batched
+TAIL_CACHE_BYTES = 32 * 1024 * 1024   # per agent: transcript tails kept for the next turn
 # The journal is folded into a new sessions.json once it has this many lines and more
 # than twice as many as there are sessions, so the rewrite's cost is spread over many turns.
 COMPACT_MIN_JOURNAL_LINES = 10_000
 # A transcript past session.maxTranscriptBytes keeps its newest turns up to this share of it.
 COMPACTED_SHARE = 4
-
-
-def _make_private_dirs(base: Path, *parts: str) -> Path:
-    """Ensure ``base/parts...`` exist; each directory created here gets mode 0700.
-
-    (``os.makedirs`` applies its mode to the leaf only, and the umask may narrow it.)
-    """
-    if not base.is_dir():
-        os.makedirs(base, PRIVATE_DIR_MODE, exist_ok=True)
-        os.chmod(base, PRIVATE_DIR_MODE)
-    path = base
-    for part in parts:
-        path = path / part
-        try:
-            os.mkdir(path, PRIVATE_DIR_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(path, PRIVATE_DIR_MODE)
-        fsync_directory(path.parent)
-    return path
-
-
-def _rename_if_present(source: Path, target: Path) -> bool:
-    try:
-        os.replace(source, target)
-    except FileNotFoundError:
-        return False
-    fsync_directory(source.parent)
-    return True
 
 
 def _read_everything(record: Mapping[str, Any]) -> bool:
@@ -91,6 +64,7 @@ class _AgentSessions:
         self.dirty: dict[str, SessionEntry] = {}   # updates not yet in the journal
         self.save_timer: Optional[Any] = None      # a delayed journal write, if pending
         self.journal_lines = 0
+        self.tails = TailCache(TAIL_CACHE_BYTES)
         self.compaction: Optional[Deferred] = None  # a snapshot being written off the lock
 
 
@@ -264,7 +238,7 @@ class SessionStore:
     def _write_changes(self, sessions_dir: Path, changes: list[dict[str, Any]],
                        removed_session_ids: list[str]) -> None:
         relative = sessions_dir.relative_to(self.state_dir)
-        _make_private_dirs(self.state_dir, *relative.parts)
+        make_private_dirs(self.state_dir, *relative.parts)
         # Entries go first: a crash in between leaves orphan transcripts, not entries
         # pointing at missing files.
         append_changes(sessions_dir, changes)
@@ -344,9 +318,18 @@ class SessionStore:
         entry = agent.entries.get(session_key)
         if entry is None:
             return []
+        cached = agent.tails.get(entry.session_id)
+        if cached is not None:
+            served = cached.serve(enough)
+            if served is not None:
+                return served
+            enough = skipping(len(cached.records), enough)   # it has seen those already
         contents = await self._in_thread(
             read_transcript_tail, transcript_path(agent.sessions_dir, entry.session_id), enough)
-        return list(contents.records)
+        records = list(contents.records)
+        whole = bool(records) and records[0].get("type") == "session"
+        agent.tails.put(entry.session_id, records, contents.size_bytes, whole)
+        return list(records)
 
     async def _record_turn(self, agent: _AgentSessions, session_key: str,
                            records: list[dict[str, Any]], model: Optional[str],
@@ -357,9 +340,15 @@ class SessionStore:
             entry = self._new_entry(agent, session_key)
         if records:
             header = session_header(entry.session_id, session_key, entry.created_at)
-            dropped = await self._in_thread(self._append_transcript, agent.sessions_dir,
-                                            entry.session_id, records, header,
-                                            self.limits.maxTranscriptBytes, self._now_ms())
+            written, dropped = await self._in_thread(
+                self._append_transcript, agent.sessions_dir, entry.session_id, records, header,
+                self.limits.maxTranscriptBytes, self._now_ms())
+            if is_new:
+                agent.tails.put(entry.session_id, [dict(header), *records], written, True)
+            elif dropped is None:
+                agent.tails.extend(entry.session_id, records, written)
+            else:
+                agent.tails.pop(entry.session_id)
             if dropped is not None:
                 self.log.info("transcript of {session_key} passed session.maxTranscriptBytes:"
                               " compacted to its newest turns ({dropped} bytes dropped)",
@@ -389,11 +378,11 @@ class SessionStore:
 
     def _append_transcript(self, sessions_dir: Path, session_id: str,
                            records: list[dict[str, Any]], header: Mapping[str, Any],
-                           max_bytes: int, now_ms: int) -> Optional[int]:
+                           max_bytes: int, now_ms: int) -> tuple[int, Optional[int]]:
         """Append a turn; first compact the transcript if the turn would take it past
-        ``max_bytes``. Returns the bytes compaction dropped, or None."""
+        ``max_bytes``. Returns the bytes written and those compaction dropped (or None)."""
         relative = sessions_dir.relative_to(self.state_dir)
-        _make_private_dirs(self.state_dir, *relative.parts)
+        make_private_dirs(self.state_dir, *relative.parts)
         path = transcript_path(sessions_dir, session_id)
         dropped = None
         try:
@@ -402,8 +391,8 @@ class SessionStore:
             size = 0
         if size and size + len(encode_records(records)) > max_bytes:
             dropped = compact_transcript(path, header, max_bytes // COMPACTED_SHARE, now_ms)
-        append_records(path, records, header=header)
-        return dropped
+        written = append_records(path, records, header=header)
+        return written, dropped
 
     async def _reset(self, agent: _AgentSessions, session_key: str) -> bool:
         old = agent.entries.get(session_key)
@@ -428,7 +417,7 @@ class SessionStore:
         await self._persist(agent, [del_op(session_key)])
         source = transcript_path(agent.sessions_dir, entry.session_id)
         target = source.with_name("%s.deleted-%d" % (source.name, self._now_ms()))
-        await self._in_thread(_rename_if_present, source, target)
+        await self._in_thread(rename_if_present, source, target)
         self.log.info("deleted {session_key} (session {session_id})",
                       session_key=session_key, session_id=entry.session_id)
         return True

@@ -1,0 +1,71 @@
+"""The newest transcript records of recently used sessions, kept in memory so that a turn
+does not read its transcript's tail from disk again; the file stays the truth.
+
+Each entry is the tail a read returned plus every record appended since, and whether it
+reaches the file's start. Bounded in bytes of transcript (least recently used out first).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+from cachetools import LRUCache
+
+Enough = Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass
+class CachedTail:
+    records: list[dict[str, Any]]
+    size: int            # bytes of the transcript lines these records came from
+    whole: bool          # the records start at the file's first line
+
+    def serve(self, enough: Enough) -> Optional[list[dict[str, Any]]]:
+        """The records a tail read with ``enough`` would return, or None when this tail is
+        too short to tell. ``enough`` has then seen every cached record, newest first."""
+        for index in range(len(self.records) - 1, -1, -1):
+            if enough(self.records[index]):
+                return self.records[index:]
+        return list(self.records) if self.whole else None
+
+
+class TailCache:
+    """Cached tails by session id. Values bigger than the whole budget are not kept."""
+
+    def __init__(self, max_bytes: int):
+        self._tails: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=lambda tail: tail.size)
+
+    def __len__(self) -> int:
+        return len(self._tails)
+
+    def get(self, session_id: str) -> Optional[CachedTail]:
+        return self._tails.get(session_id)
+
+    def put(self, session_id: str, records: list[dict[str, Any]], size: int,
+            whole: bool) -> None:
+        self.pop(session_id)
+        if size <= self._tails.maxsize:
+            self._tails[session_id] = CachedTail(records, size, whole)
+
+    def extend(self, session_id: str, records: list[dict[str, Any]], size: int) -> None:
+        """Records appended to the session's transcript (nothing if it is not cached)."""
+        tail = self._tails.get(session_id)
+        if tail is not None:
+            self.put(session_id, tail.records + records, tail.size + size, tail.whole)
+
+    def pop(self, session_id: str) -> None:
+        self._tails.pop(session_id, None)
+
+
+def skipping(count: int, enough: Enough) -> Enough:
+    """``enough`` for a disk read whose newest ``count`` records ``enough`` already saw."""
+    seen = 0
+
+    def judge(record: Mapping[str, Any]) -> bool:
+        nonlocal seen
+        if seen < count:
+            seen += 1
+            return False
+        return enough(record)
+
+    return judge
