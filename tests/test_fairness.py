@@ -24,6 +24,14 @@ def within(d, seconds=10.0):
     return d.addTimeout(seconds, reactor)
 
 
+async def until(condition, seconds=10.0):
+    """Wait (on the reactor) until ``condition()`` holds; fail after ``seconds``."""
+    deadline = reactor.seconds() + seconds
+    while not condition():
+        assert reactor.seconds() < deadline, "condition not reached in time"
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
 def hang_up(d):
     """Cancel a pending treq request: the client goes away."""
     d.addErrback(lambda f: f.trap(CancelledError, ResponseNeverReceived))
@@ -111,6 +119,7 @@ async def test_one_clients_slow_streams_do_not_starve_another_client(
     gw = await start_gateway(fairness_config(upstream))
     slow = [chat(http, gw, "198.51.100.7", f"slow {i}") for i in range(3)]
     await within(upstream.wait_for_request(2))
+    await until(lambda: gw.service.client_slots.waiting("198.51.100.7") == 1)
     # The client's 2 runs and 1 waiting: its next request is refused at once.
     refused = await within(chat(http, gw, "198.51.100.7", "one too many"))
     assert refused.code == 429
@@ -137,9 +146,10 @@ async def test_a_queued_request_whose_client_leaves_gives_up_its_place(
     running = chat(http, gw, "198.51.100.7", "running")
     await within(upstream.wait_for_request(1))
     queued = chat(http, gw, "198.51.100.7", "queued then gone")
-    await task.deferLater(reactor, 0.2, lambda: None)    # let it reach the queue
+    slots = gw.service.client_slots
+    await until(lambda: slots.waiting("198.51.100.7") == 1)     # it reached the queue
     hang_up(queued)
-    await task.deferLater(reactor, 0.2, lambda: None)    # the gateway sees it leave
+    await until(lambda: slots.waiting("198.51.100.7") == 0)     # the gateway saw it leave
     upstream.script(stall_before_headers=0)
     replacement = chat(http, gw, "198.51.100.7", "replacement")   # queued, not refused
     hang_up(running)                                      # its slot goes to the next waiter
