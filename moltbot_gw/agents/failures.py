@@ -5,11 +5,11 @@ nothing of HTTP or WebSocket libraries.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..providers import errors as provider
+from ..retry_after import retry_after_ms, retry_after_seconds
 from .client_slots import ClientBusy
 from .registry import UnknownAgent
 from .run import InvalidRunRequest, RunCancelled, RunTimedOut
@@ -42,17 +42,13 @@ class FailureDescription:
 
     @property
     def retry_after_seconds(self) -> Optional[int]:
-        """``retry_after`` as whole seconds (``Retry-After``), rounded up, at least 1."""
-        if self.retry_after is None:
-            return None
-        return max(1, math.ceil(self.retry_after))
+        """For ``Retry-After``: whole seconds, rounded up."""
+        return None if self.retry_after is None else retry_after_seconds(self.retry_after)
 
     @property
     def retry_after_ms(self) -> Optional[int]:
-        """``retry_after`` in milliseconds (WebSocket ``retryAfterMs``), rounded up."""
-        if self.retry_after is None:
-            return None
-        return max(1, math.ceil(self.retry_after * 1000))
+        """For the WebSocket ``retryAfterMs``, rounded up."""
+        return None if self.retry_after is None else retry_after_ms(self.retry_after)
 
 
 def _own(error: BaseException) -> str:
