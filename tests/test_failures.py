@@ -128,6 +128,10 @@ def test_a_wait_is_told_rounded_up_in_seconds_over_http_and_in_ms_over_websocket
     no_hint = provider.ProviderRateLimited("slow down")
     assert api_error_for_run_failure(no_hint).headers == {}
     assert run_error(no_hint, Run("r", "main", "k")).retry_after_ms is None
+    # Only a rate limit tells its wait: an upstream 503's Retry-After is not passed on.
+    down = provider.ProviderUnavailable("503", status=503, retry_after=5.0)
+    assert api_error_for_run_failure(down).headers == {}
+    assert run_error(down, Run("r", "main", "k")).retry_after_ms is None
 
 
 def test_an_invalid_run_request_names_the_request_header_over_http():

@@ -28,6 +28,7 @@ class FailureKind:
     ws_code: str                        # a ws.frames.ErrorCode value
     message: Callable[[BaseException], str]
     aborted: bool = False
+    tells_retry_after: bool = False     # pass the failure's ``retry_after`` on to the client
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def _client_busy(error: BaseException) -> str:
 
 PROVIDER_RATE_LIMITED = FailureKind(
     "provider_rate_limited", 429, "rate_limit_error", "upstream_rate_limited", "RATE_LIMITED",
-    lambda e: f"the model provider is rate limiting requests: {_own(e)}")
+    lambda e: f"the model provider is rate limiting requests: {_own(e)}",
+    tells_retry_after=True)
 PROVIDER_TIMEOUT = FailureKind(
     "provider_timeout", 504, "timeout_error", "upstream_timeout", "TIMEOUT",
     lambda e: f"the model provider did not answer in time: {_own(e)}")
@@ -94,7 +96,7 @@ UNKNOWN_AGENT = FailureKind(
     lambda e: f'unknown agent "{getattr(e, "agent_id", "")}"')
 CLIENT_BUSY = FailureKind(
     "client_busy", 429, "rate_limit_error", "too_many_concurrent_requests", "RATE_LIMITED",
-    _client_busy)
+    _client_busy, tells_retry_after=True)
 INTERNAL = FailureKind(
     "internal", 500, "api_error", "internal_error", "INTERNAL",
     lambda e: "internal error while running the agent")
@@ -128,8 +130,6 @@ def failure_kind(error: BaseException) -> FailureKind:
 def describe_failure(error: BaseException) -> FailureDescription:
     """What a client is told about ``error`` (a run, provider or admission failure)."""
     kind = failure_kind(error)
-    retry_after = getattr(error, "retry_after", None)
-    return FailureDescription(kind, kind.message(error),
-                              retry_after=retry_after if kind.http_status == 429 else None,
-                              param=getattr(error, "param", None)
-                              if kind is INVALID_RUN_REQUEST else None)
+    retry_after = getattr(error, "retry_after", None) if kind.tells_retry_after else None
+    return FailureDescription(kind, kind.message(error), retry_after=retry_after,
+                              param=getattr(error, "param", None))
