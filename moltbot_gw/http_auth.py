@@ -1,15 +1,20 @@
 """Gateway auth for HTTP requests: reads the bearer credential and the client address off a
-``twisted.web`` request and turns the verdict of ``GatewayAuth`` into 400 / 401 / 429 errors.
-Works on a request whose headers have arrived but whose body has not (``site.py``).
+``twisted.web`` request and turns refusals (worded in ``auth_refusal.py``) into 400 / 401 /
+403 / 429 errors. Works on a request whose headers have arrived but whose body has not
+(``site.py``).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from .auth import (NOT_EXEMPTABLE_HEADERS, BadForwardedFor, GatewayAuth, bearer_credential,
                    client_address)
+from .auth_refusal import (BAD_FORWARDED_FOR, LOCKED_OUT, MISSING_CREDENTIAL, ORIGIN_NOT_ALLOWED,
+                           WRONG_CREDENTIAL, AuthRefusal, credential_refusal,
+                           forwarded_for_refusal)
 from .openai.errors import APIError
+
+HOW_TO_SEND = "Authorization: Bearer <token>"   # the hint for a request that sent no secret
 
 
 def request_client_address(request, auth: GatewayAuth) -> str:
@@ -21,28 +26,41 @@ def request_client_address(request, auth: GatewayAuth) -> str:
                           auth.trusted_proxies)
 
 
+# How HTTP answers each refusal (auth_refusal.REASONS): status, OpenAI error code, param.
+REFUSALS = {
+    MISSING_CREDENTIAL: (401, "invalid_api_key", None),
+    WRONG_CREDENTIAL: (401, "invalid_api_key", None),
+    LOCKED_OUT: (429, "rate_limit_exceeded", None),
+    BAD_FORWARDED_FOR: (400, "invalid_forwarded_for", "X-Forwarded-For"),
+    ORIGIN_NOT_ALLOWED: (403, "origin_not_allowed", "Origin"),
+}
+
+
+def refusal_error(refusal: AuthRefusal) -> APIError:
+    """The OpenAI-shaped error of a refusal (``WWW-Authenticate`` on a 401, ``Retry-After``
+    on a 429)."""
+    status, code, param = REFUSALS[refusal.reason]
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="moltbot-gw"'
+    if refusal.retry_after_seconds is not None:
+        headers["Retry-After"] = str(refusal.retry_after_seconds)
+    return APIError(status, refusal.message, param=param, code=code, headers=headers)
+
+
 def auth_error(request, auth: GatewayAuth) -> Optional[APIError]:
     """The error to answer unless the request carries the gateway secret, else ``None``."""
     try:
         address = request_client_address(request, auth)
     except BadForwardedFor as error:
-        return APIError(400, str(error), param="X-Forwarded-For",
-                        code="invalid_forwarded_for")
+        return refusal_error(forwarded_for_refusal(error))
     header = request.getHeader(b"authorization")
     presented = bearer_credential(header.decode("latin-1") if header else None)
     exemptable = not any(request.requestHeaders.hasHeader(name)
                          for name in NOT_EXEMPTABLE_HEADERS)
     outcome = auth.authenticate(address, presented, exemptable=exemptable)
-    if outcome.ok:
-        return None
-    if outcome.rate_limited:
-        seconds = max(1, math.ceil(outcome.retry_after))
-        return APIError(429, f"too many failed authentication attempts; retry in {seconds} s",
-                        code="rate_limit_exceeded", headers={"Retry-After": str(seconds)})
-    message = ("missing bearer token: send Authorization: Bearer <token>" if presented is None
-               else "invalid gateway token or password")
-    return APIError(401, message, code="invalid_api_key",
-                    headers={"WWW-Authenticate": 'Bearer realm="moltbot-gw"'})
+    refusal = credential_refusal(outcome, presented, HOW_TO_SEND)
+    return refusal_error(refusal) if refusal is not None else None
 
 
 def require_auth(request, auth: GatewayAuth) -> None:

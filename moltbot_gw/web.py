@@ -15,7 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 
 from .auth import BadForwardedFor
-from .http_auth import request_client_address, require_auth
+from .auth_refusal import forwarded_for_refusal, origin_refusal
+from .http_auth import refusal_error, request_client_address, require_auth
 from .openai.errors import APIError, method_not_allowed, not_found, write_error
 
 HEALTH_BODY = json.dumps({"ok": True}).encode("utf-8")
@@ -100,8 +101,7 @@ class WebSocketEntry(Resource):
             if self.root.auth is not None:
                 request_client_address(request, self.root.auth)
         except BadForwardedFor as error:
-            return APIError(400, str(error), param="X-Forwarded-For",
-                            code="invalid_forwarded_for")
+            return refusal_error(forwarded_for_refusal(error))
         origin = request.getHeader(b"origin")
         if origin is None:
             return None
@@ -111,9 +111,7 @@ class WebSocketEntry(Resource):
             return None
         if _same_host(origin_text, (request.getHeader(b"host") or b"").decode("latin-1")):
             return None
-        return APIError(403, "WebSocket connections from this Origin are not allowed; add it "
-                             "to gateway.http.cors.allowedOrigins", param="Origin",
-                        code="origin_not_allowed")
+        return refusal_error(origin_refusal())
 
 
 class GatewayRoot(Resource):

@@ -15,10 +15,13 @@ RETRY_AFTER_SECONDS = 1.0   # what a refused client is told: the queue moves as 
 class ClientBusy(Exception):
     """The client already runs its share and its queue is full."""
 
-    def __init__(self, client: str, running: int, waiting: int):
+    def __init__(self, client: str, running: int, waiting: int, *,
+                 per_client: Optional[int] = None, queue_size: Optional[int] = None):
         super().__init__(f"client {client} has {running} runs and {waiting} waiting")
         self.client = client
         self.retry_after = RETRY_AFTER_SECONDS
+        self.per_client = per_client    # the limits it met, for the client's message
+        self.queue_size = queue_size
 
 
 class ClientSlot:
@@ -65,7 +68,8 @@ class ClientSlots:
             self._running[client] = self.running(client) + 1
             return succeed(ClientSlot(self, client))
         if self.waiting(client) >= self.queue_size:
-            return fail(ClientBusy(client, self.running(client), self.waiting(client)))
+            return fail(ClientBusy(client, self.running(client), self.waiting(client),
+                                   per_client=self.per_client, queue_size=self.queue_size))
         queue = self._waiting.setdefault(client, deque())
         d = Deferred(canceller=lambda d: self._leave_queue(client, d))
         queue.append(d)

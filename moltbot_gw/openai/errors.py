@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+from ..agents.failures import describe_failure
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -23,6 +25,9 @@ ERROR_TYPES = {
     503: "api_error",
     504: "timeout_error",
 }
+
+# Which request header an invalid run request is about, by ``InvalidRunRequest.param``.
+PARAM_HEADERS = {"model": "x-moltbot-model", "sessionKey": "x-moltbot-session-key"}
 
 
 class APIError(Exception):
@@ -79,32 +84,14 @@ def method_not_allowed(request, valid_methods) -> bytes:
 
 
 def api_error_for_run_failure(error: BaseException) -> APIError:
-    """Map a failed agent run onto the status a client should see."""
-    from ..agents.run import InvalidRunRequest, RunCancelled, RunTimedOut
-    from ..providers import errors as provider
-
-    message = getattr(error, "message", None) or "the agent run failed"
-    if isinstance(error, provider.ProviderRateLimited):
-        headers = {}
-        if error.retry_after is not None:
-            headers["Retry-After"] = str(max(1, int(round(error.retry_after))))
-        return APIError(429, f"the model provider is rate limiting requests: {message}",
-                        code="upstream_rate_limited", headers=headers)
-    if isinstance(error, (provider.ProviderTimeout, RunTimedOut)):
-        return APIError(504, f"the model provider did not answer in time: {message}",
-                        code="upstream_timeout")
-    if isinstance(error, provider.ProviderBadRequest):
-        return APIError(400, f"the model provider rejected the request: {message}",
-                        code="upstream_bad_request")
-    if isinstance(error, InvalidRunRequest):
-        return APIError(400, message, code="invalid_request")
-    if isinstance(error, provider.ProviderAuthError):
-        return APIError(502, "the model provider refused the gateway's credentials",
-                        code="upstream_auth_error")
-    if isinstance(error, provider.ProviderReplyTooLarge):
-        return APIError(502, message, code="upstream_reply_too_large")
-    if isinstance(error, provider.ProviderUnavailable):
-        return APIError(502, f"the model provider failed: {message}", code="upstream_error")
-    if isinstance(error, RunCancelled):
-        return APIError(500, "the run was cancelled", code="run_cancelled")
-    return APIError(500, "internal error while running the agent", code="internal_error")
+    """The OpenAI-shaped error of a failed run, provider call or refused run slot, as the
+    failure table (``agents/failures.py``) describes it; only the shaping is HTTP's: a
+    ``Retry-After`` header, the request header an invalid run request is about."""
+    failure = describe_failure(error)
+    kind = failure.kind
+    headers = {}
+    if failure.retry_after_seconds is not None:
+        headers["Retry-After"] = str(failure.retry_after_seconds)
+    return APIError(kind.http_status, failure.message, type=kind.openai_type,
+                    code=kind.openai_code, param=PARAM_HEADERS.get(failure.param),
+                    headers=headers)

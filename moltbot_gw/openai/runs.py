@@ -3,16 +3,11 @@ endpoint shares (request errors, client disconnects, failures before or after a 
 started)."""
 from __future__ import annotations
 
-import math
-
 from twisted.internet.defer import CancelledError
 
 from ..agents.client_slots import ClientBusy, ClientSlots
 from ..agents.run import InvalidRunRequest, Run, RunRequest
-from .errors import APIError, api_error_for_run_failure
-
-# Which request header an invalid run request is about, by InvalidRunRequest.param.
-PARAM_HEADERS = {"model": "x-moltbot-model", "sessionKey": "x-moltbot-session-key"}
+from .errors import api_error_for_run_failure
 
 
 def start_run(runner, request: RunRequest) -> Run:
@@ -20,8 +15,7 @@ def start_run(runner, request: RunRequest) -> Run:
     try:
         return runner.run(request)
     except InvalidRunRequest as e:
-        raise APIError(400, e.message, param=PARAM_HEADERS.get(e.param),
-                       code="invalid_request")
+        raise api_error_for_run_failure(e)
 
 
 async def start_run_for_client(runner, slots: ClientSlots, client: str,
@@ -32,12 +26,7 @@ async def start_run_for_client(runner, slots: ClientSlots, client: str,
     try:
         slot = await slots.acquire(client)
     except ClientBusy as busy:
-        seconds = max(1, math.ceil(busy.retry_after))
-        raise APIError(429, f"too many concurrent requests from your address: at most "
-                            f"{slots.per_client} run at once and {slots.queue_size} wait "
-                            "(gateway.limits.perClientConcurrency / perClientQueue); retry "
-                            f"in {seconds} s", code="too_many_concurrent_requests",
-                       headers={"Retry-After": str(seconds)})
+        raise api_error_for_run_failure(busy)
     try:
         run = start_run(runner, request)
     except BaseException:

@@ -64,6 +64,13 @@ class ProtocolError(Exception):
         return error
 
 
+def failure_error(failure, details: Optional[Mapping[str, Any]] = None) -> ProtocolError:
+    """The error response of a failure as ``agents.failures.describe_failure`` describes it
+    (its WebSocket code, message and ``retryAfterMs``)."""
+    return ProtocolError(failure.kind.ws_code, failure.message,
+                         retry_after_ms=failure.retry_after_ms, details=details)
+
+
 def invalid(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_REQUEST, message)
 

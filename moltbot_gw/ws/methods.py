@@ -12,16 +12,16 @@ from twisted.logger import Logger
 
 from .. import __version__
 from ..agents.registry import Agent, AgentRegistry, UnknownAgent
-from ..agents.run import (InvalidRunRequest, Run, RunCancelled, RunEvent, RunRequest,
-                          RunResult, RunTimedOut)
+from ..agents.failures import describe_failure
+from ..agents.run import InvalidRunRequest, Run, RunEvent, RunRequest, RunResult
 from ..agents.runner import AgentRunner
 from ..agents.client_slots import ClientSlots
 from ..config import LimitsConfig, normalize_agent_id
-from ..providers import errors as provider_errors
 from ..sessions.keys import KEY_PREFIX, parse_session_key, resolve_session_key
 from ..sessions.store import SessionStore
 from ..sessions.transcript import current_branch
-from .frames import PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, invalid
+from .frames import (PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, failure_error,
+                     invalid)
 from .idempotency import ExpiringCache
 from .run_admission import WRITE_METHODS, RunAdmission
 
@@ -102,35 +102,12 @@ def result_payload(result: RunResult) -> dict:
 
 
 def run_error(error: BaseException, run: Run) -> ProtocolError:
-    """Map how a run failed onto an error response that names the run."""
-    message = getattr(error, "message", None) or "the agent run failed"
-    retry_after_ms = None
-    if isinstance(error, RunCancelled):
-        code, message = ErrorCode.ABORTED, "the run was cancelled"
-    elif isinstance(error, (RunTimedOut, provider_errors.ProviderTimeout)):
-        code = ErrorCode.TIMEOUT
-    elif isinstance(error, provider_errors.ProviderRateLimited):
-        code = ErrorCode.RATE_LIMITED
-        message = f"the model provider is rate limiting requests: {message}"
-        if error.retry_after is not None:
-            retry_after_ms = int(error.retry_after * 1000)
-    elif isinstance(error, provider_errors.ProviderBadRequest):
-        code = ErrorCode.INVALID_REQUEST
-        message = f"the model provider rejected the request: {message}"
-    elif isinstance(error, InvalidRunRequest):
-        code = ErrorCode.INVALID_REQUEST
-    elif isinstance(error, provider_errors.ProviderAuthError):
-        code, message = (ErrorCode.UNAVAILABLE,
-                         "the model provider refused the gateway's credentials")
-    elif isinstance(error, provider_errors.ProviderError):
-        code = ErrorCode.UNAVAILABLE
-        message = f"the model provider failed: {message}"
-    else:
-        code, message = ErrorCode.INTERNAL, "internal error while running the agent"
-    status = "aborted" if isinstance(error, (RunCancelled, RunTimedOut)) else "error"
-    return ProtocolError(code, message, retry_after_ms=retry_after_ms, details={
-        "runId": run.run_id, "sessionKey": run.session_key, "status": status,
-        "text": run.text})
+    """How a run failed (``agents/failures.py`` says what a client is told), as an error
+    response that names the run."""
+    failure = describe_failure(error)
+    return failure_error(failure, details={
+        "runId": run.run_id, "sessionKey": run.session_key,
+        "status": "aborted" if failure.kind.aborted else "error", "text": run.text})
 
 
 async def wait_for(run: Run) -> dict:
@@ -255,7 +232,7 @@ class GatewayMethods:
         try:
             return self.agents.get(raw_id)
         except UnknownAgent as e:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f'unknown agent "{e.agent_id}"')
+            raise failure_error(describe_failure(e))
 
     def _session(self, params: Mapping[str, Any], name: str, default: Optional[str],
                  configured_agent: bool = True) -> tuple[Optional[Agent], str]:
@@ -315,7 +292,7 @@ class GatewayMethods:
                 session_key=session_key, extra_system_prompt=extra or None, persist=True))
         except InvalidRunRequest as e:
             slot.release()
-            raise invalid(e.message)
+            raise failure_error(describe_failure(e))
         except BaseException:
             slot.release()
             raise

@@ -4,7 +4,6 @@ numbers the events it sends and sends ticks. The contract is docs/ws-protocol.rs
 """
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from typing import Any, Mapping, Optional
@@ -17,6 +16,8 @@ from twisted.logger import Logger
 
 from .. import __version__
 from ..auth import NOT_EXEMPTABLE_HEADERS, BadForwardedFor, GatewayAuth, client_address
+from ..auth_refusal import (LOCKED_OUT, MISSING_CREDENTIAL, WRONG_CREDENTIAL, credential_refusal,
+                            forwarded_for_refusal)
 from ..request_log import escape_for_log
 from .backlog import MAX_BACKLOG_BYTES, SendBacklog
 from .frames import (PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, Request,
@@ -32,6 +33,13 @@ TICK_INTERVAL = 15.0
 HANDSHAKE_TIMEOUT = 10.0
 SHUTDOWN_CLOSE_WAIT = 5.0
 SERVER_NAME = "moltbot-gw"
+HOW_TO_SEND = 'auth {"token": ...} in connect'   # the hint for a connect without a secret
+# How a refused connect is answered (auth_refusal.py words it): error code, close code.
+REFUSALS = {
+    MISSING_CREDENTIAL: (ErrorCode.UNAUTHORIZED, CloseCode.AUTH_FAILED),
+    WRONG_CREDENTIAL: (ErrorCode.UNAUTHORIZED, CloseCode.AUTH_FAILED),
+    LOCKED_OUT: (ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED),
+}
 
 
 class GatewayWSProtocol(WebSocketServerProtocol):
@@ -64,7 +72,7 @@ class GatewayWSProtocol(WebSocketServerProtocol):
             self.address = client_address(getattr(peer, "host", None) or "unknown", forwarded,
                                           self.factory.auth.trusted_proxies)
         except BadForwardedFor as error:
-            raise ConnectionDeny(400, str(error))
+            raise ConnectionDeny(400, forwarded_for_refusal(error).message)
         self.exemptable = not any(name in request.headers for name in NOT_EXEMPTABLE_HEADERS)
         return None
 
@@ -224,18 +232,12 @@ class GatewayWSProtocol(WebSocketServerProtocol):
             return
         outcome = self.factory.auth.authenticate(self.address, hello.secret,
                                                  exemptable=self.exemptable)
-        if outcome.rate_limited:
-            seconds = max(1, math.ceil(outcome.retry_after))
-            self._refuse(request.id, ProtocolError(
-                ErrorCode.RATE_LIMITED,
-                f"too many failed authentication attempts; retry in {seconds} s",
-                retry_after_ms=int(outcome.retry_after * 1000)), CloseCode.RATE_LIMITED)
-            return
-        if not outcome.ok:
-            message = ("missing token or password: send auth {\"token\": ...}"
-                       if hello.secret is None else "invalid gateway token or password")
-            self._refuse(request.id, ProtocolError(ErrorCode.UNAUTHORIZED, message),
-                         CloseCode.AUTH_FAILED)
+        refusal = credential_refusal(outcome, hello.secret, HOW_TO_SEND)
+        if refusal is not None:
+            code, close_code = REFUSALS[refusal.reason]
+            self._refuse(request.id, ProtocolError(code, refusal.message,
+                                                   retry_after_ms=refusal.retry_after_ms),
+                         close_code)
             return
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from typing import Any, Awaitable, Callable, Mapping, Optional
 
 from ..agents.client_slots import ClientBusy, ClientSlot, ClientSlots
+from ..agents.failures import describe_failure
 from ..agents.run import Run
 from ..config import LimitsConfig
-from .frames import ErrorCode, ProtocolError, Request, invalid
+from ..retry_after import retry_after_ms
+from .frames import ErrorCode, ProtocolError, Request, failure_error, invalid
 from .idempotency import ExpiringCache
 from .write_rate import TokenBucket
 
@@ -56,7 +57,7 @@ class RunAdmission:
                     f"too many {', '.join(WRITE_METHODS)} requests on this connection: at "
                     f"most {self.limits.wsWriteRatePerSecond:g} per second "
                     "(gateway.limits.wsWriteRatePerSecond)",
-                    retry_after_ms=max(1, math.ceil(wait * 1000)))
+                    retry_after_ms=retry_after_ms(wait))
             return await handler(connection, request)
         return limited
 
@@ -99,9 +100,4 @@ class RunAdmission:
         try:
             return await self.client_slots.acquire(address)
         except ClientBusy as busy:
-            raise ProtocolError(
-                ErrorCode.RATE_LIMITED,
-                f"too many concurrent runs from your address: at most "
-                f"{self.client_slots.per_client} at once and {self.client_slots.queue_size} "
-                "waiting (gateway.limits.perClientConcurrency / perClientQueue)",
-                retry_after_ms=int(busy.retry_after * 1000))
+            raise failure_error(describe_failure(busy))
