@@ -14,6 +14,7 @@ from moltbot_gw.providers.anthropic_messages import convert_messages
 from moltbot_gw.providers.base import ModelRequest, ToolCall
 from moltbot_gw.providers.builtin import BuiltinProvider
 from moltbot_gw.providers.errors import ProviderAuthError, ProviderBadRequest
+from moltbot_gw.providers.interface import IEmbeddingProvider
 from tests.fakes import unused_port
 # the shared fixtures (no_leftovers is autouse: no sockets, timers or logged errors left behind)
 from tests.test_providers import (KEY, anthropic, anthropic_up, client,  # noqa: F401
@@ -413,7 +414,7 @@ async def test_builtin_echoes_the_newest_tool_result():
 async def test_openai_embeddings_return_the_upstream_answer_with_one_vector_per_input(
         client, openai_up):
     provider = openai(client, openai_up.base_url, apiKey=KEY, headers={"X-Org": "acme"})
-    assert provider.supports_embeddings is True
+    assert IEmbeddingProvider.providedBy(provider)
     answer = await provider.embeddings("text-embedding-3-small", ["first text", "second"])
     seen = openai_up.requests[-1]
     assert (seen.method, seen.path) == ("POST", "/v1/embeddings")
@@ -453,7 +454,7 @@ async def test_anthropic_and_builtin_do_not_offer_embeddings(client):
     providers = [anthropic(client, f"http://127.0.0.1:{unused_port()}"),
                  BuiltinProvider(reactor)]
     for provider in providers:
-        assert provider.supports_embeddings is False
+        assert not IEmbeddingProvider.providedBy(provider)
         with pytest.raises(ProviderBadRequest) as info:
             await provider.embeddings("any", ["x"], None, None)
         assert info.value.message == f'provider "{provider.name}" does not offer embeddings'

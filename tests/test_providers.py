@@ -18,7 +18,8 @@ from moltbot_gw.providers.builtin import BuiltinProvider
 from moltbot_gw.providers.errors import (ProviderAuthError, ProviderBadRequest, ProviderError,
                                          ProviderRateLimited, ProviderTimeout,
                                          ProviderUnavailable)
-from moltbot_gw.providers.http import UpstreamClient, parse_retry_after, redact
+from moltbot_gw.providers.upstream_client import UpstreamClient
+from moltbot_gw.providers.upstream_errors import parse_retry_after, redact
 from moltbot_gw.providers.openai_completions import OpenAICompletionsProvider
 from moltbot_gw.providers.registry import ProviderRegistry
 from tests.fakes import FakeAnthropic, FakeOpenAI, unused_port
@@ -652,9 +653,10 @@ async def test_registry_builds_configured_providers_and_closes_the_shared_pool(o
 
 
 def test_retry_after_accepts_seconds_and_http_dates():
-    assert parse_retry_after(b"30") == 30.0
+    assert parse_retry_after(b"30", now=0.0) == 30.0
     assert parse_retry_after(b"Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
-    assert parse_retry_after(b"soon") is None and parse_retry_after(None) is None
+    assert parse_retry_after(b"soon", now=0.0) is None
+    assert parse_retry_after(None, now=0.0) is None
 
 
 def test_redact_removes_our_key_and_key_shaped_strings():
