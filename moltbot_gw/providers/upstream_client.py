@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Protocol as Typin
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.defer import (CancelledError, Deferred, TimeoutError as DeferredTimeout,
+                                    succeed)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -22,7 +23,8 @@ from twisted.web.client import (Agent, HTTPConnectionPool, RequestTransmissionFa
                                 ResponseDone, ResponseFailed, ResponseNeverReceived)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IBodyProducer
+from zope.interface import implementer
 
 from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
 from .upstream_errors import error_from_status
@@ -115,7 +117,7 @@ class UpstreamClient:
 
         def send() -> Deferred:
             return http.request(
-                "POST", url, data=body, headers={k: [v] for k, v in all_headers.items()},
+                "POST", url, data=_BytesBody(body), headers={k: [v] for k, v in all_headers.items()},
                 unbuffered=True, allow_redirects=False)  # a redirect must not carry our key away
 
         if self.metrics is not None:
@@ -126,6 +128,29 @@ class UpstreamClient:
     def close(self) -> Deferred:
         """Close idle pooled connections; fires when they are gone."""
         return self.pool.closeCachedConnections()
+
+
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A request body already in memory, written in one go: treq's default producer for bytes
+    ticks on the global reactor's cooperator, which an in-memory agent never runs."""
+
+    def __init__(self, body: bytes):
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer) -> Deferred:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class _Exchange:
