@@ -118,6 +118,16 @@ def anthropic(client, base_url, **config) -> AnthropicMessagesProvider:
         "anthropic", ProviderConfig(api="anthropic-messages", baseUrl=base_url, **config), client)
 
 
+def openai_in(mem: MemoryUpstream, **config) -> OpenAICompletionsProvider:
+    """An OpenAI provider talking to an in-memory fake."""
+    return openai(mem.client, mem.base_url, **config)
+
+
+def anthropic_in(mem: MemoryUpstream, **config) -> AnthropicMessagesProvider:
+    """An Anthropic provider talking to an in-memory fake."""
+    return anthropic(mem.client, mem.base_url, **config)
+
+
 async def run(provider, request=HELLO):
     deltas: list[str] = []
     result = await provider.stream(request, deltas.append)
