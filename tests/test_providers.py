@@ -672,6 +672,14 @@ def test_retry_after_accepts_seconds_and_http_dates():
     assert parse_retry_after(None, now=0.0) is None
 
 
+def test_http_date_retry_after_counts_from_the_clients_clock(openai_mem):
+    openai_mem.clock.advance(1445412480.0)
+    openai_mem.script(status=429, error="later",
+                      headers={"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"})
+    error, _ = failure_now(openai_in(openai_mem))
+    assert isinstance(error, ProviderRateLimited) and error.retry_after == 10.0
+
+
 def test_redact_removes_our_key_and_key_shaped_strings():
     text = redact(f"bad key {KEY}; also sk-proj-abcdefgh1234 and Bearer abc.def", [KEY])
     assert KEY not in text and "sk-proj" not in text and "abc.def" not in text
