@@ -117,7 +117,8 @@ class UpstreamClient:
 
         def send() -> Deferred:
             return http.request(
-                "POST", url, data=_BytesBody(body), headers={k: [v] for k, v in all_headers.items()},
+                "POST", url, data=_BytesBody(body),
+                headers={k: [v] for k, v in all_headers.items()},
                 unbuffered=True, allow_redirects=False)  # a redirect must not carry our key away
 
         if self.metrics is not None:
