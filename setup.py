@@ -35,6 +35,7 @@ setup(
         "json5>=0.9",
         "prometheus_client>=0.20",
         "cachetools>=5.3",
+        "zope.interface>=5.0",
     ],
     extras_require={
         "test": [

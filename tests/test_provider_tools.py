@@ -1,5 +1,5 @@
-"""Providers with client tools, images, reasoning and embeddings, against fake upstreams on
-loopback (no monkeypatching)."""
+"""Providers with client tools, images, reasoning and embeddings, against fake upstreams driven
+in memory (``MemoryUpstream``; no monkeypatching); the builtin echo on the reactor."""
 from __future__ import annotations
 
 import base64
@@ -14,10 +14,11 @@ from moltbot_gw.providers.anthropic_messages import convert_messages
 from moltbot_gw.providers.base import ModelRequest, ToolCall
 from moltbot_gw.providers.builtin import BuiltinProvider
 from moltbot_gw.providers.errors import ProviderAuthError, ProviderBadRequest
-from tests.fakes import unused_port
+from moltbot_gw.providers.interface import IEmbeddingProvider
 # the shared fixtures (no_leftovers is autouse: no sockets, timers or logged errors left behind)
-from tests.test_providers import (KEY, anthropic, anthropic_up, client,  # noqa: F401
-                                  collect_earlier_garbage, no_leftovers, openai, openai_up)
+from tests.fakes.memory_upstream import settled
+from tests.test_providers import (KEY, anthropic_in, anthropic_mem,  # noqa: F401
+                                  collect_earlier_garbage, no_leftovers, openai_in, openai_mem)
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city",
@@ -67,6 +68,10 @@ class Recorder:
     async def run(self, provider, request):
         return await provider.stream(request, self.delta, self.tool, self.reasoning)
 
+    def run_now(self, provider, request):
+        """``run`` against an in-memory upstream: finished when ``stream`` returns."""
+        return settled(provider.stream(request, self.delta, self.tool, self.reasoning))
+
 
 def assert_announced_once_then_fragments(tool_events, index, call_id, name):
     mine = [e for e in tool_events if e[0] == index]
@@ -78,13 +83,12 @@ def assert_announced_once_then_fragments(tool_events, index, call_id, name):
 # --- OpenAI chat completions ------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_streamed_tool_call_fragments_reach_on_tool_call_and_the_result(
-        client, openai_up):
-    openai_up.script(text="", tool_calls=(("get_weather", OSLO), ("get_time", "{}")),
+def test_openai_streamed_tool_call_fragments_reach_on_tool_call_and_the_result(
+        openai_mem):
+    openai_mem.script(text="", tool_calls=(("get_weather", OSLO), ("get_time", "{}")),
                      tool_chunks=3)
     rec = Recorder()
-    result = await rec.run(openai(client, openai_up.base_url), tools_request())
+    result = rec.run_now(openai_in(openai_mem), tools_request())
     tool_events = rec.of("tool")
     assert_announced_once_then_fragments(tool_events, 0, "call_fake_0", "get_weather")
     assert tool_events[0] == (0, "call_fake_0", "get_weather", "")
@@ -96,98 +100,88 @@ async def test_openai_streamed_tool_call_fragments_reach_on_tool_call_and_the_re
     assert (result.text, result.finish_reason) == ("", "tool_calls")
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_text_before_tool_calls_streams_first(client, openai_up):
-    openai_up.script(text="Let me check.", tool_calls=(("get_weather", OSLO),))
+def test_openai_text_before_tool_calls_streams_first(openai_mem):
+    openai_mem.script(text="Let me check.", tool_calls=(("get_weather", OSLO),))
     rec = Recorder()
-    result = await rec.run(openai(client, openai_up.base_url), tools_request())
+    result = rec.run_now(openai_in(openai_mem), tools_request())
     assert rec.kinds() == ["delta", "tool"]
     assert result.text == "Let me check." and result.finish_reason == "tool_calls"
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_tool_calls_reach_the_result_without_callbacks(client, openai_up):
-    openai_up.script(text="", tool_calls=(("get_weather", OSLO),))
+def test_openai_tool_calls_reach_the_result_without_callbacks(openai_mem):
+    openai_mem.script(text="", tool_calls=(("get_weather", OSLO),))
     deltas: list[str] = []
-    result = await openai(client, openai_up.base_url).stream(tools_request(), deltas.append)
+    result = settled(openai_in(openai_mem).stream(tools_request(), deltas.append))
     assert deltas == [] and result.tool_calls == (ToolCall("call_fake_0", "get_weather", OSLO),)
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_tool_call_without_arguments_has_an_empty_object(client, openai_up):
-    openai_up.script(text="", tool_calls=(("get_time", ""),))
-    result = await Recorder().run(openai(client, openai_up.base_url), tools_request())
+def test_openai_tool_call_without_arguments_has_an_empty_object(openai_mem):
+    openai_mem.script(text="", tool_calls=(("get_time", ""),))
+    result = Recorder().run_now(openai_in(openai_mem), tools_request())
     assert result.tool_calls == (ToolCall("call_fake_0", "get_time", "{}"),)
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_sends_tools_tool_choice_and_parallel_tool_calls_as_given(client, openai_up):
+def test_openai_sends_tools_tool_choice_and_parallel_tool_calls_as_given(openai_mem):
     choice = {"type": "function", "function": {"name": "get_weather"}}
-    await Recorder().run(openai(client, openai_up.base_url),
+    Recorder().run_now(openai_in(openai_mem),
                          tools_request(tool_choice=choice, parallel_tool_calls=False))
-    body = openai_up.requests[-1].body
+    body = openai_mem.requests[-1].body
     assert body["tools"] == [WEATHER, CLOCK]
     assert body["tool_choice"] == choice and body["parallel_tool_calls"] is False
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_sends_no_tool_fields_when_no_tools_are_offered(client, openai_up):
-    await Recorder().run(openai(client, openai_up.base_url),
+def test_openai_sends_no_tool_fields_when_no_tools_are_offered(openai_mem):
+    Recorder().run_now(openai_in(openai_mem),
                          tools_request(tools=(), tool_choice="none", parallel_tool_calls=True))
-    body = openai_up.requests[-1].body
+    body = openai_mem.requests[-1].body
     assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(body)
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_passes_tool_turns_and_image_parts_through_unchanged(client, openai_up):
+def test_openai_passes_tool_turns_and_image_parts_through_unchanged(openai_mem):
     messages = (
         {"role": "user", "content": [{"type": "text", "text": "What is this?"}, IMAGE_PART]},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function",
              "function": {"name": "get_weather", "arguments": OSLO}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "12°C, rain"})
-    await Recorder().run(openai(client, openai_up.base_url), tools_request(messages))
-    assert openai_up.requests[-1].body["messages"] == [dict(m) for m in messages]
+    Recorder().run_now(openai_in(openai_mem), tools_request(messages))
+    assert openai_mem.requests[-1].body["messages"] == [dict(m) for m in messages]
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_reasoning_content_goes_to_on_reasoning_and_never_into_text(
-        client, openai_up):
-    openai_up.script(text="It is 42.", reasoning="Let me think about it.")
+def test_openai_reasoning_content_goes_to_on_reasoning_and_never_into_text(
+        openai_mem):
+    openai_mem.script(text="It is 42.", reasoning="Let me think about it.")
     rec = Recorder()
-    result = await rec.run(openai(client, openai_up.base_url), tools_request(tools=()))
+    result = rec.run_now(openai_in(openai_mem), tools_request(tools=()))
     assert rec.kinds() == ["reasoning", "delta"]
     assert "".join(t for (t,) in rec.of("reasoning")) == "Let me think about it."
     assert (result.text, result.reasoning) == ("It is 42.", "Let me think about it.")
     assert result.finish_reason == "stop"
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_reasoning_under_the_name_reasoning_is_recognised(client, openai_up):
-    openai_up.script(text="ok", reasoning="quietly", reasoning_key="reasoning")
+def test_openai_reasoning_under_the_name_reasoning_is_recognised(openai_mem):
+    openai_mem.script(text="ok", reasoning="quietly", reasoning_key="reasoning")
     rec = Recorder()
-    result = await rec.run(openai(client, openai_up.base_url), tools_request(tools=()))
+    result = rec.run_now(openai_in(openai_mem), tools_request(tools=()))
     assert (result.text, result.reasoning, rec.of("reasoning")) == ("ok", "quietly",
                                                                     [("quietly",)])
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_non_streamed_answer_carries_tool_calls_and_reasoning(client, openai_up):
-    openai_up.script(text="", tool_calls=(("get_weather", OSLO),), reasoning="need data")
-    result = await openai(client, openai_up.base_url).complete(tools_request())
-    assert openai_up.requests[-1].body["stream"] is False
+def test_openai_non_streamed_answer_carries_tool_calls_and_reasoning(openai_mem):
+    openai_mem.script(text="", tool_calls=(("get_weather", OSLO),), reasoning="need data")
+    result = settled(openai_in(openai_mem).complete(tools_request()))
+    assert openai_mem.requests[-1].body["stream"] is False
     assert result.tool_calls == (ToolCall("call_fake_0", "get_weather", OSLO),)
     assert (result.text, result.reasoning, result.finish_reason) == ("", "need data",
                                                                      "tool_calls")
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_json_answer_to_a_stream_request_still_calls_the_callbacks(
-        client, openai_up):
-    openai_up.script(text="Checking.", tool_calls=(("get_weather", OSLO),), reasoning="hmm",
+def test_openai_json_answer_to_a_stream_request_still_calls_the_callbacks(
+        openai_mem):
+    openai_mem.script(text="Checking.", tool_calls=(("get_weather", OSLO),), reasoning="hmm",
                      force_json=True)
     rec = Recorder()
-    result = await rec.run(openai(client, openai_up.base_url), tools_request())
+    result = rec.run_now(openai_in(openai_mem), tools_request())
     assert rec.events == [("reasoning", "hmm"), ("delta", "Checking."),
                           ("tool", 0, "call_fake_0", "get_weather", OSLO)]
     assert result.finish_reason == "tool_calls"
@@ -196,13 +190,12 @@ async def test_openai_json_answer_to_a_stream_request_still_calls_the_callbacks(
 # --- Anthropic messages ---------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_streamed_tool_use_blocks_reach_on_tool_call_and_the_result(
-        client, anthropic_up):
-    anthropic_up.script(text="Checking.", tool_calls=(("get_weather", OSLO), ("get_time", "")),
+def test_anthropic_streamed_tool_use_blocks_reach_on_tool_call_and_the_result(
+        anthropic_mem):
+    anthropic_mem.script(text="Checking.", tool_calls=(("get_weather", OSLO), ("get_time", "")),
                         tool_chunks=3)
     rec = Recorder()
-    result = await rec.run(anthropic(client, anthropic_up.base_url), tools_request())
+    result = rec.run_now(anthropic_in(anthropic_mem), tools_request())
     assert rec.kinds() == ["delta", "tool"]
     tool_events = rec.of("tool")
     assert_announced_once_then_fragments(tool_events, 0, "toolu_fake_0", "get_weather")
@@ -214,32 +207,29 @@ async def test_anthropic_streamed_tool_use_blocks_reach_on_tool_call_and_the_res
     assert (result.text, result.finish_reason) == ("Checking.", "tool_calls")
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_thinking_goes_to_on_reasoning_and_never_into_text(
-        client, anthropic_up):
-    anthropic_up.script(text="Answer.", reasoning="Thinking it over.")
+def test_anthropic_thinking_goes_to_on_reasoning_and_never_into_text(
+        anthropic_mem):
+    anthropic_mem.script(text="Answer.", reasoning="Thinking it over.")
     rec = Recorder()
-    result = await rec.run(anthropic(client, anthropic_up.base_url), tools_request(tools=()))
+    result = rec.run_now(anthropic_in(anthropic_mem), tools_request(tools=()))
     assert rec.kinds() == ["reasoning", "delta"]
     assert (result.text, result.reasoning) == ("Answer.", "Thinking it over.")
     assert result.finish_reason == "stop"
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_non_streamed_answer_carries_tool_use_and_thinking(
-        client, anthropic_up):
-    anthropic_up.script(text="", tool_calls=(("get_weather", OSLO),), reasoning="need data")
-    result = await anthropic(client, anthropic_up.base_url).complete(tools_request())
-    assert anthropic_up.requests[-1].body["stream"] is False
+def test_anthropic_non_streamed_answer_carries_tool_use_and_thinking(
+        anthropic_mem):
+    anthropic_mem.script(text="", tool_calls=(("get_weather", OSLO),), reasoning="need data")
+    result = settled(anthropic_in(anthropic_mem).complete(tools_request()))
+    assert anthropic_mem.requests[-1].body["stream"] is False
     assert result.tool_calls == (ToolCall("toolu_fake_0", "get_weather", '{"city":"Oslo"}'),)
     assert (result.text, result.reasoning, result.finish_reason) == ("", "need data",
                                                                      "tool_calls")
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_tools_are_translated_to_input_schemas(client, anthropic_up):
-    await Recorder().run(anthropic(client, anthropic_up.base_url), tools_request())
-    body = anthropic_up.requests[-1].body
+def test_anthropic_tools_are_translated_to_input_schemas(anthropic_mem):
+    Recorder().run_now(anthropic_in(anthropic_mem), tools_request())
+    body = anthropic_mem.requests[-1].body
     assert body["tools"] == [
         {"name": "get_weather", "description": "Current weather for a city",
          "input_schema": WEATHER["function"]["parameters"]},
@@ -257,27 +247,25 @@ async def test_anthropic_tools_are_translated_to_input_schemas(client, anthropic
     (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
     ("auto", True, {"type": "auto"}),
 ])
-@pytest_twisted.ensureDeferred
-async def test_anthropic_tool_choice_and_parallel_tool_calls_are_translated(
-        client, anthropic_up, choice, parallel, expected):
-    await Recorder().run(anthropic(client, anthropic_up.base_url),
+def test_anthropic_tool_choice_and_parallel_tool_calls_are_translated(
+        anthropic_mem, choice, parallel, expected):
+    Recorder().run_now(anthropic_in(anthropic_mem),
                          tools_request(tool_choice=choice, parallel_tool_calls=parallel))
-    assert anthropic_up.requests[-1].body["tool_choice"] == expected
+    assert anthropic_mem.requests[-1].body["tool_choice"] == expected
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_sends_no_tools_or_tool_choice_when_none_are_offered(
-        client, anthropic_up):
-    await Recorder().run(anthropic(client, anthropic_up.base_url),
+def test_anthropic_sends_no_tools_or_tool_choice_when_none_are_offered(
+        anthropic_mem):
+    Recorder().run_now(anthropic_in(anthropic_mem),
                          tools_request(tools=(), tool_choice="required"))
-    assert not {"tools", "tool_choice"} & set(anthropic_up.requests[-1].body)
+    assert not {"tools", "tool_choice"} & set(anthropic_mem.requests[-1].body)
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_unknown_tool_choice_is_bad_request_without_network(client):
-    provider = anthropic(client, f"http://127.0.0.1:{unused_port()}")
+def test_anthropic_unknown_tool_choice_is_bad_request_without_network(anthropic_mem):
+    provider = anthropic_in(anthropic_mem)
     with pytest.raises(ProviderBadRequest, match="tool_choice"):
-        await Recorder().run(provider, tools_request(tool_choice={"type": "magic"}))
+        Recorder().run_now(provider, tools_request(tool_choice={"type": "magic"}))
+    assert anthropic_mem.requests == []
 
 
 def assert_alternates_from_user(messages):
@@ -286,9 +274,8 @@ def assert_alternates_from_user(messages):
     assert all(a != b for a, b in zip(roles, roles[1:])), roles
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_tool_turns_become_tool_use_then_one_merged_tool_result_message(
-        client, anthropic_up):
+def test_anthropic_tool_turns_become_tool_use_then_one_merged_tool_result_message(
+        anthropic_mem):
     messages = (
         {"role": "user", "content": "Weather and time?"},
         {"role": "assistant", "content": "Let me look.", "tool_calls": [
@@ -304,8 +291,8 @@ async def test_anthropic_tool_turns_become_tool_use_then_one_merged_tool_result_
             {"id": "call_3", "type": "function",
              "function": {"name": "get_weather", "arguments": OSLO}}]},
         {"role": "tool", "tool_call_id": "call_3", "content": ""})
-    await Recorder().run(anthropic(client, anthropic_up.base_url), tools_request(messages))
-    sent = anthropic_up.requests[-1].body["messages"]
+    Recorder().run_now(anthropic_in(anthropic_mem), tools_request(messages))
+    sent = anthropic_mem.requests[-1].body["messages"]
     assert sent == [
         {"role": "user", "content": "Weather and time?"},
         {"role": "assistant", "content": [
@@ -346,12 +333,11 @@ def test_anthropic_results_of_a_dropped_leading_assistant_tool_call_are_dropped_
     assert messages == [{"role": "user", "content": "hello"}]
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_image_data_uri_becomes_a_base64_image_block(client, anthropic_up):
+def test_anthropic_image_data_uri_becomes_a_base64_image_block(anthropic_mem):
     messages = ({"role": "user", "content": [{"type": "text", "text": "What is this?"},
                                              IMAGE_PART]},)
-    await Recorder().run(anthropic(client, anthropic_up.base_url), tools_request(messages))
-    assert anthropic_up.requests[-1].body["messages"] == [{"role": "user", "content": [
+    Recorder().run_now(anthropic_in(anthropic_mem), tools_request(messages))
+    assert anthropic_mem.requests[-1].body["messages"] == [{"role": "user", "content": [
         {"type": "text", "text": "What is this?"},
         {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                      "data": PNG}}]}]
@@ -409,13 +395,12 @@ async def test_builtin_echoes_the_newest_tool_result():
 # --- embeddings ------------------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_embeddings_return_the_upstream_answer_with_one_vector_per_input(
-        client, openai_up):
-    provider = openai(client, openai_up.base_url, apiKey=KEY, headers={"X-Org": "acme"})
-    assert provider.supports_embeddings is True
-    answer = await provider.embeddings("text-embedding-3-small", ["first text", "second"])
-    seen = openai_up.requests[-1]
+def test_openai_embeddings_return_the_upstream_answer_with_one_vector_per_input(
+        openai_mem):
+    provider = openai_in(openai_mem, apiKey=KEY, headers={"X-Org": "acme"})
+    assert IEmbeddingProvider.providedBy(provider)
+    answer = settled(provider.embeddings("text-embedding-3-small", ["first text", "second"]))
+    seen = openai_mem.requests[-1]
     assert (seen.method, seen.path) == ("POST", "/v1/embeddings")
     assert seen.header("authorization") == f"Bearer {KEY}" and seen.header("x-org") == "acme"
     assert seen.body == {"model": "text-embedding-3-small", "input": ["first text", "second"]}
@@ -426,34 +411,30 @@ async def test_openai_embeddings_return_the_upstream_answer_with_one_vector_per_
     assert answer["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_embeddings_forward_base64_encoding_and_dimensions(client, openai_up):
-    provider = openai(client, openai_up.base_url)
-    plain = await provider.embeddings("emb", "hello", None, 4)
-    packed = await provider.embeddings("emb", "hello", encoding_format="base64", dimensions=4)
-    assert openai_up.requests[-1].body == {"model": "emb", "input": "hello",
+def test_openai_embeddings_forward_base64_encoding_and_dimensions(openai_mem):
+    provider = openai_in(openai_mem)
+    plain = settled(provider.embeddings("emb", "hello", None, 4))
+    packed = settled(provider.embeddings("emb", "hello", encoding_format="base64", dimensions=4))
+    assert openai_mem.requests[-1].body == {"model": "emb", "input": "hello",
                                            "encoding_format": "base64", "dimensions": 4}
     [item] = packed["data"]
     floats = struct.unpack("<4f", base64.b64decode(item["embedding"]))
     assert floats == pytest.approx(plain["data"][0]["embedding"], abs=1e-6)
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_embeddings_upstream_errors_are_typed(client, openai_up):
-    openai_up.queue(status=400, error="input too long").queue(status=401, error="bad key")
-    provider = openai(client, openai_up.base_url)
+def test_openai_embeddings_upstream_errors_are_typed(openai_mem):
+    openai_mem.queue(status=400, error="input too long").queue(status=401, error="bad key")
+    provider = openai_in(openai_mem)
     with pytest.raises(ProviderBadRequest, match="input too long"):
-        await provider.embeddings("emb", ["x"])
+        settled(provider.embeddings("emb", ["x"]))
     with pytest.raises(ProviderAuthError):
-        await provider.embeddings("emb", ["x"])
+        settled(provider.embeddings("emb", ["x"]))
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_and_builtin_do_not_offer_embeddings(client):
-    providers = [anthropic(client, f"http://127.0.0.1:{unused_port()}"),
-                 BuiltinProvider(reactor)]
+def test_anthropic_and_builtin_do_not_offer_embeddings(anthropic_mem):
+    providers = [anthropic_in(anthropic_mem), BuiltinProvider(reactor)]
     for provider in providers:
-        assert provider.supports_embeddings is False
+        assert not IEmbeddingProvider.providedBy(provider)
         with pytest.raises(ProviderBadRequest) as info:
-            await provider.embeddings("any", ["x"], None, None)
+            settled(provider.embeddings("any", ["x"], None, None))
         assert info.value.message == f'provider "{provider.name}" does not offer embeddings'

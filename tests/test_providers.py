@@ -1,4 +1,6 @@
-"""Model providers end to end against fake upstreams on loopback (no monkeypatching)."""
+"""Model providers against fake upstreams (no monkeypatching): request mapping, stream parsing
+and error classification in memory (``MemoryUpstream``: the fake behind treq's
+``RequestTraversalAgent``); pooling, timeouts and cancellation against fakes on loopback."""
 from __future__ import annotations
 
 import gc
@@ -18,10 +20,12 @@ from moltbot_gw.providers.builtin import BuiltinProvider
 from moltbot_gw.providers.errors import (ProviderAuthError, ProviderBadRequest, ProviderError,
                                          ProviderRateLimited, ProviderTimeout,
                                          ProviderUnavailable)
-from moltbot_gw.providers.http import UpstreamClient, parse_retry_after, redact
+from moltbot_gw.providers.upstream_client import UpstreamClient
+from moltbot_gw.providers.upstream_errors import parse_retry_after, redact
 from moltbot_gw.providers.openai_completions import OpenAICompletionsProvider
 from moltbot_gw.providers.registry import ProviderRegistry
 from tests.fakes import FakeAnthropic, FakeOpenAI, unused_port
+from tests.fakes.memory_upstream import MemoryUpstream, settled
 
 KEY = "sk-test-secret-key-0123456789"
 HELLO = ModelRequest(model="fake-model", messages=({"role": "user", "content": "Hi there"},))
@@ -42,6 +46,11 @@ def _timers(before=frozenset()):
 @pytest.fixture(scope="module", autouse=True)
 def collect_earlier_garbage():
     gc.collect()   # errors logged for earlier modules' garbage are not ours
+    # What is alive now (modules, fixtures of the session) is not what a test leaks: frozen,
+    # the per-test collection below skips it and takes milliseconds instead of a tenth.
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest_twisted.async_yield_fixture(autouse=True)
@@ -92,6 +101,18 @@ async def anthropic_up():
     await up.stop()
 
 
+@pytest.fixture
+def openai_mem() -> MemoryUpstream:
+    """A fake OpenAI upstream in memory; ``.client`` reaches it without a socket."""
+    return MemoryUpstream(FakeOpenAI)
+
+
+@pytest.fixture
+def anthropic_mem() -> MemoryUpstream:
+    """A fake Anthropic upstream in memory; ``.client`` reaches it without a socket."""
+    return MemoryUpstream(FakeAnthropic)
+
+
 def openai(client, base_url, **config) -> OpenAICompletionsProvider:
     return OpenAICompletionsProvider(
         "openai", ProviderConfig(api="openai-completions", baseUrl=base_url, **config), client)
@@ -100,6 +121,16 @@ def openai(client, base_url, **config) -> OpenAICompletionsProvider:
 def anthropic(client, base_url, **config) -> AnthropicMessagesProvider:
     return AnthropicMessagesProvider(
         "anthropic", ProviderConfig(api="anthropic-messages", baseUrl=base_url, **config), client)
+
+
+def openai_in(mem: MemoryUpstream, **config) -> OpenAICompletionsProvider:
+    """An OpenAI provider talking to an in-memory fake."""
+    return openai(mem.client, mem.base_url, **config)
+
+
+def anthropic_in(mem: MemoryUpstream, **config) -> AnthropicMessagesProvider:
+    """An Anthropic provider talking to an in-memory fake."""
+    return anthropic(mem.client, mem.base_url, **config)
 
 
 async def run(provider, request=HELLO):
@@ -112,6 +143,21 @@ async def failure_of(provider, request=HELLO) -> tuple[ProviderError, list[str]]
     deltas: list[str] = []
     with pytest.raises(ProviderError) as info:
         await provider.stream(request, deltas.append)
+    return info.value, deltas
+
+
+def run_now(provider, request=HELLO):
+    """``run`` for an in-memory upstream: the call has finished when ``stream`` returns."""
+    deltas: list[str] = []
+    result = settled(provider.stream(request, deltas.append))
+    return result, deltas
+
+
+def failure_now(provider, request=HELLO) -> tuple[ProviderError, list[str]]:
+    """``failure_of`` for an in-memory upstream."""
+    deltas: list[str] = []
+    with pytest.raises(ProviderError) as info:
+        settled(provider.stream(request, deltas.append))
     return info.value, deltas
 
 
@@ -138,25 +184,24 @@ async def cancel_after_first_delta(provider, request=HELLO):
 # --- OpenAI chat completions ------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_streams_deltas_and_reports_usage_and_model(client, openai_up):
-    openai_up.script(text="hello brave new world", chunks=3, usage=(11, 4), model="gpt-fake")
-    result, deltas = await run(openai(client, openai_up.base_url))
+def test_openai_streams_deltas_and_reports_usage_and_model(openai_mem):
+    openai_mem.script(text="hello brave new world", chunks=3, usage=(11, 4), model="gpt-fake")
+    result, deltas = run_now(openai(openai_mem.client, openai_mem.base_url))
     assert len(deltas) == 3 and "".join(deltas) == "hello brave new world"
     assert result == ModelResult(text="hello brave new world", finish_reason="stop",
                                  usage=Usage(11, 4), model="gpt-fake")
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_sends_system_first_options_key_and_custom_headers(client, openai_up):
-    provider = openai(client, openai_up.base_url, apiKey=KEY, headers={"X-Org": "acme"})
+def test_openai_sends_system_first_options_key_and_custom_headers(openai_mem):
+    provider = openai(openai_mem.client, openai_mem.base_url, apiKey=KEY,
+                      headers={"X-Org": "acme"})
     request = ModelRequest(
         model="gpt-4o-mini", system="Be brief.",
         messages=({"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
                   {"role": "user", "content": [{"type": "text", "text": "three"}]}),
         options={"temperature": 0.2, "max_tokens": 50, "stop": ["END"], "seed": 7})
-    await run(provider, request)
-    seen = openai_up.requests[-1]
+    run_now(provider, request)
+    seen = openai_mem.requests[-1]
     assert (seen.method, seen.path) == ("POST", "/v1/chat/completions")
     assert seen.header("authorization") == f"Bearer {KEY}"
     assert seen.header("x-org") == "acme"
@@ -171,44 +216,39 @@ async def test_openai_sends_system_first_options_key_and_custom_headers(client, 
         "temperature": 0.2, "max_tokens": 50, "stop": ["END"], "seed": 7}
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_without_key_sends_no_authorization_and_no_system_message(client, openai_up):
-    await run(openai(client, openai_up.base_url + "/"))
-    seen = openai_up.requests[-1]
+def test_openai_without_key_sends_no_authorization_and_no_system_message(openai_mem):
+    run_now(openai(openai_mem.client, openai_mem.base_url + "/"))
+    seen = openai_mem.requests[-1]
     assert seen.path == "/v1/chat/completions"      # trailing slash of baseUrl normalised
     assert seen.header("authorization") is None
     assert seen.body["messages"] == [{"role": "user", "content": "Hi there"}]
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_json_answer_to_a_stream_request_is_one_delta(client, openai_up):
-    openai_up.script(text="whole answer at once", force_json=True, usage=(3, 4))
-    result, deltas = await run(openai(client, openai_up.base_url))
+def test_openai_json_answer_to_a_stream_request_is_one_delta(openai_mem):
+    openai_mem.script(text="whole answer at once", force_json=True, usage=(3, 4))
+    result, deltas = run_now(openai(openai_mem.client, openai_mem.base_url))
     assert deltas == ["whole answer at once"]
     assert (result.text, result.usage, result.finish_reason) == (
         "whole answer at once", Usage(3, 4), "stop")
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_complete_asks_for_no_stream(client, openai_up):
-    openai_up.script(text="done deal", finish_reason="length")
-    result = await openai(client, openai_up.base_url).complete(HELLO)
-    assert openai_up.requests[-1].body["stream"] is False
-    assert "stream_options" not in openai_up.requests[-1].body
+def test_openai_complete_asks_for_no_stream(openai_mem):
+    openai_mem.script(text="done deal", finish_reason="length")
+    result = settled(openai(openai_mem.client, openai_mem.base_url).complete(HELLO))
+    assert openai_mem.requests[-1].body["stream"] is False
+    assert "stream_options" not in openai_mem.requests[-1].body
     assert (result.text, result.finish_reason) == ("done deal", "length")
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_stream_with_crlf_and_comments_parses(client, openai_up):
-    openai_up.script(text="a b c", crlf=True, comments=True)
-    result, deltas = await run(openai(client, openai_up.base_url))
+def test_openai_stream_with_crlf_and_comments_parses(openai_mem):
+    openai_mem.script(text="a b c", crlf=True, comments=True)
+    result, deltas = run_now(openai(openai_mem.client, openai_mem.base_url))
     assert deltas == ["a ", "b ", "c"] and result.text == "a b c"
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_finish_reason_without_done_is_accepted(client, openai_up):
-    openai_up.script(text="cut", done=False, finish_reason="length")
-    result, _ = await run(openai(client, openai_up.base_url))
+def test_openai_finish_reason_without_done_is_accepted(openai_mem):
+    openai_mem.script(text="cut", done=False, finish_reason="length")
+    result, _ = run_now(openai(openai_mem.client, openai_mem.base_url))
     assert (result.text, result.finish_reason) == ("cut", "length")
 
 
@@ -220,45 +260,40 @@ async def test_openai_requests_reuse_one_pooled_connection(client, openai_up):
     assert openai_up.requests[0].client_port == openai_up.requests[1].client_port
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_401_is_auth_error_and_never_echoes_the_key(client, openai_up):
-    openai_up.script(status=401, error=f"Incorrect API key provided: {KEY}.")
-    error, _ = await failure_of(openai(client, openai_up.base_url, apiKey=KEY))
+def test_openai_401_is_auth_error_and_never_echoes_the_key(openai_mem):
+    openai_mem.script(status=401, error=f"Incorrect API key provided: {KEY}.")
+    error, _ = failure_now(openai(openai_mem.client, openai_mem.base_url, apiKey=KEY))
     assert isinstance(error, ProviderAuthError) and not error.retryable
     assert error.status == 401
     assert "Incorrect API key provided" in error.message
     assert KEY not in error.message and KEY not in str(error)
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_429_is_rate_limited_with_retry_after(client, openai_up):
-    openai_up.script(status=429, error="Rate limit reached", headers={"Retry-After": "7"})
-    error, _ = await failure_of(openai(client, openai_up.base_url))
+def test_openai_429_is_rate_limited_with_retry_after(openai_mem):
+    openai_mem.script(status=429, error="Rate limit reached", headers={"Retry-After": "7"})
+    error, _ = failure_now(openai(openai_mem.client, openai_mem.base_url))
     assert isinstance(error, ProviderRateLimited) and error.retryable
     assert (error.status, error.retry_after) == (429, 7.0)
     assert "Rate limit reached" in error.message
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_400_is_bad_request_with_the_upstream_message(client, openai_up):
-    openai_up.script(status=400, error="Unrecognized request argument: frobnicate")
-    error, _ = await failure_of(openai(client, openai_up.base_url))
+def test_openai_400_is_bad_request_with_the_upstream_message(openai_mem):
+    openai_mem.script(status=400, error="Unrecognized request argument: frobnicate")
+    error, _ = failure_now(openai(openai_mem.client, openai_mem.base_url))
     assert isinstance(error, ProviderBadRequest) and not error.retryable
     assert error.message == ('provider "openai" returned HTTP 400: '
                              "Unrecognized request argument: frobnicate")
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_long_upstream_message_is_truncated(client, openai_up):
-    openai_up.script(status=400, error="x" * 5000)
-    error, _ = await failure_of(openai(client, openai_up.base_url))
+def test_openai_long_upstream_message_is_truncated(openai_mem):
+    openai_mem.script(status=400, error="x" * 5000)
+    error, _ = failure_now(openai(openai_mem.client, openai_mem.base_url))
     assert 400 < len(error.message) < 600
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_503_is_unavailable_and_html_pages_are_not_quoted(client, openai_up):
-    openai_up.script(status=503, error_body=b"<html><body>Bad gateway</body></html>")
-    error, _ = await failure_of(openai(client, openai_up.base_url))
+def test_openai_503_is_unavailable_and_html_pages_are_not_quoted(openai_mem):
+    openai_mem.script(status=503, error_body=b"<html><body>Bad gateway</body></html>")
+    error, _ = failure_now(openai(openai_mem.client, openai_mem.base_url))
     assert isinstance(error, ProviderUnavailable) and error.retryable
     assert error.status == 503 and error.message == 'provider "openai" returned HTTP 503'
 
@@ -285,26 +320,23 @@ async def test_connection_closed_before_any_answer_twice_is_unavailable(client, 
     assert len(openai_up.requests) == 2
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_drop_mid_stream_is_unavailable_after_partial_deltas(client, openai_up):
-    openai_up.script(text="one two three four", drop_after=2)
-    error, deltas = await failure_of(openai(client, openai_up.base_url))
+def test_openai_drop_mid_stream_is_unavailable_after_partial_deltas(openai_mem):
+    openai_mem.script(text="one two three four", drop_after=2)
+    error, deltas = failure_now(openai(openai_mem.client, openai_mem.base_url))
     assert isinstance(error, ProviderUnavailable)
     assert deltas == ["one ", "two "]
     assert "mid-response" in error.message
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_malformed_sse_is_unavailable(client, openai_up):
-    openai_up.script(text="fine so far", malformed=True)
-    error, _ = await failure_of(openai(client, openai_up.base_url))
+def test_openai_malformed_sse_is_unavailable(openai_mem):
+    openai_mem.script(text="fine so far", malformed=True)
+    error, _ = failure_now(openai(openai_mem.client, openai_mem.base_url))
     assert isinstance(error, ProviderUnavailable) and "malformed JSON" in error.message
 
 
-@pytest_twisted.ensureDeferred
-async def test_openai_stream_ending_without_done_or_finish_is_unavailable(client, openai_up):
-    openai_up.script(text="partial", done=False, finish_reason=None)
-    error, deltas = await failure_of(openai(client, openai_up.base_url))
+def test_openai_stream_ending_without_done_or_finish_is_unavailable(openai_mem):
+    openai_mem.script(text="partial", done=False, finish_reason=None)
+    error, deltas = failure_now(openai(openai_mem.client, openai_mem.base_url))
     assert isinstance(error, ProviderUnavailable) and "closed the stream early" in error.message
     assert deltas == ["partial"]
 
@@ -312,10 +344,9 @@ async def test_openai_stream_ending_without_done_or_finish_is_unavailable(client
 @pytest.mark.parametrize("error_type, expected", [
     (None, ProviderUnavailable), ("rate_limit_error", ProviderRateLimited),
     ("invalid_request_error", ProviderBadRequest)])
-@pytest_twisted.ensureDeferred
-async def test_openai_in_band_error_is_typed(client, openai_up, error_type, expected):
-    openai_up.script(text="a", stream_error="something broke", stream_error_type=error_type)
-    error, _ = await failure_of(openai(client, openai_up.base_url))
+def test_openai_in_band_error_is_typed(openai_mem, error_type, expected):
+    openai_mem.script(text="a", stream_error="something broke", stream_error_type=error_type)
+    error, _ = failure_now(openai(openai_mem.client, openai_mem.base_url))
     assert type(error) is expected and "something broke" in error.message
 
 
@@ -407,38 +438,35 @@ async def test_exception_from_on_delta_fails_the_call_and_closes_the_connection(
     await within(openai_up.requests[-1].connection_lost)
 
 
-@pytest_twisted.ensureDeferred
-async def test_fake_queue_answers_consecutive_requests_differently(client, openai_up):
-    openai_up.script(text="ok now").queue(status=503)
-    provider = openai(client, openai_up.base_url)
-    error, _ = await failure_of(provider)
+def test_fake_queue_answers_consecutive_requests_differently(openai_mem):
+    openai_mem.script(text="ok now").queue(status=503)
+    provider = openai(openai_mem.client, openai_mem.base_url)
+    error, _ = failure_now(provider)
     assert isinstance(error, ProviderUnavailable)
-    result, _ = await run(provider)
+    result, _ = run_now(provider)
     assert result.text == "ok now"
 
 
 # --- Anthropic messages ---------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_streams_deltas_and_reports_usage_and_model(client, anthropic_up):
-    anthropic_up.script(text="bonjour tout le monde", chunks=2, usage=(12, 5), model="claude-x")
-    result, deltas = await run(anthropic(client, anthropic_up.base_url))
+def test_anthropic_streams_deltas_and_reports_usage_and_model(anthropic_mem):
+    anthropic_mem.script(text="bonjour tout le monde", chunks=2, usage=(12, 5), model="claude-x")
+    result, deltas = run_now(anthropic(anthropic_mem.client, anthropic_mem.base_url))
     assert len(deltas) == 2 and "".join(deltas) == "bonjour tout le monde"
     assert result == ModelResult(text="bonjour tout le monde", finish_reason="stop",
                                  usage=Usage(12, 5), model="claude-x")
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_request_has_top_level_system_headers_and_mapped_options(
-        client, anthropic_up):
-    provider = anthropic(client, anthropic_up.base_url, apiKey=KEY,
+def test_anthropic_request_has_top_level_system_headers_and_mapped_options(
+        anthropic_mem):
+    provider = anthropic(anthropic_mem.client, anthropic_mem.base_url, apiKey=KEY,
                          headers={"anthropic-beta": "x"})
     request = ModelRequest(model="claude-3-5-haiku", system="Be brief.",
                            messages=({"role": "user", "content": "Hi"},),
                            options={"temperature": 0.5, "top_p": 0.9, "stop": "END", "seed": 1})
-    await run(provider, request)
-    seen = anthropic_up.requests[-1]
+    run_now(provider, request)
+    seen = anthropic_mem.requests[-1]
     assert (seen.method, seen.path) == ("POST", "/v1/messages")
     assert seen.header("x-api-key") == KEY
     assert seen.header("anthropic-version") == "2023-06-01"
@@ -450,19 +478,17 @@ async def test_anthropic_request_has_top_level_system_headers_and_mapped_options
                          "top_p": 0.9, "stop_sequences": ["END"], "stream": True}
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_max_tokens_option_and_length_finish(client, anthropic_up):
-    anthropic_up.script(text="cut short", finish_reason="length")
+def test_anthropic_max_tokens_option_and_length_finish(anthropic_mem):
+    anthropic_mem.script(text="cut short", finish_reason="length")
     request = ModelRequest(model="m", messages=HELLO.messages, options={"max_tokens": 5})
-    result, _ = await run(anthropic(client, anthropic_up.base_url), request)
-    body = anthropic_up.requests[-1].body
+    result, _ = run_now(anthropic(anthropic_mem.client, anthropic_mem.base_url), request)
+    body = anthropic_mem.requests[-1].body
     assert body["max_tokens"] == 5 and "system" not in body
     assert result.finish_reason == "length"
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_messages_are_merged_to_alternate_and_start_with_user(
-        client, anthropic_up):
+def test_anthropic_messages_are_merged_to_alternate_and_start_with_user(
+        anthropic_mem):
     request = ModelRequest(model="m", messages=(
         {"role": "assistant", "content": "I greet first"},
         {"role": "user", "content": "a"},
@@ -472,8 +498,8 @@ async def test_anthropic_messages_are_merged_to_alternate_and_start_with_user(
         {"role": "user", "content": ""},
         {"role": "assistant", "content": "e"},
         {"role": "user", "content": "f"}))
-    await run(anthropic(client, anthropic_up.base_url), request)
-    assert anthropic_up.requests[-1].body["messages"] == [
+    run_now(anthropic(anthropic_mem.client, anthropic_mem.base_url), request)
+    assert anthropic_mem.requests[-1].body["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "a"},
                                      {"type": "text", "text": "b"},
                                      {"type": "text", "text": "c"}]},
@@ -497,36 +523,33 @@ def test_anthropic_conversion_moves_system_messages_and_keeps_images():
         {"type": "image", "source": {"type": "url", "url": "https://example.test/cat.png"}}]}]
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_request_without_user_message_is_bad_request_without_network(client):
+def test_anthropic_request_without_user_message_is_bad_request_without_network(anthropic_mem):
     request = ModelRequest(model="m", messages=({"role": "assistant", "content": "only me"},))
-    error, _ = await failure_of(anthropic(client, f"http://127.0.0.1:{unused_port()}"), request)
+    error, _ = failure_now(anthropic(anthropic_mem.client, anthropic_mem.base_url), request)
     assert isinstance(error, ProviderBadRequest)
+    assert anthropic_mem.requests == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_json_answer_to_a_stream_request_is_one_delta(client, anthropic_up):
-    anthropic_up.script(text="all at once", force_json=True, usage=(2, 3))
-    result, deltas = await run(anthropic(client, anthropic_up.base_url))
+def test_anthropic_json_answer_to_a_stream_request_is_one_delta(anthropic_mem):
+    anthropic_mem.script(text="all at once", force_json=True, usage=(2, 3))
+    result, deltas = run_now(anthropic(anthropic_mem.client, anthropic_mem.base_url))
     assert deltas == ["all at once"]
     assert (result.usage, result.finish_reason) == (Usage(2, 3), "stop")
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_complete_asks_for_no_stream(client, anthropic_up):
-    anthropic_up.script(text="fine")
-    result = await anthropic(client, anthropic_up.base_url).complete(HELLO)
-    assert anthropic_up.requests[-1].body["stream"] is False
+def test_anthropic_complete_asks_for_no_stream(anthropic_mem):
+    anthropic_mem.script(text="fine")
+    result = settled(anthropic(anthropic_mem.client, anthropic_mem.base_url).complete(HELLO))
+    assert anthropic_mem.requests[-1].body["stream"] is False
     assert result.text == "fine"
 
 
 @pytest.mark.parametrize("error_type, expected", [
     ("overloaded_error", ProviderUnavailable), ("rate_limit_error", ProviderRateLimited),
     ("invalid_request_error", ProviderBadRequest), ("authentication_error", ProviderAuthError)])
-@pytest_twisted.ensureDeferred
-async def test_anthropic_error_event_is_typed(client, anthropic_up, error_type, expected):
-    anthropic_up.script(text="a b", stream_error="Overloaded", stream_error_type=error_type)
-    error, deltas = await failure_of(anthropic(client, anthropic_up.base_url))
+def test_anthropic_error_event_is_typed(anthropic_mem, error_type, expected):
+    anthropic_mem.script(text="a b", stream_error="Overloaded", stream_error_type=error_type)
+    error, deltas = failure_now(anthropic(anthropic_mem.client, anthropic_mem.base_url))
     assert type(error) is expected and "Overloaded" in error.message
     assert deltas == ["a ", "b"]
 
@@ -534,32 +557,28 @@ async def test_anthropic_error_event_is_typed(client, anthropic_up, error_type, 
 @pytest.mark.parametrize("status, expected", [
     (401, ProviderAuthError), (400, ProviderBadRequest), (529, ProviderUnavailable),
     (500, ProviderUnavailable)])
-@pytest_twisted.ensureDeferred
-async def test_anthropic_http_errors_are_typed(client, anthropic_up, status, expected):
-    anthropic_up.script(status=status, error="nope")
-    error, _ = await failure_of(anthropic(client, anthropic_up.base_url, apiKey=KEY))
+def test_anthropic_http_errors_are_typed(anthropic_mem, status, expected):
+    anthropic_mem.script(status=status, error="nope")
+    error, _ = failure_now(anthropic(anthropic_mem.client, anthropic_mem.base_url, apiKey=KEY))
     assert type(error) is expected and error.status == status
     assert error.message == f'provider "anthropic" returned HTTP {status}: nope'
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_429_is_rate_limited_with_retry_after(client, anthropic_up):
-    anthropic_up.script(status=429, error="slow down", headers={"retry-after": "2.5"})
-    error, _ = await failure_of(anthropic(client, anthropic_up.base_url))
+def test_anthropic_429_is_rate_limited_with_retry_after(anthropic_mem):
+    anthropic_mem.script(status=429, error="slow down", headers={"retry-after": "2.5"})
+    error, _ = failure_now(anthropic(anthropic_mem.client, anthropic_mem.base_url))
     assert isinstance(error, ProviderRateLimited) and error.retry_after == 2.5
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_stream_ending_without_message_stop_is_unavailable(client, anthropic_up):
-    anthropic_up.script(text="half", done=False, finish_reason=None)
-    error, _ = await failure_of(anthropic(client, anthropic_up.base_url))
+def test_anthropic_stream_ending_without_message_stop_is_unavailable(anthropic_mem):
+    anthropic_mem.script(text="half", done=False, finish_reason=None)
+    error, _ = failure_now(anthropic(anthropic_mem.client, anthropic_mem.base_url))
     assert isinstance(error, ProviderUnavailable) and "closed the stream early" in error.message
 
 
-@pytest_twisted.ensureDeferred
-async def test_anthropic_malformed_event_is_unavailable(client, anthropic_up):
-    anthropic_up.script(text="x", malformed=True)
-    error, _ = await failure_of(anthropic(client, anthropic_up.base_url))
+def test_anthropic_malformed_event_is_unavailable(anthropic_mem):
+    anthropic_mem.script(text="x", malformed=True)
+    error, _ = failure_now(anthropic(anthropic_mem.client, anthropic_mem.base_url))
     assert isinstance(error, ProviderUnavailable)
 
 
@@ -652,9 +671,18 @@ async def test_registry_builds_configured_providers_and_closes_the_shared_pool(o
 
 
 def test_retry_after_accepts_seconds_and_http_dates():
-    assert parse_retry_after(b"30") == 30.0
+    assert parse_retry_after(b"30", now=0.0) == 30.0
     assert parse_retry_after(b"Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
-    assert parse_retry_after(b"soon") is None and parse_retry_after(None) is None
+    assert parse_retry_after(b"soon", now=0.0) is None
+    assert parse_retry_after(None, now=0.0) is None
+
+
+def test_http_date_retry_after_counts_from_the_clients_clock(openai_mem):
+    openai_mem.clock.advance(1445412480.0)
+    openai_mem.script(status=429, error="later",
+                      headers={"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"})
+    error, _ = failure_now(openai_in(openai_mem))
+    assert isinstance(error, ProviderRateLimited) and error.retry_after == 10.0
 
 
 def test_redact_removes_our_key_and_key_shaped_strings():

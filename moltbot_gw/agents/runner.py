@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from ..config import HistoryConfig, parse_model_ref
 from ..providers.base import ModelRequest, ModelResult
 from ..providers.errors import ProviderError, ProviderReplyTooLarge
+from ..providers.interface import IFlowControlledProvider
 from ..sessions.keys import openai_session_key, resolve_session_key
 from ..sessions.store import SessionStore
 from ..sessions.transcript import (branch_messages, complete_tool_turns, content_text,
@@ -298,7 +299,7 @@ class AgentRunner:
                     extra = {}
                     if request.tools:
                         extra["on_tool_call"] = on_tool_call
-                    if getattr(provider, "supports_flow_control", False):
+                    if IFlowControlledProvider.providedBy(provider):
                         extra["flow"] = run.flow
                     answer: ModelResult = await provider.stream(
                         model_request, on_delta, on_reasoning=on_reasoning, **extra)

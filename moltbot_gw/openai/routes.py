@@ -18,6 +18,7 @@ from ..auth import GatewayAuth
 from ..config import Config, parse_model_ref
 from ..fetch import GuardedFetcher
 from ..providers.errors import ProviderError
+from ..providers.interface import IEmbeddingProvider
 from ..http_auth import request_client_address, require_auth
 from ..sessions.keys import openai_session_key
 from .chat_request import (AGENT_MODEL_PREFIXES, agent_from_model, is_task_prompt,
@@ -224,7 +225,7 @@ class OpenAIRoutes:
             raise APIError(400, f'model provider "{provider_name}" is not configured',
                            param="model", code="invalid_value")
         provider = self.runner.providers.get(provider_name)
-        if not getattr(provider, "supports_embeddings", False):
+        if not IEmbeddingProvider.providedBy(provider):
             raise APIError(400, f'model provider "{provider_name}" does not offer embeddings',
                            param="model", code="embeddings_unsupported")
         try:

@@ -3,7 +3,7 @@
 Converts OpenAI-style chat messages to Anthropic's (top-level system, alternating roles, content
 blocks, ``tool_use``/``tool_result`` blocks), OpenAI function tools to Anthropic tools, and its
 event stream back into deltas, tool calls, thinking and a ``ModelResult``. Transport is
-``http.py``'s. Anthropic has no embeddings endpoint.
+``upstream_client.py``'s. Anthropic has no embeddings endpoint.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from twisted.logger import Logger
 
 from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCallSink, Usage
 from .errors import ProviderBadRequest
-from .http import EventStreamSink, HTTPProvider
+from .http_provider import HTTPProvider
+from .sinks import ModelReplySink, nonempty_str, token_count
 from .sse import SSEEvent
-from .tools import ToolCallCollector
 
 log = Logger()
 
@@ -53,7 +53,6 @@ class AnthropicMessagesProvider(HTTPProvider):
             idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets, flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
-
 
     def headers(self) -> dict[str, str]:
         headers = {"anthropic-version": ANTHROPIC_VERSION}
@@ -276,24 +275,18 @@ def _image_block(image_url: Any) -> Optional[dict]:
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
-class MessagesSink(EventStreamSink):
+class MessagesSink(ModelReplySink):
     """Turns Anthropic stream events (or one ``message`` JSON) into a result."""
 
     def __init__(self, label: str, on_delta: Optional[DeltaSink], secrets=(),
                  on_tool_call: Optional[ToolCallSink] = None,
                  on_reasoning: Optional[ReasoningSink] = None):
-        super().__init__(label, secrets)
-        self._on_delta = on_delta
-        self._on_reasoning = on_reasoning
-        self._tools = ToolCallCollector(label, on_tool_call)
+        super().__init__(label, on_delta, secrets, on_tool_call, on_reasoning)
         self._tool_blocks: dict[Any, int] = {}    # content block index -> tool call ordinal
-        self._text: list[str] = []
-        self._reasoning: list[str] = []
         self._stop_reason: Optional[str] = None
         self._input_tokens = 0
         self._output_tokens = 0
         self._cached_tokens: Optional[int] = None   # cache_read_input_tokens, when reported
-        self._model: Optional[str] = None
         self._stopped = False
 
     def handle_event(self, event: SSEEvent) -> None:
@@ -314,7 +307,8 @@ class MessagesSink(EventStreamSink):
             if isinstance(block, dict) and block.get("type") == "tool_use":
                 ordinal = self._tool_blocks[payload.get("index")] = self._tools.open()
                 initial = block.get("input")
-                self._tools.add(ordinal, _str(block.get("id")), _str(block.get("name")),
+                self._tools.add(ordinal, nonempty_str(block.get("id")),
+                                nonempty_str(block.get("name")),
                                 _compact(initial) if isinstance(initial, dict) and initial
                                 else "")
         elif kind == "content_block_delta":
@@ -357,34 +351,22 @@ class MessagesSink(EventStreamSink):
         for block in blocks:
             if block.get("type") == "tool_use":
                 arguments = block.get("input")
-                self._tools.add(self._tools.open(), _str(block.get("id")),
-                                _str(block.get("name")),
+                self._tools.add(self._tools.open(), nonempty_str(block.get("id")),
+                                nonempty_str(block.get("name")),
                                 _compact(arguments) if isinstance(arguments, dict) else "")
         self._stop_reason = str(payload.get("stop_reason") or "end_turn")
         self._stopped = True
-
-    def _emit(self, text: Any) -> None:
-        if isinstance(text, str) and text:
-            self._text.append(text)
-            if self._on_delta is not None:
-                self._on_delta(text)
-
-    def _reason(self, text: Any) -> None:
-        if isinstance(text, str) and text:
-            self._reasoning.append(text)
-            if self._on_reasoning is not None:
-                self._on_reasoning(text)
 
     def _note_usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):
             return
         if "input_tokens" in usage:
-            self._input_tokens = sum(_int(usage.get(k)) for k in (
+            self._input_tokens = sum(token_count(usage.get(k)) for k in (
                 "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
         if "cache_read_input_tokens" in usage:   # OpenAI calls these cached_tokens
-            self._cached_tokens = _int(usage.get("cache_read_input_tokens"))
+            self._cached_tokens = token_count(usage.get("cache_read_input_tokens"))
         if "output_tokens" in usage:
-            self._output_tokens = _int(usage.get("output_tokens"))
+            self._output_tokens = token_count(usage.get("output_tokens"))
 
     def end(self) -> ModelResult:
         if not self._stopped and self._stop_reason is None:
@@ -403,11 +385,3 @@ class MessagesSink(EventStreamSink):
 
 def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _str(value: Any) -> Optional[str]:
-    return value if isinstance(value, str) and value else None
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

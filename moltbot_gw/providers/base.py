@@ -1,10 +1,9 @@
-"""What every model provider takes and gives back; the runner only sees these types."""
+"""What every model provider takes and gives back; the runner only sees these types. What a
+provider is (its methods and capabilities) is declared in ``interface.py``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Protocol
-
-from twisted.internet.defer import Deferred
+from typing import Any, Callable, Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -78,32 +77,6 @@ DeltaSink = Callable[[str], None]
 # (index, id, name, arguments_fragment): id and name only in a call's first fragment, else None
 ToolCallSink = Callable[[int, Optional[str], Optional[str], str], None]
 ReasoningSink = Callable[[str], None]
-
-
-class Provider(Protocol):
-    """A configured upstream. ``stream`` calls ``on_delta`` with each text fragment as it
-    arrives and fires with a ``ModelResult``; it fails with a ``ProviderError``. Cancelling
-    the returned Deferred aborts the upstream HTTP request (its connection is closed).
-
-    ``on_tool_call(index, id, name, fragment)`` (optional) hears each tool call as it streams:
-    the first call for an index carries its id and name, later ones ``None`` for both; the
-    fragments concatenate to the call's arguments. ``on_reasoning(text)`` (optional) hears
-    thinking text, which never goes to ``on_delta``.
-
-    ``embeddings`` fires with an OpenAI-shaped ``{"object": "list", "data": [...], ...}``
-    answer; providers whose ``supports_embeddings`` is false fail it with
-    ``ProviderBadRequest``.
-    """
-
-    name: str
-    supports_embeddings: bool
-
-    def stream(self, request: ModelRequest, on_delta: DeltaSink,
-               on_tool_call: Optional[ToolCallSink] = None,
-               on_reasoning: Optional[ReasoningSink] = None) -> Deferred: ...
-
-    def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
-                   dimensions: Optional[int] = None) -> Deferred: ...
 
 
 class FlowControl:

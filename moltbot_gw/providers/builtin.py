@@ -18,10 +18,12 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .base import (DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCall, ToolCallSink,
                    Usage)
 from .errors import ProviderBadRequest, no_embeddings
+from .interface import IProvider
 from .tools import new_call_id
 
 _WORD = re.compile(r"\s*\S+\s*")   # a word with its following (and, first, leading) whitespace
@@ -85,13 +87,13 @@ def parse_call(text: str, offered: set[str]) -> Optional[tuple[str, str]]:
     return match.group(1), json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
 
 
+@implementer(IProvider)
 class BuiltinProvider:
     """Serves ``echo``. Deltas go out one per reactor turn, so the stream is real and
     cancellable; ``max_tokens`` (in words) cuts it short with ``finish_reason="length"``."""
 
     log = Logger()
     models = ("echo",)
-    supports_embeddings = False
 
     def __init__(self, reactor: IReactorTime, name: str = "builtin"):
         self.name = name

@@ -2,7 +2,7 @@
 
 Translates a ``ModelRequest`` into ``POST {baseUrl}/chat/completions`` and the streamed chunks
 back into deltas, tool calls, reasoning and a ``ModelResult``; ``embeddings`` posts
-``{baseUrl}/embeddings``. Transport, timeouts and HTTP errors live in ``http.py``.
+``{baseUrl}/embeddings``. Transport, timeouts and HTTP errors live in ``upstream_client.py``.
 """
 from __future__ import annotations
 
@@ -10,25 +10,28 @@ from typing import Any, Mapping, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCallSink, Usage
 from .errors import ProviderUnavailable
-from .http import EventStreamSink, HTTPProvider, JSONSink
+from .http_provider import HTTPProvider
+from .interface import IEmbeddingProvider
+from .sinks import JSONSink, ModelReplySink, nonempty_str, token_count
 from .sse import SSEEvent
-from .tools import ToolCallCollector, arguments_text
+from .tools import arguments_text
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_EMBEDDINGS_BYTES = 256 * 1024 * 1024
 REASONING_KEYS = ("reasoning_content", "reasoning")   # vLLM/DeepSeek name; OpenRouter/Ollama name
 
 
+@implementer(IEmbeddingProvider)
 class OpenAICompletionsProvider(HTTPProvider):
     """One configured OpenAI-compatible upstream."""
 
     log = Logger()
     default_base_url = DEFAULT_BASE_URL
     path = "/chat/completions"
-    supports_embeddings = True
 
     def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
                    dimensions: Optional[int] = None) -> Deferred:
@@ -69,7 +72,6 @@ class OpenAICompletionsProvider(HTTPProvider):
         d.addCallback(lambda _response: sink.finish())
         return d
 
-
     def headers(self) -> dict[str, str]:
         headers = {}
         if self._config.apiKey:
@@ -97,22 +99,16 @@ class OpenAICompletionsProvider(HTTPProvider):
         return body
 
 
-class ChatCompletionSink(EventStreamSink):
+class ChatCompletionSink(ModelReplySink):
     """Turns ``chat.completion.chunk`` events (or one ``chat.completion``) into a result."""
 
     def __init__(self, label: str, on_delta: Optional[DeltaSink], secrets=(),
                  on_tool_call: Optional[ToolCallSink] = None,
                  on_reasoning: Optional[ReasoningSink] = None):
-        super().__init__(label, secrets)
-        self._on_delta = on_delta
-        self._on_reasoning = on_reasoning
-        self._tools = ToolCallCollector(label, on_tool_call)
+        super().__init__(label, on_delta, secrets, on_tool_call, on_reasoning)
         self._by_index: dict[int, int] = {}     # upstream tool-call index -> our ordinal
-        self._text: list[str] = []
-        self._reasoning: list[str] = []
         self._finish_reason: Optional[str] = None
         self._usage = Usage()
-        self._model: Optional[str] = None
         self._done = False
 
     def handle_event(self, event: SSEEvent) -> None:
@@ -162,28 +158,17 @@ class ChatCompletionSink(EventStreamSink):
                     continue
                 function = call.get("function") if isinstance(call.get("function"), dict) else {}
                 ordinal = self._tools.open()
-                self._tools.add(ordinal, _str(call.get("id")), _str(function.get("name")),
+                self._tools.add(ordinal, nonempty_str(call.get("id")),
+                                nonempty_str(function.get("name")),
                                 arguments_text(function.get("arguments")))
         self._finish_reason = str(choice.get("finish_reason") or "stop")
         self._done = True
-
-    def _emit(self, content: Any) -> None:
-        if isinstance(content, str) and content:
-            self._text.append(content)
-            if self._on_delta is not None:
-                self._on_delta(content)
-
-    def _reason(self, text: Optional[str]) -> None:
-        if text:
-            self._reasoning.append(text)
-            if self._on_reasoning is not None:
-                self._on_reasoning(text)
 
     def _tool_fragment(self, fragment: dict) -> None:
         """One ``delta.tool_calls[]`` entry: ``index`` says which call it continues; the first
         fragment of a call carries ``id`` and ``function.name``."""
         function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
-        call_id = _str(fragment.get("id"))
+        call_id = nonempty_str(fragment.get("id"))
         index = fragment.get("index")
         tools = self._tools
         ordinal: Optional[int]
@@ -198,7 +183,7 @@ class ChatCompletionSink(EventStreamSink):
             ordinal = known[0] if known else tools.open()
         else:
             ordinal = len(tools) - 1 if len(tools) else tools.open()
-        tools.add(ordinal, call_id, _str(function.get("name")),
+        tools.add(ordinal, call_id, nonempty_str(function.get("name")),
                   arguments_text(function.get("arguments")))
 
     def _note_common(self, chunk: dict) -> None:
@@ -206,8 +191,8 @@ class ChatCompletionSink(EventStreamSink):
             self._model = chunk["model"]
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            self._usage = Usage(prompt_tokens=_int(usage.get("prompt_tokens")),
-                                completion_tokens=_int(usage.get("completion_tokens")),
+            self._usage = Usage(prompt_tokens=token_count(usage.get("prompt_tokens")),
+                                completion_tokens=token_count(usage.get("completion_tokens")),
                                 prompt_tokens_details=_counts(usage.get("prompt_tokens_details")),
                                 completion_tokens_details=_counts(
                                     usage.get("completion_tokens_details")))
@@ -241,10 +226,6 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _str(value: Any) -> Optional[str]:
-    return value if isinstance(value, str) and value else None
-
-
 def _counts(details: Any) -> Optional[dict[str, int]]:
     """A usage details object (``{"cached_tokens": 12, ...}``) with its counts only: what
     clients are told is a number per name, never other upstream data."""
@@ -253,7 +234,3 @@ def _counts(details: Any) -> Optional[dict[str, int]]:
     counts = {str(name): value for name, value in details.items()
               if isinstance(value, int) and not isinstance(value, bool) and value >= 0}
     return counts or None
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

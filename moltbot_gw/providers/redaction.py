@@ -1,6 +1,6 @@
 """The secrets no client or log line may ever see: every provider's ``apiKey`` and configured
 ``headers`` values, plus the gateway's own token or password. Built once from the config;
-``redact`` (in ``http.py``) blanks them out of any text an upstream sends back."""
+``redact`` (in ``upstream_errors.py``) blanks them out of any text an upstream sends back."""
 from __future__ import annotations
 
 from typing import Iterable, Optional

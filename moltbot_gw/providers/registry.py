@@ -12,11 +12,11 @@ from twisted.logger import Logger
 
 from ..config import ModelsConfig
 from .anthropic_messages import AnthropicMessagesProvider
-from .base import Provider
 from .builtin import BuiltinProvider
-from .http import UpstreamClient
+from .interface import IProvider
 from .openai_completions import OpenAICompletionsProvider
 from .redaction import configured_secrets
+from .upstream_client import UpstreamClient
 
 _APIS = {
     "openai-completions": OpenAICompletionsProvider,
@@ -37,7 +37,7 @@ class ProviderRegistry:
         error text along with every provider's apiKey and header values."""
         self.client = client if client is not None else UpstreamClient(reactor)
         self.secrets = configured_secrets(models_config, extra_secrets)
-        self._providers: dict[str, Provider] = {"builtin": BuiltinProvider(reactor)}
+        self._providers: dict[str, IProvider] = {"builtin": BuiltinProvider(reactor)}
         for name, config in models_config.providers.items():
             if name == "builtin":
                 raise ValueError('"builtin" is reserved for the built-in provider')
@@ -45,7 +45,7 @@ class ProviderRegistry:
                                                       secrets=self.secrets)
             self.log.info("provider {provider} uses {api}", provider=name, api=config.api)
 
-    def get(self, name: str) -> Provider:
+    def get(self, name: str) -> IProvider:
         """The provider called ``name``; ``KeyError`` naming the known ones if there is none."""
         try:
             return self._providers[name]

@@ -218,6 +218,11 @@ class FakeUpstream:
     def open_connections(self) -> int:
         return len(self._factory.protocols)
 
+    def resource(self) -> Resource:
+        """The fake as a ``twisted.web`` resource, for clients that need no port (treq's
+        ``RequestTraversalAgent``; see ``tests/fakes/memory_upstream.py``)."""
+        return _Endpoint(self)
+
     # --- scripting -------------------------------------------------------------------
 
     def script(self, **changes) -> "FakeUpstream":

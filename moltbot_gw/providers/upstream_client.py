@@ -1,13 +1,11 @@
 """The HTTP client every model provider shares: one persistent connection pool, JSON POSTs whose
-response body is handed over as it arrives, idle/connect timeouts, and upstream failures mapped
-to typed ``ProviderError``s. It knows no provider's wire format beyond the shape of error bodies.
+response body is handed to a sink as it arrives, idle/connect timeouts, one retry of a pooled
+connection the upstream had closed. Failures become typed ``ProviderError``s (classified by
+``upstream_errors``); it knows no provider's wire format.
 """
 from __future__ import annotations
 
-import email.utils
 import json
-import re
-import time
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol as TypingProtocol
@@ -15,7 +13,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Protocol as Typin
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout, fail
+from twisted.internet.defer import (CancelledError, Deferred, TimeoutError as DeferredTimeout,
+                                    succeed)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -24,16 +23,13 @@ from twisted.web.client import (Agent, HTTPConnectionPool, RequestTransmissionFa
                                 ResponseDone, ResponseFailed, ResponseNeverReceived)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer
+from zope.interface import implementer
 
-from .errors import (ProviderAuthError, ProviderBadRequest, ProviderError, ProviderRateLimited,
-                     ProviderTimeout, ProviderUnavailable, no_embeddings)
-from .sse import SSEError, SSEEvent, SSEParser
+from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
+from .upstream_errors import error_from_status
 
-MAX_ERROR_MESSAGE_CHARS = 500
 MAX_ERROR_BODY_BYTES = 64 * 1024
-
-# Things that look like credentials in an upstream's error text ("Incorrect API key: sk-...")
-_KEY_LIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*.]{6,}|\bBearer\s+\S+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -58,223 +54,6 @@ class BodySink(TypingProtocol):
     def data_received(self, data: bytes) -> None: ...
 
 
-class EventStreamSink:
-    """A ``BodySink`` that accepts either an event stream or a plain JSON answer.
-
-    Subclasses implement ``handle_event`` (one SSE event), ``handle_json`` (a whole JSON body,
-    for upstreams that ignore ``stream: true``) and ``end`` (validate and build the result).
-    The mode follows the content type, sniffing the first byte when that says neither.
-    """
-
-    max_json_bytes = 32 * 1024 * 1024
-
-    def __init__(self, label: str, secrets: Iterable[Optional[str]] = ()):
-        self.label = label
-        self.secrets = tuple(secrets)
-        self._mode: Optional[str] = None     # "sse" | "json"
-        self._parser = SSEParser()
-        self._json: list[bytes] = []
-        self._json_size = 0
-
-    def response_started(self, response: UpstreamResponse) -> None:
-        ctype = response.content_type
-        if ctype == "text/event-stream":
-            self._mode = "sse"
-        elif ctype == "application/json" or ctype.endswith("+json"):
-            self._mode = "json"
-
-    def data_received(self, data: bytes) -> None:
-        if self._mode is None:
-            head = data.lstrip()
-            if not head:
-                return
-            self._mode = "json" if head[:1] in (b"{", b"[") else "sse"
-        if self._mode == "json":
-            self._json_size += len(data)
-            if self._json_size > self.max_json_bytes:
-                raise self.unavailable("sent a JSON answer larger than we accept")
-            self._json.append(data)
-            return
-        try:
-            events = self._parser.feed(data)
-        except SSEError:
-            raise self.unavailable("sent an event stream line larger than we accept") from None
-        for event in events:
-            self.handle_event(event)
-
-    def finish(self):
-        """Called once the body is complete; returns the subclass's result."""
-        if self._mode == "json":
-            try:
-                payload = json.loads(b"".join(self._json).decode("utf-8", errors="replace"))
-            except ValueError:
-                raise self.unavailable("sent malformed JSON") from None
-            if not isinstance(payload, dict):
-                raise self.unavailable("sent JSON that is not an object")
-            self.handle_json(payload)
-        else:
-            for event in self._parser.finish():
-                self.handle_event(event)
-        return self.end()
-
-    def load(self, data: str) -> dict:
-        """One event's JSON payload, or ProviderUnavailable."""
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            raise self.unavailable("sent malformed JSON in its event stream") from None
-        if not isinstance(payload, dict):
-            raise self.unavailable("sent an event that is not a JSON object")
-        return payload
-
-    def unavailable(self, what: str) -> ProviderUnavailable:
-        return ProviderUnavailable(f'provider "{self.label}" {what}')
-
-    def upstream_error(self, error: Any, status: Optional[int] = None) -> ProviderError:
-        """The typed error for an ``{"type", "message"}`` object the upstream sent in-band."""
-        if not isinstance(error, dict):
-            error = {"message": str(error)}
-        kind = str(error.get("type") or error.get("code") or "")
-        detail = clip_message(" ".join(redact(str(error.get("message") or kind or "unknown error"),
-                                              self.secrets).split()))
-        return error_for_type(kind, f'provider "{self.label}" reported an error: {detail}',
-                              status=status)
-
-    def handle_event(self, event: SSEEvent) -> None:
-        raise NotImplementedError
-
-    def handle_json(self, payload: dict) -> None:
-        raise NotImplementedError
-
-    def end(self):
-        raise NotImplementedError
-
-
-class JSONSink(EventStreamSink):
-    """A ``BodySink`` for a plain, non-streamed JSON answer; ``finish()`` returns the object.
-    An in-band ``{"error": ...}`` becomes the matching ``ProviderError``."""
-
-    def __init__(self, label: str, secrets: Iterable[Optional[str]] = (),
-                 max_bytes: Optional[int] = None):
-        super().__init__(label, secrets)
-        self._mode = "json"
-        if max_bytes is not None:
-            self.max_json_bytes = max_bytes
-        self._payload: Optional[dict] = None
-
-    def response_started(self, response: UpstreamResponse) -> None:
-        pass    # JSON whatever the content type says
-
-    def handle_json(self, payload: dict) -> None:
-        if "error" in payload and payload["error"] is not None:
-            raise self.upstream_error(payload["error"])
-        self._payload = payload
-
-    def end(self) -> dict:
-        if self._payload is None:
-            raise self.unavailable("sent an empty answer")
-        return self._payload
-
-
-def redact(text: str, secrets: Iterable[Optional[str]] = ()) -> str:
-    """Remove our secrets (and anything shaped like an API key) from upstream-provided text."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return _KEY_LIKE.sub("***", text)
-
-
-def error_for_type(error_type: str, message: str, *, status: Optional[int] = None,
-                   retry_after: Optional[float] = None,
-                   default: type[ProviderError] = ProviderUnavailable) -> ProviderError:
-    """Map an upstream's error ``type``/``code`` (OpenAI or Anthropic vocabulary) to our class."""
-    kind = (error_type or "").lower()
-    if kind in ("rate_limit_error", "rate_limit_exceeded", "insufficient_quota", "tokens"):
-        cls: type[ProviderError] = ProviderRateLimited
-    elif kind in ("invalid_request_error", "not_found_error", "request_too_large",
-                  "context_length_exceeded", "invalid_request", "model_not_found"):
-        cls = ProviderBadRequest
-    elif kind in ("authentication_error", "permission_error", "invalid_api_key"):
-        cls = ProviderAuthError
-    elif kind in ("overloaded_error", "api_error", "server_error", "service_unavailable"):
-        cls = ProviderUnavailable
-    else:
-        cls = default
-    return cls(message, status=status, retry_after=retry_after)
-
-
-def extract_error_message(body: bytes) -> tuple[Optional[str], Optional[str]]:
-    """``(message, type)`` from an OpenAI ``{"error": {...}}`` or Anthropic
-    ``{"type": "error", "error": {...}}`` body; ``(None, None)`` when it is neither."""
-    try:
-        payload = json.loads(body.decode("utf-8", errors="replace"))
-    except ValueError:
-        return None, None
-    if not isinstance(payload, dict):
-        return None, None
-    err = payload.get("error")
-    if isinstance(err, dict):
-        message = err.get("message")
-        kind = err.get("type") or err.get("code")
-        return (str(message) if message is not None else None,
-                str(kind) if kind is not None else None)
-    if isinstance(err, str):
-        return err, None
-    if isinstance(payload.get("message"), str):
-        return payload["message"], None
-    return None, None
-
-
-def parse_retry_after(value: Optional[bytes], now: Optional[float] = None) -> Optional[float]:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date; ``None`` if absent or bad."""
-    if not value:
-        return None
-    text = value.decode("latin-1").strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        return None
-    return max(0.0, seconds)
-
-
-def error_from_status(label: str, status: int, headers: Headers, body: bytes,
-                      secrets: Iterable[Optional[str]] = ()) -> ProviderError:
-    """The typed error for a non-2xx upstream answer."""
-    upstream_message, upstream_type = extract_error_message(body)
-    if upstream_message is None:
-        text = body.decode("utf-8", errors="replace").strip()
-        # an HTML error page tells a client nothing useful
-        upstream_message = "" if text.startswith("<") else text
-    detail = clip_message(" ".join(redact(upstream_message, secrets).split()))
-    message = f'provider "{label}" returned HTTP {status}' + (f": {detail}" if detail else "")
-    if status in (401, 403):
-        return ProviderAuthError(message, status=status)
-    if status == 429:
-        retry_after = parse_retry_after((headers.getRawHeaders(b"retry-after") or [None])[0])
-        return ProviderRateLimited(message, status=status, retry_after=retry_after)
-    if status == 408:
-        return ProviderTimeout(message, status=status)
-    if status in (400, 404, 413, 422):
-        if upstream_type:
-            # a 400 that is really "context too long" or "rate limited" keeps its own type
-            return error_for_type(upstream_type, message, status=status, default=ProviderBadRequest)
-        return ProviderBadRequest(message, status=status)
-    if 400 <= status < 500:
-        return ProviderBadRequest(message, status=status)
-    return ProviderUnavailable(message, status=status)
-
-
-def clip_message(text: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def _jsonable(value: Any) -> Any:
     # request messages arrive as read-only mappings (MappingProxyType) from frozen config/state
     if isinstance(value, Mapping):
@@ -286,26 +65,30 @@ class UpstreamClient:
     """Shared HTTP machinery for providers; one instance (and one pool) per gateway.
 
     ``clock`` drives the idle timeouts and defaults to ``reactor``; tests may pass a
-    ``task.Clock`` to step time by hand.
+    ``task.Clock`` to step time by hand. ``agent`` (an ``IAgent``) replaces the pooled
+    ``Agent`` and its connect timeout: tests pass treq's ``RequestTraversalAgent`` to drive a
+    provider in memory against a resource that speaks its wire format.
     """
 
     log = Logger()
     metrics = None  # a GatewayMetrics, told of every call
 
     def __init__(self, reactor, pool: Optional[HTTPConnectionPool] = None,
-                 clock: Optional[IReactorTime] = None):
+                 clock: Optional[IReactorTime] = None, agent: Optional[IAgent] = None):
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         if pool is None:
             pool = HTTPConnectionPool(reactor, persistent=True)
             pool.maxPersistentPerHost = 128
         self.pool = pool
+        self._agent = agent
         self._clients: dict[float, HTTPClient] = {}
 
     def _http(self, connect_timeout: float) -> HTTPClient:
         client = self._clients.get(connect_timeout)
         if client is None:
-            agent = Agent(self._reactor, pool=self.pool, connectTimeout=connect_timeout)
+            agent = self._agent if self._agent is not None else Agent(
+                self._reactor, pool=self.pool, connectTimeout=connect_timeout)
             # no cookies: upstream APIs do not need them and one jar would be shared by all
             client = self._clients[connect_timeout] = HTTPClient(
                 agent, cookiejar=IndexableCookieJar(DefaultCookiePolicy(allowed_domains=[])))
@@ -334,7 +117,8 @@ class UpstreamClient:
 
         def send() -> Deferred:
             return http.request(
-                "POST", url, data=body, headers={k: [v] for k, v in all_headers.items()},
+                "POST", url, data=_BytesBody(body),
+                headers={k: [v] for k, v in all_headers.items()},
                 unbuffered=True, allow_redirects=False)  # a redirect must not carry our key away
 
         if self.metrics is not None:
@@ -345,6 +129,29 @@ class UpstreamClient:
     def close(self) -> Deferred:
         """Close idle pooled connections; fires when they are gone."""
         return self.pool.closeCachedConnections()
+
+
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A request body already in memory, written in one go: treq's default producer for bytes
+    ticks on the global reactor's cooperator, which an in-memory agent never runs."""
+
+    def __init__(self, body: bytes):
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer) -> Deferred:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class _Exchange:
@@ -400,7 +207,8 @@ class _Exchange:
             response.deliverBody(reader)
             reader.finished.addCallback(
                 lambda body: self._fail(error_from_status(
-                    self.label, response.code, response.headers, body, self._secrets)))
+                    self.label, response.code, response.headers, body, self._secrets,
+                    now=self._clock.seconds())))
 
     def _request_failed(self, failure: Failure) -> None:
         if self._done:
@@ -556,51 +364,3 @@ class _BodyReader(Protocol):
 class _Discard(Protocol):
     def connectionMade(self) -> None:
         self.transport.stopProducing()
-
-
-__all__ = ["BodySink", "EventStreamSink", "JSONSink", "UpstreamClient", "UpstreamResponse",
-           "clip_message", "error_for_type", "error_from_status", "extract_error_message",
-           "parse_retry_after", "redact"]
-
-
-class HTTPProvider:
-    """What every HTTP provider shares: its config, the shared client, the URL it posts to,
-    and the ``stream``/``complete`` entry points around the subclass's ``_post``."""
-
-    default_base_url = ""
-    path = ""
-    supports_embeddings = False
-    supports_flow_control = True
-
-    def __init__(self, name: str, config, client: UpstreamClient,
-                 secrets: Optional[tuple[str, ...]] = None):
-        self.name = name
-        self._config = config
-        self._client = client
-        # Blanked out of upstream error text: the registry passes every configured secret
-        # (all providers' keys and header values, the gateway's own), not just this one's.
-        self.secrets = secrets if secrets is not None else tuple(
-            s for s in (config.apiKey, *config.headers.values()) if s)
-        self.base_url = (config.baseUrl or self.default_base_url).rstrip("/")
-        self.url = self.base_url + self.path
-
-    def stream(self, request, on_delta, on_tool_call=None, on_reasoning=None,
-               flow=None) -> Deferred:
-        """Stream a reply: ``on_delta`` per text fragment, ``on_tool_call`` per tool-call
-        fragment, ``on_reasoning`` per reasoning fragment; fires with a ``ModelResult``.
-        ``flow`` (a ``FlowControl``) lets a slow consumer pause the upstream read."""
-        return self._post(request, on_delta, on_tool_call, on_reasoning, stream=True,
-                          flow=flow)
-
-    def complete(self, request) -> Deferred:
-        """Ask for a reply in one piece (``stream: false``); fires with a ``ModelResult``."""
-        return self._post(request, None, None, None, stream=False)
-
-    def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
-                   dimensions: Optional[int] = None) -> Deferred:
-        """Fails with ``ProviderBadRequest`` unless the provider overrides it."""
-        return fail(no_embeddings(self.name))
-
-    def _post(self, request, on_delta, on_tool_call, on_reasoning, stream: bool,
-              flow=None) -> Deferred:
-        raise NotImplementedError
