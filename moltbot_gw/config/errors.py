@@ -50,6 +50,8 @@ def dotted(loc: tuple) -> str:
     return path
 
 
+_UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden")
+
 # pydantic error type -> the "expected ..." half of our message (the value is added after it)
 _EXPECTED = {
     "int_type": "expected an integer", "int_parsing": "expected an integer",
@@ -115,7 +117,7 @@ def describe(error: dict, root: type, prefix: str = "") -> str:
     loc = tuple(error["loc"])
     path = join(prefix, dotted(loc)) if loc else (prefix or "config")
     kind = error["type"]
-    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+    if kind in _UNKNOWN_KEY:
         owner, _ = _walk(root, loc[:-1])
         return f"{path}: unknown key (known keys: {_known_keys(owner)})"
     if kind == "missing":
@@ -140,7 +142,25 @@ def describe(error: dict, root: type, prefix: str = "") -> str:
     return f"{path}: {expected}, got {shown}"
 
 
+def _unknown_keys_first(errors: list[dict]) -> list[dict]:
+    """pydantic lists an object's unknown keys after its fields' faults; a typo is the likelier
+    cause of what follows, so (as before pydantic) each object's unknown keys come first."""
+    first_seen: dict[tuple, int] = {}
+    for index, error in enumerate(errors):
+        loc = tuple(error["loc"])
+        for depth in range(1, len(loc) + 1):
+            first_seen.setdefault(loc[:depth], index)
+
+    def order(error: dict) -> list[tuple[int, int]]:
+        loc = tuple(error["loc"])
+        unknown = error["type"] in _UNKNOWN_KEY
+        return [(0 if unknown and depth == len(loc) else 1, first_seen[loc[:depth]])
+                for depth in range(1, len(loc) + 1)]
+
+    return sorted(errors, key=order)
+
+
 def describe_all(exc: ValidationError, root: type, prefix: str = "") -> list[str]:
-    """Every fault of a failed validation, in pydantic's order, without repeats."""
-    lines = [describe(error, root, prefix) for error in exc.errors(include_url=False)]
-    return list(dict.fromkeys(lines))
+    """Every fault of a failed validation, each object's unknown keys first, without repeats."""
+    errors = _unknown_keys_first(exc.errors(include_url=False))
+    return list(dict.fromkeys(describe(error, root, prefix) for error in errors))
