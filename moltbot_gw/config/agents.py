@@ -3,13 +3,14 @@
 from typing import Annotated, Any, Optional, Union
 
 from pydantic import BeforeValidator, Field
+from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
-from .types import (NULL_IS_DEFAULTS, Bool, ModelRef, PositiveFloat, PositiveInt, Str,
-                    section)
+from .types import (NULL_IS_DEFAULTS, SECTION_CONFIG, Bool, ModelRef, PositiveFloat,
+                    PositiveInt, Str)
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class ModelChoice:
     """A primary model ref and the refs tried, in order, when it fails retryably."""
 
@@ -35,14 +36,14 @@ ModelChoiceOrRef = Annotated[ModelChoice, BeforeValidator(
     _model_choice, json_schema_input_type=Union[ModelRef, ModelChoice])]
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class HistoryConfig:
     maxMessages: PositiveInt = Field(200, description="history messages replayed to the model")
     maxTokens: PositiveInt = Field(
         100000, description="estimated history tokens replayed to the model")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class AgentDefaults:
     model: ModelChoiceOrRef = Field(default_factory=lambda: ModelChoice("builtin/echo"),
                                     description='"provider/model" or {primary, fallbacks}')
@@ -54,7 +55,7 @@ class AgentDefaults:
     history: Annotated[HistoryConfig, NULL_IS_DEFAULTS] = Field(default_factory=HistoryConfig, description="how much history a turn replays")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class AgentConfig:
     id: Str = Field(description="lowercase, see Agents above")
     default: Bool = Field(False, description="the agent used when none is named")
@@ -74,14 +75,14 @@ class AgentConfig:
                                              description="overrides agents.defaults.history")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class AgentsConfig:
     defaults: Annotated[AgentDefaults, NULL_IS_DEFAULTS] = Field(default_factory=AgentDefaults, description="what every agent uses unless it says otherwise")
     list: tuple[AgentConfig, ...] = Field((), description="the agents; empty means one agent "
                                                            '"main" on the defaults')
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class SessionConfig:
     """Retention and size bounds of the session store (docs/operations.rst, "Sessions")."""
 

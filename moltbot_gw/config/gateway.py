@@ -5,15 +5,16 @@ import ipaddress
 from typing import Annotated, Literal, Optional
 
 from pydantic import Field
+from pydantic.dataclasses import dataclass
 
-from .types import (NULL_IS_DEFAULTS, Bind, Bool, HeaderName, IpOrNetwork, NonNegativeFloat,
-                    NonNegativeInt, Port, PositiveFloat, PositiveInt, Str, section)
+from .types import (NULL_IS_DEFAULTS, SECTION_CONFIG, Bind, Bool, HeaderName, IpOrNetwork,
+                    NonNegativeFloat, NonNegativeInt, Port, PositiveFloat, PositiveInt, Str)
 
 DEFAULT_PORT = 18789
 MIN_EXPOSED_SECRET_LENGTH = 16  # a secret for a gateway listening beyond loopback
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class RateLimitConfig:
     maxFailures: PositiveInt = Field(
         10, description="failed auth attempts allowed per client address per window")
@@ -23,7 +24,7 @@ class RateLimitConfig:
                           "via a proxy)")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class AuthConfig:
     mode: Literal["token", "password"] = Field("token", description='"token" or "password"')
     # Secrets: repr=False keeps them out of any logged Config; errors.py hides their values.
@@ -39,7 +40,7 @@ class AuthConfig:
         return self.token if self.mode == "token" else self.password
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class ImagesConfig:
     allowUrl: Bool = Field(False, description="allow remote http(s) image URLs")
     urlAllowlist: tuple[Str, ...] = Field((), description="hostnames images may come from")
@@ -51,7 +52,7 @@ class ImagesConfig:
         10.0, description="deadline of one remote image fetch, redirects and body included")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class ChatCompletionsConfig:
     enabled: Bool = Field(False, description="serve POST /v1/chat/completions")
     maxBodyBytes: PositiveInt = Field(20 * 1024 * 1024,
@@ -69,7 +70,7 @@ class ChatCompletionsConfig:
         1_000_000, description="characters of text per request (images not counted)")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class ResponsesConfig:
     enabled: Bool = Field(False, description="serve POST /v1/responses")
     maxStoredResponses: PositiveInt = Field(
@@ -85,18 +86,18 @@ class ResponsesConfig:
         1_000_000, description="characters of text per request (images not counted)")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class EndpointsConfig:
     chatCompletions: Annotated[ChatCompletionsConfig, NULL_IS_DEFAULTS] = Field(default_factory=ChatCompletionsConfig, description="the OpenAI Chat Completions endpoint")
     responses: Annotated[ResponsesConfig, NULL_IS_DEFAULTS] = Field(default_factory=ResponsesConfig, description="the OpenAI Responses endpoint")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class CorsConfig:
     allowedOrigins: tuple[Str, ...] = Field((), description="browser origins allowed on /v1/*")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class HttpConfig:
     endpoints: Annotated[EndpointsConfig, NULL_IS_DEFAULTS] = Field(default_factory=EndpointsConfig, description="which /v1 endpoints are served, and their limits")
     sessionHeaders: tuple[HeaderName, ...] = Field(
@@ -110,20 +111,20 @@ class HttpConfig:
         300.0, description="a whole request, body included, must arrive within this; else 408")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class WebSocketConfig:
     maxFrameBytes: PositiveInt = Field(
         4 * 1024 * 1024, description="largest WebSocket message after connect (16 KiB "
                                      "before); larger closes with 1009")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class MetricsConfig:
     enabled: Bool = Field(False, description="serve GET /metrics")
     public: Bool = Field(False, description="serve /metrics without auth")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class LimitsConfig:
     perClientConcurrency: PositiveInt = Field(
         8, description="agent runs one client address may have at once")
@@ -138,7 +139,7 @@ class LimitsConfig:
         1_000_000, description="characters of an agent / chat.send message")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class GatewayConfig:
     port: Port = Field(DEFAULT_PORT, description="TCP port for HTTP and WebSocket")
     bind: Bind = Field("loopback", description='"loopback", "lan" or an IP address')

@@ -4,14 +4,15 @@ from types import MappingProxyType
 from typing import Annotated, Literal, Mapping, Optional
 
 from pydantic import AfterValidator, Field
+from pydantic.dataclasses import dataclass
 
-from .types import NULL_IS_DEFAULTS, HttpUrl, PositiveFloat, Str, section
+from .types import NULL_IS_DEFAULTS, SECTION_CONFIG, HttpUrl, PositiveFloat, Str
 
 # Mappings are handed out read-only: the config is shared by every request.
 _READ_ONLY = AfterValidator(MappingProxyType)
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class ProviderConfig:
     api: Literal["openai-completions", "anthropic-messages"] = Field(
         description='"openai-completions" or "anthropic-messages"')
@@ -27,7 +28,7 @@ class ProviderConfig:
         120.0, description="longest silence from the upstream mid-request")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class ModelsConfig:
     providers: Annotated[Mapping[Str, Annotated[ProviderConfig, NULL_IS_DEFAULTS]],
                          _READ_ONLY] = Field(

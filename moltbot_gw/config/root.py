@@ -5,16 +5,17 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 from pydantic import Field, TypeAdapter
+from pydantic.dataclasses import dataclass
 
 from .agents import AgentsConfig, SessionConfig
 from .gateway import GatewayConfig
 from .providers import ModelsConfig
-from .types import NULL_IS_DEFAULTS, section
+from .types import NULL_IS_DEFAULTS, SECTION_CONFIG
 
 DEFAULT_STATE_DIR = Path("~/.moltbot").expanduser()
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class ConfigFile:
     gateway: Annotated[GatewayConfig, NULL_IS_DEFAULTS] = Field(default_factory=GatewayConfig, description="listener, auth, HTTP and WebSocket front door")
     models: Annotated[ModelsConfig, NULL_IS_DEFAULTS] = Field(default_factory=ModelsConfig, description="upstream model providers")
@@ -22,7 +23,7 @@ class ConfigFile:
     session: Annotated[SessionConfig, NULL_IS_DEFAULTS] = Field(default_factory=SessionConfig, description="retention and size bounds of the session store")
 
 
-@section
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class Config(ConfigFile):
     # Not in the file (ConfigFile rejects them there): where it came from, where state lives.
     state_dir: Path = DEFAULT_STATE_DIR

@@ -11,7 +11,6 @@ import re
 from typing import Annotated, Any, Optional
 
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -107,13 +106,10 @@ def _null_is_defaults(value: Any) -> Any:
 # ``auth: null`` in a file means "all defaults", as an omitted section does.
 NULL_IS_DEFAULTS = BeforeValidator(_null_is_defaults)
 
-# Every config object: frozen (shared by every request, never changed after load) and strict
-# about keys (a typo is an error, not silently ignored). Field names are the camelCase JSON5
-# keys themselves, so one name serves docs, files and code and no alias is needed.
+# Every config object is ``@dataclass(frozen=True, config=SECTION_CONFIG)`` (pydantic's):
+# frozen (shared by every request, never changed after load) and strict about keys (a typo is
+# an error, not silently ignored). Field names are the camelCase JSON5 keys themselves, so one
+# name serves docs, files and code and no alias is needed. A pydantic dataclass, not a
+# BaseModel, so ``dataclasses.replace`` and ``FrozenInstanceError`` keep working for callers.
 SECTION_CONFIG = ConfigDict(extra="forbid")
 
-
-def section(cls):
-    """Make ``cls`` a frozen pydantic dataclass that rejects unknown keys. A dataclass (not a
-    BaseModel) keeps ``dataclasses.replace`` and ``FrozenInstanceError`` working for callers."""
-    return pydantic_dataclass(cls, frozen=True, config=SECTION_CONFIG)
