@@ -115,4 +115,3 @@ def replace_table(text: str) -> str:
     if not start or not end:
         raise ValueError("the key table's marker comments are missing")
     return f"{head}{start}\n{render_key_table()}\n{end}{tail}"
-

@@ -112,4 +112,3 @@ NULL_IS_DEFAULTS = BeforeValidator(_null_is_defaults)
 # name serves docs, files and code and no alias is needed. A pydantic dataclass, not a
 # BaseModel, so ``dataclasses.replace`` and ``FrozenInstanceError`` keep working for callers.
 SECTION_CONFIG = ConfigDict(extra="forbid")
-
