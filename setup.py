@@ -21,6 +21,7 @@ setup(
     packages=[
         "moltbot_gw",
         "moltbot_gw.agents",
+        "moltbot_gw.config",
         "moltbot_gw.openai",
         "moltbot_gw.providers",
         "moltbot_gw.sessions",
@@ -36,6 +37,7 @@ setup(
         "prometheus_client>=0.20",
         "cachetools>=5.3",
         "zope.interface>=5.0",
+        "pydantic>=2.6",
     ],
     extras_require={
         "test": [
@@ -45,6 +47,7 @@ setup(
             "websocket-client>=1.8",
             "docutils>=0.20",
             "hypothesis>=6.100",
+            "jsonschema>=4.0",
         ],
     },
     entry_points={"console_scripts": ["moltbot-gw = moltbot_gw.cli:main"]},

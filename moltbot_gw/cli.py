@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
@@ -36,6 +37,22 @@ def cmd_config_validate(args) -> int:
         return 1
     where = config.path if config.path and config.path.exists() else "defaults (no file)"
     print(f"OK: {where}")
+    return 0
+
+
+def cmd_config_schema(args) -> int:
+    """Print the JSON Schema of the config file, for editors to complete and check it."""
+    from .config import json_schema
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_config_docs(args) -> int:
+    """Rewrite the generated key table of docs/configuration.rst from the config models."""
+    from .config.docs import replace_table
+    path = Path(args.path)
+    path.write_text(replace_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+    print(f"rewrote the key table in {path}")
     return 0
 
 
@@ -291,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate = config_sub.add_parser("validate", help="check the config; print every error")
     validate.add_argument("--config", help="config path (default: resolved as the daemon does)")
     validate.set_defaults(func=cmd_config_validate)
+    schema = config_sub.add_parser("schema", help="print the JSON Schema of the config file")
+    schema.set_defaults(func=cmd_config_schema)
+    docs = config_sub.add_parser("docs", help="regenerate the key table of the configuration "
+                                              "docs (for developers)")
+    docs.add_argument("path", nargs="?", default="docs/configuration.rst",
+                      help="the .rst holding the table (default: docs/configuration.rst)")
+    docs.set_defaults(func=cmd_config_docs)
 
     token = sub.add_parser("token", help="print the gateway token, generating it if needed")
     token.add_argument("--config", help="config path")
