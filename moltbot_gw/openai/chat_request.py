@@ -10,13 +10,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from ..content import content_text
 from ..config import ChatCompletionsConfig, ImagesConfig
 from ..json_text import has_lone_surrogate
 from .validation import bad_request as _bad
 from .validation import function_definition as _function_definition
 from .validation import is_int as _is_int
 from .validation import is_number as _is_number
-from .validation import text_of as _text_of
 from .images import ImageBudget
 from .request_limits import RequestLimits, check_request_limits
 
@@ -77,7 +77,7 @@ def is_task_prompt(chat: "ChatRequest") -> bool:
     ``<context>`` and the user's query instead: it is a real turn of the chat."""
     if len(chat.input) != 1 or chat.input[0]["role"] != "user":
         return False
-    text = _text_of(chat.input[0]["content"]).lstrip()
+    text = content_text(chat.input[0]["content"]).lstrip()
     if not text.startswith(TASK_PROMPT_PREFIX):
         return False
     start, end = text.find(CHAT_HISTORY_OPEN), text.rfind(CHAT_HISTORY_CLOSE)
@@ -166,7 +166,7 @@ def _messages(data: dict, images: ImageBudget) -> tuple[list, list, Optional[str
                        f"{json.dumps(role)}", f"messages[{i}].role")
         content = _content(message, i, images if role == "user" else None)
         if role in ("system", "developer"):
-            text = _text_of(content)
+            text = content_text(content)
             if text:
                 system_parts.append(text)
         elif role == "user":
@@ -175,7 +175,7 @@ def _messages(data: dict, images: ImageBudget) -> tuple[list, list, Optional[str
                            ".content", "empty_message")
             conversation.append({"role": "user", "content": content})
         elif role == "assistant":
-            entry = {"role": "assistant", "content": _text_of(content) or None}
+            entry = {"role": "assistant", "content": content_text(content) or None}
             if message.get("tool_calls"):
                 entry["tool_calls"] = _tool_calls(message, i)
             elif not entry["content"]:
@@ -186,7 +186,7 @@ def _messages(data: dict, images: ImageBudget) -> tuple[list, list, Optional[str
                 raise _bad(f"messages[{i}].tool_call_id must be the id of the call it answers",
                            f"messages[{i}].tool_call_id", "invalid_type")
             conversation.append({"role": "tool", "tool_call_id": message["tool_call_id"],
-                                 "content": _text_of(content)})
+                                 "content": content_text(content)})
         # legacy "function" messages carry nothing we can replay faithfully; ignored
     last_assistant = max((i for i, m in enumerate(conversation) if m["role"] == "assistant"),
                          default=-1)

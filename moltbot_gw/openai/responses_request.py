@@ -11,13 +11,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from ..content import content_text
 from ..config import ImagesConfig, ResponsesConfig
 from .chat_request import TOOL_NAME_RE, agent_from_model, parse_body
 from .validation import function_definition
 from .validation import bad_request as _bad
 from .validation import is_int as _is_int
 from .validation import is_number as _is_number
-from .validation import text_of as _text_of
 from .errors import APIError
 from .images import ImageBudget
 from .request_limits import RequestLimits, check_request_limits
@@ -171,7 +171,7 @@ def _items(data: dict, images: ImageBudget,
                            f"{json.dumps(role)}", f"{where}.role")
             content = _content(item, i, images if role == "user" else None)
             if role in ("system", "developer"):
-                text = _text_of(content)
+                text = content_text(content)
                 if text:
                     system.append(text)
             elif role == "user":
@@ -180,7 +180,7 @@ def _items(data: dict, images: ImageBudget,
                                "empty_message")
                 conversation.append({"role": "user", "content": content})
             else:
-                text = _text_of(content)
+                text = content_text(content)
                 if text:   # an empty assistant message says nothing; providers reject it
                     conversation.append({"role": "assistant", "content": text})
         elif kind == "function_call":

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from ..content import content_text
 from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCallSink, Usage
 from .errors import ProviderUnavailable
 from .http import EventStreamSink, HTTPProvider, JSONSink
@@ -154,7 +155,7 @@ class ChatCompletionSink(EventStreamSink):
         choice = choices[0]
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
         self._reason(_reasoning_of(message))
-        self._emit(_text_of(message.get("content")))
+        self._emit(content_text(message.get("content")))
         calls = message.get("tool_calls")
         if isinstance(calls, list):
             for call in calls:
@@ -230,15 +231,6 @@ def _reasoning_of(message: Mapping[str, Any]) -> Optional[str]:
         if isinstance(value, str) and value:
             return value
     return None
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, dict) and isinstance(part.get("text"), str))
-    return ""
 
 
 def _str(value: Any) -> Optional[str]:

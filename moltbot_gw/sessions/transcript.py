@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from twisted.logger import Logger
 
+from ..content import content_text
+
 log = Logger()
 
 TRANSCRIPT_SUFFIX = ".jsonl"
@@ -283,17 +285,6 @@ class Transcript:
 
     def load(self) -> list[dict[str, Any]]:
         return list(read_transcript(self.path).records)
-
-
-def content_text(content: Any) -> str:
-    """The text of message content: a string, or the ``text`` of its text parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, Mapping) and part.get("type") == "text"
-                       and isinstance(part.get("text"), str))
-    return ""
 
 
 def _is_message(record: Mapping[str, Any], open_calls: set) -> bool:
