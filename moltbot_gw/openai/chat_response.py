@@ -4,28 +4,17 @@ from __future__ import annotations
 
 from typing import Optional
 
-
 from ..agents.run import RunEvent, RunResult
 from ..json_text import compact_utf8
 from .errors import APIError, note_refusal
 from .sse_stream import SSEStream
+from .usage import chat_usage_json
 
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
 def completion_id(run_id: str) -> str:
     return "chatcmpl-" + run_id.removeprefix("run_")
-
-
-def usage_json(usage) -> dict:
-    """OpenAI's ``usage``; the token details only when the provider reported them."""
-    body = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
-    if usage.prompt_tokens_details:
-        body["prompt_tokens_details"] = dict(usage.prompt_tokens_details)
-    if usage.completion_tokens_details:
-        body["completion_tokens_details"] = dict(usage.completion_tokens_details)
-    return body
 
 
 def response_model(requested: str, names_agent: bool, answered: str) -> str:
@@ -68,7 +57,7 @@ def completion_body(result: RunResult, model: str, created: int) -> dict:
                      "message": message,
                      "logprobs": None,
                      "finish_reason": result.finish_reason}],
-        "usage": usage_json(result.usage),
+        "usage": chat_usage_json(result.usage),
     }
 
 
@@ -149,7 +138,8 @@ class ChatStream(SSEStream):
         self.start()
         self._write(self._chunk(self._choice({}, result.finish_reason)))
         if self.include_usage:
-            self._write(self._chunk(b"[]", b',"usage":' + compact_utf8(usage_json(result.usage))))
+            usage = compact_utf8(chat_usage_json(result.usage))
+            self._write(self._chunk(b"[]", b',"usage":' + usage))
         self._end()
         return DONE_FRAME
 

@@ -10,10 +10,11 @@ from ..agents.run import RunEvent, RunResult
 from ..json_text import compact_utf8
 from .chat_request import _options as sampling_options
 from .chat_request import agent_from_model, parse_body
-from .chat_response import DONE_FRAME, usage_json
+from .chat_response import DONE_FRAME
 from .errors import APIError, note_refusal
 from .sse_stream import SSEStream
 from .request_limits import count_text
+from .usage import chat_usage_json
 from .validation import bad_request, is_int
 
 # Parameters a text completion may carry that an agent cannot honour: refused, not ignored,
@@ -94,7 +95,7 @@ def text_completion_body(result: RunResult, model: str, created: int) -> dict:
             "created": created, "model": model, "system_fingerprint": None,
             "choices": [{"text": result.text, "index": 0, "logprobs": None,
                          "finish_reason": result.finish_reason}],
-            "usage": usage_json(result.usage)}
+            "usage": chat_usage_json(result.usage)}
 
 
 class TextCompletionStream(SSEStream):
@@ -133,7 +134,7 @@ class TextCompletionStream(SSEStream):
         self._chunk([{"text": "", "index": 0, "logprobs": None,
                       "finish_reason": result.finish_reason}])
         if self.include_usage:
-            self._chunk([], usage=usage_json(result.usage))
+            self._chunk([], usage=chat_usage_json(result.usage))
         self._end()
         return DONE_FRAME
 
