@@ -8,12 +8,12 @@ from typing import Any, Mapping, Optional
 
 from ..agents.run import RunEvent, RunResult
 from ..json_text import compact_utf8
-from .chat_request import _options as sampling_options
-from .chat_request import agent_from_model, parse_body
+from .chat_request import chat_options
 from .chat_response import DONE_FRAME
 from .errors import APIError, note_refusal
-from .sse_stream import SSEStream
+from .request_common import agent_from_model, model_field, parse_body, stream_flags
 from .request_limits import count_text
+from .sse_stream import SSEStream
 from .usage import chat_usage_json
 from .validation import bad_request, is_int
 
@@ -64,26 +64,17 @@ def parse_completion_request(body: bytes, max_chars: int) -> CompletionRequest:
     if best_of is not None and (not is_int(best_of) or best_of != 1):
         raise bad_request("best_of must be 1: the gateway returns one choice per request",
                           "best_of", "unsupported_value")
-    model = data.get("model", "moltbot")
-    if not isinstance(model, str) or not model.strip():
-        raise bad_request('model must be a non-empty string, e.g. "moltbot:main"', "model",
-                          "invalid_type")
+    model = model_field(data)
     if "prompt" not in data:
         raise bad_request("prompt is required", "prompt", "missing_required_parameter")
     if count_text(data["prompt"], max_chars) > max_chars:
         raise bad_request(f"prompt is longer than this gateway accepts: at most {max_chars} "
                           "characters per request (chatCompletions.maxTotalChars)", "prompt",
                           "too_many_characters")
-    stream = data.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("stream must be a boolean", "stream", "invalid_type")
-    stream_options = data.get("stream_options")
-    if stream_options is not None and not isinstance(stream_options, dict):
-        raise bad_request("stream_options must be an object", "stream_options", "invalid_type")
+    stream, include_usage = stream_flags(data)
     return CompletionRequest(
         model=model, agent_id=agent_from_model(model), prompt=_prompt(data["prompt"]),
-        options=sampling_options(data), stream=bool(stream),
-        include_usage=bool(stream_options and stream_options.get("include_usage") is True))
+        options=chat_options(data), stream=stream, include_usage=include_usage)
 
 
 def completion_id(run_id: str) -> str:

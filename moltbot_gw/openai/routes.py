@@ -20,12 +20,12 @@ from ..fetch import GuardedFetcher
 from ..providers.errors import ProviderError
 from ..http_auth import request_client_address, require_auth
 from ..sessions.keys import openai_session_key
-from .chat_request import (AGENT_MODEL_PREFIXES, agent_from_model, is_task_prompt,
-                           parse_chat_request)
+from .chat_request import is_task_prompt, parse_chat_request
 from .completions import (TextCompletionStream, parse_completion_request,
                           text_completion_body)
 from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
+from .request_common import agent_from_model
 from .request_limits import RequestLimits
 from .chat_response import ChatStream, completion_body, response_model, stream_models
 from .responses import ResponsesEndpoint
@@ -102,13 +102,9 @@ class OpenAIRoutes:
     def get_model(self, request, model_id):
         _require_enabled_method(request, self.models_enabled, ("GET", "HEAD"))
         require_auth(request, self.auth)
-        name = model_id
-        for prefix in AGENT_MODEL_PREFIXES:
-            if name.lower().startswith(prefix):
-                name = name[len(prefix):]
-                break
+        named = agent_from_model(model_id)
         try:
-            agent = self.agents.get(name)
+            agent = self.agents.get(model_id if named is None else named)
         except UnknownAgent:
             raise APIError(404, f"The model '{model_id}' does not exist", param="model",
                            code="model_not_found")
