@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from twisted.web.test.requesthelper import DummyRequest
 
 from moltbot_gw.openai.chat_request import parse_chat_request
 from moltbot_gw.openai.completions import parse_completion_request
 from moltbot_gw.openai.conversation import Conversation
 from moltbot_gw.openai.errors import APIError
+from moltbot_gw.openai.headers import session_from_headers, user_session
 from moltbot_gw.openai.request_common import agent_from_model
 from moltbot_gw.openai.responses_request import parse_responses_request
 
@@ -87,3 +89,23 @@ def test_an_empty_user_message_is_refused_naming_its_place():
     with pytest.raises(APIError) as refused:
         Conversation().add("user", [], "input[3]")
     assert (refused.value.param, refused.value.code) == ("input[3].content", "empty_message")
+
+
+def _request(**headers):
+    request = DummyRequest([b""])
+    for name, value in headers.items():
+        request.requestHeaders.setRawHeaders(name.replace("_", "-").encode(), [value.encode()])
+    return request
+
+
+def test_the_session_key_header_wins_and_leaves_history_to_the_store():
+    chosen = session_from_headers(_request(x_moltbot_session_key="agent:main:k",
+                                           x_chat_id="c1"), "main", (b"x-chat-id",))
+    assert (chosen.key, chosen.client_owns_history) == ("agent:main:k", False)
+
+
+def test_a_configured_session_header_names_a_chat_session_the_client_owns():
+    chosen = session_from_headers(_request(x_chat_id="c1"), "main", (b"x-other", b"x-chat-id"))
+    assert (chosen.key, chosen.client_owns_history) == ("agent:main:openai-chat:c1", True)
+    assert session_from_headers(_request(), "main", (b"x-chat-id",)) is None
+    assert user_session("main", "ann") == "agent:main:openai-user:ann"

@@ -9,11 +9,9 @@ from typing import Any, Mapping, Optional
 from ..agents.run import RunEvent, RunResult
 from ..json_text import compact_utf8
 from .chat_request import chat_options
-from .chat_response import DONE_FRAME
-from .errors import APIError, note_refusal
+from .chat_response import CompletionStream
 from .request_common import agent_from_model, model_field, parse_body, stream_flags
 from .request_limits import count_text
-from .sse_stream import SSEStream
 from .usage import chat_usage_json
 from .validation import bad_request, is_int
 
@@ -89,7 +87,7 @@ def text_completion_body(result: RunResult, model: str, created: int) -> dict:
             "usage": chat_usage_json(result.usage)}
 
 
-class TextCompletionStream(SSEStream):
+class TextCompletionStream(CompletionStream):
     """Writes one run as ``text_completion`` SSE chunks: one per text delta, then one with
     the ``finish_reason``, then (``include_usage``) one with ``choices: []`` and ``usage``,
     then ``[DONE]``. Reasoning is not part of a text completion and is left out. ``models``
@@ -97,9 +95,7 @@ class TextCompletionStream(SSEStream):
 
     def __init__(self, request, run_id: str, models: tuple[str, ...], created: int,
                  include_usage: bool, keepalive_seconds: float, clock, flow=None):
-        super().__init__(request, keepalive_seconds, clock, flow)
-        self.include_usage = include_usage
-        self._models = list(models)
+        super().__init__(request, models, include_usage, keepalive_seconds, clock, flow)
         self._head = {"id": completion_id(run_id), "object": "text_completion",
                       "created": created, "model": models[0], "system_fingerprint": None}
 
@@ -119,19 +115,9 @@ class TextCompletionStream(SSEStream):
             self._models.pop(0)
             self._head["model"] = self._models[0]
 
-    def finish(self, result: RunResult) -> bytes:
-        """Write the closing chunks; returns the final ``[DONE]`` frame for the caller."""
-        self.start()
+    def _finish_chunk(self, finish_reason: str) -> None:
         self._chunk([{"text": "", "index": 0, "logprobs": None,
-                      "finish_reason": result.finish_reason}])
-        if self.include_usage:
-            self._chunk([], usage=chat_usage_json(result.usage))
-        self._end()
-        return DONE_FRAME
+                      "finish_reason": finish_reason}])
 
-    def fail(self, error: APIError) -> bytes:
-        """A failure after the stream started: an error frame, then ``[DONE]``."""
-        note_refusal(self.request, error)
-        self._write(b"data: " + error.body() + b"\n\n")
-        self._end()
-        return DONE_FRAME
+    def _usage_chunk(self, usage: dict) -> None:
+        self._chunk([], usage=usage)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from ..config import ImagesConfig, ResponsesConfig
-from ..content import content_text
 from .conversation import Conversation, text_or_parts
 from .errors import APIError
 from .images import ImageBudget
