@@ -14,7 +14,8 @@ from ..content import content_text
 from .conversation import Conversation, text_or_parts
 from .images import ImageBudget
 from .request_common import (agent_from_model, check_tool_name, model_field, optional_bool,
-                             optional_string, parse_body, sampling_options, stream_flags)
+                             optional_string, parse_body, sampling_options, stream_flags,
+                             tool_list)
 from .request_limits import RequestLimits, check_request_limits
 from .validation import bad_request as _bad
 from .validation import function_definition as _function_definition
@@ -189,14 +190,9 @@ def chat_options(data: dict) -> dict:
 
 
 def _tools(data: dict) -> tuple[tuple, Any, Optional[bool]]:
-    tools = data.get("tools")
-    if tools is None:
-        tools = []
-    if not isinstance(tools, list):
-        raise _bad("tools must be a list of function tools", "tools", "invalid_type")
     names: set[str] = set()
     checked = []
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(tool_list(data)):
         function = tool.get("function") if isinstance(tool, dict) else None
         if (not isinstance(tool, dict) or tool.get("type") != "function"
                 or not isinstance(function, dict)):

@@ -98,6 +98,16 @@ def sampling_options(data: dict, max_tokens_params: tuple[str, ...]) -> dict:
     return options
 
 
+def tool_list(data: dict) -> list:
+    """``tools``: a list (empty when absent); each API checks its entries' own shape."""
+    tools = data.get("tools")
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise bad_request("tools must be a list of function tools", "tools", "invalid_type")
+    return tools
+
+
 def check_tool_name(name: Any, offered: set[str], param: str, shape_hint: str = "") -> str:
     """A function tool's name: the pattern providers accept, offered once per request
     (``offered`` collects the names). ``shape_hint`` ends the pattern error."""

@@ -16,7 +16,7 @@ from .conversation import Conversation, text_or_parts
 from .errors import APIError
 from .images import ImageBudget
 from .request_common import (agent_from_model, check_tool_name, model_field, optional_bool,
-                             optional_string, parse_body, sampling_options)
+                             optional_string, parse_body, sampling_options, tool_list)
 from .request_limits import RequestLimits, check_request_limits
 from .validation import bad_request as _bad
 from .validation import function_definition
@@ -190,14 +190,9 @@ def _items(data: dict, images: ImageBudget,
 
 def _tools(data: dict) -> tuple[tuple, list, Any, Any]:
     """(chat-format tools, echoed tools, chat-format tool_choice, echoed tool_choice)."""
-    tools = data.get("tools")
-    if tools is None:
-        tools = []
-    if not isinstance(tools, list):
-        raise _bad("tools must be a list of function tools", "tools", "invalid_type")
     names: set[str] = set()
     chat_tools, echoed = [], []
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(tool_list(data)):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise _bad(f"{where} must be an object", where, "invalid_type")
