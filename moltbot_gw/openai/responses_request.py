@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from ..config import ImagesConfig, ResponsesConfig
+from ..content import TEXT_PART_TYPES   # a Responses message takes every text part type
 from .conversation import Conversation, text_or_parts
 from .errors import APIError
 from .images import ImageBudget
@@ -25,7 +26,6 @@ from .validation import function_definition
 ItemResolver = Callable[[str], Optional[Mapping[str, Any]]]
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
-TEXT_PART_TYPES = ("input_text", "output_text", "text")
 IGNORED_PART_TYPES = ("refusal",)
 IGNORED_ITEM_TYPES = ("reasoning",)      # clients resend a response's whole output
 TOOL_CHOICE_MODES = ("none", "auto", "required")
