@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..sessions.transcript import content_text
+from ..content import content_text
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from ..providers.errors import ProviderError, ProviderReplyTooLarge
 from ..providers.interface import IFlowControlledProvider
 from ..sessions.keys import openai_session_key, resolve_session_key
 from ..sessions.store import SessionStore
-from ..sessions.transcript import (branch_messages, complete_tool_turns, content_text,
-                                   history_messages)
+from ..sessions.transcript import branch_messages, complete_tool_turns, history_messages
+from ..content import content_text
 from .client_history import align
 from .lanes import Lanes
 from .registry import Agent, AgentRegistry

@@ -4,28 +4,17 @@ from __future__ import annotations
 
 from typing import Optional
 
-
 from ..agents.run import RunEvent, RunResult
 from ..json_text import compact_utf8
 from .errors import APIError, note_refusal
 from .sse_stream import SSEStream
+from .usage import chat_usage_json
 
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
 def completion_id(run_id: str) -> str:
     return "chatcmpl-" + run_id.removeprefix("run_")
-
-
-def usage_json(usage) -> dict:
-    """OpenAI's ``usage``; the token details only when the provider reported them."""
-    body = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
-    if usage.prompt_tokens_details:
-        body["prompt_tokens_details"] = dict(usage.prompt_tokens_details)
-    if usage.completion_tokens_details:
-        body["completion_tokens_details"] = dict(usage.completion_tokens_details)
-    return body
 
 
 def response_model(requested: str, names_agent: bool, answered: str) -> str:
@@ -68,15 +57,51 @@ def completion_body(result: RunResult, model: str, created: int) -> dict:
                      "message": message,
                      "logprobs": None,
                      "finish_reason": result.finish_reason}],
-        "usage": usage_json(result.usage),
+        "usage": chat_usage_json(result.usage),
     }
+
+
+class CompletionStream(SSEStream):
+    """What the SSE answers of chat and legacy text completions share: the chain of models
+    their chunks name, the closing chunks (``finish_reason``, then the usage chunk when asked
+    for) and the ``[DONE]`` frame that ends them, also after an error frame."""
+
+    def __init__(self, request, models: tuple[str, ...], include_usage: bool,
+                 keepalive_seconds: float, clock, flow=None):
+        super().__init__(request, keepalive_seconds, clock, flow)
+        self.include_usage = include_usage
+        self._models = list(models)
+
+    def _finish_chunk(self, finish_reason: str) -> None:
+        """The chunk that carries the run's ``finish_reason``."""
+        raise NotImplementedError
+
+    def _usage_chunk(self, usage: dict) -> None:
+        """The chunk with ``choices: []`` and ``usage`` (``include_usage``)."""
+        raise NotImplementedError
+
+    def finish(self, result: RunResult) -> bytes:
+        """Write the closing chunks; returns the final ``[DONE]`` frame for the caller."""
+        self.start()
+        self._finish_chunk(result.finish_reason)
+        if self.include_usage:
+            self._usage_chunk(chat_usage_json(result.usage))
+        self._end()
+        return DONE_FRAME
+
+    def fail(self, error: APIError) -> bytes:
+        """A failure after the stream started: an error frame, then ``[DONE]``."""
+        note_refusal(self.request, error)
+        self._write(b"data: " + error.body() + b"\n\n")
+        self._end()
+        return DONE_FRAME
 
 
 _CONTENT_HEAD = b'[{"index":0,"delta":{"content":'
 _CONTENT_TAIL = b'},"logprobs":null,"finish_reason":null}]'
 
 
-class ChatStream(SSEStream):
+class ChatStream(CompletionStream):
     """Writes one run as ``chat.completion.chunk`` SSE frames onto a twisted.web request.
 
     Content deltas are written as they arrive: frames produced in the same reactor turn (an
@@ -90,11 +115,9 @@ class ChatStream(SSEStream):
 
     def __init__(self, request, run_id: str, models: tuple[str, ...], created: int,
                  include_usage: bool, keepalive_seconds: float, clock, flow=None):
-        super().__init__(request, keepalive_seconds, clock, flow)
-        self.include_usage = include_usage
+        super().__init__(request, models, include_usage, keepalive_seconds, clock, flow)
         self._id = completion_id(run_id)
         self._created = created
-        self._models = list(models)
         self._end_of_chunk = b',"usage":null}\n\n' if include_usage else b"}\n\n"
         self._set_prefix()
 
@@ -144,18 +167,8 @@ class ChatStream(SSEStream):
             call["function"] = function
             self._write(self._chunk(self._choice({"tool_calls": [call]})))
 
-    def finish(self, result: RunResult) -> bytes:
-        """Write the closing chunks; returns the final ``[DONE]`` frame for the caller."""
-        self.start()
-        self._write(self._chunk(self._choice({}, result.finish_reason)))
-        if self.include_usage:
-            self._write(self._chunk(b"[]", b',"usage":' + compact_utf8(usage_json(result.usage))))
-        self._end()
-        return DONE_FRAME
+    def _finish_chunk(self, finish_reason: str) -> None:
+        self._write(self._chunk(self._choice({}, finish_reason)))
 
-    def fail(self, error: APIError) -> bytes:
-        """A failure after the stream started: an error frame, then ``[DONE]``."""
-        note_refusal(self.request, error)
-        self._write(b"data: " + error.body() + b"\n\n")
-        self._end()
-        return DONE_FRAME
+    def _usage_chunk(self, usage: dict) -> None:
+        self._write(self._chunk(b"[]", b',"usage":' + compact_utf8(usage)))

@@ -8,12 +8,11 @@ from typing import Any, Mapping, Optional
 
 from ..agents.run import RunEvent, RunResult
 from ..json_text import compact_utf8
-from .chat_request import _options as sampling_options
-from .chat_request import agent_from_model, parse_body
-from .chat_response import DONE_FRAME, usage_json
-from .errors import APIError, note_refusal
-from .sse_stream import SSEStream
+from .chat_request import chat_options
+from .chat_response import CompletionStream
+from .request_common import agent_from_model, model_field, parse_body, stream_flags
 from .request_limits import count_text
+from .usage import chat_usage_json
 from .validation import bad_request, is_int
 
 # Parameters a text completion may carry that an agent cannot honour: refused, not ignored,
@@ -63,26 +62,17 @@ def parse_completion_request(body: bytes, max_chars: int) -> CompletionRequest:
     if best_of is not None and (not is_int(best_of) or best_of != 1):
         raise bad_request("best_of must be 1: the gateway returns one choice per request",
                           "best_of", "unsupported_value")
-    model = data.get("model", "moltbot")
-    if not isinstance(model, str) or not model.strip():
-        raise bad_request('model must be a non-empty string, e.g. "moltbot:main"', "model",
-                          "invalid_type")
+    model = model_field(data)
     if "prompt" not in data:
         raise bad_request("prompt is required", "prompt", "missing_required_parameter")
     if count_text(data["prompt"], max_chars) > max_chars:
         raise bad_request(f"prompt is longer than this gateway accepts: at most {max_chars} "
                           "characters per request (chatCompletions.maxTotalChars)", "prompt",
                           "too_many_characters")
-    stream = data.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("stream must be a boolean", "stream", "invalid_type")
-    stream_options = data.get("stream_options")
-    if stream_options is not None and not isinstance(stream_options, dict):
-        raise bad_request("stream_options must be an object", "stream_options", "invalid_type")
+    stream, include_usage = stream_flags(data)
     return CompletionRequest(
         model=model, agent_id=agent_from_model(model), prompt=_prompt(data["prompt"]),
-        options=sampling_options(data), stream=bool(stream),
-        include_usage=bool(stream_options and stream_options.get("include_usage") is True))
+        options=chat_options(data), stream=stream, include_usage=include_usage)
 
 
 def completion_id(run_id: str) -> str:
@@ -94,10 +84,10 @@ def text_completion_body(result: RunResult, model: str, created: int) -> dict:
             "created": created, "model": model, "system_fingerprint": None,
             "choices": [{"text": result.text, "index": 0, "logprobs": None,
                          "finish_reason": result.finish_reason}],
-            "usage": usage_json(result.usage)}
+            "usage": chat_usage_json(result.usage)}
 
 
-class TextCompletionStream(SSEStream):
+class TextCompletionStream(CompletionStream):
     """Writes one run as ``text_completion`` SSE chunks: one per text delta, then one with
     the ``finish_reason``, then (``include_usage``) one with ``choices: []`` and ``usage``,
     then ``[DONE]``. Reasoning is not part of a text completion and is left out. ``models``
@@ -105,9 +95,7 @@ class TextCompletionStream(SSEStream):
 
     def __init__(self, request, run_id: str, models: tuple[str, ...], created: int,
                  include_usage: bool, keepalive_seconds: float, clock, flow=None):
-        super().__init__(request, keepalive_seconds, clock, flow)
-        self.include_usage = include_usage
-        self._models = list(models)
+        super().__init__(request, models, include_usage, keepalive_seconds, clock, flow)
         self._head = {"id": completion_id(run_id), "object": "text_completion",
                       "created": created, "model": models[0], "system_fingerprint": None}
 
@@ -127,19 +115,9 @@ class TextCompletionStream(SSEStream):
             self._models.pop(0)
             self._head["model"] = self._models[0]
 
-    def finish(self, result: RunResult) -> bytes:
-        """Write the closing chunks; returns the final ``[DONE]`` frame for the caller."""
-        self.start()
+    def _finish_chunk(self, finish_reason: str) -> None:
         self._chunk([{"text": "", "index": 0, "logprobs": None,
-                      "finish_reason": result.finish_reason}])
-        if self.include_usage:
-            self._chunk([], usage=usage_json(result.usage))
-        self._end()
-        return DONE_FRAME
+                      "finish_reason": finish_reason}])
 
-    def fail(self, error: APIError) -> bytes:
-        """A failure after the stream started: an error frame, then ``[DONE]``."""
-        note_refusal(self.request, error)
-        self._write(b"data: " + error.body() + b"\n\n")
-        self._end()
-        return DONE_FRAME
+    def _usage_chunk(self, usage: dict) -> None:
+        self._chunk([], usage=usage)

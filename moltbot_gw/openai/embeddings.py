@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .chat_request import parse_body
+from .request_common import parse_body
 from .errors import APIError
 
 MAX_INPUTS = 2048

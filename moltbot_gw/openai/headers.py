@@ -2,6 +2,7 @@
 model override, and configured per-chat session headers) and how they name sessions."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from ..sessions.keys import resolve_session_key
@@ -33,3 +34,33 @@ def named_session(agent_id: str, rest: str, param: str) -> str:
     except ValueError as e:  # too long, control characters: the client's mistake
         raise APIError(400, f"{param} cannot name a session: {e}", param=param,
                        code="invalid_value")
+
+
+@dataclass(frozen=True)
+class HeaderSession:
+    """A session a request's headers chose."""
+
+    key: str
+    client_owns_history: bool   # a configured per-chat header: the client resends it all
+
+
+def session_from_headers(request, agent_id: str,
+                         session_headers: tuple[bytes, ...]) -> Optional[HeaderSession]:
+    """The session the headers name, in the order every OpenAI-shaped endpoint follows:
+    ``x-moltbot-session-key`` (resolved and checked by the runner), then the first configured
+    session header present (e.g. Open WebUI's chat id: the UI resends, edits and branches the
+    whole conversation, so the client owns the history); ``None`` when they name none."""
+    explicit = header(request, SESSION_KEY_HEADERS)
+    if explicit is not None:
+        return HeaderSession(explicit, client_owns_history=False)
+    for name in session_headers:
+        value = header(request, (name,))
+        if value is not None:
+            return HeaderSession(named_session(agent_id, f"openai-chat:{value}", name.decode()),
+                                 client_owns_history=True)
+    return None
+
+
+def user_session(agent_id: str, user: str) -> str:
+    """The session of an OpenAI ``user`` (shared by chat completions and Responses)."""
+    return named_session(agent_id, f"openai-user:{user}", "user")

@@ -28,17 +28,21 @@ class RequestLimits:
 
     @classmethod
     def for_chat(cls, config: ChatCompletionsConfig) -> "RequestLimits":
-        prefix = "chatCompletions."
-        return cls("messages", config.maxMessages, prefix + "maxMessages",
-                   config.maxContentParts, prefix + "maxContentParts",
-                   config.maxTotalChars, prefix + "maxTotalChars")
+        return cls._of(config, "chatCompletions", "messages", config.maxMessages,
+                       "maxMessages")
 
     @classmethod
     def for_responses(cls, config: ResponsesConfig) -> "RequestLimits":
-        prefix = "responses."
-        return cls("input", config.maxInputItems, prefix + "maxInputItems",
-                   config.maxContentParts, prefix + "maxContentParts",
-                   config.maxTotalChars, prefix + "maxTotalChars")
+        return cls._of(config, "responses", "input", config.maxInputItems, "maxInputItems")
+
+    @classmethod
+    def _of(cls, config, section: str, items_param: str, max_items: int,
+            items_key: str) -> "RequestLimits":
+        """The limits of the endpoint configured under ``section``: its own item limit,
+        and the parts and characters limits both endpoints name alike."""
+        return cls(items_param, max_items, f"{section}.{items_key}",
+                   config.maxContentParts, f"{section}.maxContentParts",
+                   config.maxTotalChars, f"{section}.maxTotalChars")
 
 
 def check_request_limits(data: dict, limits: RequestLimits, *extra_text: Any) -> None:

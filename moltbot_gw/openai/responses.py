@@ -18,18 +18,19 @@ from typing import Any, Mapping, Optional
 from twisted.logger import Logger
 
 from ..agents.client_slots import ClientSlots
-from ..agents.registry import AgentRegistry, UnknownAgent
+from ..agents.registry import AgentRegistry
 from ..agents.run import RunRequest, RunResult
 from ..agents.runner import AgentRunner, cap_history
 from ..auth import GatewayAuth
 from ..config import Config, HistoryConfig
-from ..http_auth import request_client_address, require_auth
-from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
-                      named_session, session_header_names)
+from ..http_auth import require_auth
+from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, header, session_from_headers,
+                      user_session)
 from .errors import (APIError, method_not_allowed, not_found,
                      write_error)
 from .images import ImageBudget, fetch_remote_images
-from .runs import await_run, start_run_for_client
+from .run_endpoint import RunEndpoint
+from .runs import await_run
 from .request_limits import RequestLimits
 from .response_index import ResponseIndex, StoredResponse
 from .responses_request import ResponsesRequest, parse_responses_request
@@ -50,29 +51,21 @@ def reply_message(result: RunResult) -> Optional[dict]:
     return message
 
 
-class ResponsesEndpoint:
+class ResponsesEndpoint(RunEndpoint):
     log = Logger()
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
                  runner: AgentRunner, clock, fetcher,
                  client_slots: Optional[ClientSlots] = None):
-        self.config = config
-        self.auth = auth
-        self.agents = agents
-        self.runner = runner
-        self.clock = clock
+        super().__init__(config, auth, agents, runner, clock, client_slots)
         endpoints = config.gateway.http.endpoints
         self.enabled = endpoints.responses.enabled
         # Image limits and the keepalive interval are those of chat completions.
         self.chat = endpoints.chatCompletions
         self.limits = RequestLimits.for_responses(endpoints.responses)
-        self.session_headers = session_header_names(config)
         self.responses = ResponseIndex(endpoints.responses.maxStoredResponses,
                                        endpoints.responses.maxStoredBytes)
         self.fetcher = fetcher  # the guarded fetcher, shared with chat completions
-        limits = config.gateway.limits
-        self.client_slots = client_slots or ClientSlots(limits.perClientConcurrency,
-                                                        limits.perClientQueue)
 
     def adopt(self, previous: "ResponsesEndpoint") -> None:
         """Keep what ``previous`` (the endpoint before a config reload) remembers, under
@@ -108,32 +101,26 @@ class ResponsesEndpoint:
         requested = parsed.agent_id or header(request, AGENT_ID_HEADERS)
         if requested is None and previous is not None:
             requested = previous.agent_id   # continuing: the agent that answered before
-        try:
-            agent = self.agents.get(requested)
-        except UnknownAgent as e:
-            raise APIError(404, f"The model '{parsed.model}' does not exist: there is no "
-                                f'agent "{e.agent_id}"', param="model", code="model_not_found")
+        agent = self.agent_for(requested, parsed.model)
         if previous is not None and previous.agent_id != agent.id:
             raise APIError(400, f"previous_response_id belongs to agent "
                                 f'"{previous.agent_id}", not "{agent.id}"',
                            param="previous_response_id", code="invalid_value")
         response_id = new_id("resp")
-        session_key = self._session(request, agent.id, parsed, previous)
+        session_key, history_owner = self._session(request, agent.id, parsed, previous)
         history = parsed.history
         if previous is not None and previous.session_key is None:
             history = tuple(previous.conversation) + history   # an anonymous chain
         if images.remote:
             await fetch_remote_images(images, self.fetcher)
-        run = await start_run_for_client(
-            self.runner, self.client_slots, request_client_address(request, self.auth),
-            RunRequest(
-                input=parsed.input, agent_id=agent.id, session_key=session_key,
-                client_history=history, extra_system_prompt=parsed.system_prompt,
-                history_owner=self._history_owner(request, previous),
-                model=header(request, MODEL_HEADERS), options=parsed.options,
-                persist=session_key is not None, record=parsed.store,
-                stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
-                parallel_tool_calls=parsed.parallel_tool_calls))
+        run = await self.start_run(request, RunRequest(
+            input=parsed.input, agent_id=agent.id, session_key=session_key,
+            client_history=history, extra_system_prompt=parsed.system_prompt,
+            history_owner=history_owner,
+            model=header(request, MODEL_HEADERS), options=parsed.options,
+            persist=session_key is not None, record=parsed.store,
+            stream=parsed.stream, tools=parsed.tools, tool_choice=parsed.tool_choice,
+            parallel_tool_calls=parsed.parallel_tool_calls))
         shell = ResponseShell(response_id, int(self.clock.seconds()), parsed.model,
                               parsed.echo)
         stream = None
@@ -173,28 +160,19 @@ class ResponsesEndpoint:
         self.responses.add(response_id, StoredResponse(agent_id, session_key,
                                                        conversation, items))
 
-    def _history_owner(self, request, previous: Optional[StoredResponse]) -> str:
-        """"client" for a session chosen by a configured session header when the input is
-        the whole conversation (no ``previous_response_id``), as for chat completions."""
-        if previous is not None or header(request, SESSION_KEY_HEADERS) is not None:
-            return "store"
-        chosen_by_header = any(header(request, (name,)) is not None
-                               for name in self.session_headers)
-        return "client" if chosen_by_header else "store"
-
     def _session(self, request, agent_id: str, parsed: ResponsesRequest,
-                 previous: Optional[StoredResponse]) -> Optional[str]:
-        """The session key of the run, or None for a stateless (anonymous) one."""
-        explicit = header(request, SESSION_KEY_HEADERS)
-        if explicit is not None:
-            return explicit            # resolved (and checked) by the runner
-        for name in self.session_headers:
-            value = header(request, (name,))
-            if value is not None:
-                return named_session(agent_id, f"openai-chat:{value}", name.decode())
+                 previous: Optional[StoredResponse]) -> tuple[Optional[str], str]:
+        """The session key of the run (None for a stateless, anonymous one) and who owns its
+        history: the headers' session (``session_from_headers``), else the previous
+        response's, else ``user``'s. The client owns it only for a configured session
+        header with no ``previous_response_id`` (its input is then the whole conversation),
+        as for chat completions."""
+        chosen = session_from_headers(request, agent_id, self.session_headers)
+        if chosen is not None:
+            owner = "client" if chosen.client_owns_history and previous is None else "store"
+            return chosen.key, owner
         if previous is not None:
-            return previous.session_key     # None: an anonymous chain stays anonymous
+            return previous.session_key, "store"   # None: an anonymous chain stays anonymous
         if parsed.user is not None:
-            return named_session(agent_id, f"openai-user:{parsed.user}", "user")
-        return None
-
+            return user_session(agent_id, parsed.user), "store"
+        return None, "store"

@@ -12,21 +12,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from ..config import ImagesConfig, ResponsesConfig
-from .chat_request import TOOL_NAME_RE, agent_from_model, parse_body
-from .validation import function_definition
-from .validation import bad_request as _bad
-from .validation import is_int as _is_int
-from .validation import is_number as _is_number
-from .validation import text_of as _text_of
+from ..content import TEXT_PART_TYPES   # a Responses message takes every text part type
+from .conversation import Conversation, text_or_parts
 from .errors import APIError
 from .images import ImageBudget
+from .request_common import (agent_from_model, check_tool_name, model_field, optional_bool,
+                             optional_string, parse_body, sampling_options, tool_list)
 from .request_limits import RequestLimits, check_request_limits
+from .validation import bad_request as _bad
+from .validation import function_definition
 
 # Looks up an earlier output item by id (``msg_``, ``fc_``, ``rs_``): the item, or None.
 ItemResolver = Callable[[str], Optional[Mapping[str, Any]]]
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
-TEXT_PART_TYPES = ("input_text", "output_text", "text")
 IGNORED_PART_TYPES = ("refusal",)
 IGNORED_ITEM_TYPES = ("reasoning",)      # clients resend a response's whole output
 TOOL_CHOICE_MODES = ("none", "auto", "required")
@@ -52,14 +51,6 @@ class ResponsesRequest:
     store: bool = True                              # keep the response for later reference
     # Echoed in the response object, in Responses terms:
     echo: Mapping[str, Any] = field(default_factory=dict)
-
-
-
-
-
-
-
-
 
 
 def _content(item: Mapping, index: int, images: Optional[ImageBudget]) -> Any:
@@ -88,9 +79,7 @@ def _content(item: Mapping, index: int, images: Optional[ImageBudget]) -> Any:
         elif kind not in IGNORED_PART_TYPES:
             raise _bad(f'{here}.type "{kind}" is not supported; use input_text or '
                        "input_image (as a data: URI)", f"{here}.type", "unsupported_value")
-    if all(p["type"] == "text" for p in parts):
-        return "".join(p["text"] for p in parts) if len(parts) <= 1 else parts
-    return parts
+    return text_or_parts(parts)
 
 
 def _string_field(item: Mapping, name: str, where: str, *, required: bool = True,
@@ -155,8 +144,7 @@ def _items(data: dict, images: ImageBudget,
         raise _bad("input must be a string or a list of input items", "input", "invalid_type")
     if not raw:
         raise _bad("input must contain at least one item", "input", "empty_input")
-    system: list[str] = []
-    conversation: list[dict] = []
+    conversation = Conversation()
     for i, item in enumerate(raw):
         where = f"input[{i}]"
         if not isinstance(item, dict):
@@ -169,36 +157,22 @@ def _items(data: dict, images: ImageBudget,
             if role not in MESSAGE_ROLES:
                 raise _bad(f"{where}.role must be one of {', '.join(MESSAGE_ROLES)}; got "
                            f"{json.dumps(role)}", f"{where}.role")
-            content = _content(item, i, images if role == "user" else None)
-            if role in ("system", "developer"):
-                text = _text_of(content)
-                if text:
-                    system.append(text)
-            elif role == "user":
-                if content == "" or content == []:
-                    raise _bad(f"{where} has no text or image content", f"{where}.content",
-                               "empty_message")
-                conversation.append({"role": "user", "content": content})
-            else:
-                text = _text_of(content)
-                if text:   # an empty assistant message says nothing; providers reject it
-                    conversation.append({"role": "assistant", "content": text})
+            conversation.add(role, _content(item, i, images if role == "user" else None),
+                             where)
         elif kind == "function_call":
             call = {"id": _string_field(item, "call_id", where), "type": "function",
                     "function": {"name": _string_field(item, "name", where),
                                  "arguments": _string_field(item, "arguments", where,
                                                             default="") or "{}"}}
-            previous = conversation[-1] if conversation else None
-            if previous is not None and previous["role"] == "assistant":
+            messages = conversation.messages
+            if messages and messages[-1]["role"] == "assistant":
                 # the calls of one assistant turn follow its text: one chat message
-                previous.setdefault("tool_calls", []).append(call)
+                messages[-1].setdefault("tool_calls", []).append(call)
             else:
-                conversation.append({"role": "assistant", "content": None,
-                                     "tool_calls": [call]})
+                conversation.add_assistant("", [call])
         elif kind == "function_call_output":
-            conversation.append({"role": "tool",
-                                 "tool_call_id": _string_field(item, "call_id", where),
-                                 "content": _tool_output(item, where)})
+            conversation.add_tool_result(_string_field(item, "call_id", where),
+                                         _tool_output(item, where))
         elif kind in IGNORED_ITEM_TYPES:
             continue
         elif isinstance(kind, str):
@@ -207,39 +181,27 @@ def _items(data: dict, images: ImageBudget,
         else:
             raise _bad(f"{where} needs a type (or a role for a message)", f"{where}.type",
                        "invalid_type")
-    last_assistant = max((i for i, m in enumerate(conversation) if m["role"] == "assistant"),
-                         default=-1)
-    turn = conversation[last_assistant + 1:]
+    turn, history = conversation.split()
     if not turn:
         raise _bad("input must end with at least one user message or function_call_output "
                    "after the last assistant item", "input", "missing_user_message")
-    return turn, conversation[:last_assistant + 1], system
+    return turn, history, conversation.system
 
 
 def _tools(data: dict) -> tuple[tuple, list, Any, Any]:
     """(chat-format tools, echoed tools, chat-format tool_choice, echoed tool_choice)."""
-    tools = data.get("tools")
-    if tools is None:
-        tools = []
-    if not isinstance(tools, list):
-        raise _bad("tools must be a list of function tools", "tools", "invalid_type")
     names: set[str] = set()
     chat_tools, echoed = [], []
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(tool_list(data)):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise _bad(f"{where} must be an object", where, "invalid_type")
         if tool.get("type") != "function":
             raise _bad(f'{where}.type must be "function": only function tools are supported',
                        f"{where}.type", "unsupported_value")
-        name = tool.get("name")
-        if not isinstance(name, str) or not TOOL_NAME_RE.match(name):
-            raise _bad(f"{where}.name must match ^[a-zA-Z0-9_-]{{1,64}}$ (Responses tools "
-                       'are flat: {type: "function", name, description?, parameters?})',
-                       f"{where}.name")
-        if name in names:
-            raise _bad(f'{where}.name "{name}" is offered twice', f"{where}.name")
-        names.add(name)
+        name = check_tool_name(tool.get("name"), names, f"{where}.name",
+                               ' (Responses tools are flat: {type: "function", name, '
+                               "description?, parameters?})")
         function = function_definition(name, tool, where)
         chat_tools.append({"type": "function", "function": function})
         echoed.append({"type": "function", "name": name,
@@ -304,40 +266,6 @@ def _text_format(data: dict) -> tuple[Optional[dict], dict]:
     return {"type": "json_schema", "json_schema": json_schema}, {"format": echoed}
 
 
-def _options(data: dict) -> dict:
-    options: dict[str, Any] = {}
-    temperature = data.get("temperature")
-    if temperature is not None:
-        if not _is_number(temperature) or not 0 <= temperature <= 2:
-            raise _bad("temperature must be a number between 0 and 2", "temperature")
-        options["temperature"] = temperature
-    top_p = data.get("top_p")
-    if top_p is not None:
-        if not _is_number(top_p) or not 0 <= top_p <= 1:
-            raise _bad("top_p must be a number between 0 and 1", "top_p")
-        options["top_p"] = top_p
-    max_output_tokens = data.get("max_output_tokens")
-    if max_output_tokens is not None:
-        if not _is_int(max_output_tokens) or max_output_tokens < 1:
-            raise _bad("max_output_tokens must be a positive integer", "max_output_tokens")
-        options["max_tokens"] = max_output_tokens
-    return options
-
-
-def _optional_string(data: dict, name: str) -> Optional[str]:
-    value = data.get(name)
-    if value is not None and not isinstance(value, str):
-        raise _bad(f"{name} must be a string", name, "invalid_type")
-    return value or None
-
-
-def _optional_bool(data: dict, name: str) -> Optional[bool]:
-    value = data.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise _bad(f"{name} must be a boolean", name, "invalid_type")
-    return value
-
-
 def _metadata(data: dict) -> dict:
     metadata = data.get("metadata")
     if metadata is None:
@@ -360,12 +288,9 @@ def parse_responses_request(body: bytes, images: Optional[ImageBudget] = None,
     data = parse_body(body)
     check_request_limits(data, limits or RequestLimits.for_responses(ResponsesConfig()),
                          data.get("instructions"))
-    model = data.get("model", "moltbot")
-    if not isinstance(model, str) or not model.strip():
-        raise _bad('model must be a non-empty string, e.g. "moltbot:main"', "model",
-                   "invalid_type")
-    stream = _optional_bool(data, "stream")
-    user = _optional_string(data, "user")
+    model = model_field(data)
+    stream = optional_bool(data, "stream")
+    user = optional_string(data, "user")
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise _bad("instructions must be a string", "instructions", "invalid_type")
@@ -379,14 +304,14 @@ def parse_responses_request(body: bytes, images: Optional[ImageBudget] = None,
     if data.get("conversation") is not None:
         raise _bad("conversation objects are not supported; continue a conversation with "
                    "previous_response_id", "conversation", "unsupported_value")
-    store = _optional_bool(data, "store")
+    store = optional_bool(data, "store")
     truncation = data.get("truncation")
     if truncation is not None and truncation not in TRUNCATION_MODES:
         raise _bad('truncation must be "auto" or "disabled"', "truncation")
-    parallel = _optional_bool(data, "parallel_tool_calls")
+    parallel = optional_bool(data, "parallel_tool_calls")
     metadata = _metadata(data)
     tools, echoed_tools, tool_choice, echoed_choice = _tools(data)
-    options = _options(data)
+    options = sampling_options(data, ("max_output_tokens",))
     response_format, echoed_text = _text_format(data)
     if response_format is not None:
         options["response_format"] = response_format

@@ -10,6 +10,7 @@ from ..agents.run import RunEvent, RunResult
 from ..json_text import compact_utf8
 from .errors import APIError
 from .sse_stream import SSEStream
+from .usage import responses_usage_json
 
 # The SDK's ResponseError.code is a closed set; the gateway's own code goes in the message.
 RESPONSE_ERROR_CODES = {429: "rate_limit_exceeded"}
@@ -42,26 +43,11 @@ class ResponseShell:
             "incomplete_details": incomplete_details,
             "model": self.model,
             "output": output,
-            "usage": usage_json(usage) if usage is not None else None,
+            "usage": responses_usage_json(usage) if usage is not None else None,
             "background": False,
             "reasoning": None,
             **self.echo,
         }
-
-
-def usage_json(usage) -> dict:
-    """Responses ``usage``: the SDK's documented fields only; cached and reasoning tokens
-    come from the upstream's breakdowns when it reported them, else 0."""
-    prompt_details = usage.prompt_tokens_details or {}
-    completion_details = usage.completion_tokens_details or {}
-    return {"input_tokens": usage.prompt_tokens,
-            "input_tokens_details": {
-                "cached_tokens": prompt_details.get("cached_tokens", 0),
-                "cache_write_tokens": prompt_details.get("cache_write_tokens", 0)},
-            "output_tokens": usage.completion_tokens,
-            "output_tokens_details": {
-                "reasoning_tokens": completion_details.get("reasoning_tokens", 0)},
-            "total_tokens": usage.total_tokens}
 
 
 def outcome(finish_reason: str) -> tuple[str, Optional[dict]]:

@@ -19,24 +19,23 @@ from ..config import Config, parse_model_ref
 from ..fetch import GuardedFetcher
 from ..providers.errors import ProviderError
 from ..providers.interface import IEmbeddingProvider
-from ..http_auth import request_client_address, require_auth
+from ..http_auth import require_auth
 from ..sessions.keys import openai_session_key
-from .chat_request import (AGENT_MODEL_PREFIXES, agent_from_model, is_task_prompt,
-                           parse_chat_request)
+from .chat_request import is_task_prompt, parse_chat_request
 from .completions import (TextCompletionStream, parse_completion_request,
                           text_completion_body)
 from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
+from .request_common import agent_from_model
 from .request_limits import RequestLimits
 from .chat_response import ChatStream, completion_body, response_model, stream_models
 from .responses import ResponsesEndpoint
-from .runs import await_run, start_run_for_client
+from .run_endpoint import RunEndpoint
+from .runs import await_run
 from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
-                      named_session, session_header_names)
+                      session_from_headers, user_session)
 from .errors import (APIError, api_error_for_run_failure, method_not_allowed, not_found,
                      write_error)
-
-
 
 
 def _require_enabled_method(request, enabled: bool, methods: tuple[str, ...]) -> None:
@@ -52,7 +51,7 @@ def _json(request, payload) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
 
-class OpenAIRoutes:
+class OpenAIRoutes(RunEndpoint):
     """Klein app for ``/v1``; built per gateway, so tests may run many in one process."""
 
     app = Klein()
@@ -61,23 +60,15 @@ class OpenAIRoutes:
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
                  runner: AgentRunner, clock, fetcher: Optional[GuardedFetcher] = None,
                  client_slots: Optional[ClientSlots] = None):
-        self.config = config
-        self.auth = auth
-        self.agents = agents
-        self.runner = runner
-        self.clock = clock
+        super().__init__(config, auth, agents, runner, clock, client_slots)
         endpoints = config.gateway.http.endpoints
         self.chat = endpoints.chatCompletions
         self.chat_limits = RequestLimits.for_chat(self.chat)
-        self.session_headers = session_header_names(config)
         # Remote images come through the guarded fetcher (its own client, never the
         # providers' pool); the service passes one in, tests one with their own policy.
         self.fetcher = fetcher if fetcher is not None else GuardedFetcher(clock)
         self.models_enabled = endpoints.chatCompletions.enabled or endpoints.responses.enabled
         self.created = int(clock.seconds())
-        limits = config.gateway.limits
-        self.client_slots = client_slots or ClientSlots(limits.perClientConcurrency,
-                                                        limits.perClientQueue)
         self.responses_endpoint = ResponsesEndpoint(config, auth, agents, runner, clock,
                                                      self.fetcher,
                                                      client_slots=self.client_slots)
@@ -103,13 +94,9 @@ class OpenAIRoutes:
     def get_model(self, request, model_id):
         _require_enabled_method(request, self.models_enabled, ("GET", "HEAD"))
         require_auth(request, self.auth)
-        name = model_id
-        for prefix in AGENT_MODEL_PREFIXES:
-            if name.lower().startswith(prefix):
-                name = name[len(prefix):]
-                break
+        named = agent_from_model(model_id)
         try:
-            agent = self.agents.get(name)
+            agent = self.agents.get(model_id if named is None else named)
         except UnknownAgent:
             raise APIError(404, f"The model '{model_id}' does not exist", param="model",
                            code="model_not_found")
@@ -121,40 +108,20 @@ class OpenAIRoutes:
         require_auth(request, self.auth)
         images = ImageBudget(self.chat.images)
         chat = parse_chat_request(request.content.read(), images, self.chat_limits)
-        try:
-            agent = self.agents.get(chat.agent_id or header(request, AGENT_ID_HEADERS))
-        except UnknownAgent as e:
-            raise APIError(404, f"The model '{chat.model}' does not exist: there is no agent "
-                                f'"{e.agent_id}"', param="model", code="model_not_found")
+        agent = self.agent_for(chat.agent_id or header(request, AGENT_ID_HEADERS), chat.model)
         session_key, persist, history_owner = self._session(request, agent.id, chat)
         if images.remote:
             await fetch_remote_images(images, self.fetcher)
         model_override = header(request, MODEL_HEADERS)
-        run = await start_run_for_client(
-            self.runner, self.client_slots, request_client_address(request, self.auth),
-            RunRequest(
-                input=chat.input, agent_id=agent.id, session_key=session_key,
-                client_history=chat.history, history_owner=history_owner,
-                extra_system_prompt=chat.system_prompt,
-                model=model_override, options=chat.options, persist=persist,
-                stream=chat.stream, tools=chat.tools, tool_choice=chat.tool_choice,
-                parallel_tool_calls=chat.parallel_tool_calls))
-        created = int(self.clock.seconds())
-        # The model field names the agent: echo it. Else name the model that answers.
-        names_agent = chat.agent_id is not None
-        stream = None
-        if chat.stream:
-            models = stream_models(chat.model, names_agent, model_override, agent.model.chain)
-            stream = ChatStream(request, run.run_id, models, created, chat.include_usage,
-                                self.chat.keepaliveSeconds, self.clock, flow=run.flow)
-            run.subscribe(stream.on_event)
-        result, failed = await await_run(run, stream)
-        if failed is not None:
-            return failed
-        if stream is not None:
-            return stream.finish(result)
-        model = response_model(chat.model, names_agent, result.model)
-        return _json(request, completion_body(result, model, created))
+        run = await self.start_run(request, RunRequest(
+            input=chat.input, agent_id=agent.id, session_key=session_key,
+            client_history=chat.history, history_owner=history_owner,
+            extra_system_prompt=chat.system_prompt,
+            model=model_override, options=chat.options, persist=persist,
+            stream=chat.stream, tools=chat.tools, tool_choice=chat.tool_choice,
+            parallel_tool_calls=chat.parallel_tool_calls))
+        return await self._answer(request, run, chat, agent, model_override, ChatStream,
+                                  completion_body)
 
     @app.route("/completions")
     async def completions(self, request):
@@ -164,36 +131,38 @@ class OpenAIRoutes:
         _require_enabled_method(request, self.chat.enabled, ("POST",))
         require_auth(request, self.auth)
         text = parse_completion_request(request.content.read(), self.chat.maxTotalChars)
-        try:
-            agent = self.agents.get(text.agent_id or header(request, AGENT_ID_HEADERS))
-        except UnknownAgent as e:
-            raise APIError(404, f"The model '{text.model}' does not exist: there is no agent "
-                                f'"{e.agent_id}"', param="model", code="model_not_found")
+        agent = self.agent_for(text.agent_id or header(request, AGENT_ID_HEADERS), text.model)
         session_key = header(request, SESSION_KEY_HEADERS)
         model_override = header(request, MODEL_HEADERS)
-        run = await start_run_for_client(
-            self.runner, self.client_slots, request_client_address(request, self.auth),
-            RunRequest(
-                input=({"role": "user", "content": text.prompt},), agent_id=agent.id,
-                session_key=session_key or openai_session_key(agent.id),
-                model=model_override, options=text.options, persist=session_key is not None,
-                stream=text.stream))
+        run = await self.start_run(request, RunRequest(
+            input=({"role": "user", "content": text.prompt},), agent_id=agent.id,
+            session_key=session_key or openai_session_key(agent.id),
+            model=model_override, options=text.options, persist=session_key is not None,
+            stream=text.stream))
+        return await self._answer(request, run, text, agent, model_override,
+                                  TextCompletionStream, text_completion_body)
+
+    async def _answer(self, request, run, parsed, agent, model_override, stream_class,
+                      body_of) -> bytes:
+        """Await a chat or text completion's run and answer it: ``stream_class`` chunks
+        when the request streams, else the ``body_of(result, model, created)`` JSON."""
         created = int(self.clock.seconds())
-        names_agent = text.agent_id is not None
+        # The model field names the agent: echo it. Else name the model that answers.
+        names_agent = parsed.agent_id is not None
         stream = None
-        if text.stream:
-            models = stream_models(text.model, names_agent, model_override, agent.model.chain)
-            stream = TextCompletionStream(request, run.run_id, models, created,
-                                          text.include_usage, self.chat.keepaliveSeconds,
-                                          self.clock, flow=run.flow)
+        if parsed.stream:
+            models = stream_models(parsed.model, names_agent, model_override,
+                                   agent.model.chain)
+            stream = stream_class(request, run.run_id, models, created, parsed.include_usage,
+                                  self.chat.keepaliveSeconds, self.clock, flow=run.flow)
             run.subscribe(stream.on_event)
         result, failed = await await_run(run, stream)
         if failed is not None:
             return failed
         if stream is not None:
             return stream.finish(result)
-        model = response_model(text.model, names_agent, result.model)
-        return _json(request, text_completion_body(result, model, created))
+        model = response_model(parsed.model, names_agent, result.model)
+        return _json(request, body_of(result, model, created))
 
     @app.route("/responses")
     async def responses(self, request):
@@ -237,27 +206,19 @@ class OpenAIRoutes:
 
     def _session(self, request, agent_id: str, chat) -> tuple[str, bool, str]:
         """The session key of a chat request, whether the run may touch the session, and
-        who owns its history (``RunRequest.history_owner``).
-
-        ``x-moltbot-session-key`` wins; then a configured session header (e.g. Open WebUI's
-        chat id: the UI resends, edits and branches the whole conversation, so the client
-        owns the history); then ``user``; otherwise a fresh key that is never stored.
-        Background task prompts never read or write a session (statelessTaskPrompts)."""
+        who owns its history (``RunRequest.history_owner``): the headers' session
+        (``session_from_headers``), then ``user``'s; otherwise a fresh key that is never
+        stored. Background task prompts never read or write a session
+        (statelessTaskPrompts)."""
         if self.chat.statelessTaskPrompts and is_task_prompt(chat):
             return openai_session_key(agent_id), False, "store"
-        explicit = header(request, SESSION_KEY_HEADERS)
-        if explicit is not None:
-            return explicit, True, "store"
-        for name in self.session_headers:
-            value = header(request, (name,))
-            if value is not None:
-                return (named_session(agent_id, f"openai-chat:{value}", name.decode()), True,
-                        "client")
+        chosen = session_from_headers(request, agent_id, self.session_headers)
+        if chosen is not None:
+            return chosen.key, True, "client" if chosen.client_owns_history else "store"
         if chat.user is not None:
-            return named_session(agent_id, f"openai-user:{chat.user}", "user"), True, "store"
+            return user_session(agent_id, chat.user), True, "store"
         # a fresh per-request session: not stored
         return openai_session_key(agent_id), False, "store"
-
 
     @app.handle_errors(APIError)
     def api_error(self, request, failure):

@@ -13,8 +13,9 @@ SSE_HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"),
 
 
 class SSEStream:
-    """Base of ``ChatStream`` and ``ResponsesStream``; subclasses write their frames with
-    ``_write`` and say what opens the stream in ``_opening``."""
+    """Base of ``CompletionStream`` (chat and text completions) and ``ResponsesStream``;
+    subclasses write their frames with ``_write`` and say what opens the stream in
+    ``_opening``."""
 
     def __init__(self, request, keepalive_seconds: float, clock, flow=None):
         self.request = request

@@ -1,5 +1,5 @@
 """Small checks every OpenAI-shaped request parser shares: the 400 error naming a param,
-number/integer tests that refuse booleans, and the text of message content."""
+number/integer tests that refuse booleans, and a function tool's definition."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
@@ -35,10 +35,3 @@ def function_definition(name: str, spec: Mapping[str, Any], where: str) -> dict:
                               "invalid_type")
         function[field] = value
     return function
-
-
-def text_of(content: Any) -> str:
-    """A string, or the concatenated ``text`` of text parts."""
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content if p.get("type") == "text")

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Optional
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
+from ..content import content_text
 from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCallSink, Usage
 from .errors import ProviderBadRequest
 from .http_provider import HTTPProvider
@@ -111,8 +112,7 @@ def convert_messages(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], 
     for message in messages:
         role = message.get("role")
         if role in ("system", "developer"):
-            text = "".join(b["text"] for b in _blocks(message.get("content"))
-                           if b["type"] == "text")
+            text = content_text(message.get("content"))
             if text:
                 system.append(text)
             continue

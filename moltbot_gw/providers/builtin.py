@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..content import content_text
 from .base import (DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCall, ToolCallSink,
                    Usage)
 from .errors import ProviderBadRequest, no_embeddings
@@ -36,17 +37,6 @@ def split_words(text: str) -> list[str]:
     if not pieces and text:
         return [text]
     return pieces
-
-
-def message_text(content: Any) -> str:
-    """A message's text: a string, or the concatenated ``text``/``input_text`` parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)):
-        return "".join(part["text"] for part in content
-                       if isinstance(part, Mapping) and part.get("type") in ("text", "input_text")
-                       and isinstance(part.get("text"), str))
-    return ""
 
 
 def offered_functions(tools: Any) -> set[str]:
@@ -107,10 +97,10 @@ class BuiltinProvider:
         newest, newest_role = "", None
         for message in reversed(request.messages):
             if message.get("role") in ("user", "tool"):
-                newest, newest_role = message_text(message.get("content")), message["role"]
+                newest, newest_role = content_text(message.get("content")), message["role"]
                 break
         prompt_words = len((request.system or "").split()) + sum(
-            len(message_text(m.get("content")).split()) for m in request.messages)
+            len(content_text(m.get("content")).split()) for m in request.messages)
         call = (parse_call(newest, callable_functions(request.tools, request.tool_choice))
                 if newest_role == "user" and request.tools else None)
         if call is not None:

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..content import content_text
 from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCallSink, Usage
 from .errors import ProviderUnavailable
 from .http_provider import HTTPProvider
@@ -150,7 +151,7 @@ class ChatCompletionSink(ModelReplySink):
         choice = choices[0]
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
         self._reason(_reasoning_of(message))
-        self._emit(_text_of(message.get("content")))
+        self._emit(content_text(message.get("content")))
         calls = message.get("tool_calls")
         if isinstance(calls, list):
             for call in calls:
@@ -215,15 +216,6 @@ def _reasoning_of(message: Mapping[str, Any]) -> Optional[str]:
         if isinstance(value, str) and value:
             return value
     return None
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, dict) and isinstance(part.get("text"), str))
-    return ""
 
 
 def _counts(details: Any) -> Optional[dict[str, int]]:

@@ -19,9 +19,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional, Sequence
 
 from twisted.logger import Logger
+
+from ..content import content_text
 
 log = Logger()
 
@@ -118,6 +120,29 @@ def _decode_line(raw: bytes) -> Optional[dict[str, Any]]:
     return value if isinstance(value, dict) else None
 
 
+class _ReadTally:
+    """What reading a transcript found besides its records: unreadable lines, whether the
+    last one was torn, bytes read."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self.torn = False
+        self.size = 0
+
+    def contents(self, records: Iterable[dict[str, Any]]) -> TranscriptContents:
+        return TranscriptContents(records=tuple(records), skipped_lines=self.skipped,
+                                  torn_last_line=self.torn, size_bytes=self.size)
+
+
+def _open_for_reading(path: Path) -> Optional[BinaryIO]:
+    """The transcript file, or None when there is none: a missing file is an empty
+    transcript (a session whose first turn has not been written yet)."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        return None
+
+
 def read_transcript(path: Path) -> TranscriptContents:
     """Read every record of a transcript, streaming line by line. Blocking.
 
@@ -125,18 +150,16 @@ def read_transcript(path: Path) -> TranscriptContents:
     unterminated, unparseable last line is the remains of a write cut short by a crash.
     """
     path = Path(path)
-    records: list[dict[str, Any]] = []
-    skipped = size = 0
-    torn = False
-    try:
-        transcript_file = open(path, "rb")
-    except FileNotFoundError:
+    transcript_file = _open_for_reading(path)
+    if transcript_file is None:
         return TranscriptContents(records=())
+    records: list[dict[str, Any]] = []
+    tally = _ReadTally()
     with transcript_file:
         # Binary iteration splits on b"\n" only; str.splitlines would also split on U+2028,
         # which ensure_ascii=False leaves unescaped inside JSON strings.
         for line_number, raw in enumerate(transcript_file, start=1):
-            size += len(raw)
+            tally.size += len(raw)
             terminated = raw.endswith(b"\n")
             line = raw.rstrip(b"\r\n")
             if not line.strip():
@@ -145,17 +168,16 @@ def read_transcript(path: Path) -> TranscriptContents:
             if record is not None:
                 records.append(record)
                 continue
-            skipped += 1
+            tally.skipped += 1
             if terminated:
                 log.warn("skipped unreadable line {line_number} of transcript {path}",
                          line_number=line_number, path=str(path))
             else:
-                torn = True
+                tally.torn = True
                 log.warn("ignored torn last line {line_number} of transcript {path}"
                          " ({length} bytes)", line_number=line_number, path=str(path),
                          length=len(raw))
-    return TranscriptContents(records=tuple(records), skipped_lines=skipped,
-                              torn_last_line=torn, size_bytes=size)
+    return tally.contents(records)
 
 
 TAIL_BLOCK_BYTES = 64 * 1024
@@ -170,23 +192,20 @@ def read_transcript_tail(path: Path, enough: Callable[[dict[str, Any]], bool],
     Turns older than what is needed are never read, however large they are. Lines are
     judged as ``read_transcript`` does: an unterminated, unparseable last line is torn.
     """
-    newest_first: list[dict[str, Any]] = []
-    skipped = size = 0
-    torn = False
-    try:
-        transcript_file = open(path, "rb")
-    except FileNotFoundError:
+    transcript_file = _open_for_reading(path)
+    if transcript_file is None:
         return TranscriptContents(records=())
+    newest_first: list[dict[str, Any]] = []
+    tally = _ReadTally()
 
     def take(raw: bytes, terminated: bool) -> bool:
-        nonlocal skipped, torn
         line = raw.rstrip(b"\r")
         if not line.strip():
             return False
         record = _decode_line(line)
         if record is None:
-            skipped += 1
-            torn = torn or not terminated
+            tally.skipped += 1
+            tally.torn = tally.torn or not terminated
             log.warn("skipped an unreadable line near the end of transcript {path}",
                      path=str(path))
             return False
@@ -203,7 +222,7 @@ def read_transcript_tail(path: Path, enough: Callable[[dict[str, Any]], bool],
             position -= step
             transcript_file.seek(position)
             block = transcript_file.read(step)
-            size += len(block)
+            tally.size += len(block)
             pieces = block.split(b"\n")
             if len(pieces) == 1:
                 carry.append(block)
@@ -220,8 +239,7 @@ def read_transcript_tail(path: Path, enough: Callable[[dict[str, Any]], bool],
             carry.reverse()
             take(b"".join(carry), terminated=not at_end)
     newest_first.reverse()
-    return TranscriptContents(records=tuple(newest_first), skipped_lines=skipped,
-                              torn_last_line=torn, size_bytes=size)
+    return tally.contents(newest_first)
 
 
 def compact_transcript(path: Path, header: Mapping[str, Any], keep_bytes: int,
@@ -283,17 +301,6 @@ class Transcript:
 
     def load(self) -> list[dict[str, Any]]:
         return list(read_transcript(self.path).records)
-
-
-def content_text(content: Any) -> str:
-    """The text of message content: a string, or the ``text`` of its text parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, Mapping) and part.get("type") == "text"
-                       and isinstance(part.get("text"), str))
-    return ""
 
 
 def _is_message(record: Mapping[str, Any], open_calls: set) -> bool:
