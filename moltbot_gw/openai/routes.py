@@ -27,6 +27,7 @@ from .completions import (TextCompletionStream, parse_completion_request,
 from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
 from .request_limits import RequestLimits
+from .response_index import ResponseIndex
 from .chat_response import ChatStream, completion_body, response_model, stream_models
 from .responses import ResponsesEndpoint
 from .runs import await_run, start_run_for_client
@@ -59,7 +60,8 @@ class OpenAIRoutes:
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
                  runner: AgentRunner, clock, fetcher: Optional[GuardedFetcher] = None,
-                 client_slots: Optional[ClientSlots] = None):
+                 client_slots: Optional[ClientSlots] = None,
+                 response_index: Optional[ResponseIndex] = None):
         self.config = config
         self.auth = auth
         self.agents = agents
@@ -79,7 +81,8 @@ class OpenAIRoutes:
                                                         limits.perClientQueue)
         self.responses_endpoint = ResponsesEndpoint(config, auth, agents, runner, clock,
                                                      self.fetcher,
-                                                     client_slots=self.client_slots)
+                                                     client_slots=self.client_slots,
+                                                     response_index=response_index)
 
     def resource(self):
         return self.app.resource()
@@ -257,17 +260,16 @@ class OpenAIRoutes:
         # a fresh per-request session: not stored
         return openai_session_key(agent_id), False, "store"
 
-
     @app.handle_errors(APIError)
     def api_error(self, request, failure):
         return write_error(request, failure.value)
 
     @app.handle_errors(NotFound)
-    def not_found(self, request, failure):
+    def no_such_route(self, request, failure):
         return not_found(request)
 
     @app.handle_errors(MethodNotAllowed)
-    def method_not_allowed(self, request, failure):
+    def wrong_method(self, request, failure):
         return method_not_allowed(request, failure.value.valid_methods)
 
     @app.handle_errors(Exception)

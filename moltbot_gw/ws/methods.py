@@ -246,6 +246,11 @@ class GatewayMethods:
         self.router.drop(connection)
         self.admission.connection_closed(connection)
 
+    def reconfigure(self, agents: AgentRegistry, limits: LimitsConfig) -> None:
+        """A config reload: the agents and limits of calls from now on."""
+        self.agents = agents
+        self.admission.limits = limits
+
     def _uptime_ms(self) -> int:
         return int((self.clock.seconds() - self.started_at) * 1000)
 
