@@ -22,7 +22,7 @@ from ..sessions.keys import KEY_PREFIX, parse_session_key, resolve_session_key
 from ..sessions.store import SessionStore
 from ..sessions.transcript import current_branch
 from .frames import PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, invalid
-from .idempotency import ExpiringCache
+from .idempotency import expiring_cache
 from .run_admission import WRITE_METHODS, RunAdmission
 
 MAIN_SESSION = "main"
@@ -220,8 +220,7 @@ class GatewayMethods:
         self.started_at_ms = int(time.time() * 1000)
         self.router = EventRouter()
         self.admission = RunAdmission(clock, limits, client_slots)
-        self.finished_runs: ExpiringCache[Run] = ExpiringCache(clock, FINISHED_RUN_TTL,
-                                                                MAX_FINISHED_RUNS)
+        self.finished_runs = expiring_cache(clock, FINISHED_RUN_TTL, MAX_FINISHED_RUNS)
         self.table: dict[str, Handler] = {
             "health": self.health,
             "status": self.status,
@@ -327,8 +326,12 @@ class GatewayMethods:
         run.wait().addBoth(lambda _: slot.release())   # the slot is held while the run runs
         self.router.watch(run)
         # Findable by agent.wait for a while after it ends, not only while it runs.
-        self.finished_runs.put(run.run_id, run)
-        run.wait().addBoth(lambda _: self.finished_runs.put(run.run_id, run))
+        self.finished_runs[run.run_id] = run
+
+        def ended(_outcome) -> None:
+            self.finished_runs[run.run_id] = run     # kept for FINISHED_RUN_TTL from the end
+
+        run.wait().addBoth(ended)
         if scope is not None:
             self.admission.remember(scope, asked, run)
         return run, False
