@@ -18,6 +18,8 @@ from typing import Any, Literal, Mapping, Optional
 
 import json5
 
+from .names import CONFIG_PATH_ENV, GATEWAY_PASSWORD_ENV, GATEWAY_TOKEN_ENV, STATE_DIR_ENV
+
 DEFAULT_PORT = 18789
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -137,9 +139,9 @@ class RateLimitConfig:
 class AuthConfig:
     mode: Literal["token", "password"] = _key("mode", "token", doc='"token" or "password"')
     token: Optional[str] = _key("token", None, secret=True,
-                                doc="bearer token (env CLAWDBOT_GATEWAY_TOKEN overrides)")
+                                doc="bearer token (env MOLTBOT_GATEWAY_TOKEN overrides)")
     password: Optional[str] = _key("password", None, secret=True,
-                                   doc="password (env CLAWDBOT_GATEWAY_PASSWORD overrides)")
+                                   doc="password (env MOLTBOT_GATEWAY_PASSWORD overrides)")
     rateLimit: RateLimitConfig = _key("rateLimit", RateLimitConfig(),
                                       doc="failed-attempt limiter")
 
@@ -574,14 +576,14 @@ def _first_env(env: Mapping[str, str], *names: str) -> Optional[str]:
 
 
 def resolve_state_dir(env: Mapping[str, str] = os.environ) -> Path:
-    found = _first_env(env, "MOLTBOT_STATE_DIR", "CLAWDBOT_STATE_DIR")
+    found = _first_env(env, *STATE_DIR_ENV)
     return Path(found).expanduser() if found else Path("~/.moltbot").expanduser()
 
 
 def resolve_config_path(explicit: Optional[str], env: Mapping[str, str] = os.environ) -> Path:
     if explicit:
         return Path(explicit).expanduser()
-    found = _first_env(env, "MOLTBOT_CONFIG_PATH", "CLAWDBOT_CONFIG_PATH")
+    found = _first_env(env, *CONFIG_PATH_ENV)
     if found:
         return Path(found).expanduser()
     return resolve_state_dir(env) / "moltbot.json"
@@ -589,8 +591,8 @@ def resolve_config_path(explicit: Optional[str], env: Mapping[str, str] = os.env
 
 def _apply_auth_env(raw: dict, env: Mapping[str, str]) -> dict:
     """Gateway secrets from the environment override the file."""
-    token = _first_env(env, "MOLTBOT_GATEWAY_TOKEN", "CLAWDBOT_GATEWAY_TOKEN")
-    password = _first_env(env, "MOLTBOT_GATEWAY_PASSWORD", "CLAWDBOT_GATEWAY_PASSWORD")
+    token = _first_env(env, *GATEWAY_TOKEN_ENV)
+    password = _first_env(env, *GATEWAY_PASSWORD_ENV)
     if token is None and password is None:
         return raw
     gateway = raw.get("gateway")
@@ -676,7 +678,7 @@ def load_config(explicit_path: Optional[str] = None,
     """Find, read and validate the config. A missing file at the default path means defaults;
     a missing file that was named explicitly is an error."""
     path = resolve_config_path(explicit_path, env)
-    named = bool(explicit_path or _first_env(env, "MOLTBOT_CONFIG_PATH", "CLAWDBOT_CONFIG_PATH"))
+    named = bool(explicit_path or _first_env(env, *CONFIG_PATH_ENV))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
