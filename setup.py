@@ -35,6 +35,10 @@ setup(
         "json5>=0.9",
         "prometheus_client>=0.20",
         "cachetools>=5.3",
+        # imported directly, not only through Twisted and Klein: openai/routes.py raises
+        # werkzeug's NotFound/MethodNotAllowed for Klein; zope.interface declares interfaces
+        "werkzeug>=2.0",
+        "zope.interface>=5.0",
     ],
     extras_require={
         "test": [

@@ -37,8 +37,6 @@ from .errors import (APIError, api_error_for_run_failure, method_not_allowed, no
                      write_error)
 
 
-
-
 def _require_enabled_method(request, enabled: bool, methods: tuple[str, ...]) -> None:
     """404 for any method while the endpoint is off; 405 for a wrong method once it is on."""
     if not enabled:

@@ -209,13 +209,14 @@ class GatewayMethods:
     log = Logger()
 
     def __init__(self, runner: AgentRunner, store: SessionStore, agents: AgentRegistry, clock,
-                 connections=(), *, client_slots: Optional[ClientSlots] = None,
+                 *, client_slots: Optional[ClientSlots] = None,
                  limits: LimitsConfig = LimitsConfig()):
         self.runner = runner
         self.store = store
         self.agents = agents
         self.clock = clock
-        self.connections = connections          # the open connections, for ``status``
+        # The open connections, for ``status``; the factory adds and removes them.
+        self.connections: set = set()
         self.started_at = clock.seconds()
         self.started_at_ms = int(time.time() * 1000)
         self.router = EventRouter()
