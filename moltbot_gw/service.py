@@ -59,7 +59,7 @@ class GatewayService(MultiService):
     log = Logger()
 
     def __init__(self, config: Config, reactor=None, auth: Optional[GatewayAuth] = None,
-                 fetcher: Optional[GuardedFetcher] = None):
+                 fetcher: Optional[GuardedFetcher] = None, state_dir_lock=None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
@@ -68,7 +68,9 @@ class GatewayService(MultiService):
         # Every outbound fetch made for a client; tests pass one with their own address policy.
         self.fetcher = fetcher if fetcher is not None else GuardedFetcher(reactor)
         self.auth = auth or GatewayAuth.from_config(config, reactor)
-        self.state_dir_lock = None   # the daemon's StateDirLock, set by the twistd plugin
+        # The daemon's StateDirLock (twistd plugin), held for the service's life; tests run
+        # several services on one state dir without one.
+        self.state_dir_lock = state_dir_lock
         # Metrics are always recorded (cheaply, in a registry of this gateway's own); the
         # config only decides whether GET /metrics serves them.
         self.gateway_metrics = GatewayMetrics()
@@ -97,7 +99,6 @@ class GatewayService(MultiService):
         self.openai = self._routes_for(config)
         self.site = GatewaySite(self._root_for(config), self._door_for(config),
                                 metrics=self.gateway_metrics)
-        self.site.displayTracebacks = False
         self.endpoint = serverFromString(reactor, endpoint_description(config))
         self.port = None            # the listening port, once startService has bound it
         self._port_waiters: list[defer.Deferred] = []

@@ -290,6 +290,7 @@ class GatewaySite(Site):
 
     requestFactory = GatewayRequest
     protocol = GatewayChannel
+    displayTracebacks = False   # never a traceback to a client
 
     def __init__(self, resource, door: DoorPolicy, metrics=None, **kwargs):
         # Every body here is JSON: parsing form uploads into request.args would only cost

@@ -124,12 +124,11 @@ class GatewayServiceMaker:
         except (StateDirBusy, OSError) as e:
             _fail([str(e)])
         try:
-            service = GatewayService(config)
+            # The lock is taken here, by the daemon, not by each GatewayService (tests run
+            # several of those in one process on one state dir); the service holds it.
+            service = GatewayService(config, state_dir_lock=lock)
         except ValueError as e:
             _fail([str(e)])
-        # Held for the daemon's life: the lock is taken here, by the daemon, not by each
-        # GatewayService (tests run several of those in one process on one state dir).
-        service.state_dir_lock = lock
         from twisted.internet import reactor
 
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
