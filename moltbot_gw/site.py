@@ -78,7 +78,7 @@ class GatewayRequest(Request):
             channel = self.channel
             site = channel.site
             self._limit = site.door.max_body_bytes
-            if not site.takes_body(channel._command, channel._path.split(b"?", 1)[0],
+            if not site.takes_body(channel.request_method, channel.request_path,
                                    self.requestHeaders):
                 self._limit = min(site.door.max_body_bytes, NO_USE_BODY_BYTES)
         return self._limit
@@ -183,6 +183,24 @@ class GatewayChannel(HTTPChannel):
     _headers_timer = None
     _request_timer = None
     _answering = False   # a whole request has arrived and is being answered
+    # The request line of the request being received, for decisions made before its
+    # Request knows it (at the headers): kept here rather than read off HTTPChannel's
+    # private attributes.
+    request_method = b""
+    request_target = b""
+
+    @property
+    def request_path(self) -> bytes:
+        """The request target without its query string."""
+        return self.request_target.split(b"?", 1)[0]
+
+    def lineReceived(self, line):
+        received = len(self.requests)
+        super().lineReceived(line)
+        if len(self.requests) > received:   # that was a request line (a new Request)
+            parts = line.split(b" ")
+            if len(parts) == 3:             # else HTTPChannel has answered 400
+                self.request_method, self.request_target = parts[0], parts[1]
 
     def dataReceived(self, data):
         if not self._answering and self._request_timer is None and data.strip():
@@ -210,15 +228,16 @@ class GatewayChannel(HTTPChannel):
             return False
         if (self.length or 0) > self.site.door.max_body_bytes:
             return False  # refused as too large, unread, whoever sends it (gotLength)
-        path = self._path.split(b"?", 1)[0]
-        if not self.site.needs_auth(self._command, path, headers):
+        path = self.request_path
+        if not self.site.needs_auth(self.request_method, path, headers):
             return False
         error = auth_error(request, self.site.door.auth)
         if error is None:
             return False
         request._too_large = True  # nothing more is read or processed for it
         # What the access log and the metrics need of a request that is never processed.
-        request.method, request.uri, request.path = self._command, self._path, path
+        request.method, request.uri, request.path = (self.request_method,
+                                                     self.request_target, path)
         request.request_id = request_id_for(request.getHeader(REQUEST_ID_HEADER))
         request._site = self.site
         response_headers = {"X-Request-Id": request.request_id.decode("ascii"), **error.headers}
