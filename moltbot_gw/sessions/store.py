@@ -30,7 +30,6 @@ from moltbot_gw.sessions.transcript import (
     append_records,
     compact_transcript,
     encode_records,
-    fsync_directory,
     read_transcript_tail,
     session_header,
     transcript_path,
