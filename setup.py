@@ -36,6 +36,9 @@ setup(
         "json5>=0.9",
         "prometheus_client>=0.20",
         "cachetools>=5.3",
+        # imported directly, not only through Twisted and Klein: openai/routes.py raises
+        # werkzeug's NotFound/MethodNotAllowed for Klein; zope.interface declares interfaces
+        "werkzeug>=2.0",
         "zope.interface>=5.0",
         "pydantic>=2.6",
     ],

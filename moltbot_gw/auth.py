@@ -274,7 +274,7 @@ class GatewayAuth:
         if secret is None:
             if auth.mode == "password":
                 raise ValueError("gateway.auth.password: required when gateway.auth.mode is "
-                                 '"password" (or set CLAWDBOT_GATEWAY_PASSWORD)')
+                                 '"password" (or set MOLTBOT_GATEWAY_PASSWORD)')
             secret, created = load_or_create_token(config.state_dir)
             generated = True
             path = token_file(config.state_dir)

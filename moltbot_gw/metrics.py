@@ -140,11 +140,17 @@ class GatewayMetrics:
 
 class CountingAuth:
     """``GatewayAuth`` as one transport sees it: the same object underneath, but refused
-    attempts are counted as auth failures of that transport."""
+    attempts are counted as auth failures of that transport. Only what the transports use
+    is offered: ``authenticate``, ``charge`` and ``trusted_proxies``."""
 
     def __init__(self, auth, on_failure: Callable[[], None]):
         self._auth = auth
         self._on_failure = on_failure
+
+    @property
+    def trusted_proxies(self):
+        """The proxies whose ``X-Forwarded-For`` is believed (they change on reload)."""
+        return self._auth.trusted_proxies
 
     def authenticate(self, *args, **kwargs):
         outcome = self._auth.authenticate(*args, **kwargs)
@@ -156,6 +162,3 @@ class CountingAuth:
         """A malformed handshake charged to the limiter is a refused authentication too."""
         self._auth.charge(*args, **kwargs)
         self._on_failure()
-
-    def __getattr__(self, name):
-        return getattr(self._auth, name)

@@ -7,11 +7,11 @@ import dataclasses
 from typing import Optional
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import __version__
 from .agents.client_slots import ClientSlots
@@ -24,8 +24,9 @@ from .config import Config, ConfigError
 from .fetch import GuardedFetcher
 from .metrics import CountingAuth, GatewayMetrics
 from .openai.cors import CorsPolicy
+from .openai.response_index import ResponseIndex
 from .openai.routes import OpenAIRoutes
-from .site import GatewaySite
+from .site import DoorPolicy, GatewaySite
 from .web import GatewayRoot, MetricsResource
 from .ws.methods import GatewayMethods
 from .ws.protocol import GatewayWSFactory
@@ -58,7 +59,7 @@ class GatewayService(MultiService):
     log = Logger()
 
     def __init__(self, config: Config, reactor=None, auth: Optional[GatewayAuth] = None,
-                 fetcher: Optional[GuardedFetcher] = None):
+                 fetcher: Optional[GuardedFetcher] = None, state_dir_lock=None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
@@ -67,20 +68,21 @@ class GatewayService(MultiService):
         # Every outbound fetch made for a client; tests pass one with their own address policy.
         self.fetcher = fetcher if fetcher is not None else GuardedFetcher(reactor)
         self.auth = auth or GatewayAuth.from_config(config, reactor)
-        self.state_dir_lock = None   # the daemon's StateDirLock, set by the twistd plugin
-        self.agents = AgentRegistry(config)
-        self.providers = ProviderRegistry(
-            config.models, reactor, extra_secrets=(config.gateway.auth.explicit_secret,))
-        self.store = SessionStore(config.state_dir, reactor, limits=config.session)
-        self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
-                                  config.agents.defaults.maxConcurrent)
+        # The daemon's StateDirLock (twistd plugin), held for the service's life; tests run
+        # several services on one state dir without one.
+        self.state_dir_lock = state_dir_lock
         # Metrics are always recorded (cheaply, in a registry of this gateway's own); the
         # config only decides whether GET /metrics serves them.
-        self.metrics = GatewayMetrics()
-        self.runner.metrics = self.metrics
-        self.providers.client.metrics = self.metrics
-        http_auth = CountingAuth(self.auth, lambda: self.metrics.auth_failed("http"))
-        ws_auth = CountingAuth(self.auth, lambda: self.metrics.auth_failed("ws"))
+        self.gateway_metrics = GatewayMetrics()
+        self.agents = AgentRegistry(config)
+        self.providers = self._providers_for(config)
+        self.store = SessionStore(config.state_dir, reactor, limits=config.session)
+        self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
+                                  config.agents.defaults.maxConcurrent,
+                                  metrics=self.gateway_metrics)
+        self.http_auth = CountingAuth(self.auth,
+                                      lambda: self.gateway_metrics.auth_failed("http"))
+        ws_auth = CountingAuth(self.auth, lambda: self.gateway_metrics.auth_failed("ws"))
         limits = config.gateway.limits
         # One per gateway: a client's HTTP and WebSocket runs share its slots.
         self.client_slots = ClientSlots(limits.perClientConcurrency, limits.perClientQueue)
@@ -88,46 +90,58 @@ class GatewayService(MultiService):
             ws_auth, GatewayMethods(self.runner, self.store, self.agents, reactor,
                                     client_slots=self.client_slots, limits=limits),
             reactor=reactor, max_payload=config.gateway.ws.maxFrameBytes)
-        self.metrics.watch(self.runner, self.ws_factory)
-        self.http_auth = http_auth
-        self.root = GatewayRoot(WebSocketResource(self.ws_factory))
-        self.root.auth = self.auth
-        self.site = GatewaySite(self.root, max_body_bytes=0, metrics=self.metrics)
-        self._mount_http(config)
-        self.site.displayTracebacks = False
-        endpoint = serverFromString(reactor, endpoint_description(config))
-        self.listener = StreamServerEndpointService(endpoint, self.site)
-        # Under twistd a failure to bind must end the process with an error, not just a log.
-        self.listener._raiseSynchronously = True
-        # Not a child service: stopService drains in a set order around it.
+        self.gateway_metrics.watch(self.runner, self.ws_factory)
+        self.ws_resource = WebSocketResource(self.ws_factory)
+        # previous_response_id must survive a reload: the index outlives the routes.
+        responses = config.gateway.http.endpoints.responses
+        self.response_index = ResponseIndex(responses.maxStoredResponses,
+                                            responses.maxStoredBytes)
+        self.openai = self._routes_for(config)
+        self.site = GatewaySite(self._root_for(config), self._door_for(config),
+                                metrics=self.gateway_metrics)
+        self.endpoint = serverFromString(reactor, endpoint_description(config))
+        self.port = None            # the listening port, once startService has bound it
+        self._port_waiters: list[defer.Deferred] = []
+        self._listen_failure: Optional[Failure] = None
 
-    def _mount_http(self, config: Config) -> None:
-        """(Re)build what serves HTTP from ``config``: the /v1 routes, CORS, /metrics, the
-        body limit and the client timeouts. Connections and requests in flight keep what they
-        started with."""
-        previous = getattr(self, "openai", None)
-        self.openai = OpenAIRoutes(config, self.http_auth, self.agents, self.runner,
-                                   self.reactor, self.fetcher, client_slots=self.client_slots)
-        if previous is not None:  # previous_response_id must survive a reload
-            self.openai.responses_endpoint.adopt(previous.responses_endpoint)
+    # -- what one config builds ---------------------------------------------------------
+
+    def _providers_for(self, config: Config) -> ProviderRegistry:
+        return ProviderRegistry(config.models, self.reactor,
+                                extra_secrets=(config.gateway.auth.explicit_secret,),
+                                metrics=self.gateway_metrics)
+
+    def _routes_for(self, config: Config) -> OpenAIRoutes:
+        return OpenAIRoutes(config, self.http_auth, self.agents, self.runner, self.reactor,
+                            self.fetcher, client_slots=self.client_slots,
+                            response_index=self.response_index)
+
+    def _root_for(self, config: Config) -> GatewayRoot:
+        """The resource tree for ``config``: the WebSocket resource (and its connections)
+        stays, the routes, CORS policy and /metrics are this config's."""
         http = config.gateway.http
         metrics = config.gateway.metrics
-        self.root.api_resource = self.openai.resource()
-        self.root.cors = CorsPolicy(http.cors.allowedOrigins, http.sessionHeaders)
-        self.root.metrics = (MetricsResource(self.metrics, self.http_auth, metrics.public)
-                             if metrics.enabled else None)
-        self.site.max_body_bytes = http.endpoints.chatCompletions.maxBodyBytes
-        self.site.auth = self.http_auth
-        self.site.closed_paths = closed_paths(http.endpoints)
-        self.ws_factory.set_max_payload(config.gateway.ws.maxFrameBytes)
-        self.site.timeOut = http.idleTimeoutSeconds  # for connections accepted from now on
-        self.site.headers_timeout = http.headersTimeoutSeconds
-        self.site.request_timeout = http.requestTimeoutSeconds
+        return GatewayRoot(
+            self.ws_resource, auth=self.auth, api_resource=self.openai.resource(),
+            cors=CorsPolicy(http.cors.allowedOrigins, http.sessionHeaders),
+            metrics_resource=(MetricsResource(self.gateway_metrics, self.http_auth,
+                                              metrics.public)
+                              if metrics.enabled else None))
+
+    def _door_for(self, config: Config) -> DoorPolicy:
+        http = config.gateway.http
+        return DoorPolicy(auth=self.http_auth,
+                          max_body_bytes=http.endpoints.chatCompletions.maxBodyBytes,
+                          closed_paths=closed_paths(http.endpoints),
+                          idle_timeout=http.idleTimeoutSeconds,
+                          headers_timeout=http.headersTimeoutSeconds,
+                          request_timeout=http.requestTimeoutSeconds)
 
     def reload(self, config: Config) -> None:
         """Apply a new, already validated config without dropping a connection: agents,
         providers, auth secret, endpoint toggles and limits. Runs in flight finish on what
-        they started with. Port and bind need a restart."""
+        they started with, connections and requests in flight keep the site's objects they
+        started with. Port and bind need a restart."""
         old = self.config
         if not old.gateway.is_loopback_only:
             # judged against where the gateway listens now: a bind change takes a restart
@@ -145,19 +159,19 @@ class GatewayService(MultiService):
                 config.gateway, port=old.gateway.port, bind=old.gateway.bind))
         self.auth.reconfigure(config)
         old_providers = self.providers
+        limits = config.gateway.limits
         self.agents = AgentRegistry(config)
-        self.providers = ProviderRegistry(
-            config.models, self.reactor, extra_secrets=(config.gateway.auth.explicit_secret,))
-        self.providers.client.metrics = self.metrics
-        self.runner.agents = self.agents
-        self.store.limits = config.session
-        self.runner.providers = self.providers
-        self.ws_factory.methods.agents = self.agents
-        self.ws_factory.methods.admission.limits = config.gateway.limits
-        self.client_slots.reconfigure(config.gateway.limits.perClientConcurrency,
-                                      config.gateway.limits.perClientQueue)
+        self.providers = self._providers_for(config)
+        self.runner.reconfigure(self.agents, self.providers)
+        self.store.reconfigure(config.session)
+        self.ws_factory.methods.reconfigure(self.agents, limits)
+        self.ws_factory.set_max_payload(config.gateway.ws.maxFrameBytes)
+        self.client_slots.reconfigure(limits.perClientConcurrency, limits.perClientQueue)
+        responses = config.gateway.http.endpoints.responses
+        self.response_index.resize(responses.maxStoredResponses, responses.maxStoredBytes)
         self.config = config
-        self._mount_http(config)
+        self.openai = self._routes_for(config)
+        self.site.reconfigure(self._root_for(config), self._door_for(config))
         old_providers.close()  # idle pooled connections; calls in flight keep theirs
         self.log.info("Configuration reloaded: {n} agent(s): {ids}", n=len(self.agents),
                       ids=", ".join(self.agents.ids))
@@ -183,12 +197,44 @@ class GatewayService(MultiService):
 
     def when_listening(self) -> defer.Deferred:
         """Fires with the listening port (``.getHost().port``) once bound."""
-        return self.listener._waitingForPort
+        if self.port is not None:
+            return defer.succeed(self.port)
+        if self._listen_failure is not None:
+            return defer.fail(self._listen_failure)
+        waiter: defer.Deferred = defer.Deferred()
+        self._port_waiters.append(waiter)
+        return waiter
 
     def startService(self):
         super().startService()
-        self.listener.startService()
-        self.when_listening().addCallback(self._announce)
+        failed: list[Failure] = []
+
+        def not_listening(failure: Failure) -> None:
+            failed.append(failure)
+            self._listening_failed(failure)
+
+        self.endpoint.listen(self.site).addCallbacks(self._listening, not_listening)
+        if failed:
+            # A bind failure (port taken, no such address) is known at once: raise it, so
+            # that under twistd the daemon ends with the error and exit status 1 instead of
+            # running without a port.
+            failed[0].raiseException()
+
+    def _listening(self, port) -> None:
+        self.port = port
+        waiters, self._port_waiters = self._port_waiters, []
+        for waiter in waiters:
+            waiter.callback(port)
+        self._announce(port)
+
+    def _listening_failed(self, failure: Failure) -> None:
+        self.log.error("Cannot listen on {host}:{port}: {error}",
+                       host=self.config.gateway.interface, port=self.config.gateway.port,
+                       error=str(failure.value))
+        self._listen_failure = failure
+        waiters, self._port_waiters = self._port_waiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
 
     def _announce(self, port):
         # Announce once the reactor runs (signal handlers installed): scripts that wait
@@ -206,7 +252,8 @@ class GatewayService(MultiService):
         close what remains."""
         grace = self.config.gateway.shutdownGraceSeconds
         self.site.draining = True
-        yield self.listener.stopService()
+        if self.port is not None:
+            yield self.port.stopListening()
         if self.site.inflight:
             self.log.info("Waiting up to {grace}s for {n} in-flight request(s)",
                           grace=grace, n=self.site.inflight)

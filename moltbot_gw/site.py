@@ -5,7 +5,8 @@ lives in ``web.py``; this module only guards the door.
 from __future__ import annotations
 
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -16,6 +17,7 @@ from .http_auth import auth_error
 from .openai.errors import ERROR_TYPES, error_body, note_refusal
 from .request_log import (REQUEST_ID_HEADER, current_request, log_request, request_id_for,
                           route_of)
+from .web import is_websocket_upgrade
 
 CLIENT_CLOSED = 499  # nginx's status for a request the client abandoned before the answer
 # The largest body accepted on a path that reads none (GatewayRequest._body_limit).
@@ -75,10 +77,10 @@ class GatewayRequest(Request):
         if self._limit is None:
             channel = self.channel
             site = channel.site
-            self._limit = site.max_body_bytes
-            if not site.takes_body(channel._command, channel._path.split(b"?", 1)[0],
+            self._limit = site.door.max_body_bytes
+            if not site.takes_body(channel.request_method, channel.request_path,
                                    self.requestHeaders):
-                self._limit = min(site.max_body_bytes, NO_USE_BODY_BYTES)
+                self._limit = min(site.door.max_body_bytes, NO_USE_BODY_BYTES)
         return self._limit
 
     def _refuse_too_large(self) -> None:
@@ -125,7 +127,7 @@ class GatewayRequest(Request):
                                   "shutting_down"))
             self.finish()
             return
-        upgrade = _is_websocket_upgrade(self)
+        upgrade = is_websocket_upgrade(self)
         if not upgrade:
             # An upgraded connection outlives its request; WS clients are closed separately.
             site.track(self)
@@ -180,14 +182,33 @@ class GatewayChannel(HTTPChannel):
     log = Logger()
     _headers_timer = None
     _request_timer = None
+    _answering = False   # a whole request has arrived and is being answered
+    # The request line of the request being received, for decisions made before its
+    # Request knows it (at the headers): kept here rather than read off HTTPChannel's
+    # private attributes.
+    request_method = b""
+    request_target = b""
+
+    @property
+    def request_path(self) -> bytes:
+        """The request target without its query string."""
+        return self.request_target.split(b"?", 1)[0]
+
+    def lineReceived(self, line):
+        received = len(self.requests)
+        super().lineReceived(line)
+        if len(self.requests) > received:   # that was a request line (a new Request)
+            parts = line.split(b" ")
+            if len(parts) == 3:             # else HTTPChannel has answered 400
+                self.request_method, self.request_target = parts[0], parts[1]
 
     def dataReceived(self, data):
-        if not self._handlingRequest and self._request_timer is None and data.strip():
-            site = self.site
-            self._headers_timer = self.callLater(site.headers_timeout, self._timed_out,
-                                                 "the request headers", site.headers_timeout)
-            self._request_timer = self.callLater(site.request_timeout, self._timed_out,
-                                                 "the whole request", site.request_timeout)
+        if not self._answering and self._request_timer is None and data.strip():
+            door = self.site.door
+            self._headers_timer = self.callLater(door.headers_timeout, self._timed_out,
+                                                 "the request headers", door.headers_timeout)
+            self._request_timer = self.callLater(door.request_timeout, self._timed_out,
+                                                 "the whole request", door.request_timeout)
         super().dataReceived(data)
 
     def allHeadersReceived(self):
@@ -205,17 +226,18 @@ class GatewayChannel(HTTPChannel):
         headers = request.requestHeaders
         if not ((self.length or 0) > 0 or headers.hasHeader(b"transfer-encoding")):
             return False
-        if (self.length or 0) > self.site.max_body_bytes:
+        if (self.length or 0) > self.site.door.max_body_bytes:
             return False  # refused as too large, unread, whoever sends it (gotLength)
-        path = self._path.split(b"?", 1)[0]
-        if not self.site.needs_auth(self._command, path, headers):
+        path = self.request_path
+        if not self.site.needs_auth(self.request_method, path, headers):
             return False
-        error = auth_error(request, self.site.auth)
+        error = auth_error(request, self.site.door.auth)
         if error is None:
             return False
         request._too_large = True  # nothing more is read or processed for it
         # What the access log and the metrics need of a request that is never processed.
-        request.method, request.uri, request.path = self._command, self._path, path
+        request.method, request.uri, request.path = (self.request_method,
+                                                     self.request_target, path)
         request.request_id = request_id_for(request.getHeader(REQUEST_ID_HEADER))
         request._site = self.site
         response_headers = {"X-Request-Id": request.request_id.decode("ascii"), **error.headers}
@@ -233,7 +255,14 @@ class GatewayChannel(HTTPChannel):
 
     def allContentReceived(self):
         self._cancel_timers()
+        self._answering = True
         super().allContentReceived()
+
+    def requestDone(self, request):
+        # Before the base class replays pipelined data into dataReceived: the next
+        # request's deadlines start with its first byte.
+        self._answering = False
+        super().requestDone(request)
 
     def connectionLost(self, reason):
         self._cancel_timers()
@@ -252,7 +281,7 @@ class GatewayChannel(HTTPChannel):
 
     def _timed_out(self, what: str, seconds: float) -> None:
         self._cancel_timers()  # the one that fired is no longer active
-        if self.transport is None or self._handlingRequest:
+        if self.transport is None or self._answering:
             return
         self.transport.write(_raw_error_response(
             408, f"{what} did not arrive within {seconds:g} s", "request_timeout"))
@@ -262,9 +291,17 @@ class GatewayChannel(HTTPChannel):
         self.timeoutConnection()  # closes; aborts if the client will not let go
 
 
-def _is_websocket_upgrade(request: Request) -> bool:
-    upgrade = request.getHeader(b"upgrade") or b""
-    return upgrade.strip().lower() == b"websocket"
+@dataclass(frozen=True)
+class DoorPolicy:
+    """What the site enforces before any resource sees a request, from one config; a
+    reload hands the site a new one (connections accepted earlier keep their idle timeout)."""
+
+    auth: Any                 # the HTTP ``CountingAuth`` (``needs_auth`` paths), or None
+    max_body_bytes: int
+    closed_paths: frozenset   # /v1 paths of disabled endpoints
+    idle_timeout: float       # seconds without a byte before an idle connection closes
+    headers_timeout: float    # seconds from a request's first byte to its last header
+    request_timeout: float    # seconds from a request's first byte to its last byte
 
 
 class GatewaySite(Site):
@@ -272,21 +309,25 @@ class GatewaySite(Site):
 
     requestFactory = GatewayRequest
     protocol = GatewayChannel
+    displayTracebacks = False   # never a traceback to a client
 
-    def __init__(self, resource, max_body_bytes: int, metrics=None, **kwargs):
+    def __init__(self, resource, door: DoorPolicy, metrics=None, **kwargs):
         # Every body here is JSON: parsing form uploads into request.args would only cost
         # memory and time (Twisted builds an email.message per POST to read its type).
         kwargs.setdefault("parsePOSTFormSubmission", False)
-        super().__init__(resource, **kwargs)
-        self.max_body_bytes = max_body_bytes
-        self.auth = None   # the HTTP GatewayAuth, set by the service (needs_auth)
-        self.closed_paths: frozenset = frozenset()  # /v1 paths of disabled endpoints
-        self.headers_timeout = 30.0   # seconds; set from the config (GatewayChannel)
-        self.request_timeout = 300.0
-        self.metrics = metrics
+        super().__init__(resource, timeout=door.idle_timeout, **kwargs)
+        self.door = door
+        self.metrics = metrics   # a GatewayMetrics, or None
         self.draining = False
         self._inflight: set[Request] = set()
         self._idle_waiters: list[defer.Deferred] = []
+
+    def reconfigure(self, resource, door: DoorPolicy) -> None:
+        """A config reload: requests from now on go to ``resource`` behind ``door``;
+        requests in flight keep the resource they were routed to."""
+        self.resource = resource
+        self.door = door
+        self.timeOut = door.idle_timeout  # for connections accepted from now on
 
     @property
     def cors(self):
@@ -295,19 +336,19 @@ class GatewaySite(Site):
     def takes_body(self, method: bytes, path: bytes, headers) -> bool:
         """Whether a request may have a body of use: only the API under ``/v1/``, except
         CORS preflights and switched-off endpoints (they answer 404 to anyone)."""
-        return (path.startswith(b"/v1/") and path not in self.closed_paths
+        return (path.startswith(b"/v1/") and path not in self.door.closed_paths
                 and not (method == b"OPTIONS"
                          and headers.hasHeader(b"access-control-request-method")))
 
     def needs_auth(self, method: bytes, path: bytes, headers) -> bool:
         """Whether a request for ``path`` is answered only with the gateway secret: the API
         under ``/v1/`` (except CORS preflights) and a non-public ``/metrics``."""
-        if self.auth is None:
+        if self.door.auth is None:
             return False
         if path.startswith(b"/v1/"):
             return self.takes_body(method, path, headers)
         if path == b"/metrics":
-            metrics = getattr(self.resource, "metrics", None)
+            metrics = getattr(self.resource, "metrics_resource", None)
             return metrics is not None and not metrics.public
         return False
 

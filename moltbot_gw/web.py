@@ -22,6 +22,13 @@ from .openai.errors import APIError, method_not_allowed, not_found, write_error
 HEALTH_BODY = json.dumps({"ok": True}).encode("utf-8")
 
 
+def is_websocket_upgrade(request) -> bool:
+    """Whether ``request`` asks to switch to the WebSocket protocol (``Upgrade: websocket``,
+    any case, surrounding whitespace ignored). The site and the root resource both ask."""
+    upgrade = request.getHeader(b"upgrade") or b""
+    return upgrade.strip().lower() == b"websocket"
+
+
 class _Leaf(Resource):
     isLeaf = True
 
@@ -48,9 +55,9 @@ class MetricsResource(_Leaf):
     """``GET /metrics``: the gateway's Prometheus metrics, behind gateway auth unless the
     config makes them public. Mounted only when ``gateway.metrics.enabled``."""
 
-    def __init__(self, metrics, auth, public: bool):
+    def __init__(self, gateway_metrics, auth, public: bool):
         super().__init__()
-        self.metrics = metrics
+        self.gateway_metrics = gateway_metrics
         self.auth = auth
         self.public = public
 
@@ -66,21 +73,21 @@ class MetricsResource(_Leaf):
                 return write_error(request, e)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
-        return self.metrics.exposition()
+        return self.gateway_metrics.exposition()
 
 
 class WebSocketEntry(Resource):
     """``/``: WebSocket upgrades go to ``ws_resource`` when their ``Origin`` may connect; a
     plain GET learns what to send."""
 
-    def __init__(self, ws_resource, root):
+    def __init__(self, ws_resource, auth=None, cors=None):
         super().__init__()
         self.ws_resource = ws_resource
-        self.root = root  # for the CORS policy of the moment (it changes on reload)
+        self.auth = auth    # the gateway's auth (trusted proxies for X-Forwarded-For)
+        self.cors = cors    # allowed browser origins besides this host's own pages
 
     def render(self, request):
-        upgrade = (request.getHeader(b"upgrade") or b"").lower()
-        if upgrade == b"websocket":
+        if is_websocket_upgrade(request):
             refusal = self._refusal(request)
             if refusal is not None:
                 return write_error(request, refusal)
@@ -98,15 +105,15 @@ class WebSocketEntry(Resource):
         port) or of ``gateway.http.cors.allowedOrigins`` may connect; clients that send no
         ``Origin`` (not browsers) may."""
         try:
-            if self.root.auth is not None:
-                request_client_address(request, self.root.auth)
+            if self.auth is not None:
+                request_client_address(request, self.auth)
         except BadForwardedFor as error:
             return refusal_error(forwarded_for_refusal(error))
         origin = request.getHeader(b"origin")
         if origin is None:
             return None
         origin_text = origin.decode("latin-1")
-        cors = self.root.cors
+        cors = self.cors
         if cors is not None and cors.allows(origin_text):
             return None
         if _same_host(origin_text, (request.getHeader(b"host") or b"").decode("latin-1")):
@@ -116,13 +123,13 @@ class WebSocketEntry(Resource):
 
 class GatewayRoot(Resource):
     """The tree: ``/`` (WebSocket), ``/health``, ``/metrics`` (when enabled), ``/v1/...``
-    (the API, after CORS)."""
+    (the API, after CORS). Built from one config; a reload builds a new one."""
 
-    def __init__(self, ws_resource, api_resource=None, cors=None, metrics_resource=None):
+    def __init__(self, ws_resource, *, auth=None, api_resource=None, cors=None,
+                 metrics_resource=None):
         super().__init__()
-        self.metrics = metrics_resource
-        self.entry = WebSocketEntry(ws_resource, self)
-        self.auth = None  # the gateway's auth (client addresses), set by the service
+        self.metrics_resource = metrics_resource
+        self.entry = WebSocketEntry(ws_resource, auth, cors)
         self.health = HealthResource()
         self.api_resource = api_resource
         self.cors = cors
@@ -134,8 +141,8 @@ class GatewayRoot(Resource):
             return self.entry
         if name == b"health":
             return self.health
-        if name == b"metrics" and self.metrics is not None:
-            return self.metrics
+        if name == b"metrics" and self.metrics_resource is not None:
+            return self.metrics_resource
         if name == b"v1" and request.postpath and self.api_resource is not None:
             if self.cors is not None and self.cors.apply(request):
                 return _Answered()  # a preflight, answered without auth as browsers require

@@ -132,7 +132,7 @@ async def test_oversized_and_malformed_handshakes_count_as_failed_attempts(start
     error, close = await in_thread(junk)
     assert error["error"]["code"] == "HANDSHAKE_REQUIRED" and close["close"] == 4002
     assert b'moltbot_auth_failures_total{transport="ws"} 2.0' in \
-        gw.service.metrics.exposition()
+        gw.service.gateway_metrics.exposition()
     # two failed attempts: the address is locked even for the right token
     error, close = await in_thread(right_token)
     assert error["error"]["code"] == "RATE_LIMITED" and close["close"] == 4029

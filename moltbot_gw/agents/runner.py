@@ -107,14 +107,19 @@ class AgentRunner:
     log = Logger()
 
     def __init__(self, agents: AgentRegistry, providers, store: SessionStore, reactor,
-                 max_concurrent: int = 64):
+                 max_concurrent: int = 64, metrics=None):
         self.agents = agents
         self.providers = providers
         self.store = store
         self.reactor = reactor
         self.lanes = Lanes(max_concurrent)
         self.active: dict[str, Run] = {}
-        self.metrics = None  # a GatewayMetrics, told of every run started
+        self.metrics = metrics  # a GatewayMetrics, told of every run started, or None
+
+    def reconfigure(self, agents: AgentRegistry, providers) -> None:
+        """A config reload: runs from now on use these; runs in flight keep theirs."""
+        self.agents = agents
+        self.providers = providers
 
     def run(self, request: RunRequest) -> Run:
         """Start a run and return its handle at once. Raises ``UnknownAgent`` or

@@ -29,9 +29,9 @@ class AuthConfig:
     mode: Literal["token", "password"] = Field("token", description='"token" or "password"')
     # Secrets: repr=False keeps them out of any logged Config; errors.py hides their values.
     token: Optional[Str] = Field(None, repr=False,
-                                 description="bearer token (env CLAWDBOT_GATEWAY_TOKEN overrides)")
+                                 description="bearer token (env MOLTBOT_GATEWAY_TOKEN overrides)")
     password: Optional[Str] = Field(
-        None, repr=False, description="password (env CLAWDBOT_GATEWAY_PASSWORD overrides)")
+        None, repr=False, description="password (env MOLTBOT_GATEWAY_PASSWORD overrides)")
     rateLimit: Annotated[RateLimitConfig, NULL_IS_DEFAULTS] = Field(default_factory=RateLimitConfig, description="failed-attempt limiter")
 
     @property
@@ -175,7 +175,7 @@ class GatewayConfig:
         secret = self.auth.explicit_secret
         if secret is None:
             return (f"refusing to listen on {self.interface} without an explicitly "
-                    "configured secret: set gateway.auth.token (or CLAWDBOT_GATEWAY_TOKEN), "
+                    "configured secret: set gateway.auth.token (or MOLTBOT_GATEWAY_TOKEN), "
                     "or gateway.auth.password, or bind to loopback")
         if len(secret.strip()) < MIN_EXPOSED_SECRET_LENGTH:
             return (f"refusing to listen on {self.interface} with a gateway {self.auth.mode} "

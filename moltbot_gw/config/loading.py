@@ -18,6 +18,7 @@ from .errors import ConfigError, describe_all, join
 from .references import reference_problems
 from .root import DEFAULT_STATE_DIR, Config, ConfigFile, file_adapter
 from .types import Bind, Port
+from ..names import CONFIG_PATH_ENV, GATEWAY_PASSWORD_ENV, GATEWAY_TOKEN_ENV, STATE_DIR_ENV
 
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SALVAGE_PASSES = 8
@@ -49,14 +50,14 @@ def _first_env(env: Mapping[str, str], *names: str) -> Optional[str]:
 
 
 def resolve_state_dir(env: Mapping[str, str] = os.environ) -> Path:
-    found = _first_env(env, "MOLTBOT_STATE_DIR", "CLAWDBOT_STATE_DIR")
+    found = _first_env(env, *STATE_DIR_ENV)
     return Path(found).expanduser() if found else DEFAULT_STATE_DIR
 
 
 def resolve_config_path(explicit: Optional[str], env: Mapping[str, str] = os.environ) -> Path:
     if explicit:
         return Path(explicit).expanduser()
-    found = _first_env(env, "MOLTBOT_CONFIG_PATH", "CLAWDBOT_CONFIG_PATH")
+    found = _first_env(env, *CONFIG_PATH_ENV)
     if found:
         return Path(found).expanduser()
     return resolve_state_dir(env) / "moltbot.json"
@@ -64,8 +65,8 @@ def resolve_config_path(explicit: Optional[str], env: Mapping[str, str] = os.env
 
 def _apply_auth_env(raw: dict, env: Mapping[str, str]) -> dict:
     """Gateway secrets from the environment override the file."""
-    token = _first_env(env, "MOLTBOT_GATEWAY_TOKEN", "CLAWDBOT_GATEWAY_TOKEN")
-    password = _first_env(env, "MOLTBOT_GATEWAY_PASSWORD", "CLAWDBOT_GATEWAY_PASSWORD")
+    token = _first_env(env, *GATEWAY_TOKEN_ENV)
+    password = _first_env(env, *GATEWAY_PASSWORD_ENV)
     if token is None and password is None:
         return raw
     gateway = raw.get("gateway")
@@ -163,7 +164,7 @@ def load_config(explicit_path: Optional[str] = None,
     """Find, read and validate the config. A missing file at the default path means defaults;
     a missing file that was named explicitly is an error."""
     path = resolve_config_path(explicit_path, env)
-    named = bool(explicit_path or _first_env(env, "MOLTBOT_CONFIG_PATH", "CLAWDBOT_CONFIG_PATH"))
+    named = bool(explicit_path or _first_env(env, *CONFIG_PATH_ENV))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from ..names import GATEWAY_HEADERS
+
 ALLOWED_METHODS = b"GET, POST, OPTIONS"
-BASE_ALLOWED_HEADERS = ("authorization", "content-type", "x-moltbot-agent-id",
-                        "x-moltbot-session-key", "x-moltbot-model", "x-clawdbot-agent-id",
-                        "x-clawdbot-session-key", "x-clawdbot-model")
+BASE_ALLOWED_HEADERS = ("authorization", "content-type",
+                        *(name.decode("ascii") for name in GATEWAY_HEADERS))
 PREFLIGHT_MAX_AGE = b"600"
 
 

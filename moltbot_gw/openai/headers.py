@@ -5,12 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..names import AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS  # noqa: F401
 from ..sessions.keys import resolve_session_key
 from .errors import APIError
-
-AGENT_ID_HEADERS = (b"x-moltbot-agent-id", b"x-clawdbot-agent-id")
-SESSION_KEY_HEADERS = (b"x-moltbot-session-key", b"x-clawdbot-session-key")
-MODEL_HEADERS = (b"x-moltbot-model", b"x-clawdbot-model")
 
 
 def header(request, names) -> Optional[str]:

@@ -9,10 +9,11 @@ history instead of persisting a session per call.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
+
+from cachetools import LRUCache
 
 DEFAULT_MAX_RESPONSES = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -60,6 +61,27 @@ def trimmed(stored: StoredResponse, max_bytes: int) -> StoredResponse:
                           stored.items)
 
 
+class _Entries(LRUCache):
+    """Response id → ``StoredResponse``, bounded in bytes (``maxsize``, each response
+    weighing its ``size``) and in count; tells the index of every response it evicts, so
+    that the items of that response go with it."""
+
+    def __init__(self, capacity: int, max_bytes: int, on_evict: Callable[[str, Any], None]):
+        super().__init__(maxsize=max_bytes, getsizeof=lambda stored: stored.size)
+        self.capacity = capacity
+        self.on_evict = on_evict
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        while len(self) > self.capacity:
+            self.popitem()
+
+    def popitem(self):
+        key, value = super().popitem()
+        self.on_evict(key, value)
+        return key, value
+
+
 class ResponseIndex:
     """Response id → ``StoredResponse``, and output item id → its response. Beyond
     ``capacity`` entries or ``max_bytes`` the least recently used responses are forgotten
@@ -67,38 +89,45 @@ class ResponseIndex:
 
     def __init__(self, capacity: int = DEFAULT_MAX_RESPONSES,
                  max_bytes: int = DEFAULT_MAX_BYTES):
-        self.capacity = capacity
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[str, tuple[StoredResponse, int]] = OrderedDict()
+        self._entries = _Entries(capacity, max_bytes, self._forget_items)
         self._items: dict[str, str] = {}            # item id -> response id
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def capacity(self) -> int:
+        return self._entries.capacity
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self._entries.maxsize)
+
+    @property
+    def bytes(self) -> int:
+        """Approximate bytes held (the sum of the stored responses' ``size``)."""
+        return int(self._entries.currsize)
+
     def resize(self, capacity: int, max_bytes: int) -> None:
         """Apply new limits (a config reload), forgetting what no longer fits."""
-        self.capacity, self.max_bytes = capacity, max_bytes
-        self._evict()
+        old = self._entries
+        old.on_evict = lambda _key, _stored: None   # moved, not forgotten
+        self._entries = _Entries(capacity, max_bytes, self._forget_items)
+        while old:
+            response_id, stored = old.popitem()     # least recently used first
+            self._entries[response_id] = stored     # evicts (with items) what no longer fits
 
     def add(self, response_id: str, stored: StoredResponse) -> None:
         stored = trimmed(stored, self.max_bytes)
-        size = stored.size
-        if size > self.max_bytes:
+        if stored.size > self.max_bytes:
             return      # its items alone are larger than the whole budget: not kept
         self._forget(response_id)
-        self._entries[response_id] = (stored, size)
-        self.bytes += size
-        for item_id in stored.items:
+        for item_id in stored.items:   # before storing: an eviction of it takes them along
             self._items[item_id] = response_id
-        self._evict()
+        self._entries[response_id] = stored
 
     def get(self, response_id: str) -> Optional[StoredResponse]:
-        entry = self._entries.get(response_id)
-        if entry is None:
-            return None
-        self._entries.move_to_end(response_id)
-        return entry[0]
+        return self._entries.get(response_id)      # a hit makes it the most recently used
 
     def item(self, item_id: str) -> Optional[Mapping[str, Any]]:
         """The stored output item ``item_id``, or None."""
@@ -106,17 +135,12 @@ class ResponseIndex:
         stored = self.get(response_id) if response_id is not None else None
         return stored.items.get(item_id) if stored is not None else None
 
-    def _evict(self) -> None:
-        while self._entries and (len(self._entries) > self.capacity
-                                 or self.bytes > self.max_bytes):
-            self._forget(next(iter(self._entries)))
-
     def _forget(self, response_id: str) -> None:
-        entry = self._entries.pop(response_id, None)
-        if entry is None:
-            return
-        stored, size = entry
-        self.bytes -= size
+        stored = self._entries.pop(response_id, None)
+        if stored is not None:
+            self._forget_items(response_id, stored)
+
+    def _forget_items(self, response_id: str, stored: StoredResponse) -> None:
         for item_id in stored.items:
             if self._items.get(item_id) == response_id:
                 del self._items[item_id]

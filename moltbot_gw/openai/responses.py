@@ -56,23 +56,19 @@ class ResponsesEndpoint(RunEndpoint):
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
                  runner: AgentRunner, clock, fetcher,
-                 client_slots: Optional[ClientSlots] = None):
+                 client_slots: Optional[ClientSlots] = None,
+                 response_index: Optional[ResponseIndex] = None):
         super().__init__(config, auth, agents, runner, clock, client_slots)
         endpoints = config.gateway.http.endpoints
         self.enabled = endpoints.responses.enabled
         # Image limits and the keepalive interval are those of chat completions.
         self.chat = endpoints.chatCompletions
         self.limits = RequestLimits.for_responses(endpoints.responses)
-        self.responses = ResponseIndex(endpoints.responses.maxStoredResponses,
-                                       endpoints.responses.maxStoredBytes)
+        # The service passes its one index in (it must outlive a config reload, which
+        # builds a new endpoint); an endpoint built alone gets its own.
+        self.responses = response_index if response_index is not None else ResponseIndex(
+            endpoints.responses.maxStoredResponses, endpoints.responses.maxStoredBytes)
         self.fetcher = fetcher  # the guarded fetcher, shared with chat completions
-
-    def adopt(self, previous: "ResponsesEndpoint") -> None:
-        """Keep what ``previous`` (the endpoint before a config reload) remembers, under
-        this config's limits: ``previous_response_id`` must survive a reload."""
-        self.responses = previous.responses
-        limits = self.config.gateway.http.endpoints.responses
-        self.responses.resize(limits.maxStoredResponses, limits.maxStoredBytes)
 
     async def handle(self, request) -> bytes:
         """Answer one request to ``/v1/responses`` (any method)."""

@@ -28,6 +28,7 @@ from .embeddings import embeddings_body, parse_embeddings_request
 from .images import ImageBudget, fetch_remote_images
 from .request_common import agent_from_model
 from .request_limits import RequestLimits
+from .response_index import ResponseIndex
 from .chat_response import ChatStream, completion_body, response_model, stream_models
 from .responses import ResponsesEndpoint
 from .run_endpoint import RunEndpoint
@@ -59,7 +60,8 @@ class OpenAIRoutes(RunEndpoint):
 
     def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
                  runner: AgentRunner, clock, fetcher: Optional[GuardedFetcher] = None,
-                 client_slots: Optional[ClientSlots] = None):
+                 client_slots: Optional[ClientSlots] = None,
+                 response_index: Optional[ResponseIndex] = None):
         super().__init__(config, auth, agents, runner, clock, client_slots)
         endpoints = config.gateway.http.endpoints
         self.chat = endpoints.chatCompletions
@@ -71,7 +73,8 @@ class OpenAIRoutes(RunEndpoint):
         self.created = int(clock.seconds())
         self.responses_endpoint = ResponsesEndpoint(config, auth, agents, runner, clock,
                                                      self.fetcher,
-                                                     client_slots=self.client_slots)
+                                                     client_slots=self.client_slots,
+                                                     response_index=response_index)
 
     def resource(self):
         return self.app.resource()
@@ -225,11 +228,11 @@ class OpenAIRoutes(RunEndpoint):
         return write_error(request, failure.value)
 
     @app.handle_errors(NotFound)
-    def not_found(self, request, failure):
+    def no_such_route(self, request, failure):
         return not_found(request)
 
     @app.handle_errors(MethodNotAllowed)
-    def method_not_allowed(self, request, failure):
+    def wrong_method(self, request, failure):
         return method_not_allowed(request, failure.value.valid_methods)
 
     @app.handle_errors(Exception)

@@ -32,10 +32,14 @@ class ProviderRegistry:
 
     def __init__(self, models_config: ModelsConfig, reactor,
                  client: Optional[UpstreamClient] = None,
-                 extra_secrets: Iterable[Optional[str]] = ()):
+                 extra_secrets: Iterable[Optional[str]] = (), metrics=None):
         """``extra_secrets`` (the gateway's own token or password) are redacted from upstream
-        error text along with every provider's apiKey and header values."""
-        self.client = client if client is not None else UpstreamClient(reactor)
+        error text along with every provider's apiKey and header values; ``metrics`` (a
+        ``GatewayMetrics``) is told of every upstream call of the client made here."""
+        if client is None:
+            client = UpstreamClient(reactor)
+            client.metrics = metrics
+        self.client = client
         self.secrets = configured_secrets(models_config, extra_secrets)
         self._providers: dict[str, IProvider] = {"builtin": BuiltinProvider(reactor)}
         for name, config in models_config.providers.items():

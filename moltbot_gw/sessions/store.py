@@ -30,7 +30,6 @@ from moltbot_gw.sessions.transcript import (
     append_records,
     compact_transcript,
     encode_records,
-    fsync_directory,
     read_transcript_tail,
     session_header,
     transcript_path,
@@ -110,10 +109,14 @@ class SessionStore:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
         self.state_dir = Path(state_dir)
-        self.limits = limits if limits is not None else SessionConfig()  # swapped on reload
+        self.limits = limits if limits is not None else SessionConfig()  # see reconfigure
         self._reactor = reactor
         self._threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
         self._agents: dict[str, _AgentSessions] = {}
+
+    def reconfigure(self, limits: SessionConfig) -> None:
+        """A config reload: retention and transcript limits from now on."""
+        self.limits = limits
 
     # --- public API ----------------------------------------------------------------------
 

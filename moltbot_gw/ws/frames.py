@@ -32,9 +32,7 @@ class ErrorCode:
 
 
 class CloseCode:
-    NORMAL = 1000
     GOING_AWAY = 1001
-    MESSAGE_TOO_BIG = 1009
     AUTH_FAILED = 4001
     PROTOCOL_ERROR = 4002
     HANDSHAKE_TIMEOUT = 4008

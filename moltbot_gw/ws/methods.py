@@ -22,7 +22,7 @@ from ..sessions.store import SessionStore
 from ..sessions.transcript import current_branch
 from .frames import (PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, failure_error,
                      invalid)
-from .idempotency import ExpiringCache
+from .idempotency import expiring_cache
 from .run_admission import WRITE_METHODS, RunAdmission
 
 MAIN_SESSION = "main"
@@ -186,19 +186,19 @@ class GatewayMethods:
     log = Logger()
 
     def __init__(self, runner: AgentRunner, store: SessionStore, agents: AgentRegistry, clock,
-                 connections=(), *, client_slots: Optional[ClientSlots] = None,
+                 *, client_slots: Optional[ClientSlots] = None,
                  limits: LimitsConfig = LimitsConfig()):
         self.runner = runner
         self.store = store
         self.agents = agents
         self.clock = clock
-        self.connections = connections          # the open connections, for ``status``
+        # The open connections, for ``status``; the factory adds and removes them.
+        self.connections: set = set()
         self.started_at = clock.seconds()
         self.started_at_ms = int(time.time() * 1000)
         self.router = EventRouter()
         self.admission = RunAdmission(clock, limits, client_slots)
-        self.finished_runs: ExpiringCache[Run] = ExpiringCache(clock, FINISHED_RUN_TTL,
-                                                                MAX_FINISHED_RUNS)
+        self.finished_runs = expiring_cache(clock, FINISHED_RUN_TTL, MAX_FINISHED_RUNS)
         self.table: dict[str, Handler] = {
             "health": self.health,
             "status": self.status,
@@ -222,6 +222,11 @@ class GatewayMethods:
     def connection_closed(self, connection: Connection) -> None:
         self.router.drop(connection)
         self.admission.connection_closed(connection)
+
+    def reconfigure(self, agents: AgentRegistry, limits: LimitsConfig) -> None:
+        """A config reload: the agents and limits of calls from now on."""
+        self.agents = agents
+        self.admission.limits = limits
 
     def _uptime_ms(self) -> int:
         return int((self.clock.seconds() - self.started_at) * 1000)
@@ -299,8 +304,12 @@ class GatewayMethods:
         run.wait().addBoth(lambda _: slot.release())   # the slot is held while the run runs
         self.router.watch(run)
         # Findable by agent.wait for a while after it ends, not only while it runs.
-        self.finished_runs.put(run.run_id, run)
-        run.wait().addBoth(lambda _: self.finished_runs.put(run.run_id, run))
+        self.finished_runs[run.run_id] = run
+
+        def ended(_outcome) -> None:
+            self.finished_runs[run.run_id] = run     # kept for FINISHED_RUN_TTL from the end
+
+        run.wait().addBoth(ended)
         if scope is not None:
             self.admission.remember(scope, asked, run)
         return run, False

@@ -287,8 +287,8 @@ class GatewayWSFactory(WebSocketServerFactory):
         self.tick_interval = tick_interval
         self.handshake_timeout = handshake_timeout
         self.max_backlog = max_backlog  # unread bytes after which a client is dropped
-        self.connections: set[GatewayWSProtocol] = set()
-        methods.connections = self.connections
+        # One set, shared with the methods (``status`` counts them).
+        self.connections: set[GatewayWSProtocol] = methods.connections
         self._idle_waiters: list[defer.Deferred] = []
         self.set_max_payload(max_payload)
 

@@ -14,7 +14,7 @@ from ..agents.run import Run
 from ..config import LimitsConfig
 from ..retry_after import retry_after_ms
 from .frames import ErrorCode, ProtocolError, Request, failure_error, invalid
-from .idempotency import ExpiringCache
+from .idempotency import expiring_cache
 from .write_rate import TokenBucket
 
 IDEMPOTENCY_TTL = 600.0
@@ -36,8 +36,7 @@ class RunAdmission:
                                                         limits.perClientQueue)
         self._write_buckets: dict[Any, TokenBucket] = {}
         # (client address, client id, method, key) -> (what the run was asked, the run)
-        self._runs: ExpiringCache[tuple[str, Run]] = ExpiringCache(
-            clock, IDEMPOTENCY_TTL, MAX_IDEMPOTENCY_KEYS)
+        self._runs = expiring_cache(clock, IDEMPOTENCY_TTL, MAX_IDEMPOTENCY_KEYS)
 
     def connection_closed(self, connection) -> None:
         self._write_buckets.pop(connection, None)
@@ -93,7 +92,7 @@ class RunAdmission:
         return run
 
     def remember(self, scope: tuple, asked: str, run: Run) -> None:
-        self._runs.put(scope, (asked, run))
+        self._runs[scope] = (asked, run)
 
     async def slot(self, address: str) -> ClientSlot:
         """A run slot of the client at ``address``, once it has one."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from twisted.application.service import IServiceMaker, MultiService
+from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
@@ -30,54 +30,43 @@ class Options(usage.Options):
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(
                 f'--log-format must be "text" or "json", got "{self["log-format"]}"')
+        if self["log-format"] == "json" and self.parent is not None:
+            _choose_json_log(self.parent)
 
 
-def _json_log_observer(options):
-    """The JSON-lines observer for ``--log-format json``: every ``twisted.logger`` event as
-    one line (``eventAsJSON`` plus the formatted ``text``), to stdout or ``--logfile``."""
-    from twisted.logger import ILogObserver, eventAsJSON, formatEvent
+def _choose_json_log(twistd_options) -> None:
+    """``--log-format json`` fills in twistd's own ``--logger`` option (a log observer
+    factory, by name): twistd then logs through ``json_log_observer`` instead of its text
+    observer. Runs before twistd resolves that option and builds its logger."""
+    if twistd_options.get("logger") is not None:
+        raise usage.UsageError("--log-format json and twistd's --logger both choose the log "
+                               "observer; give only one")
+    path = twistd_options.get("logfile")
+    if path and path != "-":
+        _json_log_target["path"] = path
+    elif path == "-" or twistd_options.get("nodaemon", True):
+        _json_log_target["path"] = None                # stdout
+    else:
+        _json_log_target["path"] = "twistd.log"        # twistd's default for a daemon
+    twistd_options["logger"] = f"{__name__}.json_log_observer"
+
+
+# Where ``json_log_observer`` writes: decided from twistd's options by ``_choose_json_log``
+# (twistd calls the factory without arguments).
+_json_log_target: dict = {"path": None}
+
+
+def json_log_observer():
+    """The ``--log-format json`` observer: ``twisted.logger``'s ``FileLogObserver`` with the
+    JSON-lines formatter of ``moltbot_gw.json_log``, to stdout or twistd's ``--logfile``."""
     from twisted.python.logfile import LogFile
 
-    parent = getattr(options, "parent", None) or {}
-    path = parent.get("logfile") if hasattr(parent, "get") else None
-    if path and path != "-":
-        out = LogFile.fromFullPath(path)
-    elif path == "-" or parent.get("nodaemon", True):
-        # the real stdout, captured now: twistd later redirects sys.stdout into the log
-        out = sys.stdout
-    else:
-        out = LogFile.fromFullPath("twistd.log")
+    from moltbot_gw.json_log import json_file_log_observer
 
-    @implementer(ILogObserver)
-    def observe(event):
-        try:
-            text = formatEvent(event)
-        except Exception:  # a broken format must not cost the event
-            text = None
-        out.write(eventAsJSON(dict(event, text=text)) + "\n")
-        out.flush()
-
-    return observe
-
-
-class _LogObserverInstaller(MultiService):
-    """Wraps the gateway so twistd uses ``observer``: twistd asks the application for an
-    ``ILogObserver`` component before it starts logging, and a plugin's service is the one
-    thing that sees the application (in ``setServiceParent``) before that."""
-
-    def __init__(self, service, observer):
-        super().__init__()
-        self.gateway = service
-        self.observer = observer
-        service.setServiceParent(self)
-
-    def setServiceParent(self, parent):
-        from twisted.logger import ILogObserver
-        from twisted.python.components import Componentized
-
-        if isinstance(parent, Componentized):
-            parent.setComponent(ILogObserver, self.observer)
-        super().setServiceParent(parent)
+    path = _json_log_target["path"]
+    # stdout as it is now: twistd later redirects sys.stdout into the log
+    out = sys.stdout if path is None else LogFile.fromFullPath(path)
+    return json_file_log_observer(out)
 
 
 def _fail(lines) -> None:
@@ -135,12 +124,11 @@ class GatewayServiceMaker:
         except (StateDirBusy, OSError) as e:
             _fail([str(e)])
         try:
-            service = GatewayService(config)
+            # The lock is taken here, by the daemon, not by each GatewayService (tests run
+            # several of those in one process on one state dir); the service holds it.
+            service = GatewayService(config, state_dir_lock=lock)
         except ValueError as e:
             _fail([str(e)])
-        # Held for the daemon's life: the lock is taken here, by the daemon, not by each
-        # GatewayService (tests run several of those in one process on one state dir).
-        service.state_dir_lock = lock
         from twisted.internet import reactor
 
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
@@ -151,8 +139,6 @@ class GatewayServiceMaker:
                                   port=options["port"], bind=options["bind"])
 
         reactor.callWhenRunning(_reload_on_sighup, reactor, service, load)
-        if options["log-format"] == "json":
-            return _LogObserverInstaller(service, _json_log_observer(options))
         return service
 
 
