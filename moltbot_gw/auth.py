@@ -52,7 +52,7 @@ def read_token(state_dir: Path) -> Optional[str]:
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise UnsafeTokenFile(f"{path} is a symbolic link; refusing to use it as the "
-                                  "gateway token (remove it to have a new token generated)")
+                                  "gateway token (remove it to have a new token generated)") from e
         raise
     with os.fdopen(fd, "r", encoding="utf-8") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):

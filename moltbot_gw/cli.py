@@ -24,7 +24,7 @@ def _load(path: Optional[str]) -> Config:
     except ConfigError as e:
         for line in e.errors:
             print(line, file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(1) from e
 
 
 def cmd_config_validate(args) -> int:

@@ -7,11 +7,23 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .auth import (NOT_EXEMPTABLE_HEADERS, BadForwardedFor, GatewayAuth, bearer_credential,
-                   client_address)
-from .auth_refusal import (BAD_FORWARDED_FOR, LOCKED_OUT, MISSING_CREDENTIAL, ORIGIN_NOT_ALLOWED,
-                           WRONG_CREDENTIAL, AuthRefusal, credential_refusal,
-                           forwarded_for_refusal)
+from .auth import (
+    NOT_EXEMPTABLE_HEADERS,
+    BadForwardedFor,
+    GatewayAuth,
+    bearer_credential,
+    client_address,
+)
+from .auth_refusal import (
+    BAD_FORWARDED_FOR,
+    LOCKED_OUT,
+    MISSING_CREDENTIAL,
+    ORIGIN_NOT_ALLOWED,
+    WRONG_CREDENTIAL,
+    AuthRefusal,
+    credential_refusal,
+    forwarded_for_refusal,
+)
 from .openai.errors import APIError
 
 HOW_TO_SEND = "Authorization: Bearer <token>"   # the hint for a request that sent no secret

@@ -17,8 +17,6 @@ from . import __version__
 from .agents.client_slots import ClientSlots
 from .agents.registry import AgentRegistry
 from .agents.runner import AgentRunner
-from .providers.registry import ProviderRegistry
-from .sessions.store import SessionStore
 from .auth import GatewayAuth
 from .config import Config, ConfigError
 from .fetch import GuardedFetcher
@@ -26,6 +24,8 @@ from .metrics import CountingAuth, GatewayMetrics
 from .openai.cors import CorsPolicy
 from .openai.response_index import ResponseIndex
 from .openai.routes import OpenAIRoutes
+from .providers.registry import ProviderRegistry
+from .sessions.store import SessionStore
 from .site import DoorPolicy, GatewaySite
 from .web import GatewayRoot, MetricsResource
 from .ws.methods import GatewayMethods

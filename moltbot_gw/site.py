@@ -15,8 +15,7 @@ from twisted.web.server import Request, Site
 
 from .http_auth import auth_error
 from .openai.errors import ERROR_TYPES, error_body, note_refusal
-from .request_log import (REQUEST_ID_HEADER, current_request, log_request, request_id_for,
-                          route_of)
+from .request_log import REQUEST_ID_HEADER, current_request, log_request, request_id_for, route_of
 from .web import is_websocket_upgrade
 
 CLIENT_CLOSED = 499  # nginx's status for a request the client abandoned before the answer

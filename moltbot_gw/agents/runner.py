@@ -15,18 +15,25 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..config import HistoryConfig, parse_model_ref
+from ..content import content_text
 from ..providers.base import ModelRequest, ModelResult
 from ..providers.errors import ProviderError, ProviderReplyTooLarge
 from ..providers.interface import IFlowControlledProvider
 from ..sessions.keys import openai_session_key, resolve_session_key
 from ..sessions.store import SessionStore
 from ..sessions.transcript import branch_messages, complete_tool_turns, history_messages
-from ..content import content_text
 from .client_history import align
 from .lanes import Lanes
 from .registry import Agent, AgentRegistry
-from .run import (InvalidRunRequest, Run, RunCancelled, RunRequest, RunResult, RunTimedOut,
-                  SAMPLING_OPTIONS)
+from .run import (
+    SAMPLING_OPTIONS,
+    InvalidRunRequest,
+    Run,
+    RunCancelled,
+    RunRequest,
+    RunResult,
+    RunTimedOut,
+)
 
 WORKSPACE_FILES = ("AGENTS.md", "SOUL.md")
 
@@ -129,7 +136,7 @@ class AgentRunner:
             try:
                 session_key = resolve_session_key(agent.id, request.session_key)
             except ValueError as e:
-                raise InvalidRunRequest(str(e), param="sessionKey")
+                raise InvalidRunRequest(str(e), param="sessionKey") from e
         else:
             session_key = openai_session_key(agent.id)
         chain = self._model_chain(agent, request.model)
@@ -186,7 +193,7 @@ class AgentRunner:
         except defer.CancelledError:
             if timer.active():
                 timer.cancel()
-            raise self._as_run_error(Failure(), run)
+            raise self._as_run_error(Failure(), run) from None
         try:
             run.emit("lifecycle", {"phase": "start", "agentId": agent.id,
                                    "sessionKey": run.session_key, "startedAt": _now_ms()})
@@ -203,7 +210,7 @@ class AgentRunner:
                     "kind": getattr(error, "kind", "error"), "message": _message(error)}})
                 self.log.info("run {run_id} of {agent} ended: {kind}", run_id=run.run_id,
                               agent=agent.id, kind=getattr(error, "kind", "error"))
-                raise error
+                raise error from None
             await self._record(run, request, status="ok", result=result, before=before)
             run.emit("lifecycle", {"phase": "end", "finishReason": result.finish_reason,
                                    "model": result.model})

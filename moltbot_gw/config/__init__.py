@@ -5,16 +5,40 @@ The models are pydantic dataclasses by section (``gateway.py``, ``providers.py``
 words every fault as ``dotted.path: problem``; ``docs.py`` renders the key table of
 docs/configuration.rst. Import everything from here.
 """
-from .agents import (AgentConfig, AgentDefaults, AgentsConfig, HistoryConfig, ModelChoice,
-                     SessionConfig)
+from .agents import (
+                     AgentConfig,
+                     AgentDefaults,
+                     AgentsConfig,
+                     HistoryConfig,
+                     ModelChoice,
+                     SessionConfig,
+)
 from .docs import iter_keys, render_key_table
 from .errors import ConfigError
-from .gateway import (DEFAULT_PORT, MIN_EXPOSED_SECRET_LENGTH, AuthConfig,
-                      ChatCompletionsConfig, CorsConfig, EndpointsConfig, GatewayConfig,
-                      HttpConfig, ImagesConfig, LimitsConfig, MetricsConfig, RateLimitConfig,
-                      ResponsesConfig, WebSocketConfig)
-from .loading import (load_config, parse_config, resolve_config_path, resolve_state_dir,
-                      substitute_env, with_overrides)
+from .gateway import (
+                     DEFAULT_PORT,
+                     MIN_EXPOSED_SECRET_LENGTH,
+                     AuthConfig,
+                     ChatCompletionsConfig,
+                     CorsConfig,
+                     EndpointsConfig,
+                     GatewayConfig,
+                     HttpConfig,
+                     ImagesConfig,
+                     LimitsConfig,
+                     MetricsConfig,
+                     RateLimitConfig,
+                     ResponsesConfig,
+                     WebSocketConfig,
+)
+from .loading import (
+                     load_config,
+                     parse_config,
+                     resolve_config_path,
+                     resolve_state_dir,
+                     substitute_env,
+                     with_overrides,
+)
 from .providers import ModelsConfig, ProviderConfig
 from .root import Config, ConfigFile, json_schema
 from .types import AGENT_ID_RE, normalize_agent_id, parse_model_ref

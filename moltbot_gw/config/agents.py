@@ -6,8 +6,7 @@ from pydantic import BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
-from .types import (NULL_IS_DEFAULTS, SECTION_CONFIG, Bool, ModelRef, PositiveFloat,
-                    PositiveInt, Str)
+from .types import NULL_IS_DEFAULTS, SECTION_CONFIG, Bool, ModelRef, PositiveFloat, PositiveInt, Str
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
@@ -52,7 +51,8 @@ class AgentDefaults:
     maxConcurrent: PositiveInt = Field(64, description="runs executing at once, gateway-wide")
     maxReplyChars: PositiveInt = Field(
         2_000_000, description="longest model reply (text, reasoning, tool arguments)")
-    history: Annotated[HistoryConfig, NULL_IS_DEFAULTS] = Field(default_factory=HistoryConfig, description="how much history a turn replays")
+    history: Annotated[HistoryConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=HistoryConfig, description="how much history a turn replays")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
@@ -77,7 +77,8 @@ class AgentConfig:
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class AgentsConfig:
-    defaults: Annotated[AgentDefaults, NULL_IS_DEFAULTS] = Field(default_factory=AgentDefaults, description="what every agent uses unless it says otherwise")
+    defaults: Annotated[AgentDefaults, NULL_IS_DEFAULTS] = Field(
+        default_factory=AgentDefaults, description="what every agent uses unless it says otherwise")
     list: tuple[AgentConfig, ...] = Field((), description="the agents; empty means one agent "
                                                            '"main" on the defaults')
 

@@ -103,7 +103,7 @@ def render_key_table() -> str:
     rule = " ".join("=" * w for w in widths)
 
     def line(row):
-        return " ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+        return " ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
 
     return "\n".join([rule, line(rows[0]), rule, *(line(r) for r in rows[1:]), rule]) + "\n"
 

@@ -7,8 +7,20 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from .types import (NULL_IS_DEFAULTS, SECTION_CONFIG, Bind, Bool, HeaderName, IpOrNetwork,
-                    NonNegativeFloat, NonNegativeInt, Port, PositiveFloat, PositiveInt, Str)
+from .types import (
+    NULL_IS_DEFAULTS,
+    SECTION_CONFIG,
+    Bind,
+    Bool,
+    HeaderName,
+    IpOrNetwork,
+    NonNegativeFloat,
+    NonNegativeInt,
+    Port,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+)
 
 DEFAULT_PORT = 18789
 MIN_EXPOSED_SECRET_LENGTH = 16  # a secret for a gateway listening beyond loopback
@@ -32,7 +44,8 @@ class AuthConfig:
                                  description="bearer token (env MOLTBOT_GATEWAY_TOKEN overrides)")
     password: Optional[Str] = Field(
         None, repr=False, description="password (env MOLTBOT_GATEWAY_PASSWORD overrides)")
-    rateLimit: Annotated[RateLimitConfig, NULL_IS_DEFAULTS] = Field(default_factory=RateLimitConfig, description="failed-attempt limiter")
+    rateLimit: Annotated[RateLimitConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=RateLimitConfig, description="failed-attempt limiter")
 
     @property
     def explicit_secret(self) -> Optional[str]:
@@ -61,7 +74,8 @@ class ChatCompletionsConfig:
     keepaliveSeconds: PositiveFloat = Field(
         15.0, description="SSE comment interval while no token arrives")
     statelessTaskPrompts: Bool = Field(True, description='"### Task:" requests touch no session')
-    images: Annotated[ImagesConfig, NULL_IS_DEFAULTS] = Field(default_factory=ImagesConfig, description="image input limits")
+    images: Annotated[ImagesConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=ImagesConfig, description="image input limits")
     maxMessages: PositiveInt = Field(
         2000, description="messages per request; more gets 400 too_many_messages")
     maxContentParts: PositiveInt = Field(
@@ -88,8 +102,10 @@ class ResponsesConfig:
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class EndpointsConfig:
-    chatCompletions: Annotated[ChatCompletionsConfig, NULL_IS_DEFAULTS] = Field(default_factory=ChatCompletionsConfig, description="the OpenAI Chat Completions endpoint")
-    responses: Annotated[ResponsesConfig, NULL_IS_DEFAULTS] = Field(default_factory=ResponsesConfig, description="the OpenAI Responses endpoint")
+    chatCompletions: Annotated[ChatCompletionsConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=ChatCompletionsConfig, description="the OpenAI Chat Completions endpoint")
+    responses: Annotated[ResponsesConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=ResponsesConfig, description="the OpenAI Responses endpoint")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
@@ -99,10 +115,13 @@ class CorsConfig:
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class HttpConfig:
-    endpoints: Annotated[EndpointsConfig, NULL_IS_DEFAULTS] = Field(default_factory=EndpointsConfig, description="which /v1 endpoints are served, and their limits")
+    endpoints: Annotated[EndpointsConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=EndpointsConfig,
+        description="which /v1 endpoints are served, and their limits")
     sessionHeaders: tuple[HeaderName, ...] = Field(
         (), description="headers whose value selects a session")
-    cors: Annotated[CorsConfig, NULL_IS_DEFAULTS] = Field(default_factory=CorsConfig, description="cross-origin access from browsers")
+    cors: Annotated[CorsConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=CorsConfig, description="cross-origin access from browsers")
     idleTimeoutSeconds: PositiveFloat = Field(
         60.0, description="close a connection silent this long between or within requests")
     headersTimeoutSeconds: PositiveFloat = Field(
@@ -143,15 +162,20 @@ class LimitsConfig:
 class GatewayConfig:
     port: Port = Field(DEFAULT_PORT, description="TCP port for HTTP and WebSocket")
     bind: Bind = Field("loopback", description='"loopback", "lan" or an IP address')
-    auth: Annotated[AuthConfig, NULL_IS_DEFAULTS] = Field(default_factory=AuthConfig, description="how clients authenticate")
-    http: Annotated[HttpConfig, NULL_IS_DEFAULTS] = Field(default_factory=HttpConfig, description="HTTP endpoints, CORS and slow-client deadlines")
-    ws: Annotated[WebSocketConfig, NULL_IS_DEFAULTS] = Field(default_factory=WebSocketConfig, description="WebSocket limits")
+    auth: Annotated[AuthConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=AuthConfig, description="how clients authenticate")
+    http: Annotated[HttpConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=HttpConfig, description="HTTP endpoints, CORS and slow-client deadlines")
+    ws: Annotated[WebSocketConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=WebSocketConfig, description="WebSocket limits")
     trustedProxies: tuple[IpOrNetwork, ...] = Field(
         (), description="proxies whose X-Forwarded-For is believed")
-    metrics: Annotated[MetricsConfig, NULL_IS_DEFAULTS] = Field(default_factory=MetricsConfig, description="the Prometheus endpoint")
+    metrics: Annotated[MetricsConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=MetricsConfig, description="the Prometheus endpoint")
     shutdownGraceSeconds: NonNegativeFloat = Field(
         30.0, description="how long in-flight requests may finish on stop")
-    limits: Annotated[LimitsConfig, NULL_IS_DEFAULTS] = Field(default_factory=LimitsConfig, description="per-client fairness and WebSocket write limits")
+    limits: Annotated[LimitsConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=LimitsConfig, description="per-client fairness and WebSocket write limits")
 
     @property
     def interface(self) -> str:

@@ -14,11 +14,11 @@ from typing import Any, Mapping, Optional
 import json5
 from pydantic import TypeAdapter, ValidationError
 
+from ..names import CONFIG_PATH_ENV, GATEWAY_PASSWORD_ENV, GATEWAY_TOKEN_ENV, STATE_DIR_ENV
 from .errors import ConfigError, describe_all, join
 from .references import reference_problems
 from .root import DEFAULT_STATE_DIR, Config, ConfigFile, file_adapter
 from .types import Bind, Port
-from ..names import CONFIG_PATH_ENV, GATEWAY_PASSWORD_ENV, GATEWAY_TOKEN_ENV, STATE_DIR_ENV
 
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SALVAGE_PASSES = 8
@@ -169,16 +169,16 @@ def load_config(explicit_path: Optional[str] = None,
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         if named:
-            raise ConfigError([f"{path}: config file not found"])
+            raise ConfigError([f"{path}: config file not found"]) from None
         text = None
     except OSError as e:
-        raise ConfigError([f"{path}: cannot read config file ({e.strerror})"])
+        raise ConfigError([f"{path}: cannot read config file ({e.strerror})"]) from e
     raw = None
     if text is not None and text.strip():
         try:
             raw = json5.loads(text)
         except ValueError as e:
-            raise ConfigError([f"{path}: not valid JSON5: {e}"])
+            raise ConfigError([f"{path}: not valid JSON5: {e}"]) from e
     return parse_config(raw, env, resolve_state_dir(env), path)
 
 
@@ -187,7 +187,8 @@ def _override_adapter(name: str) -> TypeAdapter:
     return TypeAdapter({"port": Port, "bind": Bind}[name])
 
 
-def with_overrides(config: Config, port: Optional[int] = None, bind: Optional[str] = None) -> Config:
+def with_overrides(config: Config, port: Optional[int] = None,
+                   bind: Optional[str] = None) -> Config:
     """Apply command-line overrides, validating them like file values."""
     errors: list[str] = []
     changes = {name: value for name, value in (("port", port), ("bind", bind))

@@ -22,7 +22,8 @@ def reference_problems(config: ConfigFile) -> list[str]:
 
     for name, provider in config.models.providers.items():
         if name == "builtin":
-            errors.append('models.providers.builtin: "builtin" is reserved for the built-in provider')
+            errors.append('models.providers.builtin: "builtin" is reserved for the built-in '
+                          'provider')
         if provider.api == "openai-completions" and not provider.baseUrl:
             errors.append(f"models.providers.{name}.baseUrl: required for openai-completions")
 

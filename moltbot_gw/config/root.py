@@ -17,10 +17,14 @@ DEFAULT_STATE_DIR = Path("~/.moltbot").expanduser()
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class ConfigFile:
-    gateway: Annotated[GatewayConfig, NULL_IS_DEFAULTS] = Field(default_factory=GatewayConfig, description="listener, auth, HTTP and WebSocket front door")
-    models: Annotated[ModelsConfig, NULL_IS_DEFAULTS] = Field(default_factory=ModelsConfig, description="upstream model providers")
-    agents: Annotated[AgentsConfig, NULL_IS_DEFAULTS] = Field(default_factory=AgentsConfig, description="the agents and their defaults")
-    session: Annotated[SessionConfig, NULL_IS_DEFAULTS] = Field(default_factory=SessionConfig, description="retention and size bounds of the session store")
+    gateway: Annotated[GatewayConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=GatewayConfig, description="listener, auth, HTTP and WebSocket front door")
+    models: Annotated[ModelsConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=ModelsConfig, description="upstream model providers")
+    agents: Annotated[AgentsConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=AgentsConfig, description="the agents and their defaults")
+    session: Annotated[SessionConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=SessionConfig, description="retention and size bounds of the session store")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)

@@ -135,7 +135,7 @@ class GuardedFetcher:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
-            raise FetchRefused(host, "malformed URL")
+            raise FetchRefused(host, "malformed URL") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise FetchRefused(host, f"scheme {parts.scheme!r} or missing host")
         if parts.username is not None or parts.password is not None:
@@ -148,7 +148,8 @@ class GuardedFetcher:
         try:
             return host, url.encode("ascii")
         except UnicodeEncodeError:
-            raise FetchRefused(host, "URL is not ASCII (punycode the host, quote the path)")
+            raise FetchRefused(host, "URL is not ASCII (punycode the host, quote the path)"
+                               ) from None
 
     async def _fetch(self, url: str, max_bytes: int, allow: frozenset,
                      max_redirects: int) -> FetchResult:
@@ -160,7 +161,7 @@ class GuardedFetcher:
             except defer.CancelledError:
                 raise
             except Exception as e:
-                raise FetchFailed(host, f"request failed: {e!r}")
+                raise FetchFailed(host, f"request failed: {e!r}") from e
             if response.code in REDIRECT_CODES:
                 response.deliverBody(_Discard())
                 location = response.headers.getRawHeaders(b"location", [b""])[0]

@@ -5,9 +5,14 @@ wrapper that hands it to the fetch client."""
 from __future__ import annotations
 
 from twisted.internet._resolver import ComplexResolverSimplifier
-from twisted.internet.interfaces import (IHostnameResolver, IReactorCore,
-                                         IReactorPluggableNameResolver, IReactorTCP,
-                                         IReactorTime, IResolutionReceiver)
+from twisted.internet.interfaces import (
+    IHostnameResolver,
+    IReactorCore,
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorTime,
+    IResolutionReceiver,
+)
 from twisted.logger import Logger
 from zope.interface import implementer
 

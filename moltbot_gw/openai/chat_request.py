@@ -13,9 +13,17 @@ from ..config import ChatCompletionsConfig, ImagesConfig
 from ..content import content_text
 from .conversation import Conversation, text_or_parts
 from .images import ImageBudget
-from .request_common import (agent_from_model, check_tool_name, model_field, optional_bool,
-                             optional_string, parse_body, sampling_options, stream_flags,
-                             tool_list)
+from .request_common import (
+    agent_from_model,
+    check_tool_name,
+    model_field,
+    optional_bool,
+    optional_string,
+    parse_body,
+    sampling_options,
+    stream_flags,
+    tool_list,
+)
 from .request_limits import RequestLimits, check_request_limits
 from .validation import bad_request as _bad
 from .validation import function_definition as _function_definition

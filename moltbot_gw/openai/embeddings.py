@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .request_common import parse_body
 from .errors import APIError
+from .request_common import parse_body
 
 MAX_INPUTS = 2048
 

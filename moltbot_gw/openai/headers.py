@@ -30,7 +30,7 @@ def named_session(agent_id: str, rest: str, param: str) -> str:
         return resolve_session_key(agent_id, rest)
     except ValueError as e:  # too long, control characters: the client's mistake
         raise APIError(400, f"{param} cannot name a session: {e}", param=param,
-                       code="invalid_value")
+                       code="invalid_value") from e
 
 
 @dataclass(frozen=True)

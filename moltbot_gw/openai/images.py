@@ -75,7 +75,8 @@ class ImageBudget:
         try:
             size = len(base64.b64decode(match.group("data"), validate=True))
         except (binascii.Error, ValueError):
-            raise _bad(f"messages[{message_index}]: image data is not valid base64", where)
+            raise _bad(f"messages[{message_index}]: image data is not valid base64",
+                       where) from None
         self._count(size, message_index, where)
         return mime, size
 

@@ -21,7 +21,7 @@ def parse_body(body: bytes) -> dict:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: not for us
         raise bad_request("We could not parse the JSON body of your request. Send valid JSON "
-                          "with Content-Type: application/json.", None, "invalid_json")
+                          "with Content-Type: application/json.", None, "invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.", None, "invalid_json")
     if has_lone_surrogate(body, data):   # as OpenAI does: not valid Unicode, not for us

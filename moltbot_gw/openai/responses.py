@@ -24,17 +24,15 @@ from ..agents.runner import AgentRunner, cap_history
 from ..auth import GatewayAuth
 from ..config import Config, HistoryConfig
 from ..http_auth import require_auth
-from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, header, session_from_headers,
-                      user_session)
-from .errors import (APIError, method_not_allowed, not_found,
-                     write_error)
+from .errors import APIError, method_not_allowed, not_found, write_error
+from .headers import AGENT_ID_HEADERS, MODEL_HEADERS, header, session_from_headers, user_session
 from .images import ImageBudget, fetch_remote_images
-from .run_endpoint import RunEndpoint
-from .runs import await_run
 from .request_limits import RequestLimits
 from .response_index import ResponseIndex, StoredResponse
 from .responses_request import ResponsesRequest, parse_responses_request
 from .responses_stream import ResponseShell, ResponsesStream, new_id, response_body
+from .run_endpoint import RunEndpoint
+from .runs import await_run
 
 
 def reply_message(result: RunResult) -> Optional[dict]:

@@ -12,12 +12,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from ..config import ImagesConfig, ResponsesConfig
-from ..content import TEXT_PART_TYPES   # a Responses message takes every text part type
+from ..content import TEXT_PART_TYPES  # a Responses message takes every text part type
 from .conversation import Conversation, text_or_parts
 from .errors import APIError
 from .images import ImageBudget
-from .request_common import (agent_from_model, check_tool_name, model_field, optional_bool,
-                             optional_string, parse_body, sampling_options, tool_list)
+from .request_common import (
+    agent_from_model,
+    check_tool_name,
+    model_field,
+    optional_bool,
+    optional_string,
+    parse_body,
+    sampling_options,
+    tool_list,
+)
 from .request_limits import RequestLimits, check_request_limits
 from .validation import bad_request as _bad
 from .validation import function_definition

@@ -17,26 +17,30 @@ from ..agents.runner import AgentRunner
 from ..auth import GatewayAuth
 from ..config import Config, parse_model_ref
 from ..fetch import GuardedFetcher
+from ..http_auth import require_auth
 from ..providers.errors import ProviderError
 from ..providers.interface import IEmbeddingProvider
-from ..http_auth import require_auth
 from ..sessions.keys import openai_session_key
 from .chat_request import is_task_prompt, parse_chat_request
-from .completions import (TextCompletionStream, parse_completion_request,
-                          text_completion_body)
+from .chat_response import ChatStream, completion_body, response_model, stream_models
+from .completions import TextCompletionStream, parse_completion_request, text_completion_body
 from .embeddings import embeddings_body, parse_embeddings_request
+from .errors import APIError, api_error_for_run_failure, method_not_allowed, not_found, write_error
+from .headers import (
+    AGENT_ID_HEADERS,
+    MODEL_HEADERS,
+    SESSION_KEY_HEADERS,
+    header,
+    session_from_headers,
+    user_session,
+)
 from .images import ImageBudget, fetch_remote_images
 from .request_common import agent_from_model
 from .request_limits import RequestLimits
 from .response_index import ResponseIndex
-from .chat_response import ChatStream, completion_body, response_model, stream_models
 from .responses import ResponsesEndpoint
 from .run_endpoint import RunEndpoint
 from .runs import await_run
-from .headers import (AGENT_ID_HEADERS, MODEL_HEADERS, SESSION_KEY_HEADERS, header,
-                      session_from_headers, user_session)
-from .errors import (APIError, api_error_for_run_failure, method_not_allowed, not_found,
-                     write_error)
 
 
 def _require_enabled_method(request, enabled: bool, methods: tuple[str, ...]) -> None:
@@ -102,7 +106,7 @@ class OpenAIRoutes(RunEndpoint):
             agent = self.agents.get(model_id if named is None else named)
         except UnknownAgent:
             raise APIError(404, f"The model '{model_id}' does not exist", param="model",
-                           code="model_not_found")
+                           code="model_not_found") from None
         return _json(request, self._model_entry(agent.id))
 
     @app.route("/chat/completions")
@@ -183,7 +187,7 @@ class OpenAIRoutes(RunEndpoint):
                 agent = self.agents.get(agent_id)
             except UnknownAgent:
                 raise APIError(404, f"The model '{embedding.model}' does not exist",
-                               param="model", code="model_not_found")
+                               param="model", code="model_not_found") from None
             if not agent.embedding_model:
                 raise APIError(400, f'agent "{agent.id}" has no embeddingModel configured',
                                param="model", code="invalid_value")
@@ -204,7 +208,7 @@ class OpenAIRoutes(RunEndpoint):
             answer = await provider.embeddings(model_id, embedding.input,
                                                embedding.encoding_format, embedding.dimensions)
         except ProviderError as e:
-            raise api_error_for_run_failure(e)
+            raise api_error_for_run_failure(e) from e
         return _json(request, embeddings_body(answer, embedding.model))
 
     def _session(self, request, agent_id: str, chat) -> tuple[str, bool, str]:

@@ -39,7 +39,7 @@ class RunEndpoint:
             return self.agents.get(requested)
         except UnknownAgent as e:
             raise APIError(404, f"The model '{model}' does not exist: there is no agent "
-                                f'"{e.agent_id}"', param="model", code="model_not_found")
+                                f'"{e.agent_id}"', param="model", code="model_not_found") from e
 
     async def start_run(self, request, run_request: RunRequest) -> Run:
         """Start ``run_request`` once the calling client has a free run slot."""

@@ -15,7 +15,7 @@ def start_run(runner, request: RunRequest) -> Run:
     try:
         return runner.run(request)
     except InvalidRunRequest as e:
-        raise api_error_for_run_failure(e)
+        raise api_error_for_run_failure(e) from e
 
 
 async def start_run_for_client(runner, slots: ClientSlots, client: str,
@@ -26,7 +26,7 @@ async def start_run_for_client(runner, slots: ClientSlots, client: str,
     try:
         slot = await slots.acquire(client)
     except ClientBusy as busy:
-        raise api_error_for_run_failure(busy)
+        raise api_error_for_run_failure(busy) from busy
     try:
         run = start_run(runner, request)
     except BaseException:
@@ -49,4 +49,4 @@ async def await_run(run: Run, stream=None):
         error = api_error_for_run_failure(e)
         if stream is not None and stream.started:
             return None, stream.fail(error)
-        raise error
+        raise error from e

@@ -21,8 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..content import content_text
-from .base import (DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCall, ToolCallSink,
-                   Usage)
+from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCall, ToolCallSink, Usage
 from .errors import ProviderBadRequest, no_embeddings
 from .interface import IProvider
 from .tools import new_call_id

@@ -6,6 +6,7 @@ the writer of our own SSE responses (that lives with the protocol code).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 _BOM = b"\xef\xbb\xbf"
 
 

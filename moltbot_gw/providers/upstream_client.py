@@ -8,19 +8,26 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol as TypingProtocol
+from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Protocol as TypingProtocol
 
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
-from twisted.internet.defer import (CancelledError, Deferred, TimeoutError as DeferredTimeout,
-                                    succeed)
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (Agent, HTTPConnectionPool, RequestTransmissionFailed,
-                                ResponseDone, ResponseFailed, ResponseNeverReceived)
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
@@ -30,6 +37,9 @@ from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
 from .upstream_errors import error_from_status
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
+
+# How a finished body's connectionLost is called when nobody gives a reason.
+CONNECTION_DONE = Failure(ResponseDone())
 
 
 @dataclass(frozen=True)
@@ -344,7 +354,7 @@ class _BodyReader(Protocol):
         except BaseException:
             exchange.body_failed(Failure())
 
-    def connectionLost(self, reason: Failure = ResponseDone()) -> None:
+    def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
         exchange = self._exchange
         exchange._body_transport = None
         if self._on_data is not None and exchange.flow is not None:

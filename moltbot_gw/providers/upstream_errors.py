@@ -11,8 +11,14 @@ from typing import Iterable, Optional
 
 from twisted.web.http_headers import Headers
 
-from .errors import (ProviderAuthError, ProviderBadRequest, ProviderError, ProviderRateLimited,
-                     ProviderTimeout, ProviderUnavailable)
+from .errors import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 
 MAX_ERROR_MESSAGE_CHARS = 500
 

@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Optional
 
 from moltbot_gw.config import AGENT_ID_RE, SessionConfig
-from moltbot_gw.sessions.index import SessionEntry, del_op, append_changes, read_index, \
-    rewrite_index
+from moltbot_gw.sessions.index import (
+    SessionEntry,
+    append_changes,
+    del_op,
+    read_index,
+    rewrite_index,
+)
 from moltbot_gw.sessions.transcript import fsync_directory, transcript_path
 
 DAY_MS = 24 * 60 * 60 * 1000

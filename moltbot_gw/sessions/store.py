@@ -19,10 +19,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from moltbot_gw.config import AGENT_ID_RE, SessionConfig
-from moltbot_gw.state_dir import make_private_dirs, rename_if_present
 from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of this API
-    SessionEntry, append_changes, begin_compaction, del_op,
-    finish_compaction, put_op, read_index, usage_token_counts)
+    SessionEntry,
+    append_changes,
+    begin_compaction,
+    del_op,
+    finish_compaction,
+    put_op,
+    read_index,
+    usage_token_counts,
+)
 from moltbot_gw.sessions.keys import parse_session_key
 from moltbot_gw.sessions.retention import agent_ids_on_disk, remove_transcripts, take_pruned
 from moltbot_gw.sessions.tail_cache import TailCache, skipping
@@ -34,6 +40,7 @@ from moltbot_gw.sessions.transcript import (
     session_header,
     transcript_path,
 )
+from moltbot_gw.state_dir import make_private_dirs, rename_if_present
 
 T = TypeVar("T")
 
@@ -271,7 +278,7 @@ class SessionStore:
     async def _wait_compaction(self, agent: _AgentSessions) -> None:
         while agent.compaction is not None:
             waiter: Deferred = Deferred()
-            agent.compaction.addBoth(lambda outcome: waiter.callback(None) or outcome)
+            agent.compaction.addBoth(lambda outcome, done=waiter: done.callback(None) or outcome)
             await waiter
 
     def _schedule_save(self, agent: _AgentSessions) -> None:

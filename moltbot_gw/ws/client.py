@@ -10,7 +10,8 @@ from typing import Any, Callable, Mapping, Optional
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.util import parse_url
-from twisted.internet import defer, error as internet_error
+from twisted.internet import defer
+from twisted.internet import error as internet_error
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 
@@ -91,14 +92,14 @@ class GatewayClient:
                 "auth": dict(auth or {})}).addTimeout(timeout, reactor)
         except defer.TimeoutError:
             client._abort()
-            raise GatewayError("TIMEOUT", f"no answer to connect within {timeout:g} s")
+            raise GatewayError("TIMEOUT", f"no answer to connect within {timeout:g} s") from None
         return client
 
     async def _connect(self, timeout: float) -> None:
         try:
             secure, host, port, _resource, _path, _params = parse_url(self.url)
         except Exception as e:
-            raise GatewayUnreachable(self.url, f"not a WebSocket URL ({e})")
+            raise GatewayUnreachable(self.url, f"not a WebSocket URL ({e})") from e
         endpoint = HostnameEndpoint(self.reactor, host, port, timeout=timeout)
         if secure:
             endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
@@ -108,18 +109,19 @@ class GatewayClient:
         try:
             self._connection = await endpoint.connect(factory)
         except internet_error.ConnectionRefusedError:
-            raise GatewayUnreachable(self.url, "connection refused")
+            raise GatewayUnreachable(self.url, "connection refused") from None
         except (internet_error.TimeoutError, internet_error.DNSLookupError,
                 internet_error.ConnectError) as e:
-            raise GatewayUnreachable(self.url, _describe(e))
+            raise GatewayUnreachable(self.url, _describe(e)) from e
         try:
             await self._open.addTimeout(timeout, self.reactor)
         except defer.TimeoutError:
             self._abort()
             raise GatewayUnreachable(self.url, "no WebSocket handshake within "
-                                               f"{timeout:g} s")
+                                               f"{timeout:g} s") from None
         except GatewayError as e:
-            raise GatewayUnreachable(self.url, f"the WebSocket handshake failed ({e.message})")
+            raise GatewayUnreachable(self.url,
+                                     f"the WebSocket handshake failed ({e.message})") from e
 
     # -- calls ----------------------------------------------------------------------------
 

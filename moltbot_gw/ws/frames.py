@@ -90,7 +90,7 @@ def parse_request(payload: bytes) -> Request:
     try:
         frame = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: not for us
-        raise invalid("the frame is not valid JSON")
+        raise invalid("the frame is not valid JSON") from None
     if not isinstance(frame, dict):
         raise invalid("a frame must be a JSON object")
     request_id = frame.get("id")

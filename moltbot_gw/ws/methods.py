@@ -11,17 +11,16 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .. import __version__
-from ..agents.registry import Agent, AgentRegistry, UnknownAgent
+from ..agents.client_slots import ClientSlots
 from ..agents.failures import describe_failure
+from ..agents.registry import Agent, AgentRegistry, UnknownAgent
 from ..agents.run import InvalidRunRequest, Run, RunEvent, RunRequest, RunResult
 from ..agents.runner import AgentRunner
-from ..agents.client_slots import ClientSlots
 from ..config import LimitsConfig, normalize_agent_id
 from ..sessions.keys import KEY_PREFIX, parse_session_key, resolve_session_key
 from ..sessions.store import SessionStore
 from ..sessions.transcript import current_branch
-from .frames import (PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, failure_error,
-                     invalid)
+from .frames import PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, failure_error, invalid
 from .idempotency import expiring_cache
 from .run_admission import WRITE_METHODS, RunAdmission
 
@@ -117,7 +116,7 @@ async def wait_for(run: Run) -> dict:
     except defer.CancelledError:
         raise  # our wait was cancelled (the connection closed), not the run
     except Exception as error:
-        raise run_error(error, run)
+        raise run_error(error, run) from error
     return result_payload(result)
 
 
@@ -187,7 +186,7 @@ class GatewayMethods:
 
     def __init__(self, runner: AgentRunner, store: SessionStore, agents: AgentRegistry, clock,
                  *, client_slots: Optional[ClientSlots] = None,
-                 limits: LimitsConfig = LimitsConfig()):
+                 limits: Optional[LimitsConfig] = None):
         self.runner = runner
         self.store = store
         self.agents = agents
@@ -197,7 +196,7 @@ class GatewayMethods:
         self.started_at = clock.seconds()
         self.started_at_ms = int(time.time() * 1000)
         self.router = EventRouter()
-        self.admission = RunAdmission(clock, limits, client_slots)
+        self.admission = RunAdmission(clock, limits or LimitsConfig(), client_slots)
         self.finished_runs = expiring_cache(clock, FINISHED_RUN_TTL, MAX_FINISHED_RUNS)
         self.table: dict[str, Handler] = {
             "health": self.health,
@@ -237,7 +236,7 @@ class GatewayMethods:
         try:
             return self.agents.get(raw_id)
         except UnknownAgent as e:
-            raise failure_error(describe_failure(e))
+            raise failure_error(describe_failure(e)) from e
 
     def _session(self, params: Mapping[str, Any], name: str, default: Optional[str],
                  configured_agent: bool = True) -> tuple[Optional[Agent], str]:
@@ -252,7 +251,7 @@ class GatewayMethods:
             try:
                 key_agent, _ = parse_session_key(raw_key.strip())
             except ValueError as e:
-                raise invalid(f"{name}: {e}")
+                raise invalid(f"{name}: {e}") from e
             if raw_agent is None:
                 if not configured_agent:
                     return (self.agents.get(key_agent) if key_agent in self.agents.ids
@@ -262,7 +261,7 @@ class GatewayMethods:
         try:
             key = resolve_session_key(agent.id, raw_key if raw_key is not None else default)
         except ValueError as e:
-            raise invalid(f"{name}: {e}")
+            raise invalid(f"{name}: {e}") from e
         return agent, key
 
     # -- runs ---------------------------------------------------------------------------
@@ -297,7 +296,7 @@ class GatewayMethods:
                 session_key=session_key, extra_system_prompt=extra or None, persist=True))
         except InvalidRunRequest as e:
             slot.release()
-            raise failure_error(describe_failure(e))
+            raise failure_error(describe_failure(e)) from e
         except BaseException:
             slot.release()
             raise

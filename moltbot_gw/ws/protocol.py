@@ -16,13 +16,28 @@ from twisted.logger import Logger
 
 from .. import __version__
 from ..auth import NOT_EXEMPTABLE_HEADERS, BadForwardedFor, GatewayAuth, client_address
-from ..auth_refusal import (LOCKED_OUT, MISSING_CREDENTIAL, WRONG_CREDENTIAL, credential_refusal,
-                            forwarded_for_refusal)
+from ..auth_refusal import (
+    LOCKED_OUT,
+    MISSING_CREDENTIAL,
+    WRONG_CREDENTIAL,
+    credential_refusal,
+    forwarded_for_refusal,
+)
 from ..request_log import escape_for_log
 from .backlog import MAX_BACKLOG_BYTES, SendBacklog
-from .frames import (PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, Request,
-                     encode_error, encode_event, encode_response, invalid, parse_connect,
-                     parse_request)
+from .frames import (
+    PROTOCOL_VERSION,
+    CloseCode,
+    ErrorCode,
+    ProtocolError,
+    Request,
+    encode_error,
+    encode_event,
+    encode_response,
+    invalid,
+    parse_connect,
+    parse_request,
+)
 from .methods import EVENTS, GatewayMethods
 
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024   # after connect; gateway.ws.maxFrameBytes
@@ -72,7 +87,7 @@ class GatewayWSProtocol(WebSocketServerProtocol):
             self.address = client_address(getattr(peer, "host", None) or "unknown", forwarded,
                                           self.factory.auth.trusted_proxies)
         except BadForwardedFor as error:
-            raise ConnectionDeny(400, forwarded_for_refusal(error).message)
+            raise ConnectionDeny(400, forwarded_for_refusal(error).message) from error
         self.exemptable = not any(name in request.headers for name in NOT_EXEMPTABLE_HEADERS)
         return None
 

@@ -99,4 +99,4 @@ class RunAdmission:
         try:
             return await self.client_slots.acquire(address)
         except ClientBusy as busy:
-            raise failure_error(describe_failure(busy))
+            raise failure_error(describe_failure(busy)) from busy
