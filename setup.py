@@ -52,6 +52,12 @@ setup(
             "hypothesis>=6.100",
             "jsonschema>=4.0",
         ],
+        # what .ci/run checks the code with before the tests
+        "lint": [
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "mypy-zope>=1.0",
+        ],
     },
     entry_points={"console_scripts": ["moltbot-gw = moltbot_gw.cli:main"]},
     zip_safe=False,
