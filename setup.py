@@ -22,6 +22,7 @@ setup(
         "moltbot_gw",
         "moltbot_gw.agents",
         "moltbot_gw.config",
+        "moltbot_gw.fetch",
         "moltbot_gw.openai",
         "moltbot_gw.providers",
         "moltbot_gw.sessions",
