@@ -260,3 +260,13 @@ async def test_a_websocket_run_without_provider_usage_reports_estimated_counts(
     [session] = [s for s in listed["payload"]["sessions"] if s["key"] == "agent:main:ws-sky"]
     assert (session["inputTokens"], session["outputTokens"]) == (usage["inputTokens"],
                                                                  usage["outputTokens"])
+
+
+def test_the_client_usage_builders_never_show_the_source():
+    from moltbot_gw.openai.usage import chat_usage_json, responses_usage_json
+    from moltbot_gw.providers.base import Usage
+    estimated = Usage(12, 34, source="estimated")
+    assert chat_usage_json(estimated) == {"prompt_tokens": 12, "completion_tokens": 34,
+                                          "total_tokens": 46}
+    assert "source" not in json.dumps(responses_usage_json(estimated))
+    assert "estimated" not in json.dumps(responses_usage_json(estimated))
