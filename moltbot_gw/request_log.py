@@ -1,7 +1,7 @@
 """The access log: one structured ``twisted.logger`` event per HTTP request (request id,
-method, route, path, agent, status, duration, tokens; for a refused request the error's code
-and param), plus the request ids themselves and the bounded route names that logs and metrics
-share. Never logs headers, bodies, queries or error messages.
+method, route, path, agent, status, duration, tokens and who counted them; for a refused
+request the error's code and param), plus the request ids themselves and the bounded route
+names that logs and metrics share. Never logs headers, bodies, queries or error messages.
 """
 from __future__ import annotations
 
@@ -74,11 +74,13 @@ def log_request(request, status: int, seconds: float) -> None:
         path = path[:MAX_LOGGED_PATH] + "…"
     agent = getattr(request, "moltbot_agent", None)
     tokens = getattr(request, "moltbot_tokens", None)
-    tokens_in, tokens_out = tokens if tokens is not None else (None, None)
+    tokens_in, tokens_out, tokens_source = tokens if tokens is not None else (None, None, None)
     peer = request.getClientAddress()
     if tokens is not None:
+        # counts the gateway made itself (the provider sent none) say so in the line too
         fmt = ("{request_id} {method} {path} {status} {duration_ms}ms agent={agent} "
-               "tokens={tokens_in}/{tokens_out}")
+               "tokens={tokens_in}/{tokens_out}"
+               + (" (estimated)" if tokens_source == "estimated" else ""))
     elif agent is not None:
         fmt = "{request_id} {method} {path} {status} {duration_ms}ms agent={agent}"
     else:
@@ -92,5 +94,6 @@ def log_request(request, status: int, seconds: float) -> None:
     log.info(fmt, request_id=request.request_id.decode("ascii"),
              method=request.method.decode("latin-1"), path=path, route=route_of(request.path),
              status=status, duration_ms=round(seconds * 1000, 1), agent=agent,
-             tokens_in=tokens_in, tokens_out=tokens_out, error_code=error_code,
+             tokens_in=tokens_in, tokens_out=tokens_out, tokens_source=tokens_source,
+             error_code=error_code,
              error_param=error_param, client=getattr(peer, "host", None), access=True)

@@ -38,7 +38,7 @@ class GatewayRequest(Request):
     _too_large = False
     request_id = b"-"
     moltbot_agent = None      # the agent that ran for this request, once known
-    moltbot_tokens = None     # (prompt, completion) tokens of its run, once known
+    moltbot_tokens = None     # (prompt, completion, source) tokens of its run, once known
     _site = None
     _sse = False
     _logged = False

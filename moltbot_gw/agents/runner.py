@@ -19,6 +19,7 @@ from ..content import content_text
 from ..providers.base import ModelRequest, ModelResult
 from ..providers.errors import ProviderError, ProviderReplyTooLarge
 from ..providers.interface import IFlowControlledProvider
+from ..providers.token_estimate import usage_of
 from ..sessions.keys import openai_session_key, resolve_session_key
 from ..sessions.store import SessionStore
 from ..sessions.transcript import branch_messages, complete_tool_turns, history_messages
@@ -330,9 +331,11 @@ class AgentRunner:
                                            "error": {"kind": e.kind, "message": e.message}})
                     continue
                 raise
+            # the provider's counts, or (none reported) the gateway's estimate
+            usage = await usage_of(model_request, answer)
             return RunResult(run_id=run.run_id, agent_id=agent.id,
                              session_key=run.session_key, text=run.text,
-                             finish_reason=answer.finish_reason, usage=answer.usage, model=ref,
+                             finish_reason=answer.finish_reason, usage=usage, model=ref,
                              tool_calls=answer.tool_calls, reasoning=answer.reasoning)
         raise last_error  # pragma: no cover - the loop returns or raises
 

@@ -287,6 +287,7 @@ class MessagesSink(ModelReplySink):
         self._input_tokens = 0
         self._output_tokens = 0
         self._cached_tokens: Optional[int] = None   # cache_read_input_tokens, when reported
+        self._reported = False                       # any usage counts seen at all
         self._stopped = False
 
     def handle_event(self, event: SSEEvent) -> None:
@@ -360,6 +361,8 @@ class MessagesSink(ModelReplySink):
     def _note_usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):
             return
+        self._reported = self._reported or any(
+            isinstance(usage.get(k), int) for k in ("input_tokens", "output_tokens"))
         if "input_tokens" in usage:
             self._input_tokens = sum(token_count(usage.get(k)) for k in (
                 "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
@@ -367,6 +370,14 @@ class MessagesSink(ModelReplySink):
             self._cached_tokens = token_count(usage.get("cache_read_input_tokens"))
         if "output_tokens" in usage:
             self._output_tokens = token_count(usage.get("output_tokens"))
+
+    def _usage(self) -> Optional[Usage]:
+        """The reported counts, or ``None`` when the upstream sent none (then estimated)."""
+        if not self._reported:
+            return None
+        return Usage(self._input_tokens, self._output_tokens,
+                     prompt_tokens_details=None if self._cached_tokens is None
+                     else {"cached_tokens": self._cached_tokens})
 
     def end(self) -> ModelResult:
         if not self._stopped and self._stop_reason is None:
@@ -376,9 +387,7 @@ class MessagesSink(ModelReplySink):
         if tool_calls and reason == "stop":
             reason = "tool_calls"
         return ModelResult(text="".join(self._text), finish_reason=reason,
-                           usage=Usage(self._input_tokens, self._output_tokens,
-                                       prompt_tokens_details=None if self._cached_tokens is None
-                                       else {"cached_tokens": self._cached_tokens}),
+                           usage=self._usage(),
                            model=self._model,
                            tool_calls=tool_calls, reasoning="".join(self._reasoning))
 

@@ -10,12 +10,15 @@ from typing import Any, Callable, Mapping, Optional
 class Usage:
     """Token counts of one model call. The details are the upstream's own breakdowns, passed
     through when it reports them (OpenAI names: ``{"cached_tokens": n}`` for the prompt,
-    ``{"reasoning_tokens": n}`` for the completion), else ``None``."""
+    ``{"reasoning_tokens": n}`` for the completion), else ``None``. ``source`` says who
+    counted: ``"provider"`` (the upstream reported them) or ``"estimated"`` (the gateway's
+    tokenizer, ``token_estimate.py``); logs and metrics show it, clients' usage never does."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     prompt_tokens_details: Optional[Mapping[str, int]] = None
     completion_tokens_details: Optional[Mapping[str, int]] = None
+    source: str = "provider"
 
     @property
     def total_tokens(self) -> int:
@@ -67,7 +70,7 @@ class ModelRequest:
 class ModelResult:
     text: str
     finish_reason: str = "stop"                  # "stop" | "length" | "tool_calls" | ...
-    usage: Usage = Usage()
+    usage: Optional[Usage] = None                # None: the upstream reported no counts
     model: Optional[str] = None                  # model name the upstream reported
     tool_calls: tuple[ToolCall, ...] = ()        # in index order
     reasoning: str = ""                          # thinking text, never part of ``text``

@@ -109,7 +109,7 @@ class ChatCompletionSink(ModelReplySink):
         super().__init__(label, on_delta, secrets, on_tool_call, on_reasoning)
         self._by_index: dict[int, int] = {}     # upstream tool-call index -> our ordinal
         self._finish_reason: Optional[str] = None
-        self._usage = Usage()
+        self._usage: Optional[Usage] = None     # None until the upstream reports counts
         self._done = False
 
     def handle_event(self, event: SSEEvent) -> None:
@@ -191,7 +191,7 @@ class ChatCompletionSink(ModelReplySink):
         if isinstance(chunk.get("model"), str):
             self._model = chunk["model"]
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        if isinstance(usage, dict) and _has_counts(usage, ("prompt_tokens", "completion_tokens")):
             self._usage = Usage(prompt_tokens=token_count(usage.get("prompt_tokens")),
                                 completion_tokens=token_count(usage.get("completion_tokens")),
                                 prompt_tokens_details=_counts(usage.get("prompt_tokens_details")),
@@ -216,6 +216,13 @@ def _reasoning_of(message: Mapping[str, Any]) -> Optional[str]:
         if isinstance(value, str) and value:
             return value
     return None
+
+
+def _has_counts(usage: dict, names: tuple[str, ...]) -> bool:
+    """Whether a usage object carries a count at all: ``{}`` or ``null`` counts are no
+    report (some servers send them), so the gateway estimates instead of saying 0."""
+    return any(isinstance(usage.get(name), int) and not isinstance(usage.get(name), bool)
+               for name in names)
 
 
 def _counts(details: Any) -> Optional[dict[str, int]]:

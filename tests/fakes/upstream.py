@@ -64,7 +64,9 @@ class Script:
     done: bool = True                       # end with ``[DONE]`` / ``message_stop``
     usage: Optional[tuple[int, int]] = None  # (prompt, completion); default: word counts
     usage_details: Optional[Mapping[str, Any]] = None  # extra usage fields, in the dialect's names
-    include_usage: Optional[bool] = None    # OpenAI usage chunk; None: as the request asks
+    include_usage: Optional[bool] = None    # OpenAI usage chunk; None: as the request asks;
+    #                                         False: no usage at all, not even in a JSON answer
+    #                                         (llama-cpp-python and others stream none)
     model: Optional[str] = None             # reported model; default: the requested one
     comments: bool = False                  # ``: keep-alive`` comments between events
     crlf: bool = False                      # CRLF line endings in the event stream
@@ -495,7 +497,8 @@ class FakeOpenAI(FakeUpstream):
                 "model": reply.model,
                 "choices": [{"index": 0, "message": message,
                              "finish_reason": reply.finish_reason or "stop"}],
-                "usage": _openai_usage(reply.usage, reply.script.usage_details)}
+                **({} if script.include_usage is False else
+                   {"usage": _openai_usage(reply.usage, reply.script.usage_details)})}
 
     @staticmethod
     def _frame(payload) -> str:
