@@ -19,6 +19,7 @@ from ..content import content_text
 from ..providers.base import ModelRequest, ModelResult
 from ..providers.errors import ProviderError, ProviderReplyTooLarge
 from ..providers.interface import IFlowControlledProvider
+from ..providers.slots import ProviderSlot
 from ..sessions.keys import openai_session_key, resolve_session_key
 from ..sessions.store import SessionStore
 from ..sessions.transcript import branch_messages, complete_tool_turns, history_messages
@@ -225,7 +226,7 @@ class AgentRunner:
             if run.cancel_reason == "timeout":
                 return RunTimedOut("the run took longer than its timeout")
             return RunCancelled("the run was cancelled")
-        if failure.check(ProviderError, InvalidRunRequest):
+        if failure.check(ProviderError, InvalidRunRequest, RunTimedOut):
             return failure.value
         self.log.failure("run {run_id} failed unexpectedly", failure, run_id=run.run_id)
         return ProviderError("internal error while running the agent")
@@ -307,20 +308,24 @@ class AgentRunner:
                 tools=request.tools, tool_choice=request.tool_choice,
                 parallel_tool_calls=request.parallel_tool_calls)
             try:
-                if request.stream:
-                    extra = {}
-                    if request.tools:
-                        extra["on_tool_call"] = on_tool_call
-                    if IFlowControlledProvider.providedBy(provider):
-                        extra["flow"] = run.flow
-                    answer: ModelResult = await provider.stream(
-                        model_request, on_delta, on_reasoning=on_reasoning, **extra)
-                else:
-                    answer = await provider.complete(model_request)
-                    on_reasoning(answer.reasoning)
-                    on_delta(answer.text)
-                    for i, call in enumerate(answer.tool_calls):
-                        on_tool_call(i, call.id, call.name, call.arguments)
+                slot = await self._provider_slot(run, agent, provider_name)
+                try:
+                    if request.stream:
+                        extra = {}
+                        if request.tools:
+                            extra["on_tool_call"] = on_tool_call
+                        if IFlowControlledProvider.providedBy(provider):
+                            extra["flow"] = run.flow
+                        answer: ModelResult = await provider.stream(
+                            model_request, on_delta, on_reasoning=on_reasoning, **extra)
+                    else:
+                        answer = await provider.complete(model_request)
+                        on_reasoning(answer.reasoning)
+                        on_delta(answer.text)
+                        for i, call in enumerate(answer.tool_calls):
+                            on_tool_call(i, call.id, call.name, call.arguments)
+                finally:
+                    slot.release()
             except ProviderError as e:
                 last_error = e
                 if e.retryable and not run.produced_output and ref != chain[-1]:
@@ -335,6 +340,21 @@ class AgentRunner:
                              finish_reason=answer.finish_reason, usage=answer.usage, model=ref,
                              tool_calls=answer.tool_calls, reasoning=answer.reasoning)
         raise last_error  # pragma: no cover - the loop returns or raises
+
+    async def _provider_slot(self, run: Run, agent: Agent, provider_name: str) -> ProviderSlot:
+        """Wait for a free slot of the provider (``maxConcurrent``). The wait counts against
+        the run's timeout, and a cancelled run (its client left) leaves the queue at once;
+        a full queue fails with ``ProviderBusy``, which the fallback loop treats as retryable."""
+        slots = self.providers.slots(provider_name)
+        try:
+            return await slots.acquire()
+        except defer.CancelledError:
+            if run.cancel_reason == "timeout":
+                raise RunTimedOut(
+                    f"the run took longer than its timeout ({agent.timeout_seconds:g} s) "
+                    f'while waiting for provider "{provider_name}" (maxConcurrent '
+                    f"{slots.max_concurrent})") from None
+            raise
 
     async def _record(self, run: Run, request: RunRequest, status: str,
                       result: Optional[RunResult] = None, error: Exception = None,
