@@ -86,7 +86,7 @@ class ProviderSlots:
             return succeed(ProviderSlot(self))
         if self.max_queue is not None and len(self._waiting) >= self.max_queue:
             return fail(ProviderBusy(self.provider, self.max_concurrent, self.max_queue))
-        d = Deferred(canceller=self._leave_queue)
+        d: Deferred[ProviderSlot] = Deferred(canceller=self._leave_queue)
         self._waiting.append(d)
         return d
 
