@@ -11,10 +11,12 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import CancelledError, gatherResults
 from twisted.web._newclient import ResponseNeverReceived
 
+from moltbot_gw.config import parse_config, with_overrides
 from moltbot_gw.providers.registry import ProviderRegistry
 from moltbot_gw.providers.slots import ProviderBusy, ProviderSlots
 
 from .chat_helpers import DONE, PATH, config, http, no_leftovers  # noqa: F401
+from .conftest import TOKEN
 from .fakes import FakeOpenAI
 
 ONE_SLOT = {"maxConcurrent": 1}
@@ -101,8 +103,6 @@ def test_a_full_queue_names_the_provider_and_its_limits():
 
 
 def test_a_reload_keeps_the_slots_in_flight_and_applies_new_limits():
-    from moltbot_gw.config import parse_config
-
     def models(limit):
         raw = {"models": {"providers": {"local": {
             "api": "openai-completions", "baseUrl": "http://127.0.0.1:9/v1",
@@ -223,7 +223,8 @@ async def test_a_full_queue_without_fallback_is_429_with_retry_after(
     assert response.headers.getRawHeaders("retry-after") == ["1"]
     assert error["type"] == "rate_limit_error" and error["code"] == "provider_busy"
     assert '"up"' in error["message"] and "maxConcurrent" in error["message"]
-    streamed = await chat(http, gw, "third", stream=True)   # refused in the stream, too
+    streamed = await chat(http, gw, "third", stream=True)   # a stream is refused alike
+    assert streamed.code == 429
     assert b"provider_busy" in await streamed.content()
     assert len(upstream.requests) == 1
     hang_up(first)
@@ -270,3 +271,23 @@ async def test_metrics_show_each_providers_inflight_and_queued(start_gateway, up
     hang_up(first)
     await until(lambda: slots(gw).inflight == 0 and slots(gw).queued == 0)
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_keeps_counting_the_request_in_flight(start_gateway, upstream, http,
+                                                             state_dir):
+    upstream.queue(text="held", stall_after=0)
+    raw = config(upstream, provider=ONE_SLOT)
+    gw = await start_gateway(raw)
+    first = chat(http, gw, "first", stream=True)
+    await upstream.wait_for_request(1)
+    raw["agents"]["list"][0]["systemPrompt"] = "reloaded"
+    gw.service.reload(with_overrides(parse_config(
+        raw, env={"CLAWDBOT_GATEWAY_TOKEN": TOKEN}, state_dir=state_dir), port=0))
+    second = chat(http, gw, "second", stream=True)
+    await until(lambda: slots(gw).queued == 1)        # the slot held before the reload counts
+    assert len(upstream.requests) == 1
+    hang_up(first)
+    await upstream.wait_for_request(2)                 # the waiter goes when the slot is free
+    hang_up(second)
+    await until(lambda: slots(gw).inflight == 0)
