@@ -291,3 +291,26 @@ async def test_a_reload_keeps_counting_the_request_in_flight(start_gateway, upst
     await upstream.wait_for_request(2)                 # the waiter goes when the slot is free
     hang_up(second)
     await until(lambda: slots(gw).inflight == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_embeddings_wait_for_the_providers_slot_too(start_gateway, upstream, http):
+    upstream.queue(text="held", stall_after=0)
+    gw = await start_gateway(config(upstream, provider={"maxConcurrent": 1, "maxQueue": 1}))
+    first = chat(http, gw, "first", stream=True)
+    await upstream.wait_for_request(1)
+    body = {"model": "up/embedder", "input": "hello"}
+    leaving = http.post(gw.url + "/v1/embeddings", json=body, headers=gw.auth_headers)
+    await until(lambda: slots(gw).queued == 1)
+    hang_up(leaving)
+    await until(lambda: slots(gw).queued == 0)         # its client left: so did it
+    waiting = http.post(gw.url + "/v1/embeddings", json=body, headers=gw.auth_headers)
+    await until(lambda: slots(gw).queued == 1)
+    refused = await http.post(gw.url + "/v1/embeddings", json=body, headers=gw.auth_headers)
+    assert refused.code == 429
+    assert (await refused.json())["error"]["code"] == "provider_busy"
+    assert len(upstream.requests) == 1
+    hang_up(first)
+    response = await waiting
+    assert response.code == 200 and len((await response.json())["data"]) == 1
+    assert [r.path for r in upstream.requests] == ["/v1/chat/completions", "/v1/embeddings"]
