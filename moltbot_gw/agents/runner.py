@@ -307,25 +307,23 @@ class AgentRunner:
                 model=model, messages=tuple(messages), system=system, options=options,
                 tools=request.tools, tool_choice=request.tool_choice,
                 parallel_tool_calls=request.parallel_tool_calls)
+            slot: Optional[ProviderSlot] = None
             try:
                 slot = await self._provider_slot(run, agent, provider_name)
-                try:
-                    if request.stream:
-                        extra = {}
-                        if request.tools:
-                            extra["on_tool_call"] = on_tool_call
-                        if IFlowControlledProvider.providedBy(provider):
-                            extra["flow"] = run.flow
-                        answer: ModelResult = await provider.stream(
-                            model_request, on_delta, on_reasoning=on_reasoning, **extra)
-                    else:
-                        answer = await provider.complete(model_request)
-                        on_reasoning(answer.reasoning)
-                        on_delta(answer.text)
-                        for i, call in enumerate(answer.tool_calls):
-                            on_tool_call(i, call.id, call.name, call.arguments)
-                finally:
-                    slot.release()
+                if request.stream:
+                    extra = {}
+                    if request.tools:
+                        extra["on_tool_call"] = on_tool_call
+                    if IFlowControlledProvider.providedBy(provider):
+                        extra["flow"] = run.flow
+                    answer: ModelResult = await provider.stream(
+                        model_request, on_delta, on_reasoning=on_reasoning, **extra)
+                else:
+                    answer = await provider.complete(model_request)
+                    on_reasoning(answer.reasoning)
+                    on_delta(answer.text)
+                    for i, call in enumerate(answer.tool_calls):
+                        on_tool_call(i, call.id, call.name, call.arguments)
             except ProviderError as e:
                 last_error = e
                 if e.retryable and not run.produced_output and ref != chain[-1]:
@@ -335,6 +333,9 @@ class AgentRunner:
                                            "error": {"kind": e.kind, "message": e.message}})
                     continue
                 raise
+            finally:
+                if slot is not None:
+                    slot.release()   # before anything else: the next waiter may go
             return RunResult(run_id=run.run_id, agent_id=agent.id,
                              session_key=run.session_key, text=run.text,
                              finish_reason=answer.finish_reason, usage=answer.usage, model=ref,
