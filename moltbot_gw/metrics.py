@@ -5,9 +5,11 @@ the upstream client make. Serving them (``GET /metrics``) is ``web.MetricsResour
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from .agents.run import RunCancelled, RunTimedOut
 from .providers.errors import ProviderError
@@ -94,6 +96,8 @@ class GatewayMetrics:
         """Gauges read at scrape time: nothing to keep in step on the hot path."""
         self.runs_active.set_function(lambda: len(runner.active))
         self.ws_connections.set_function(lambda: len(ws_factory.connections))
+        # the runner's providers change on a config reload: ask it at each scrape
+        self.registry.register(ProviderSlotsCollector(lambda: runner.providers.slot_counts()))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -140,6 +144,27 @@ class GatewayMetrics:
 
     def auth_failed(self, transport: str) -> None:
         self.auth_failures(transport).inc()
+
+
+class ProviderSlotsCollector(Collector):
+    """``moltbot_provider_inflight`` and ``moltbot_provider_queued`` by provider, read from
+    the providers' concurrency slots (``models.providers.<id>.maxConcurrent``) at scrape time."""
+
+    def __init__(self, counts: Callable[[], dict[str, tuple[int, int]]]):
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        inflight = GaugeMetricFamily(
+            "moltbot_provider_inflight", "Requests to a model provider in progress, by "
+            "provider.", labels=("provider",))
+        queued = GaugeMetricFamily(
+            "moltbot_provider_queued", "Requests waiting for a free slot of a model provider "
+            "(maxConcurrent), by provider.", labels=("provider",))
+        for provider, (running, waiting) in self._counts().items():
+            inflight.add_metric((provider,), running)
+            queued.add_metric((provider,), waiting)
+        yield inflight
+        yield queued
 
 
 class CountingAuth:

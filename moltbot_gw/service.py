@@ -107,10 +107,13 @@ class GatewayService(MultiService):
 
     # -- what one config builds ---------------------------------------------------------
 
-    def _providers_for(self, config: Config) -> ProviderRegistry:
+    def _providers_for(self, config: Config,
+                       previous: Optional[ProviderRegistry] = None) -> ProviderRegistry:
+        """``previous``: the registry a reload replaces (it hands on the providers' slots)."""
         return ProviderRegistry(config.models, self.reactor,
                                 extra_secrets=(config.gateway.auth.explicit_secret,),
-                                metrics=self.gateway_metrics)
+                                metrics=self.gateway_metrics,
+                                previous=previous)
 
     def _routes_for(self, config: Config) -> OpenAIRoutes:
         return OpenAIRoutes(config, self.http_auth, self.agents, self.runner, self.reactor,
@@ -162,7 +165,7 @@ class GatewayService(MultiService):
         old_providers = self.providers
         limits = config.gateway.limits
         self.agents = AgentRegistry(config)
-        self.providers = self._providers_for(config)
+        self.providers = self._providers_for(config, previous=old_providers)
         self.runner.reconfigure(self.agents, self.providers)
         self.store.reconfigure(config.session)
         self.ws_factory.methods.reconfigure(self.agents, limits)

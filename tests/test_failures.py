@@ -17,6 +17,7 @@ from moltbot_gw.agents.registry import UnknownAgent
 from moltbot_gw.agents.run import InvalidRunRequest, Run, RunCancelled, RunTimedOut
 from moltbot_gw.openai.errors import ERROR_TYPES, api_error_for_run_failure
 from moltbot_gw.providers import errors as provider
+from moltbot_gw.providers.slots import ProviderBusy
 from moltbot_gw.ws.frames import ErrorCode
 from moltbot_gw.ws.methods import run_error
 
@@ -63,6 +64,9 @@ CASES = [
     (_busy(), failures.CLIENT_BUSY, 429, "too_many_concurrent_requests", "RATE_LIMITED",
      "too many concurrent runs from your address: at most 2 at once and 3 waiting "
      "(gateway.limits.perClientConcurrency / perClientQueue)"),
+    (ProviderBusy("local", 1, 0), failures.PROVIDER_BUSY, 429, "provider_busy", "RATE_LIMITED",
+     'provider "local" is busy: 1 request(s) at once and 0 waiting '
+     "(models.providers.local.maxConcurrent / maxQueue)"),
     # The runner wraps an unexpected exception in a bare ProviderError: a bug, not upstream.
     (provider.ProviderError("internal error while running the agent"), failures.INTERNAL, 500,
      "internal_error", "INTERNAL", "internal error while running the agent"),

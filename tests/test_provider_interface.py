@@ -19,6 +19,7 @@ from moltbot_gw.providers.builtin import BuiltinProvider
 from moltbot_gw.providers.interface import (IEmbeddingProvider, IFlowControlledProvider,
                                             IProvider)
 from moltbot_gw.providers.registry import ProviderRegistry
+from moltbot_gw.providers.slots import ProviderSlots
 from moltbot_gw.sessions.store import SessionStore
 
 CONFIGURED = ModelsConfig(providers={
@@ -90,6 +91,14 @@ class PausableProvider(PlainProvider):
         return succeed(ModelResult(text="plain answer", model=request.model))
 
 
+class OneProvider(dict):
+    """What the runner needs of a ``ProviderRegistry``: providers by name and their
+    concurrency slots (here unlimited)."""
+
+    def slots(self, name: str) -> ProviderSlots:
+        return ProviderSlots(name)
+
+
 @pytest.mark.parametrize("provider_class, flow_given", [
     (PlainProvider, False), (PausableProvider, True)])
 @pytest_twisted.ensureDeferred
@@ -98,7 +107,7 @@ async def test_runner_hands_flow_control_only_to_providers_that_declare_it(
     assert verifyObject(IProvider, provider_class("builtin"))
     provider = provider_class("builtin")
     config = parse_config({}, env={}, state_dir=state_dir)
-    runner = AgentRunner(AgentRegistry(config), {"builtin": provider},
+    runner = AgentRunner(AgentRegistry(config), OneProvider(builtin=provider),
                          SessionStore(state_dir, reactor), reactor)
     result = await runner.run(RunRequest(input=({"role": "user", "content": "hi"},),
                                          session_key="flow")).wait()

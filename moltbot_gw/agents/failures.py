@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..providers import errors as provider
+from ..providers.slots import ProviderBusy
 from ..retry_after import retry_after_ms, retry_after_seconds
 from .client_slots import ClientBusy
 from .registry import UnknownAgent
@@ -83,6 +84,9 @@ PROVIDER_REPLY_TOO_LARGE = FailureKind(
 PROVIDER_UNAVAILABLE = FailureKind(
     "provider_unavailable", 502, "api_error", "upstream_error", "UNAVAILABLE",
     lambda e: f"the model provider failed: {_own(e)}")
+PROVIDER_BUSY = FailureKind(
+    "provider_busy", 429, "rate_limit_error", "provider_busy", "RATE_LIMITED", _own,
+    tells_retry_after=True)
 RUN_TIMED_OUT = FailureKind(
     "run_timed_out", 504, "timeout_error", "upstream_timeout", "TIMEOUT", _own, aborted=True)
 RUN_CANCELLED = FailureKind(
@@ -110,6 +114,7 @@ TABLE: tuple[tuple[type, FailureKind], ...] = (
     (provider.ProviderAuthError, PROVIDER_AUTH),
     (provider.ProviderReplyTooLarge, PROVIDER_REPLY_TOO_LARGE),
     (provider.ProviderUnavailable, PROVIDER_UNAVAILABLE),
+    (ProviderBusy, PROVIDER_BUSY),
     (RunTimedOut, RUN_TIMED_OUT),
     (RunCancelled, RUN_CANCELLED),
     (InvalidRunRequest, INVALID_RUN_REQUEST),

@@ -19,6 +19,7 @@ from ..content import content_text
 from ..providers.base import ModelRequest, ModelResult
 from ..providers.errors import ProviderError, ProviderReplyTooLarge
 from ..providers.interface import IFlowControlledProvider
+from ..providers.slots import ProviderSlot
 from ..providers.token_estimate import usage_of
 from ..sessions.keys import openai_session_key, resolve_session_key
 from ..sessions.store import SessionStore
@@ -226,7 +227,7 @@ class AgentRunner:
             if run.cancel_reason == "timeout":
                 return RunTimedOut("the run took longer than its timeout")
             return RunCancelled("the run was cancelled")
-        if failure.check(ProviderError, InvalidRunRequest):
+        if failure.check(ProviderError, InvalidRunRequest, RunTimedOut):
             return failure.value
         self.log.failure("run {run_id} failed unexpectedly", failure, run_id=run.run_id)
         return ProviderError("internal error while running the agent")
@@ -307,7 +308,9 @@ class AgentRunner:
                 model=model, messages=tuple(messages), system=system, options=options,
                 tools=request.tools, tool_choice=request.tool_choice,
                 parallel_tool_calls=request.parallel_tool_calls)
+            slot: Optional[ProviderSlot] = None
             try:
+                slot = await self._provider_slot(run, agent, provider_name)
                 if request.stream:
                     extra = {}
                     if request.tools:
@@ -331,6 +334,9 @@ class AgentRunner:
                                            "error": {"kind": e.kind, "message": e.message}})
                     continue
                 raise
+            finally:
+                if slot is not None:
+                    slot.release()   # before anything else: the next waiter may go
             # the provider's counts, or (none reported) the gateway's estimate
             usage = await usage_of(model_request, answer)
             return RunResult(run_id=run.run_id, agent_id=agent.id,
@@ -338,6 +344,21 @@ class AgentRunner:
                              finish_reason=answer.finish_reason, usage=usage, model=ref,
                              tool_calls=answer.tool_calls, reasoning=answer.reasoning)
         raise last_error  # pragma: no cover - the loop returns or raises
+
+    async def _provider_slot(self, run: Run, agent: Agent, provider_name: str) -> ProviderSlot:
+        """Wait for a free slot of the provider (``maxConcurrent``). The wait counts against
+        the run's timeout, and a cancelled run (its client left) leaves the queue at once;
+        a full queue fails with ``ProviderBusy``, which the fallback loop treats as retryable."""
+        slots = self.providers.slots(provider_name)
+        try:
+            return await slots.acquire()
+        except defer.CancelledError:
+            if run.cancel_reason == "timeout":
+                raise RunTimedOut(
+                    f"the run took longer than its timeout ({agent.timeout_seconds:g} s) "
+                    f'while waiting for provider "{provider_name}" (maxConcurrent '
+                    f"{slots.max_concurrent})") from None
+            raise
 
     async def _record(self, run: Run, request: RunRequest, status: str,
                       result: Optional[RunResult] = None, error: Exception = None,

@@ -6,7 +6,15 @@ from typing import Annotated, Literal, Mapping, Optional
 from pydantic import AfterValidator, Field
 from pydantic.dataclasses import dataclass
 
-from .types import NULL_IS_DEFAULTS, SECTION_CONFIG, HttpUrl, PositiveFloat, Str
+from .types import (
+    NULL_IS_DEFAULTS,
+    SECTION_CONFIG,
+    HttpUrl,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+)
 
 # Mappings are handed out read-only: the config is shared by every request.
 _READ_ONLY = AfterValidator(MappingProxyType)
@@ -26,6 +34,14 @@ class ProviderConfig:
     connectTimeoutSeconds: PositiveFloat = Field(10.0, description="TCP/TLS connect timeout")
     idleTimeoutSeconds: PositiveFloat = Field(
         120.0, description="longest silence from the upstream mid-request")
+    # A self-hosted server has a fixed number of slots (llama.cpp: one) and may cut a running
+    # answer when another request arrives; the gateway queues in front of it (providers/slots.py).
+    maxConcurrent: Optional[PositiveInt] = Field(
+        None, description="requests sent to this provider at once; more wait first-in "
+        "first-out (null: unlimited)")
+    maxQueue: Optional[NonNegativeInt] = Field(
+        None, description="requests waiting for this provider; past it the next fallback, else "
+        "429 (null: unlimited)")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)

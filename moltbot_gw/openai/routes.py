@@ -205,8 +205,14 @@ class OpenAIRoutes(RunEndpoint):
             raise APIError(400, f'model provider "{provider_name}" does not offer embeddings',
                            param="model", code="embeddings_unsupported")
         try:
-            answer = await provider.embeddings(model_id, embedding.input,
-                                               embedding.encoding_format, embedding.dimensions)
+            # the provider's maxConcurrent covers embeddings too (a llama.cpp slot serves both)
+            slot = await self.runner.providers.slots(provider_name).acquire()
+            try:
+                answer = await provider.embeddings(model_id, embedding.input,
+                                                   embedding.encoding_format,
+                                                   embedding.dimensions)
+            finally:
+                slot.release()
         except ProviderError as e:
             raise api_error_for_run_failure(e) from e
         return _json(request, embeddings_body(answer, embedding.model))

@@ -11,6 +11,8 @@ preceded by scripted reasoning and followed by scripted tool calls.
     ... base_url=up.base_url ...
     up.script(text="", tool_calls=(("get_weather", '{"city": "Oslo"}'),), reasoning="hmm")
     up.requests[-1].body["messages"]; await up.requests[-1].connection_lost
+    up.single_slot = True     # llama.cpp: a second chat request cuts the running one
+    up.max_concurrency        # most chat requests it was answering at once
     await up.stop()
 """
 from __future__ import annotations
@@ -114,6 +116,7 @@ class RecordedRequest:
     completed: Deferred = field(default_factory=Deferred)
     lost_at: Optional[float] = None
     dropped_by_us: bool = False             # the script aborted the connection itself
+    cut: bool = False                       # single_slot: a later request cut this one
 
     def header(self, name: str) -> Optional[str]:
         return self.headers.get(name.lower())
@@ -179,6 +182,11 @@ class FakeUpstream:
         self._request_waiters: list[tuple[int, Deferred]] = []
         self._factory = _TrackingFactory(_QuietSite(_Endpoint(self)))
         self._port = None
+        # A single-slot server (llama.cpp's default): a chat request arriving while another
+        # is being answered cuts the running one's connection.
+        self.single_slot = False
+        self.max_concurrency = 0                # most chat requests answered at once
+        self._answering: dict[int, tuple[RecordedRequest, Any]] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -278,6 +286,8 @@ class FakeUpstream:
 
         request.notifyFinish().addCallbacks(
             lambda _: record.completed.callback(self.reactor.seconds()), lost)
+        if self._route(record) == "chat":
+            self._occupy_slot(record, request)
 
         responder = Deferred.fromCoroutine(self._respond(request, record))
         if not responder.called:
@@ -291,6 +301,17 @@ class FakeUpstream:
 
         responder.addBoth(forget)
         return NOT_DONE_YET
+
+    def _occupy_slot(self, record: RecordedRequest, request) -> None:
+        """Count the chat requests answered at once; a single slot cuts the running ones."""
+        if self.single_slot:
+            for running, running_request in self._answering.values():
+                running.cut = running.dropped_by_us = True
+                running_request.channel.transport.loseConnection()
+        key = id(record)
+        self._answering[key] = (record, request)
+        self.max_concurrency = max(self.max_concurrency, len(self._answering))
+        request.notifyFinish().addBoth(lambda _: self._answering.pop(key, None))
 
     async def _respond(self, request, record: RecordedRequest) -> None:
         script = record.script
