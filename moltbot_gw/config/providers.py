@@ -25,7 +25,8 @@ class ProviderConfig:
         description="extra request headers")
     connectTimeoutSeconds: PositiveFloat = Field(10.0, description="TCP/TLS connect timeout")
     idleTimeoutSeconds: PositiveFloat = Field(
-        120.0, description="longest silence from the upstream mid-request")
+        120.0, description="longest silence of a streamed upstream answer "
+                           "(a whole answer: the run's timeoutSeconds)")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)

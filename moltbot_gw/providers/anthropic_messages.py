@@ -51,7 +51,7 @@ class AnthropicMessagesProvider(HTTPProvider):
         d = self._client.post_json(
             self.url, payload, sink, label=self.name, headers=self.headers(),
             connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets, flow=flow)
+            idle_timeout=self.idle_timeout(stream), secrets=self.secrets, flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
 

@@ -46,6 +46,13 @@ class HTTPProvider:
         """Ask for a reply in one piece (``stream: false``); fires with a ``ModelResult``."""
         return self._post(request, None, None, None, stream=False)
 
+    def idle_timeout(self, stream: bool) -> Optional[float]:
+        """The idle timeout of a chat call: ``idleTimeoutSeconds`` for a stream, whose silence
+        means a fault; none for a whole answer (``stream: false``), which is silent until the
+        model has finished, however slow the hardware. The run's ``timeoutSeconds`` bounds
+        that call instead: the runner cancels it, which closes the connection."""
+        return self._config.idleTimeoutSeconds if stream else None
+
     def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
                    dimensions: Optional[int] = None) -> Deferred:
         """Fails with ``ProviderBadRequest`` unless the provider overrides it."""

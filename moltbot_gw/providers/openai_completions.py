@@ -69,7 +69,7 @@ class OpenAICompletionsProvider(HTTPProvider):
         d = self._client.post_json(
             self.url, self.payload(request, stream), sink, label=self.name,
             headers=self.headers(), connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets, flow=flow)
+            idle_timeout=self.idle_timeout(stream), secrets=self.secrets, flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
 

@@ -1,6 +1,7 @@
 """The HTTP client every model provider shares: one persistent connection pool, JSON POSTs whose
 response body is handed to a sink as it arrives, idle/connect timeouts, one retry of a pooled
-connection the upstream had closed. Failures become typed ``ProviderError``s (classified by
+connection the upstream had closed (no idle timer with ``idle_timeout=None``: a whole answer
+is silent until it is complete). Failures become typed ``ProviderError``s (classified by
 ``upstream_errors``); it knows no provider's wire format.
 """
 from __future__ import annotations
@@ -106,10 +107,13 @@ class UpstreamClient:
 
     def post_json(self, url: str, payload: Mapping[str, Any], sink: BodySink, *,
                   label: str, headers: Mapping[str, str] | None = None,
-                  connect_timeout: float = 10.0, idle_timeout: float = 120.0,
+                  connect_timeout: float = 10.0, idle_timeout: Optional[float] = 120.0,
                   secrets: Iterable[Optional[str]] = (), flow=None) -> Deferred:
         """POST ``payload`` as JSON and hand a 2xx body to ``sink`` as it arrives.
 
+        ``idle_timeout`` bounds each silence (before the headers, between body bytes);
+        ``None`` sets no such limit, for an answer that is silent until it is whole: the
+        caller's own deadline (the run's timeout) must then cancel it.
         Fires with the ``UpstreamResponse`` once the body is complete; fails with a
         ``ProviderError`` (or whatever ``sink`` raised). Cancelling it aborts the request and
         closes the connection, also mid-body. ``flow`` (a ``FlowControl``) may pause reading
@@ -169,7 +173,8 @@ class _Exchange:
 
     log = Logger()
 
-    def __init__(self, label: str, sink: BodySink, clock: IReactorTime, idle_timeout: float,
+    def __init__(self, label: str, sink: BodySink, clock: IReactorTime,
+                 idle_timeout: Optional[float],
                  connect_timeout: float, secrets: tuple):
         self.label = label
         self.result: Deferred = Deferred(self._cancel)
@@ -189,7 +194,8 @@ class _Exchange:
 
     def start(self, send: Callable[[], Deferred]) -> None:
         self._send = send
-        self._timer = self._clock.callLater(self._idle, self._timed_out)
+        if self._idle is not None:
+            self._timer = self._clock.callLater(self._idle, self._timed_out)
         self._issue()
 
     def _issue(self) -> None:
@@ -245,7 +251,7 @@ class _Exchange:
             f'provider "{self.label}" sent nothing for {self._idle:g}s'))
 
     def _touch(self) -> None:
-        if self._timer is not None and self._timer.active():
+        if self._timer is not None and self._timer.active() and self._idle is not None:
             self._timer.reset(self._idle)
 
     def body_finished(self) -> None:
