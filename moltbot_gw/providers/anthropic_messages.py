@@ -55,6 +55,10 @@ class AnthropicMessagesProvider(HTTPProvider):
         d.addCallback(lambda _response: sink.finish())
         return d
 
+    def base_url_check(self) -> str:
+        return (f"models.providers.{self.name}.baseUrl (without /v1: the gateway adds "
+                f"{self.path})")
+
     def headers(self) -> dict[str, str]:
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         if self._config.apiKey:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Callable, Iterable, Mapping, Optional
 from typing import Protocol as TypingProtocol
+from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
@@ -126,6 +127,7 @@ class UpstreamClient:
         all_headers.update(headers or {})
         exchange = _Exchange(label, sink, self._clock, idle_timeout, connect_timeout,
                              tuple(secrets))
+        exchange.call = "POST " + (urlsplit(url).path or "/")
         exchange.flow = flow
         http = self._http(connect_timeout)
 
@@ -191,6 +193,7 @@ class _Exchange:
         self._timer: Optional[IDelayedCall] = None
         self._done = False
         self.flow = None  # a FlowControl, when the caller wants backpressure
+        self.call = ""    # "POST /v1/chat/completions": named in 404 and 401/403 errors
 
     def start(self, send: Callable[[], Deferred]) -> None:
         self._send = send
@@ -224,7 +227,7 @@ class _Exchange:
             reader.finished.addCallback(
                 lambda body: self._fail(error_from_status(
                     self.label, response.code, response.headers, body, self._secrets,
-                    now=self._clock.seconds())))
+                    now=self._clock.seconds(), call=self.call)))
 
     def _request_failed(self, failure: Failure) -> None:
         if self._done:
