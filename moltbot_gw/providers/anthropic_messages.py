@@ -37,6 +37,7 @@ class AnthropicMessagesProvider(HTTPProvider):
     log = Logger()
     default_base_url = DEFAULT_BASE_URL
     path = "/v1/messages"
+    models_path = "/v1/models"           # what `moltbot-gw providers check` lists
 
     def _post(self, request: ModelRequest, on_delta: Optional[DeltaSink],
               on_tool_call: Optional[ToolCallSink], on_reasoning: Optional[ReasoningSink],

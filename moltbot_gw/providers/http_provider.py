@@ -26,6 +26,7 @@ class HTTPProvider:
     log = Logger()
     default_base_url = ""
     path = ""
+    models_path = ""
 
     def __init__(self, name: str, config, client: UpstreamClient,
                  secrets: Optional[tuple[str, ...]] = None):
@@ -82,6 +83,10 @@ class HTTPProvider:
     def base_url_check(self) -> str:
         """What to check of ``baseUrl`` when the upstream has no such path."""
         return f"models.providers.{self.name}.baseUrl (does it end in /v1?)"
+
+    def headers(self) -> dict[str, str]:
+        """The headers every call carries (the key, the API's own, the configured ones)."""
+        return dict(self._config.headers)
 
     def idle_timeout(self, stream: bool) -> Optional[float]:
         """The idle timeout of a chat call: ``idleTimeoutSeconds`` for a stream, whose silence

@@ -33,6 +33,7 @@ class OpenAICompletionsProvider(HTTPProvider):
     log = Logger()
     default_base_url = DEFAULT_BASE_URL
     path = "/chat/completions"
+    models_path = "/models"              # what `moltbot-gw providers check` lists
 
     def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
                    dimensions: Optional[int] = None) -> Deferred:
