@@ -111,3 +111,29 @@ async def test_agents_own_model_missing_is_502_saying_which_model_to_check(
     error = assert_error(response, body, 502, code="provider_not_found")
     assert 'that the server serves model "some-model"' in error["message"]
     assert json.loads(body)["error"]["param"] is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_embeddings_for_a_model_the_provider_lacks_and_for_a_wrong_path(
+        start_gateway, http, upstream):
+    raw = config(upstream)
+    raw["models"]["providers"]["bad"] = {"api": "openai-completions",
+                                         "baseUrl": without_v1(upstream)}
+    gw = await start_gateway(raw)
+    upstream.script(status=404, error="The model `embed-9` does not exist.")
+
+    async def embed(model):
+        response = await http.post(gw.url + "/v1/embeddings",
+                                   json.dumps({"model": model, "input": "a"}).encode(),
+                                   headers=gw.auth_headers)
+        return response, await response.content()
+
+    response, body = await embed("up/embed-9")          # the client named it: its mistake
+    error = assert_error(response, body, 404, type_="not_found_error", code="model_not_found",
+                         param="model")
+    assert error["message"].startswith('model "up/embed-9" was not found')
+    upstream.script()
+    response, body = await embed("bad/embed-small")     # the config's baseUrl: the gateway's
+    error = assert_error(response, body, 502, code="provider_not_found")
+    assert "POST /embeddings" in error["message"] and "models.providers.bad.baseUrl" in error[
+        "message"]

@@ -53,7 +53,7 @@ class OpenAICompletionsProvider(HTTPProvider):
             idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets)
         d.addCallback(lambda _response: sink.finish())
         d.addCallback(self._check_embeddings)
-        return d
+        return d.addErrback(self._explain, model)
 
     def _check_embeddings(self, payload: dict) -> dict:
         if not isinstance(payload.get("data"), list):
