@@ -3,6 +3,7 @@ with a config file, against real fake providers on loopback and no gateway runni
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -15,7 +16,8 @@ from .fakes import FakeAnthropic, FakeOpenAI, unused_port
 KEY = "key-check-0123456789"
 
 
-async def providers_check(tmp_path, providers: dict, agents: list, *extra: str):
+async def providers_check(tmp_path, providers: dict, agents: list, *extra: str,
+                          timeout: float = 3):
     """Run the command; (exit code, stdout, stderr)."""
     path = tmp_path / "moltbot.json"
     path.write_text(json.dumps({"models": {"providers": providers},
@@ -23,7 +25,7 @@ async def providers_check(tmp_path, providers: dict, agents: list, *extra: str):
     env = {**os.environ, "MOLTBOT_STATE_DIR": str(tmp_path / "state")}
     out, err, code = await getProcessOutputAndValue(
         sys.executable, ["-m", "moltbot_gw.cli", "providers", "check", "--config", str(path),
-                         "--timeout", "3", *extra], env=env, reactor=reactor)
+                         "--timeout", str(timeout), *extra], env=env, reactor=reactor)
     return code, out.decode(), err.decode()
 
 
@@ -107,3 +109,13 @@ async def test_anthropic_lists_v1_models_with_its_own_headers(tmp_path):
     [request] = up.requests
     assert request.path == "/v1/models" and request.header("x-api-key") == KEY
     assert request.header("anthropic-version")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_provider_that_never_answers_times_out(tmp_path, fake):
+    fake.script(stall_before_headers=math.inf)
+    code, out, _ = await providers_check(tmp_path, {"slow": openai(fake.base_url)},
+                                         [{"id": "main", "model": "slow/fake-model"}],
+                                         timeout=0.5)
+    assert code == 1
+    assert out.startswith(f"slow: timed out after 0.5 s (GET {fake.base_url}/models)")

@@ -136,12 +136,21 @@ async def _check_one(reactor, http: HTTPClient, provider: HTTPProvider,
     def failed(status: str, summary: str) -> ProviderCheck:
         return ProviderCheck(name, status, summary, url=shown, used_by=unlisted)
 
+    expired: list[bool] = []
+
+    def too_late(result, _timeout):
+        # cancelling the request fails it with treq's own error; remember why
+        expired.append(True)
+        return result
+
     try:
         headers = Headers({k: [v] for k, v in provider.headers().items()})
         request = http.get(url, headers=headers, allow_redirects=False)
-        response = await request.addTimeout(timeout, reactor)
-        body = await _read(response).addTimeout(timeout, reactor)
+        response = await request.addTimeout(timeout, reactor, onTimeoutCancel=too_late)
+        body = await _read(response).addTimeout(timeout, reactor, onTimeoutCancel=too_late)
     except BaseException:
+        if expired:
+            return failed("timed_out", f"timed out after {timeout:g} s (GET {shown})")
         return _connect_failure(Failure(), failed, timeout, shown)
     status = response.code
     if status in (401, 403):

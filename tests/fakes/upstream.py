@@ -293,6 +293,8 @@ class FakeUpstream:
     async def _respond(self, request, record: RecordedRequest) -> None:
         script = record.script
         route = self._route(record)
+        if route == "models" and script.stall_before_headers:
+            await self._sleep(script.stall_before_headers)
         if route == "models" and script.status < 400:   # a scripted error status refuses it too
             self._send_json(request, 200, self.models())
             return
