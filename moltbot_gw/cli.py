@@ -2,8 +2,8 @@
 
 The daemon itself runs under twistd (``twistd -n moltbot-gw``); these commands validate
 config, print the token, check health, run agent turns — those two through the running
-gateway's WebSocket protocol (``agent --local`` runs in this process instead) — and prune the
-session store of a stopped gateway.
+gateway's WebSocket protocol (``agent --local`` runs in this process instead) — prune the
+session store of a stopped gateway and check that the configured model providers answer.
 """
 from __future__ import annotations
 
@@ -296,6 +296,27 @@ def cmd_sessions_prune(args) -> int:
     return 0
 
 
+async def _providers_check(reactor, config: Config, args) -> int:
+    from .providers.check import check_providers
+
+    checks = await check_providers(reactor, config, timeout=args.timeout)
+    failing = [c for c in checks if c.used and not c.ok]
+    if args.json:
+        print(json.dumps({"ok": not failing, "providers": [c.to_json() for c in checks]},
+                         indent=2))
+    else:
+        for check in checks:
+            print(check.line())
+        if not checks:
+            print("no providers configured")
+    return 1 if failing else 0
+
+
+def cmd_providers_check(args) -> int:
+    """Ask every configured provider for its models; exit 1 if one an agent uses fails."""
+    return _react(_providers_check, _load(args.config), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moltbot-gw", description=(
         "Operator commands for the moltbot-gw gateway. Run the daemon with "
@@ -352,6 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true",
                        help="list what would be pruned; change nothing")
     prune.set_defaults(func=cmd_sessions_prune)
+
+    providers = sub.add_parser("providers", help="work with the configured model providers")
+    providers_sub = providers.add_subparsers(dest="providers_command", required=True)
+    check = providers_sub.add_parser(
+        "check", help="call each provider's model list; exit 1 when one an agent uses fails "
+                      "(no running gateway needed)")
+    check.add_argument("--config", help="config path")
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    check.add_argument("--timeout", type=float, default=5.0,
+                       help="seconds to wait for each provider (default: 5)")
+    check.set_defaults(func=cmd_providers_check)
     return parser
 
 

@@ -14,7 +14,8 @@ from moltbot_gw.agents import failures
 from moltbot_gw.agents.client_slots import ClientBusy, ClientSlots
 from moltbot_gw.agents.failures import KINDS, describe_failure
 from moltbot_gw.agents.registry import UnknownAgent
-from moltbot_gw.agents.run import InvalidRunRequest, Run, RunCancelled, RunTimedOut
+from moltbot_gw.agents.run import (InvalidRunRequest, ModelNotFound, Run, RunCancelled,
+                                   RunTimedOut)
 from moltbot_gw.openai.errors import ERROR_TYPES, api_error_for_run_failure
 from moltbot_gw.providers import errors as provider
 from moltbot_gw.providers.slots import ProviderBusy
@@ -33,6 +34,12 @@ def _busy() -> ClientBusy:
     return refused.value
 
 
+def _called(error):
+    """``error`` as ``upstream_errors`` makes it from a status: the call it made is known."""
+    error.call = "POST /v1/chat/completions"
+    return error
+
+
 # (exception, kind, HTTP status, OpenAI code, WS code, message)
 CASES = [
     (provider.ProviderRateLimited("slow down", status=429, retry_after=2.5),
@@ -43,9 +50,21 @@ CASES = [
     (provider.ProviderBadRequest("bad max_tokens", status=400), failures.PROVIDER_BAD_REQUEST,
      400, "upstream_bad_request", "INVALID_REQUEST",
      "the model provider rejected the request: bad max_tokens"),
+    # an auth error from an upstream's own words (in-band) shows none of them
     (provider.ProviderAuthError("key sk-secret revoked", status=401), failures.PROVIDER_AUTH,
-     502, "upstream_auth_error", "UNAVAILABLE",
+     502, "provider_auth_failed", "UNAVAILABLE",
      "the model provider refused the gateway's credentials"),
+    (_called(provider.ProviderAuthError(
+        'provider "local" answered 401 Unauthorized for POST /v1/chat/completions',
+        status=401)), failures.PROVIDER_AUTH, 502, "provider_auth_failed", "UNAVAILABLE",
+     'provider "local" answered 401 Unauthorized for POST /v1/chat/completions'),
+    (_called(provider.ProviderNotFound(
+        'provider "local" answered 404 Not Found for POST /chat/completions', status=404)),
+     failures.PROVIDER_NOT_FOUND, 502, "provider_not_found", "UNAVAILABLE",
+     'provider "local" answered 404 Not Found for POST /chat/completions'),
+    (ModelNotFound('model "local/llama9" was not found: provider "local" answered 404'),
+     failures.MODEL_NOT_FOUND, 404, "model_not_found", "NOT_FOUND",
+     'model "local/llama9" was not found: provider "local" answered 404'),
     (provider.ProviderReplyTooLarge("the model's reply is longer than 10 characters"),
      failures.PROVIDER_REPLY_TOO_LARGE, 502, "upstream_reply_too_large", "UNAVAILABLE",
      "the model's reply is longer than 10 characters"),

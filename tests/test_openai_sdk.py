@@ -241,7 +241,10 @@ async def test_sdk_sees_provider_rate_limit_as_rate_limit_error_with_retry_after
 
 @pytest_twisted.ensureDeferred
 async def test_sdk_sees_provider_outage_as_502_and_stall_as_504(start_gateway, upstream):
-    gw = await start_gateway(config(upstream, provider={"idleTimeoutSeconds": 0.3}))
+    # a non-streamed answer has no idle timeout (issue 18): the run's timeout ends the stall
+    raw = config(upstream, provider={"idleTimeoutSeconds": 0.3})
+    raw["agents"]["list"][1]["timeoutSeconds"] = 0.3
+    gw = await start_gateway(raw)
     upstream.queue(status=503).queue(stall_before_headers=math.inf)
     create = lambda c: c.chat.completions.create(model="moltbot:beta", messages=HI)  # noqa
     outage = await sdk_raises(gw, openai.InternalServerError, create)

@@ -18,7 +18,7 @@ from moltbot_gw.providers.anthropic_messages import AnthropicMessagesProvider, c
 from moltbot_gw.providers.base import ModelRequest, ModelResult, Usage
 from moltbot_gw.providers.builtin import BuiltinProvider
 from moltbot_gw.providers.errors import (ProviderAuthError, ProviderBadRequest, ProviderError,
-                                         ProviderRateLimited, ProviderTimeout,
+                                         ProviderNotFound, ProviderRateLimited, ProviderTimeout,
                                          ProviderUnavailable)
 from moltbot_gw.providers.upstream_client import UpstreamClient
 from moltbot_gw.providers.upstream_errors import parse_retry_after, redact
@@ -265,7 +265,9 @@ def test_openai_401_is_auth_error_and_never_echoes_the_key(openai_mem):
     error, _ = failure_now(openai(openai_mem.client, openai_mem.base_url, apiKey=KEY))
     assert isinstance(error, ProviderAuthError) and not error.retryable
     assert error.status == 401
-    assert "Incorrect API key provided" in error.message
+    # none of the upstream's words (they may quote part of the key): what to check instead
+    assert "Incorrect API key provided" not in error.message
+    assert "models.providers.openai.apiKey" in error.message
     assert KEY not in error.message and KEY not in str(error)
 
 
@@ -561,7 +563,13 @@ def test_anthropic_http_errors_are_typed(anthropic_mem, status, expected):
     anthropic_mem.script(status=status, error="nope")
     error, _ = failure_now(anthropic(anthropic_mem.client, anthropic_mem.base_url, apiKey=KEY))
     assert type(error) is expected and error.status == status
-    assert error.message == f'provider "anthropic" returned HTTP {status}: nope'
+    if status == 401:
+        assert error.message == (
+            'provider "anthropic" answered 401 Unauthorized for POST /v1/messages: it refused '
+            "the gateway's credentials: check models.providers.anthropic.apiKey (and its "
+            "headers)")
+    else:
+        assert error.message == f'provider "anthropic" returned HTTP {status}: nope'
 
 
 def test_anthropic_429_is_rate_limited_with_retry_after(anthropic_mem):
@@ -688,3 +696,19 @@ def test_http_date_retry_after_counts_from_the_clients_clock(openai_mem):
 def test_redact_removes_our_key_and_key_shaped_strings():
     text = redact(f"bad key {KEY}; also sk-proj-abcdefgh1234 and Bearer abc.def", [KEY])
     assert KEY not in text and "sk-proj" not in text and "abc.def" not in text
+
+
+def test_openai_404_for_a_wrong_path_is_not_found_naming_the_call(openai_mem):
+    base = openai_mem.base_url.rsplit("/v1", 1)[0]         # the /v1 forgotten
+    error, _ = failure_now(openai(openai_mem.client, base))
+    assert isinstance(error, ProviderNotFound) and not error.retryable
+    assert error.call == "POST /chat/completions" and error.missing_model is None
+    assert error.message.startswith(
+        'provider "openai" answered 404 Not Found for POST /chat/completions')
+    assert error.message.endswith("check models.providers.openai.baseUrl (does it end in /v1?)")
+
+
+def test_anthropic_404_for_a_base_url_with_v1_says_to_drop_it(anthropic_mem):
+    error, _ = failure_now(anthropic(anthropic_mem.client, anthropic_mem.base_url + "/v1"))
+    assert isinstance(error, ProviderNotFound) and error.call == "POST /v1/v1/messages"
+    assert "models.providers.anthropic.baseUrl (without /v1" in error.message

@@ -13,7 +13,7 @@ from ..providers.slots import ProviderBusy
 from ..retry_after import retry_after_ms, retry_after_seconds
 from .client_slots import ClientBusy
 from .registry import UnknownAgent
-from .run import InvalidRunRequest, RunCancelled, RunTimedOut
+from .run import InvalidRunRequest, ModelNotFound, RunCancelled, RunTimedOut
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,14 @@ PROVIDER_TIMEOUT = FailureKind(
 PROVIDER_BAD_REQUEST = FailureKind(
     "provider_bad_request", 400, "invalid_request_error", "upstream_bad_request",
     "INVALID_REQUEST", lambda e: f"the model provider rejected the request: {_own(e)}")
+PROVIDER_NOT_FOUND = FailureKind(
+    "provider_not_found", 502, "api_error", "provider_not_found", "UNAVAILABLE", _own)
 PROVIDER_AUTH = FailureKind(
-    "provider_auth", 502, "api_error", "upstream_auth_error", "UNAVAILABLE",
-    lambda e: "the model provider refused the gateway's credentials")
+    "provider_auth", 502, "api_error", "provider_auth_failed", "UNAVAILABLE",
+    lambda e: _own(e) if getattr(e, "call", None)
+    else "the model provider refused the gateway's credentials")
+MODEL_NOT_FOUND = FailureKind(
+    "model_not_found", 404, "not_found_error", "model_not_found", "NOT_FOUND", _own)
 PROVIDER_REPLY_TOO_LARGE = FailureKind(
     "provider_reply_too_large", 502, "api_error", "upstream_reply_too_large", "UNAVAILABLE",
     _own)
@@ -111,6 +116,7 @@ TABLE: tuple[tuple[type, FailureKind], ...] = (
     (provider.ProviderRateLimited, PROVIDER_RATE_LIMITED),
     (provider.ProviderTimeout, PROVIDER_TIMEOUT),
     (provider.ProviderBadRequest, PROVIDER_BAD_REQUEST),
+    (provider.ProviderNotFound, PROVIDER_NOT_FOUND),
     (provider.ProviderAuthError, PROVIDER_AUTH),
     (provider.ProviderReplyTooLarge, PROVIDER_REPLY_TOO_LARGE),
     (provider.ProviderUnavailable, PROVIDER_UNAVAILABLE),
@@ -119,6 +125,7 @@ TABLE: tuple[tuple[type, FailureKind], ...] = (
     (RunCancelled, RUN_CANCELLED),
     (InvalidRunRequest, INVALID_RUN_REQUEST),
     (UnknownAgent, UNKNOWN_AGENT),
+    (ModelNotFound, MODEL_NOT_FOUND),
     (ClientBusy, CLIENT_BUSY),
 )
 KINDS: tuple[FailureKind, ...] = tuple(kind for _cls, kind in TABLE) + (INTERNAL,)

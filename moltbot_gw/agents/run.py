@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..providers.base import FlowControl, ToolCall, Usage
+from ..providers.errors import ProviderNotFound
 
 HISTORY_OWNERS = ("store", "client")
 SAMPLING_OPTIONS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
@@ -105,6 +106,23 @@ class InvalidRunRequest(RunError):
     def __init__(self, message: str, param: Optional[str] = None):
         super().__init__(message)
         self.param = param
+
+
+class ModelNotFound(RunError):
+    """The model the client chose (``RunRequest.model``) is one its provider does not serve:
+    the client's mistake, unlike a 404 for the agent's own configured model."""
+
+    kind = "model_not_found"
+    param = "model"
+
+
+def client_model_error(error: Exception, client_model: Optional[str]) -> Exception:
+    """``error`` as the client's own when it chose the model (``client_model``, a
+    "provider/model" ref) and the provider's 404 named that model; else ``error`` itself."""
+    if (client_model is not None and isinstance(error, ProviderNotFound)
+            and error.missing_model is not None):
+        return ModelNotFound(f'model "{client_model}" was not found: {error.message}')
+    return error
 
 
 EventListener = Callable[[RunEvent], None]

@@ -35,6 +35,7 @@ from .run import (
     RunRequest,
     RunResult,
     RunTimedOut,
+    client_model_error,
 )
 
 WORKSPACE_FILES = ("AGENTS.md", "SOUL.md")
@@ -205,7 +206,7 @@ class AgentRunner:
                 result = await self._turn(run, agent, chain, request, history)
             except BaseException:
                 failure = Failure()
-                error = self._as_run_error(failure, run)
+                error = client_model_error(self._as_run_error(failure, run), request.model)
                 status = "aborted" if isinstance(error, (RunCancelled, RunTimedOut)) else "error"
                 await self._record(run, request, status=status, error=error, before=before)
                 run.emit("lifecycle", {"phase": "error", "error": {

@@ -33,7 +33,8 @@ class ProviderConfig:
         description="extra request headers")
     connectTimeoutSeconds: PositiveFloat = Field(10.0, description="TCP/TLS connect timeout")
     idleTimeoutSeconds: PositiveFloat = Field(
-        120.0, description="longest silence from the upstream mid-request")
+        120.0, description="longest silence of a streamed upstream answer "
+                           "(a whole answer: the run's timeoutSeconds)")
     # A self-hosted server has a fixed number of slots (llama.cpp: one) and may cut a running
     # answer when another request arrives; the gateway queues in front of it (providers/slots.py).
     maxConcurrent: Optional[PositiveInt] = Field(

@@ -12,7 +12,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..agents.client_slots import ClientSlots
 from ..agents.registry import AgentRegistry, UnknownAgent
-from ..agents.run import RunRequest
+from ..agents.run import RunRequest, client_model_error
 from ..agents.runner import AgentRunner
 from ..auth import GatewayAuth
 from ..config import Config, parse_model_ref
@@ -214,7 +214,12 @@ class OpenAIRoutes(RunEndpoint):
             finally:
                 slot.release()
         except ProviderError as e:
-            raise api_error_for_run_failure(e) from e
+            # a "provider/model" the client named is its own choice; an agent's is config
+            chosen = embedding.model if agent_id is None else None
+            error = api_error_for_run_failure(client_model_error(e, chosen))
+            if error.code == "model_not_found":
+                error.param = "model"           # the body's field here, not a header
+            raise error from e
         return _json(request, embeddings_body(answer, embedding.model))
 
     def _session(self, request, agent_id: str, chat) -> tuple[str, bool, str]:

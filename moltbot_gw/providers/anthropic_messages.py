@@ -37,6 +37,7 @@ class AnthropicMessagesProvider(HTTPProvider):
     log = Logger()
     default_base_url = DEFAULT_BASE_URL
     path = "/v1/messages"
+    models_path = "/v1/models"           # what `moltbot-gw providers check` lists
 
     def _post(self, request: ModelRequest, on_delta: Optional[DeltaSink],
               on_tool_call: Optional[ToolCallSink], on_reasoning: Optional[ReasoningSink],
@@ -51,9 +52,13 @@ class AnthropicMessagesProvider(HTTPProvider):
         d = self._client.post_json(
             self.url, payload, sink, label=self.name, headers=self.headers(),
             connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets, flow=flow)
+            idle_timeout=self.idle_timeout(stream), secrets=self.secrets, flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
+
+    def base_url_check(self) -> str:
+        return (f"models.providers.{self.name}.baseUrl (without /v1: the gateway adds "
+                f"{self.path})")
 
     def headers(self) -> dict[str, str]:
         headers = {"anthropic-version": ANTHROPIC_VERSION}

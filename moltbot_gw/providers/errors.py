@@ -1,6 +1,6 @@
 """Typed failures of model providers.
 
-Providers raise these; protocol layers map them to status codes (400/429/502/504) and the
+Providers raise these; protocol layers map them to status codes (400/404/429/502/504) and the
 runner uses ``retryable`` to decide whether a fallback model may be tried.
 """
 from __future__ import annotations
@@ -23,8 +23,20 @@ class ProviderError(Exception):
 
 
 class ProviderAuthError(ProviderError):
-    """The upstream refused our credentials (401/403)."""
+    """The upstream refused our credentials (401/403). ``call`` ("POST /v1/chat/completions")
+    is set when the gateway wrote ``message`` itself from the status, with no upstream text."""
     kind = "upstream_auth"
+    call: Optional[str] = None
+
+
+class ProviderNotFound(ProviderError):
+    """The upstream answered 404 for what the gateway called: a ``baseUrl`` with a wrong path,
+    or a model the server does not serve. Either is the gateway's configuration, unless the
+    client chose the model (``missing_model`` names it when the upstream's answer did)."""
+    kind = "upstream_not_found"
+    call: Optional[str] = None              # "POST /v1/chat/completions"
+    detail: str = ""                        # the upstream's own (redacted) words
+    missing_model: Optional[str] = None     # set by the provider that knows the model
 
 
 class ProviderRateLimited(ProviderError):

@@ -33,6 +33,7 @@ class OpenAICompletionsProvider(HTTPProvider):
     log = Logger()
     default_base_url = DEFAULT_BASE_URL
     path = "/chat/completions"
+    models_path = "/models"              # what `moltbot-gw providers check` lists
 
     def embeddings(self, model: str, input: Any, encoding_format: Optional[str] = None,
                    dimensions: Optional[int] = None) -> Deferred:
@@ -52,7 +53,7 @@ class OpenAICompletionsProvider(HTTPProvider):
             idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets)
         d.addCallback(lambda _response: sink.finish())
         d.addCallback(self._check_embeddings)
-        return d
+        return d.addErrback(self._explain, model)
 
     def _check_embeddings(self, payload: dict) -> dict:
         if not isinstance(payload.get("data"), list):
@@ -69,7 +70,7 @@ class OpenAICompletionsProvider(HTTPProvider):
         d = self._client.post_json(
             self.url, self.payload(request, stream), sink, label=self.name,
             headers=self.headers(), connect_timeout=config.connectTimeoutSeconds,
-            idle_timeout=config.idleTimeoutSeconds, secrets=self.secrets, flow=flow)
+            idle_timeout=self.idle_timeout(stream), secrets=self.secrets, flow=flow)
         d.addCallback(lambda _response: sink.finish())
         return d
 

@@ -1,6 +1,7 @@
 """The HTTP client every model provider shares: one persistent connection pool, JSON POSTs whose
 response body is handed to a sink as it arrives, idle/connect timeouts, one retry of a pooled
-connection the upstream had closed. Failures become typed ``ProviderError``s (classified by
+connection the upstream had closed (no idle timer with ``idle_timeout=None``: a whole answer
+is silent until it is complete). Failures become typed ``ProviderError``s (classified by
 ``upstream_errors``); it knows no provider's wire format.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Callable, Iterable, Mapping, Optional
 from typing import Protocol as TypingProtocol
+from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
@@ -106,10 +108,13 @@ class UpstreamClient:
 
     def post_json(self, url: str, payload: Mapping[str, Any], sink: BodySink, *,
                   label: str, headers: Mapping[str, str] | None = None,
-                  connect_timeout: float = 10.0, idle_timeout: float = 120.0,
+                  connect_timeout: float = 10.0, idle_timeout: Optional[float] = 120.0,
                   secrets: Iterable[Optional[str]] = (), flow=None) -> Deferred:
         """POST ``payload`` as JSON and hand a 2xx body to ``sink`` as it arrives.
 
+        ``idle_timeout`` bounds each silence (before the headers, between body bytes);
+        ``None`` sets no such limit, for an answer that is silent until it is whole: the
+        caller's own deadline (the run's timeout) must then cancel it.
         Fires with the ``UpstreamResponse`` once the body is complete; fails with a
         ``ProviderError`` (or whatever ``sink`` raised). Cancelling it aborts the request and
         closes the connection, also mid-body. ``flow`` (a ``FlowControl``) may pause reading
@@ -122,6 +127,7 @@ class UpstreamClient:
         all_headers.update(headers or {})
         exchange = _Exchange(label, sink, self._clock, idle_timeout, connect_timeout,
                              tuple(secrets))
+        exchange.call = "POST " + (urlsplit(url).path or "/")
         exchange.flow = flow
         http = self._http(connect_timeout)
 
@@ -169,7 +175,8 @@ class _Exchange:
 
     log = Logger()
 
-    def __init__(self, label: str, sink: BodySink, clock: IReactorTime, idle_timeout: float,
+    def __init__(self, label: str, sink: BodySink, clock: IReactorTime,
+                 idle_timeout: Optional[float],
                  connect_timeout: float, secrets: tuple):
         self.label = label
         self.result: Deferred = Deferred(self._cancel)
@@ -186,10 +193,12 @@ class _Exchange:
         self._timer: Optional[IDelayedCall] = None
         self._done = False
         self.flow = None  # a FlowControl, when the caller wants backpressure
+        self.call = ""    # "POST /v1/chat/completions": named in 404 and 401/403 errors
 
     def start(self, send: Callable[[], Deferred]) -> None:
         self._send = send
-        self._timer = self._clock.callLater(self._idle, self._timed_out)
+        if self._idle is not None:
+            self._timer = self._clock.callLater(self._idle, self._timed_out)
         self._issue()
 
     def _issue(self) -> None:
@@ -218,7 +227,7 @@ class _Exchange:
             reader.finished.addCallback(
                 lambda body: self._fail(error_from_status(
                     self.label, response.code, response.headers, body, self._secrets,
-                    now=self._clock.seconds())))
+                    now=self._clock.seconds(), call=self.call)))
 
     def _request_failed(self, failure: Failure) -> None:
         if self._done:
@@ -245,7 +254,7 @@ class _Exchange:
             f'provider "{self.label}" sent nothing for {self._idle:g}s'))
 
     def _touch(self) -> None:
-        if self._timer is not None and self._timer.active():
+        if self._timer is not None and self._timer.active() and self._idle is not None:
             self._timer.reset(self._idle)
 
     def body_finished(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+from http import HTTPStatus
 from typing import Iterable, Optional
 
 from twisted.web.http_headers import Headers
@@ -15,6 +16,7 @@ from .errors import (
     ProviderAuthError,
     ProviderBadRequest,
     ProviderError,
+    ProviderNotFound,
     ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
@@ -95,9 +97,13 @@ def parse_retry_after(value: Optional[bytes], now: float) -> Optional[float]:
 
 
 def error_from_status(label: str, status: int, headers: Headers, body: bytes,
-                      secrets: Iterable[Optional[str]] = (), *, now: float) -> ProviderError:
+                      secrets: Iterable[Optional[str]] = (), *, now: float,
+                      call: str = "") -> ProviderError:
     """The typed error for a non-2xx upstream answer; ``now`` (the reactor's time) dates an
-    HTTP-date ``Retry-After``."""
+    HTTP-date ``Retry-After``; ``call`` ("POST /v1/chat/completions", no host, no query) is
+    what the gateway asked, named in 404 and 401/403 messages: those are its configuration's
+    fault (a ``baseUrl`` path, a model, a key), not the client's."""
+    call = redact(call, secrets)     # a path may carry a key (some gateways put one there)
     upstream_message, upstream_type = extract_error_message(body)
     if upstream_message is None:
         text = body.decode("utf-8", errors="replace").strip()
@@ -105,15 +111,26 @@ def error_from_status(label: str, status: int, headers: Headers, body: bytes,
         upstream_message = "" if text.startswith("<") else text
     detail = clip_message(" ".join(redact(upstream_message, secrets).split()))
     message = f'provider "{label}" returned HTTP {status}' + (f": {detail}" if detail else "")
+    answered = f'provider "{label}" answered {status} {_reason(status)}' + (
+        f" for {call}" if call else "")
     if status in (401, 403):
-        return ProviderAuthError(message, status=status)
+        # none of the upstream's text: it may quote part of the key it refused, which the
+        # redaction (whole secrets, "sk-..." shapes) would not recognise
+        auth = ProviderAuthError(f"{answered}: it refused the gateway's credentials",
+                                 status=status)
+        auth.call = call or None
+        return auth
+    if status == 404:
+        not_found = ProviderNotFound(answered + (f": {detail}" if detail else ""), status=status)
+        not_found.call, not_found.detail = call or None, detail
+        return not_found
     if status == 429:
         retry_after = parse_retry_after((headers.getRawHeaders(b"retry-after") or [None])[0],
                                         now)
         return ProviderRateLimited(message, status=status, retry_after=retry_after)
     if status == 408:
         return ProviderTimeout(message, status=status)
-    if status in (400, 404, 413, 422):
+    if status in (400, 413, 422):
         if upstream_type:
             # a 400 that is really "context too long" or "rate limited" keeps its own type
             return error_for_type(upstream_type, message, status=status, default=ProviderBadRequest)
@@ -121,6 +138,13 @@ def error_from_status(label: str, status: int, headers: Headers, body: bytes,
     if 400 <= status < 500:
         return ProviderBadRequest(message, status=status)
     return ProviderUnavailable(message, status=status)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def clip_message(text: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:

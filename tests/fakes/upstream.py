@@ -316,7 +316,9 @@ class FakeUpstream:
     async def _respond(self, request, record: RecordedRequest) -> None:
         script = record.script
         route = self._route(record)
-        if route == "models":
+        if route == "models" and script.stall_before_headers:
+            await self._sleep(script.stall_before_headers)
+        if route == "models" and script.status < 400:   # a scripted error status refuses it too
             self._send_json(request, 200, self.models())
             return
         if route is None:
@@ -612,6 +614,16 @@ class FakeAnthropic(FakeUpstream):
               403: "permission_error", 404: "not_found_error", 413: "request_too_large",
               429: "rate_limit_error", 529: "overloaded_error"}
     _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+    def _route(self, record):
+        if record.method == "GET" and record.path == "/v1/models":
+            return "models"
+        return super()._route(record)
+
+    def models(self):
+        return {"data": [{"type": "model", "id": "claude-fake", "display_name": "Claude Fake",
+                          "created_at": "2025-01-01T00:00:00Z"}],
+                "has_more": False, "first_id": "claude-fake", "last_id": "claude-fake"}
 
     def error_body(self, status, message, error_type):
         kind = error_type or self._TYPES.get(status) or (
