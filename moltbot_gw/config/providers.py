@@ -17,15 +17,17 @@ class ProviderConfig:
     api: Literal["openai-completions", "anthropic-messages"] = Field(
         description='"openai-completions" or "anthropic-messages"')
     baseUrl: Optional[HttpUrl] = Field(
-        None, description="API base URL (Anthropic defaults to the public API)")
+        default=None, description="API base URL (Anthropic defaults to the public API)")
     # Secrets: repr=False keeps them out of any logged Config; errors.py hides their values.
-    apiKey: Optional[Str] = Field(None, repr=False, description="sent as Bearer / x-api-key")
+    apiKey: Optional[Str] = Field(
+        default=None, repr=False, description="sent as Bearer / x-api-key")
     headers: Annotated[Mapping[Str, Str], _READ_ONLY] = Field(
         default_factory=lambda: MappingProxyType({}), repr=False,
         description="extra request headers")
-    connectTimeoutSeconds: PositiveFloat = Field(10.0, description="TCP/TLS connect timeout")
+    connectTimeoutSeconds: PositiveFloat = Field(
+        default=10.0, description="TCP/TLS connect timeout")
     idleTimeoutSeconds: PositiveFloat = Field(
-        120.0, description="longest silence from the upstream mid-request")
+        default=120.0, description="longest silence from the upstream mid-request")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
