@@ -127,6 +127,7 @@ class ResponsesEndpoint(RunEndpoint):
             return failed
         if stream is not None:
             answer = stream.finish(result)
+            assert stream.body is not None  # finish() sent it
             body = stream.body
         else:
             body = response_body(shell, result, int(self.clock.seconds()))
