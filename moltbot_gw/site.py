@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.server import Request, Site
 
@@ -209,10 +212,11 @@ class GatewayChannel(HTTPChannel):
     def dataReceived(self, data):
         if not self._answering and self._request_timer is None and data.strip():
             door = self.site.door
-            self._headers_timer = self.callLater(door.headers_timeout, self._timed_out,
-                                                 "the request headers", door.headers_timeout)
-            self._request_timer = self.callLater(door.request_timeout, self._timed_out,
-                                                 "the whole request", door.request_timeout)
+            # TimeoutMixin's callLater(period, func) passes no arguments on: a partial
+            self._headers_timer = self.callLater(door.headers_timeout, partial(
+                self._timed_out, "the request headers", door.headers_timeout))
+            self._request_timer = self.callLater(door.request_timeout, partial(
+                self._timed_out, "the whole request", door.request_timeout))
         super().dataReceived(data)
 
     def allHeadersReceived(self):
@@ -270,7 +274,7 @@ class GatewayChannel(HTTPChannel):
         self._answering = False
         super().requestDone(request)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()
         super().connectionLost(reason)
 

@@ -233,6 +233,7 @@ class AgentRunner:
                 return RunTimedOut("the run took longer than its timeout")
             return RunCancelled("the run was cancelled")
         if failure.check(ProviderError, InvalidRunRequest):
+            assert isinstance(failure.value, Exception)  # one of those two
             return failure.value
         self.log.failure("run {run_id} failed unexpectedly", failure, run_id=run.run_id)
         return ProviderError("internal error while running the agent")

@@ -274,9 +274,10 @@ class _Exchange:
         self._finish()
         self._abort()
         failure = reason if isinstance(reason, Failure) else Failure(reason)
-        if failure.check(ProviderError):
+        error = failure.value
+        if isinstance(error, ProviderError):
             self.log.info("upstream {provider} failed: {kind} {status}", provider=self.label,
-                          kind=failure.value.kind, status=failure.value.status)
+                          kind=error.kind, status=error.status)
         self.result.errback(failure)
 
     def _abort(self) -> None:

@@ -12,7 +12,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer, task
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IConsumer, ITCPTransport
 from twisted.logger import Logger
 
 from .. import __version__
@@ -82,6 +82,7 @@ class GatewayWSProtocol(WebSocketServerProtocol):
     # -- connection lifecycle --------------------------------------------------------
 
     def onConnect(self, request):
+        assert self.transport is not None  # connected
         peer = self.transport.getPeer()
         forwarded = request.headers.get("x-forwarded-for")
         try:
@@ -97,8 +98,9 @@ class GatewayWSProtocol(WebSocketServerProtocol):
         # The transport still names the HTTP channel it served before the upgrade as its
         # producer; from now on it tells this connection's backlog when it is full.
         self._backlog = SendBacklog(self.factory.max_backlog, self._client_too_slow)
-        self.transport.unregisterProducer()
-        self.transport.registerProducer(self._backlog, True)
+        transport = cast(IConsumer, self.transport)  # a TCP transport: a consumer too
+        transport.unregisterProducer()
+        transport.registerProducer(self._backlog, True)
         self._handshake_timer = self.factory.reactor.callLater(
             self.factory.handshake_timeout, self._handshake_timed_out)
 
