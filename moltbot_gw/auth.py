@@ -16,7 +16,7 @@ import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 from twisted.logger import Logger
 
@@ -224,6 +224,22 @@ class AuthOutcome:
     @property
     def rate_limited(self) -> bool:
         return self.retry_after is not None
+
+
+class Authenticator(Protocol):
+    """What a transport asks of the gateway's auth: ``GatewayAuth`` itself, or the
+    ``metrics.CountingAuth`` over it that counts the transport's refusals."""
+
+    @property
+    def trusted_proxies(self) -> Sequence[ipaddress._BaseNetwork]:
+        ...
+
+    def authenticate(self, address: str, presented: Optional[str], *,
+                     exemptable: bool = True) -> AuthOutcome:
+        ...
+
+    def charge(self, address: str, *, exemptable: bool = True) -> None:
+        ...
 
 
 class GatewayAuth:

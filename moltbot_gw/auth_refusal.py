@@ -48,6 +48,7 @@ def credential_refusal(outcome: AuthOutcome, presented: Optional[str],
     if outcome.ok:
         return None
     if outcome.rate_limited:
+        assert outcome.retry_after is not None  # which is what rate_limited means
         return AuthRefusal(LOCKED_OUT, "too many failed authentication attempts; retry in "
                                        f"{retry_after_seconds(outcome.retry_after)} s",
                            retry_after=outcome.retry_after)

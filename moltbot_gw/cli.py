@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from . import __version__
 from .auth import UnsafeTokenFile, load_or_create_token, read_token
@@ -107,7 +107,7 @@ def _react(main, *args) -> int:
     """Run ``main(reactor, *args)`` (a coroutine function returning an exit code)."""
     from twisted.internet import defer, task
 
-    codes = []
+    codes: list[int] = []
 
     def run(reactor):
         return defer.ensureDeferred(main(reactor, *args)).addCallback(codes.append)
@@ -214,7 +214,7 @@ async def _run_agent_remotely(reactor, config: Config, args) -> int:
     from .ws.client import GatewayClient, GatewayError, GatewayUnreachable, ws_url
 
     url = ws_url(args.url) if args.url else default_url(config)
-    accepted = {}
+    accepted: dict[str, Any] = {}
 
     def on_event(event: str, payload) -> None:
         # Only this connection's own runs are streamed to it (it subscribes to nothing).

@@ -9,8 +9,8 @@ from typing import Optional
 
 from .auth import (
     NOT_EXEMPTABLE_HEADERS,
+    Authenticator,
     BadForwardedFor,
-    GatewayAuth,
     bearer_credential,
     client_address,
 )
@@ -29,7 +29,7 @@ from .openai.errors import APIError
 HOW_TO_SEND = "Authorization: Bearer <token>"   # the hint for a request that sent no secret
 
 
-def request_client_address(request, auth: GatewayAuth) -> str:
+def request_client_address(request, auth: Authenticator) -> str:
     """The client's address (``BadForwardedFor`` when a trusted proxy names garbage)."""
     peer = request.getClientAddress()
     host = getattr(peer, "host", None) or "unknown"
@@ -60,7 +60,7 @@ def refusal_error(refusal: AuthRefusal) -> APIError:
     return APIError(status, refusal.message, param=param, code=code, headers=headers)
 
 
-def auth_error(request, auth: GatewayAuth) -> Optional[APIError]:
+def auth_error(request, auth: Authenticator) -> Optional[APIError]:
     """The error to answer unless the request carries the gateway secret, else ``None``."""
     try:
         address = request_client_address(request, auth)
@@ -75,7 +75,7 @@ def auth_error(request, auth: GatewayAuth) -> Optional[APIError]:
     return refusal_error(refusal) if refusal is not None else None
 
 
-def require_auth(request, auth: GatewayAuth) -> None:
+def require_auth(request, auth: Authenticator) -> None:
     """Raise ``APIError`` (400, 401 or 429) unless the request carries the gateway secret."""
     error = auth_error(request, auth)
     if error is not None:

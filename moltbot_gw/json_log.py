@@ -3,12 +3,12 @@ JSON object per line, as ``eventAsJSON`` writes it plus the formatted message as
 """
 from __future__ import annotations
 
-from typing import IO, Any, Mapping
+from typing import IO
 
-from twisted.logger import FileLogObserver, eventAsJSON, formatEvent
+from twisted.logger import FileLogObserver, LogEvent, eventAsJSON, formatEvent
 
 
-def json_log_line(event: Mapping[str, Any]) -> str:
+def json_log_line(event: LogEvent) -> str:
     """One event as one line. No event is lost to its own formatting: ``formatEvent``
     reports a broken format string in ``text``, and such a format is written escaped (as
     is) since ``eventAsJSON`` cannot flatten it."""

@@ -4,14 +4,16 @@ the upstream client make. Serving them (``GET /metrics``) is ``web.MetricsResour
 """
 from __future__ import annotations
 
+import ipaddress
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .agents.run import RunCancelled, RunTimedOut
+from .auth import Authenticator, AuthOutcome
 from .providers.errors import ProviderError
 from .request_log import current_request
 
@@ -172,22 +174,23 @@ class CountingAuth:
     attempts are counted as auth failures of that transport. Only what the transports use
     is offered: ``authenticate``, ``charge`` and ``trusted_proxies``."""
 
-    def __init__(self, auth, on_failure: Callable[[], None]):
+    def __init__(self, auth: Authenticator, on_failure: Callable[[], None]):
         self._auth = auth
         self._on_failure = on_failure
 
     @property
-    def trusted_proxies(self):
+    def trusted_proxies(self) -> Sequence[ipaddress._BaseNetwork]:
         """The proxies whose ``X-Forwarded-For`` is believed (they change on reload)."""
         return self._auth.trusted_proxies
 
-    def authenticate(self, *args, **kwargs):
-        outcome = self._auth.authenticate(*args, **kwargs)
+    def authenticate(self, address: str, presented: Optional[str], *,
+                     exemptable: bool = True) -> AuthOutcome:
+        outcome = self._auth.authenticate(address, presented, exemptable=exemptable)
         if not outcome.ok:
             self._on_failure()
         return outcome
 
-    def charge(self, *args, **kwargs):
+    def charge(self, address: str, *, exemptable: bool = True) -> None:
         """A malformed handshake charged to the limiter is a refused authentication too."""
-        self._auth.charge(*args, **kwargs)
+        self._auth.charge(address, exemptable=exemptable)
         self._on_failure()

@@ -44,7 +44,7 @@ def closed_paths(endpoints) -> frozenset:
     """The ``/v1`` paths of switched-off endpoints: they answer 404 as if absent, even
     without the secret, so the site neither asks for it nor reads their bodies."""
     chat, responses = endpoints.chatCompletions.enabled, endpoints.responses.enabled
-    closed = set()
+    closed: set[bytes] = set()
     if not chat:
         closed.update((b"/v1/chat/completions", b"/v1/completions"))
     if not responses:

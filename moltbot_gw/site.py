@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from functools import partial
+from typing import Any, Optional, cast
 
 from twisted.internet import defer
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.server import Request, Site
 
@@ -35,6 +39,7 @@ class GatewayRequest(Request):
     """A Request that refuses oversized bodies before buffering them."""
 
     log = Logger()
+    channel: GatewayChannel   # what GatewaySite's channels are
     _too_large = False
     request_id = b"-"
     moltbot_agent = None      # the agent that ran for this request, once known
@@ -88,6 +93,7 @@ class GatewayRequest(Request):
         self._too_large = True
         limit = self._body_limit()
         transport = self.channel.transport
+        assert transport is not None  # the request is still being received
         transport.write(_raw_error_response(
             413, f"request body is larger than the limit of {limit} bytes",
             "request_too_large"))
@@ -157,7 +163,8 @@ class GatewayRequest(Request):
         log_request(self, status, seconds)
 
 
-def _raw_error_response(status: int, message: str, code: str, param: Optional[str] = None,
+def _raw_error_response(status: int, message: str, code: Optional[str],
+                        param: Optional[str] = None,
                         headers: Optional[dict] = None) -> bytes:
     """A whole ``Connection: close`` error response, for writing straight to the transport
     when no Request can answer (the request has not been fully received)."""
@@ -179,6 +186,7 @@ class GatewayChannel(HTTPChannel):
     """
 
     log = Logger()
+    site: GatewaySite   # set by Site.buildProtocol
     _headers_timer = None
     _request_timer = None
     _answering = False   # a whole request has arrived and is being answered
@@ -204,10 +212,11 @@ class GatewayChannel(HTTPChannel):
     def dataReceived(self, data):
         if not self._answering and self._request_timer is None and data.strip():
             door = self.site.door
-            self._headers_timer = self.callLater(door.headers_timeout, self._timed_out,
-                                                 "the request headers", door.headers_timeout)
-            self._request_timer = self.callLater(door.request_timeout, self._timed_out,
-                                                 "the whole request", door.request_timeout)
+            # TimeoutMixin's callLater(period, func) passes no arguments on: a partial
+            self._headers_timer = self.callLater(door.headers_timeout, partial(
+                self._timed_out, "the request headers", door.headers_timeout))
+            self._request_timer = self.callLater(door.request_timeout, partial(
+                self._timed_out, "the whole request", door.request_timeout))
         super().dataReceived(data)
 
     def allHeadersReceived(self):
@@ -245,11 +254,13 @@ class GatewayChannel(HTTPChannel):
         if origin is not None and cors is not None and cors.allows(origin.decode("latin-1")):
             response_headers.update({"Access-Control-Allow-Origin": origin.decode("latin-1"),
                                      "Vary": "Origin"})
-        self.transport.write(_raw_error_response(error.status, error.message, error.code,
-                                                 error.param, response_headers))
+        transport = self.transport
+        assert transport is not None  # the request's headers are still arriving
+        transport.write(_raw_error_response(error.status, error.message, error.code,
+                                            error.param, response_headers))
         note_refusal(request, error)
         request._completed(None, status=error.status)
-        self.transport.loseConnection()
+        transport.loseConnection()
         return True
 
     def allContentReceived(self):
@@ -263,7 +274,7 @@ class GatewayChannel(HTTPChannel):
         self._answering = False
         super().requestDone(request)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()
         super().connectionLost(reason)
 
@@ -307,7 +318,9 @@ class GatewaySite(Site):
     """Counts requests in flight so a stop can wait for them (up to a grace period)."""
 
     requestFactory = GatewayRequest
-    protocol = GatewayChannel
+    # Twisted types ``protocol`` as its HTTP/2-negotiating factory function, but a Site may
+    # build any HTTPChannel subclass (Site.buildProtocol only calls it).
+    protocol = GatewayChannel  # type: ignore[assignment]
     displayTracebacks = False   # never a traceback to a client
 
     def __init__(self, resource, door: DoorPolicy, metrics=None, **kwargs):
@@ -374,10 +387,10 @@ class GatewaySite(Site):
         """Fires when no request is in flight."""
         if not self._inflight:
             return defer.succeed(None)
-        d = defer.Deferred()
+        d: defer.Deferred = defer.Deferred()
         self._idle_waiters.append(d)
         return d
 
     def abort_inflight(self) -> None:
         for request in list(self._inflight):
-            request.channel.transport.abortConnection()
+            cast(ITCPTransport, request.channel.transport).abortConnection()  # TCP: ours

@@ -71,7 +71,7 @@ class ClientSlots:
             return fail(ClientBusy(client, self.running(client), self.waiting(client),
                                    per_client=self.per_client, queue_size=self.queue_size))
         queue = self._waiting.setdefault(client, deque())
-        d = Deferred(canceller=lambda d: self._leave_queue(client, d))
+        d: Deferred = Deferred(canceller=lambda d: self._leave_queue(client, d))
         queue.append(d)
         return d
 

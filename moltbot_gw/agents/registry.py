@@ -33,13 +33,20 @@ class Agent:
     max_reply_chars: int
 
 
+def _configured_id(raw: str) -> str:
+    """An agent id from the config, normalized; the config has already rejected bad ids."""
+    agent_id = normalize_agent_id(raw)
+    assert agent_id is not None, raw
+    return agent_id
+
+
 class AgentRegistry:
     def __init__(self, config: Config):
         defaults = config.agents.defaults
         entries: tuple[AgentConfig, ...] = config.agents.list or (AgentConfig(id=DEFAULT_AGENT_ID),)
         self._agents: dict[str, Agent] = {}
         for entry in entries:
-            agent_id = normalize_agent_id(entry.id)
+            agent_id = _configured_id(entry.id)
             self._agents[agent_id] = Agent(
                 id=agent_id,
                 name=entry.name,
@@ -52,8 +59,8 @@ class AgentRegistry:
                 history=entry.history or defaults.history,
                 max_reply_chars=defaults.maxReplyChars,
             )
-        marked = [normalize_agent_id(e.id) for e in entries if e.default]
-        self.default_id = marked[0] if marked else normalize_agent_id(entries[0].id)
+        marked = [_configured_id(e.id) for e in entries if e.default]
+        self.default_id = marked[0] if marked else _configured_id(entries[0].id)
 
     def __iter__(self):
         return iter(self._agents.values())

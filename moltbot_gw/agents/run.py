@@ -181,7 +181,7 @@ class Run:
             return fail(self._outcome)
         if self._outcome is not None:
             return succeed(self._outcome)
-        d = Deferred()
+        d: Deferred = Deferred()
         self._waiters.append(d)
         return d
 

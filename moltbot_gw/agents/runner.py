@@ -113,6 +113,13 @@ def _read_workspace(folder: str) -> list[str]:
     return parts
 
 
+def _checked_ref(ref: str) -> tuple[str, str]:
+    """``(provider, model)`` of a ref the config or ``_model_chain`` has already checked."""
+    parsed = parse_model_ref(ref)
+    assert parsed is not None, ref
+    return parsed
+
+
 class AgentRunner:
     log = Logger()
 
@@ -171,7 +178,7 @@ class AgentRunner:
                     f'model "{override}" is not allowed for agent "{agent.id}"', param="model")
             chain = (override,)
         for ref in chain:
-            provider, _ = parse_model_ref(ref)
+            provider, _ = _checked_ref(ref)
             if provider not in self.providers:
                 raise InvalidRunRequest(f'model provider "{provider}" is not configured',
                                         param="model")
@@ -229,6 +236,7 @@ class AgentRunner:
                 return RunTimedOut("the run took longer than its timeout")
             return RunCancelled("the run was cancelled")
         if failure.check(ProviderError, InvalidRunRequest, RunTimedOut):
+            assert isinstance(failure.value, Exception)  # one of those three
             return failure.value
         self.log.failure("run {run_id} failed unexpectedly", failure, run_id=run.run_id)
         return ProviderError("internal error while running the agent")
@@ -303,7 +311,7 @@ class AgentRunner:
 
         last_error: Optional[ProviderError] = None
         for ref in chain:
-            provider_name, model = parse_model_ref(ref)
+            provider_name, model = _checked_ref(ref)
             provider = self.providers.get(provider_name)
             model_request = ModelRequest(
                 model=model, messages=tuple(messages), system=system, options=options,
@@ -313,7 +321,7 @@ class AgentRunner:
             try:
                 slot = await self._provider_slot(run, agent, provider_name)
                 if request.stream:
-                    extra = {}
+                    extra: dict[str, Any] = {}
                     if request.tools:
                         extra["on_tool_call"] = on_tool_call
                     if IFlowControlledProvider.providedBy(provider):
@@ -344,7 +352,8 @@ class AgentRunner:
                              session_key=run.session_key, text=run.text,
                              finish_reason=answer.finish_reason, usage=usage, model=ref,
                              tool_calls=answer.tool_calls, reasoning=answer.reasoning)
-        raise last_error  # pragma: no cover - the loop returns or raises
+        assert last_error is not None  # pragma: no cover - the loop returns or raises
+        raise last_error  # pragma: no cover
 
     async def _provider_slot(self, run: Run, agent: Agent, provider_name: str) -> ProviderSlot:
         """Wait for a free slot of the provider (``maxConcurrent``). The wait counts against
@@ -362,7 +371,7 @@ class AgentRunner:
             raise
 
     async def _record(self, run: Run, request: RunRequest, status: str,
-                      result: Optional[RunResult] = None, error: Exception = None,
+                      result: Optional[RunResult] = None, error: Optional[Exception] = None,
                       before: Sequence[Mapping[str, Any]] = ()) -> None:
         """Write the turn to the transcript before anyone hears that it ended; ``before``
         (a branch point and the client's version of earlier messages) goes first."""

@@ -15,7 +15,7 @@ class ModelChoice:
 
     primary: ModelRef = Field(description='"provider/model"')
     fallbacks: tuple[ModelRef, ...] = Field(
-        (), description="tried in order when the model before fails retryably")
+        default=(), description="tried in order when the model before fails retryably")
 
     @property
     def chain(self) -> tuple[str, ...]:
@@ -37,20 +37,22 @@ ModelChoiceOrRef = Annotated[ModelChoice, BeforeValidator(
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class HistoryConfig:
-    maxMessages: PositiveInt = Field(200, description="history messages replayed to the model")
+    maxMessages: PositiveInt = Field(
+        default=200, description="history messages replayed to the model")
     maxTokens: PositiveInt = Field(
-        100000, description="estimated history tokens replayed to the model")
+        default=100000, description="estimated history tokens replayed to the model")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class AgentDefaults:
     model: ModelChoiceOrRef = Field(default_factory=lambda: ModelChoice("builtin/echo"),
                                     description='"provider/model" or {primary, fallbacks}')
-    timeoutSeconds: PositiveFloat = Field(600.0,
+    timeoutSeconds: PositiveFloat = Field(default=600.0,
                                           description="a run is cancelled after this long")
-    maxConcurrent: PositiveInt = Field(64, description="runs executing at once, gateway-wide")
+    maxConcurrent: PositiveInt = Field(
+        default=64, description="runs executing at once, gateway-wide")
     maxReplyChars: PositiveInt = Field(
-        2_000_000, description="longest model reply (text, reasoning, tool arguments)")
+        default=2_000_000, description="longest model reply (text, reasoning, tool arguments)")
     history: Annotated[HistoryConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=HistoryConfig, description="how much history a turn replays")
 
@@ -58,20 +60,20 @@ class AgentDefaults:
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class AgentConfig:
     id: Str = Field(description="lowercase, see Agents above")
-    default: Bool = Field(False, description="the agent used when none is named")
-    name: Optional[Str] = Field(None, description="display name")
-    systemPrompt: Optional[Str] = Field(None, description="the agent's persona")
-    model: Optional[ModelChoiceOrRef] = Field(None,
+    default: Bool = Field(default=False, description="the agent used when none is named")
+    name: Optional[Str] = Field(default=None, description="display name")
+    systemPrompt: Optional[Str] = Field(default=None, description="the agent's persona")
+    model: Optional[ModelChoiceOrRef] = Field(default=None,
                                               description="overrides agents.defaults.model")
     models: tuple[ModelRef, ...] = Field(
-        (), description="allowlist for x-moltbot-model overrides")
+        default=(), description="allowlist for x-moltbot-model overrides")
     embeddingModel: Optional[ModelRef] = Field(
-        None, description="model for /v1/embeddings with moltbot:<id>")
+        default=None, description="model for /v1/embeddings with moltbot:<id>")
     workspace: Optional[Str] = Field(
-        None, description="folder whose AGENTS.md / SOUL.md join the prompt")
+        default=None, description="folder whose AGENTS.md / SOUL.md join the prompt")
     timeoutSeconds: Optional[PositiveFloat] = Field(
-        None, description="overrides agents.defaults.timeoutSeconds")
-    history: Optional[HistoryConfig] = Field(None,
+        default=None, description="overrides agents.defaults.timeoutSeconds")
+    history: Optional[HistoryConfig] = Field(default=None,
                                              description="overrides agents.defaults.history")
 
 
@@ -79,8 +81,8 @@ class AgentConfig:
 class AgentsConfig:
     defaults: Annotated[AgentDefaults, NULL_IS_DEFAULTS] = Field(
         default_factory=AgentDefaults, description="what every agent uses unless it says otherwise")
-    list: tuple[AgentConfig, ...] = Field((), description="the agents; empty means one agent "
-                                                           '"main" on the defaults')
+    list: tuple[AgentConfig, ...] = Field(
+        default=(), description='the agents; empty means one agent "main" on the defaults')
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
@@ -88,8 +90,9 @@ class SessionConfig:
     """Retention and size bounds of the session store (docs/operations.rst, "Sessions")."""
 
     maxSessionsPerAgent: PositiveInt = Field(
-        10_000, description="sessions kept per agent; least recently used pruned")
+        default=10_000, description="sessions kept per agent; least recently used pruned")
     idleDays: Optional[PositiveFloat] = Field(
-        None, description="sessions idle longer are pruned (unset: kept)")
+        default=None, description="sessions idle longer are pruned (unset: kept)")
     maxTranscriptBytes: PositiveInt = Field(
-        64 * 1024 * 1024, description="a transcript past this is compacted to its newest turns")
+        default=64 * 1024 * 1024,
+        description="a transcript past this is compacted to its newest turns")

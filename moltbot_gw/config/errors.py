@@ -10,6 +10,8 @@ import typing
 from typing import Annotated, Any, Optional, Union
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 
 class ConfigError(Exception):
@@ -78,16 +80,25 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
+def fields_of(cls: Any) -> dict[str, FieldInfo]:
+    """The fields of a config dataclass. ``cls`` is ``Any`` because pydantic's decorator adds
+    ``__pydantic_fields__`` at run time, where the type checker cannot see it."""
+    fields: dict[str, FieldInfo] = cls.__pydantic_fields__
+    return fields
+
+
 def _walk(root: type, loc: tuple) -> tuple[Optional[type], bool]:
     """Follow ``loc`` through the config types: the config object that holds the last key
     (for "known keys") and whether any field on the way is a secret (``repr=False``)."""
-    tp, owner, secret = root, None, False
+    tp: Any = root  # then each field's annotation: a class, a generic alias or Annotated
+    owner: Optional[type] = None
+    secret = False
     for key in loc:
         tp = _unwrap(tp)
         origin = typing.get_origin(tp)
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a config class
             owner = tp
-            info = tp.__pydantic_fields__.get(key)
+            info = fields_of(tp).get(key)
             if info is None:
                 return owner, secret
             secret = secret or info.repr is False
@@ -104,7 +115,7 @@ def _walk(root: type, loc: tuple) -> tuple[Optional[type], bool]:
 
 
 def _known_keys(owner: Optional[type]) -> str:
-    return ", ".join(sorted(owner.__pydantic_fields__)) if owner is not None else ""
+    return ", ".join(sorted(fields_of(owner))) if owner is not None else ""
 
 
 def _literal_choices(expected: str) -> str:
@@ -112,7 +123,7 @@ def _literal_choices(expected: str) -> str:
     return " or ".join(f'"{choice}"' for choice in re.findall(r"'([^']*)'", expected))
 
 
-def describe(error: dict, root: type, prefix: str = "") -> str:
+def describe(error: ErrorDetails, root: type, prefix: str = "") -> str:
     """One pydantic error as our ``path: problem`` line."""
     loc = tuple(error["loc"])
     path = join(prefix, dotted(loc)) if loc else (prefix or "config")
@@ -142,7 +153,7 @@ def describe(error: dict, root: type, prefix: str = "") -> str:
     return f"{path}: {expected}, got {shown}"
 
 
-def _unknown_keys_first(errors: list[dict]) -> list[dict]:
+def _unknown_keys_first(errors: list[ErrorDetails]) -> list[ErrorDetails]:
     """pydantic lists an object's unknown keys after its fields' faults; a typo is the likelier
     cause of what follows, so (as before pydantic) each object's unknown keys come first."""
     first_seen: dict[tuple, int] = {}
@@ -151,7 +162,7 @@ def _unknown_keys_first(errors: list[dict]) -> list[dict]:
         for depth in range(1, len(loc) + 1):
             first_seen.setdefault(loc[:depth], index)
 
-    def order(error: dict) -> list[tuple[int, int]]:
+    def order(error: ErrorDetails) -> list[tuple[int, int]]:
         loc = tuple(error["loc"])
         unknown = error["type"] in _UNKNOWN_KEY
         return [(0 if unknown and depth == len(loc) else 1, first_seen[loc[:depth]])

@@ -29,21 +29,22 @@ MIN_EXPOSED_SECRET_LENGTH = 16  # a secret for a gateway listening beyond loopba
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class RateLimitConfig:
     maxFailures: PositiveInt = Field(
-        10, description="failed auth attempts allowed per client address per window")
-    windowSeconds: PositiveFloat = Field(60.0, description="length of the failed-attempt window")
+        default=10, description="failed auth attempts allowed per client address per window")
+    windowSeconds: PositiveFloat = Field(
+        default=60.0, description="length of the failed-attempt window")
     exemptLoopback: Bool = Field(
-        True, description="never lock out a direct loopback client (not a browser page, not "
-                          "via a proxy)")
+        default=True,
+        description="never lock out a direct loopback client (not a browser page, not via a proxy)")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class AuthConfig:
-    mode: Literal["token", "password"] = Field("token", description='"token" or "password"')
+    mode: Literal["token", "password"] = Field(default="token", description='"token" or "password"')
     # Secrets: repr=False keeps them out of any logged Config; errors.py hides their values.
-    token: Optional[Str] = Field(None, repr=False,
+    token: Optional[Str] = Field(default=None, repr=False,
                                  description="bearer token (env MOLTBOT_GATEWAY_TOKEN overrides)")
     password: Optional[Str] = Field(
-        None, repr=False, description="password (env MOLTBOT_GATEWAY_PASSWORD overrides)")
+        default=None, repr=False, description="password (env MOLTBOT_GATEWAY_PASSWORD overrides)")
     rateLimit: Annotated[RateLimitConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=RateLimitConfig, description="failed-attempt limiter")
 
@@ -55,49 +56,50 @@ class AuthConfig:
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class ImagesConfig:
-    allowUrl: Bool = Field(False, description="allow remote http(s) image URLs")
-    urlAllowlist: tuple[Str, ...] = Field((), description="hostnames images may come from")
-    maxParts: PositiveInt = Field(8, description="image parts per request")
-    maxTotalBytes: PositiveInt = Field(20 * 1024 * 1024,
+    allowUrl: Bool = Field(default=False, description="allow remote http(s) image URLs")
+    urlAllowlist: tuple[Str, ...] = Field(default=(), description="hostnames images may come from")
+    maxParts: PositiveInt = Field(default=8, description="image parts per request")
+    maxTotalBytes: PositiveInt = Field(default=20 * 1024 * 1024,
                                        description="decoded image bytes per request")
-    maxBytes: PositiveInt = Field(10 * 1024 * 1024, description="decoded bytes per image")
+    maxBytes: PositiveInt = Field(default=10 * 1024 * 1024, description="decoded bytes per image")
     fetchSeconds: PositiveFloat = Field(
-        10.0, description="deadline of one remote image fetch, redirects and body included")
+        default=10.0, description="deadline of one remote image fetch, redirects and body included")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class ChatCompletionsConfig:
-    enabled: Bool = Field(False, description="serve POST /v1/chat/completions")
-    maxBodyBytes: PositiveInt = Field(20 * 1024 * 1024,
+    enabled: Bool = Field(default=False, description="serve POST /v1/chat/completions")
+    maxBodyBytes: PositiveInt = Field(default=20 * 1024 * 1024,
                                       description="largest request body on any /v1 endpoint; "
                                                   "larger gets 413")
     keepaliveSeconds: PositiveFloat = Field(
-        15.0, description="SSE comment interval while no token arrives")
-    statelessTaskPrompts: Bool = Field(True, description='"### Task:" requests touch no session')
+        default=15.0, description="SSE comment interval while no token arrives")
+    statelessTaskPrompts: Bool = Field(
+        default=True, description='"### Task:" requests touch no session')
     images: Annotated[ImagesConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=ImagesConfig, description="image input limits")
     maxMessages: PositiveInt = Field(
-        2000, description="messages per request; more gets 400 too_many_messages")
+        default=2000, description="messages per request; more gets 400 too_many_messages")
     maxContentParts: PositiveInt = Field(
-        200, description="content parts per message; more gets 400")
+        default=200, description="content parts per message; more gets 400")
     maxTotalChars: PositiveInt = Field(
-        1_000_000, description="characters of text per request (images not counted)")
+        default=1_000_000, description="characters of text per request (images not counted)")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class ResponsesConfig:
-    enabled: Bool = Field(False, description="serve POST /v1/responses")
+    enabled: Bool = Field(default=False, description="serve POST /v1/responses")
     maxStoredResponses: PositiveInt = Field(
-        10_000, description="responses kept for previous_response_id and item_reference "
+        default=10_000, description="responses kept for previous_response_id and item_reference "
                             "(least recently used forgotten)")
     maxStoredBytes: PositiveInt = Field(
-        64 * 1024 * 1024, description="bytes those kept responses may hold in memory")
+        default=64 * 1024 * 1024, description="bytes those kept responses may hold in memory")
     maxInputItems: PositiveInt = Field(
-        2000, description="input items per request; more gets 400 too_many_input_items")
+        default=2000, description="input items per request; more gets 400 too_many_input_items")
     maxContentParts: PositiveInt = Field(
-        200, description="content parts per input item; more gets 400")
+        default=200, description="content parts per input item; more gets 400")
     maxTotalChars: PositiveInt = Field(
-        1_000_000, description="characters of text per request (images not counted)")
+        default=1_000_000, description="characters of text per request (images not counted)")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
@@ -110,7 +112,8 @@ class EndpointsConfig:
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class CorsConfig:
-    allowedOrigins: tuple[Str, ...] = Field((), description="browser origins allowed on /v1/*")
+    allowedOrigins: tuple[Str, ...] = Field(
+        default=(), description="browser origins allowed on /v1/*")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
@@ -119,49 +122,50 @@ class HttpConfig:
         default_factory=EndpointsConfig,
         description="which /v1 endpoints are served, and their limits")
     sessionHeaders: tuple[HeaderName, ...] = Field(
-        (), description="headers whose value selects a session")
+        default=(), description="headers whose value selects a session")
     cors: Annotated[CorsConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=CorsConfig, description="cross-origin access from browsers")
     idleTimeoutSeconds: PositiveFloat = Field(
-        60.0, description="close a connection silent this long between or within requests")
+        default=60.0, description="close a connection silent this long between or within requests")
     headersTimeoutSeconds: PositiveFloat = Field(
-        30.0, description="a request's line and headers must arrive within this; else 408")
+        default=30.0, description="a request's line and headers must arrive within this; else 408")
     requestTimeoutSeconds: PositiveFloat = Field(
-        300.0, description="a whole request, body included, must arrive within this; else 408")
+        default=300.0,
+        description="a whole request, body included, must arrive within this; else 408")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class WebSocketConfig:
     maxFrameBytes: PositiveInt = Field(
-        4 * 1024 * 1024, description="largest WebSocket message after connect (16 KiB "
+        default=4 * 1024 * 1024, description="largest WebSocket message after connect (16 KiB "
                                      "before); larger closes with 1009")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class MetricsConfig:
-    enabled: Bool = Field(False, description="serve GET /metrics")
-    public: Bool = Field(False, description="serve /metrics without auth")
+    enabled: Bool = Field(default=False, description="serve GET /metrics")
+    public: Bool = Field(default=False, description="serve /metrics without auth")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class LimitsConfig:
     perClientConcurrency: PositiveInt = Field(
-        8, description="agent runs one client address may have at once")
+        default=8, description="agent runs one client address may have at once")
     perClientQueue: NonNegativeInt = Field(
-        16, description="runs of one client that may wait for a slot; more get 429")
+        default=16, description="runs of one client that may wait for a slot; more get 429")
     wsWriteRatePerSecond: PositiveFloat = Field(
-        10.0, description="state-changing WS requests per second per connection; more get "
+        default=10.0, description="state-changing WS requests per second per connection; more get "
                           "RATE_LIMITED")
     wsWriteBurst: PositiveInt = Field(
-        20, description="state-changing WS requests allowed at once before the rate")
+        default=20, description="state-changing WS requests allowed at once before the rate")
     wsMaxMessageChars: PositiveInt = Field(
-        1_000_000, description="characters of an agent / chat.send message")
+        default=1_000_000, description="characters of an agent / chat.send message")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class GatewayConfig:
-    port: Port = Field(DEFAULT_PORT, description="TCP port for HTTP and WebSocket")
-    bind: Bind = Field("loopback", description='"loopback", "lan" or an IP address')
+    port: Port = Field(default=DEFAULT_PORT, description="TCP port for HTTP and WebSocket")
+    bind: Bind = Field(default="loopback", description='"loopback", "lan" or an IP address')
     auth: Annotated[AuthConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=AuthConfig, description="how clients authenticate")
     http: Annotated[HttpConfig, NULL_IS_DEFAULTS] = Field(
@@ -169,11 +173,11 @@ class GatewayConfig:
     ws: Annotated[WebSocketConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=WebSocketConfig, description="WebSocket limits")
     trustedProxies: tuple[IpOrNetwork, ...] = Field(
-        (), description="proxies whose X-Forwarded-For is believed")
+        default=(), description="proxies whose X-Forwarded-For is believed")
     metrics: Annotated[MetricsConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=MetricsConfig, description="the Prometheus endpoint")
     shutdownGraceSeconds: NonNegativeFloat = Field(
-        30.0, description="how long in-flight requests may finish on stop")
+        default=30.0, description="how long in-flight requests may finish on stop")
     limits: Annotated[LimitsConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=LimitsConfig, description="per-client fairness and WebSocket write limits")
 

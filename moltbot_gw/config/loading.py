@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 
 import json5
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from ..names import CONFIG_PATH_ENV, GATEWAY_PASSWORD_ENV, GATEWAY_TOKEN_ENV, STATE_DIR_ENV
 from .errors import ConfigError, describe_all, join
@@ -87,7 +88,7 @@ def _apply_auth_env(raw: dict, env: Mapping[str, str]) -> dict:
     return {**raw, "gateway": gateway}
 
 
-def _without_faults(raw: Any, faults: list[dict]) -> Optional[dict]:
+def _without_faults(raw: Any, faults: list[ErrorDetails]) -> Optional[dict]:
     """A copy of ``raw`` with every faulty value removed, so it takes its default; ``None``
     when the document itself is the fault. A bad list item drops the whole list, and an
     object missing a required key drops that object."""
@@ -191,8 +192,9 @@ def with_overrides(config: Config, port: Optional[int] = None,
                    bind: Optional[str] = None) -> Config:
     """Apply command-line overrides, validating them like file values."""
     errors: list[str] = []
-    changes = {name: value for name, value in (("port", port), ("bind", bind))
-               if value is not None}
+    # Any: each value is checked below by its field's own validator, not by this dict's type.
+    changes: dict[str, Any] = {name: value for name, value in (("port", port), ("bind", bind))
+                               if value is not None}
     for name, value in changes.items():
         try:
             _override_adapter(name).validate_python(value)

@@ -4,12 +4,14 @@ Errors are typed; their ``reason`` is for logs only, never for the client."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, cast
 from urllib.parse import urljoin, urlsplit
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -47,11 +49,17 @@ class FetchResult:
     body: bytes
 
 
+def _producer(protocol: Protocol) -> IPushProducer:
+    """The transport ``deliverBody`` gives a body protocol: documented as an
+    ``IPushProducer``, typed by Twisted as the protocol's ``ITransport``."""
+    return cast(IPushProducer, protocol.transport)
+
+
 class _Discard(Protocol):
     """A redirect's body: never read; the connection is dropped at once."""
 
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        _producer(self).stopProducing()
 
 
 class _BudgetedBody(Protocol):
@@ -66,7 +74,7 @@ class _BudgetedBody(Protocol):
 
     def _stop(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            _producer(self).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -78,7 +86,7 @@ class _BudgetedBody(Protocol):
             return
         self.chunks.append(data)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):

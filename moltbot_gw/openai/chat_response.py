@@ -2,7 +2,7 @@
 stream of ``chat.completion.chunk`` SSE frames written as run events arrive."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from ..agents.run import RunEvent, RunResult
 from ..json_text import compact_utf8
@@ -40,7 +40,8 @@ def tool_calls_json(result: RunResult) -> list:
 
 
 def completion_body(result: RunResult, model: str, created: int) -> dict:
-    message = {"role": "assistant", "content": result.text or None, "refusal": None}
+    message: dict[str, Any] = {"role": "assistant", "content": result.text or None,
+                               "refusal": None}
     if result.tool_calls:
         message["tool_calls"] = tool_calls_json(result)
     elif message["content"] is None:

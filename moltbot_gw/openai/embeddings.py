@@ -58,7 +58,9 @@ def parse_embeddings_request(body: bytes) -> EmbeddingsRequest:
 
 def embeddings_body(answer: dict, model: str) -> dict:
     """The provider's list, with the fields clients rely on present."""
-    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+    usage = answer.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
     prompt = usage.get("prompt_tokens", 0)
     return {"object": "list", "data": answer.get("data", []), "model": model,
             "usage": {"prompt_tokens": prompt, "total_tokens": usage.get("total_tokens", prompt)}}

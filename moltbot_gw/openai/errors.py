@@ -89,9 +89,9 @@ def api_error_for_run_failure(error: BaseException) -> APIError:
     ``Retry-After`` header, the request header an invalid run request is about."""
     failure = describe_failure(error)
     kind = failure.kind
-    headers = {}
+    headers: dict[str, str] = {}
     if failure.retry_after_seconds is not None:
         headers["Retry-After"] = str(failure.retry_after_seconds)
     return APIError(kind.http_status, failure.message, type=kind.openai_type,
-                    code=kind.openai_code, param=PARAM_HEADERS.get(failure.param),
+                    code=kind.openai_code, param=PARAM_HEADERS.get(failure.param or ""),
                     headers=headers)

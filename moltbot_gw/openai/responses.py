@@ -21,7 +21,7 @@ from ..agents.client_slots import ClientSlots
 from ..agents.registry import AgentRegistry
 from ..agents.run import RunRequest, RunResult
 from ..agents.runner import AgentRunner, cap_history
-from ..auth import GatewayAuth
+from ..auth import Authenticator
 from ..config import Config, HistoryConfig
 from ..http_auth import require_auth
 from .errors import APIError, method_not_allowed, not_found, write_error
@@ -52,7 +52,7 @@ def reply_message(result: RunResult) -> Optional[dict]:
 class ResponsesEndpoint(RunEndpoint):
     log = Logger()
 
-    def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
+    def __init__(self, config: Config, auth: Authenticator, agents: AgentRegistry,
                  runner: AgentRunner, clock, fetcher,
                  client_slots: Optional[ClientSlots] = None,
                  response_index: Optional[ResponseIndex] = None):
@@ -127,6 +127,7 @@ class ResponsesEndpoint(RunEndpoint):
             return failed
         if stream is not None:
             answer = stream.finish(result)
+            assert stream.body is not None  # finish() sent it
             body = stream.body
         else:
             body = response_body(shell, result, int(self.clock.seconds()))

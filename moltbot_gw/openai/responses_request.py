@@ -179,8 +179,9 @@ def _items(data: dict, images: ImageBudget,
             else:
                 conversation.add_assistant("", [call])
         elif kind == "function_call_output":
-            conversation.add_tool_result(_string_field(item, "call_id", where),
-                                         _tool_output(item, where))
+            call_id = _string_field(item, "call_id", where)
+            assert call_id is not None  # required: a missing one has raised
+            conversation.add_tool_result(call_id, _tool_output(item, where))
         elif kind in IGNORED_ITEM_TYPES:
             continue
         elif isinstance(kind, str):

@@ -14,7 +14,7 @@ from ..agents.client_slots import ClientSlots
 from ..agents.registry import AgentRegistry, UnknownAgent
 from ..agents.run import RunRequest, client_model_error
 from ..agents.runner import AgentRunner
-from ..auth import GatewayAuth
+from ..auth import Authenticator
 from ..config import Config, parse_model_ref
 from ..fetch import GuardedFetcher
 from ..http_auth import require_auth
@@ -62,7 +62,7 @@ class OpenAIRoutes(RunEndpoint):
     app = Klein()
     log = Logger()
 
-    def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
+    def __init__(self, config: Config, auth: Authenticator, agents: AgentRegistry,
                  runner: AgentRunner, clock, fetcher: Optional[GuardedFetcher] = None,
                  client_slots: Optional[ClientSlots] = None,
                  response_index: Optional[ResponseIndex] = None):

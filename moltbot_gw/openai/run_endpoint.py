@@ -9,7 +9,7 @@ from ..agents.client_slots import ClientSlots
 from ..agents.registry import Agent, AgentRegistry, UnknownAgent
 from ..agents.run import Run, RunRequest
 from ..agents.runner import AgentRunner
-from ..auth import GatewayAuth
+from ..auth import Authenticator
 from ..config import Config
 from ..http_auth import request_client_address
 from .errors import APIError
@@ -20,7 +20,7 @@ from .runs import start_run_for_client
 class RunEndpoint:
     """Base of the chat/completions routes and the Responses endpoint."""
 
-    def __init__(self, config: Config, auth: GatewayAuth, agents: AgentRegistry,
+    def __init__(self, config: Config, auth: Authenticator, agents: AgentRegistry,
                  runner: AgentRunner, clock, client_slots: Optional[ClientSlots] = None):
         self.config = config
         self.auth = auth

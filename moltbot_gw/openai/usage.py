@@ -10,8 +10,9 @@ from ..providers.base import Usage
 def chat_usage_json(usage: Usage) -> dict:
     """Chat's ``usage``: the three counts, and the token details only when the provider
     reported them."""
-    body = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+    body: dict[str, object] = {
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens}
     if usage.prompt_tokens_details:
         body["prompt_tokens_details"] = dict(usage.prompt_tokens_details)
     if usage.completion_tokens_details:

@@ -156,7 +156,9 @@ def convert_tools(tools: Iterable[Mapping[str, Any]], label: str = "anthropic") 
                      provider=label)
             continue
         function = tool.get("function")
-        name = function.get("name") if isinstance(function, Mapping) else None
+        if not isinstance(function, Mapping):
+            function = {}
+        name = function.get("name")
         if not isinstance(name, str) or not name:
             raise ProviderBadRequest(f'provider "{label}": a tool has no function name')
         entry: dict[str, Any] = {"name": name}
@@ -209,7 +211,9 @@ def _tool_uses(tool_calls: Any) -> list[dict]:
         return blocks
     for call in tool_calls:
         function = call.get("function") if isinstance(call, Mapping) else None
-        name = function.get("name") if isinstance(function, Mapping) else None
+        if not isinstance(function, Mapping):
+            function = {}
+        name = function.get("name")
         if not isinstance(name, str) or not name:
             log.warn("skipping an assistant tool call without a function name")
             continue
@@ -325,10 +329,10 @@ class MessagesSink(ModelReplySink):
             if delta_type == "text_delta":
                 self._emit(delta.get("text"))
             elif delta_type == "input_json_delta":
-                ordinal = self._tool_blocks.get(payload.get("index"))
+                known = self._tool_blocks.get(payload.get("index"))
                 fragment = delta.get("partial_json")
-                if ordinal is not None and isinstance(fragment, str) and fragment:
-                    self._tools.add(ordinal, arguments=fragment)
+                if known is not None and isinstance(fragment, str) and fragment:
+                    self._tools.add(known, arguments=fragment)
             elif delta_type == "thinking_delta":
                 self._reason(delta.get("thinking"))
         elif kind == "message_delta":

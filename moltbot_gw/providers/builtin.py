@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from typing import Any, Callable, Mapping, Optional
 
 from twisted.internet.defer import Deferred, fail
@@ -121,7 +122,7 @@ class BuiltinProvider:
             pieces, finish_reason = pieces[:limit], "length"
         result = ModelResult(text="".join(pieces), finish_reason=finish_reason,
                              usage=Usage(prompt_words, len(pieces)), model=request.model)
-        steps = [(lambda piece=piece: on_delta(piece)) for piece in pieces]
+        steps: list[Callable[[], None]] = [partial(on_delta, piece) for piece in pieces]
         return _Echo(self._reactor, steps, result).start()
 
     def complete(self, request: ModelRequest) -> Deferred:

@@ -17,7 +17,7 @@ from .base import DeltaSink, ModelRequest, ModelResult, ReasoningSink, ToolCallS
 from .errors import ProviderUnavailable
 from .http_provider import HTTPProvider
 from .interface import IEmbeddingProvider
-from .sinks import JSONSink, ModelReplySink, nonempty_str, token_count
+from .sinks import JSONSink, ModelReplySink, json_object, nonempty_str, token_count
 from .sse import SSEEvent
 from .tools import arguments_text
 
@@ -150,7 +150,7 @@ class ChatCompletionSink(ModelReplySink):
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self.unavailable("sent a completion without choices")
         choice = choices[0]
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        message = json_object(choice.get("message"))
         self._reason(_reasoning_of(message))
         self._emit(content_text(message.get("content")))
         calls = message.get("tool_calls")
@@ -158,7 +158,7 @@ class ChatCompletionSink(ModelReplySink):
             for call in calls:
                 if not isinstance(call, dict):
                     continue
-                function = call.get("function") if isinstance(call.get("function"), dict) else {}
+                function = json_object(call.get("function"))
                 ordinal = self._tools.open()
                 self._tools.add(ordinal, nonempty_str(call.get("id")),
                                 nonempty_str(function.get("name")),
@@ -169,7 +169,7 @@ class ChatCompletionSink(ModelReplySink):
     def _tool_fragment(self, fragment: dict) -> None:
         """One ``delta.tool_calls[]`` entry: ``index`` says which call it continues; the first
         fragment of a call carries ``id`` and ``function.name``."""
-        function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
+        function = json_object(fragment.get("function"))
         call_id = nonempty_str(fragment.get("id"))
         index = fragment.get("index")
         tools = self._tools

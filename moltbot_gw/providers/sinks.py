@@ -165,6 +165,12 @@ def nonempty_str(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value else None
 
 
+def json_object(value: Any) -> dict:
+    """``value`` if it is a JSON object, else an empty one: a malformed upstream field reads
+    as absent."""
+    return value if isinstance(value, dict) else {}
+
+
 def token_count(value: Any) -> int:
     """``value`` if it is a count (a non-negative int, not a bool), else 0: upstream usage
     numbers are trusted only that far."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, cast
 from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
 
@@ -18,7 +18,7 @@ from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -131,10 +131,12 @@ class UpstreamClient:
         exchange.flow = flow
         http = self._http(connect_timeout)
 
+        request_headers: dict[bytes | str, list[bytes | str]] = {
+            k: [v] for k, v in all_headers.items()}
+
         def send() -> Deferred:
             return http.request(
-                "POST", url, data=_BytesBody(body),
-                headers={k: [v] for k, v in all_headers.items()},
+                "POST", url, data=_BytesBody(body), headers=request_headers,
                 unbuffered=True, allow_redirects=False)  # a redirect must not carry our key away
 
         if self.metrics is not None:
@@ -189,7 +191,7 @@ class _Exchange:
         self._send: Optional[Callable[[], Deferred]] = None
         self._retried = False
         self._response: Optional[UpstreamResponse] = None
-        self._body_transport = None
+        self._body_transport: Optional[IPushProducer] = None
         self._timer: Optional[IDelayedCall] = None
         self._done = False
         self.flow = None  # a FlowControl, when the caller wants backpressure
@@ -202,6 +204,7 @@ class _Exchange:
         self._issue()
 
     def _issue(self) -> None:
+        assert self._send is not None  # start() set it
         self._request_d = self._send()
         self._request_d.addCallbacks(self._got_response, self._request_failed)
 
@@ -263,7 +266,7 @@ class _Exchange:
         self._finish()
         self.result.callback(self._response)
 
-    def body_failed(self, failure: Failure) -> None:
+    def body_failed(self, failure: Failure | BaseException) -> None:
         self._fail(failure)
 
     # --- ending ----------------------------------------------------------------------
@@ -274,15 +277,16 @@ class _Exchange:
             self._timer.cancel()
         self._timer = None
 
-    def _fail(self, reason) -> None:
+    def _fail(self, reason: Failure | BaseException) -> None:
         if self._done:
             return
         self._finish()
         self._abort()
         failure = reason if isinstance(reason, Failure) else Failure(reason)
-        if failure.check(ProviderError):
+        error = failure.value
+        if isinstance(error, ProviderError):
             self.log.info("upstream {provider} failed: {kind} {status}", provider=self.label,
-                          kind=failure.value.kind, status=failure.value.status)
+                          kind=error.kind, status=error.status)
         self.result.errback(failure)
 
     def _abort(self) -> None:
@@ -329,6 +333,12 @@ def _closed_before_response(failure: Failure) -> bool:
         for r in reasons)
 
 
+def _producer(protocol: Protocol) -> IPushProducer:
+    """The transport ``deliverBody`` gives a body protocol: documented as an
+    ``IPushProducer``, typed by Twisted as the protocol's ``ITransport``."""
+    return cast(IPushProducer, protocol.transport)
+
+
 class _BodyReader(Protocol):
     """Delivers body bytes to the exchange's sink (2xx) or collects an error body (non-2xx)."""
 
@@ -341,7 +351,7 @@ class _BodyReader(Protocol):
         self.finished: Deferred = Deferred()
 
     def connectionMade(self) -> None:
-        self._exchange._body_transport = self.transport
+        self._exchange._body_transport = _producer(self)
         if self._on_data is not None and self._exchange.flow is not None:
             self._exchange.flow.attach(self.transport)
 
@@ -351,12 +361,13 @@ class _BodyReader(Protocol):
             return
         exchange._touch()
         if self._on_data is None:
+            assert self._limit is not None  # an error body is collected up to a limit
             room = self._limit - self._size
             if room > 0:
                 self._collected.append(data[:room])
                 self._size += min(room, len(data))
             if self._size >= self._limit:
-                self.transport.stopProducing()
+                _producer(self).stopProducing()
             return
         try:
             self._on_data(data)
@@ -382,4 +393,4 @@ class _BodyReader(Protocol):
 
 class _Discard(Protocol):
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        _producer(self).stopProducing()

@@ -125,8 +125,8 @@ def error_from_status(label: str, status: int, headers: Headers, body: bytes,
         not_found.call, not_found.detail = call or None, detail
         return not_found
     if status == 429:
-        retry_after = parse_retry_after((headers.getRawHeaders(b"retry-after") or [None])[0],
-                                        now)
+        values = headers.getRawHeaders(b"retry-after")
+        retry_after = parse_retry_after(values[0] if values else None, now)
         return ProviderRateLimited(message, status=status, retry_after=retry_after)
     if status == 408:
         return ProviderTimeout(message, status=status)

@@ -277,9 +277,8 @@ class SessionStore:
 
     async def _wait_compaction(self, agent: _AgentSessions) -> None:
         while agent.compaction is not None:
-            waiter: Deferred = Deferred()
-            agent.compaction.addBoth(lambda outcome, done=waiter: done.callback(None) or outcome)
-            await waiter
+            # fires when the compaction does, passing its outcome on untouched
+            await DeferredList([agent.compaction])
 
     def _schedule_save(self, agent: _AgentSessions) -> None:
         if agent.save_timer is None:

@@ -13,6 +13,7 @@ from autobahn.websocket.util import parse_url
 from twisted.internet import defer
 from twisted.internet import error as internet_error
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 
 from .. import __version__
@@ -62,6 +63,10 @@ class _Protocol(WebSocketClientProtocol):
         self.factory.client._closed(code, reason)
 
 
+class _Factory(WebSocketClientFactory):
+    client: GatewayClient   # the client its protocol reports to (set before connecting)
+
+
 class GatewayClient:
     def __init__(self, reactor, url: str, on_event: Optional[EventHandler] = None):
         self.reactor = reactor
@@ -69,8 +74,8 @@ class GatewayClient:
         self.on_event = on_event
         self.hello: Optional[dict] = None
         self._protocol: Optional[_Protocol] = None     # once the WebSocket is open
-        self._connection = None                         # once TCP is connected
-        self._open = defer.Deferred()
+        self._connection: Optional[IProtocol] = None    # once TCP is connected
+        self._open: defer.Deferred = defer.Deferred()
         self._handlers: dict[str, Callable[[dict], bool]] = {}
         self._ids = itertools.count(1)
         self._close_reason: Optional[GatewayError] = None
@@ -100,10 +105,11 @@ class GatewayClient:
             secure, host, port, _resource, _path, _params = parse_url(self.url)
         except Exception as e:
             raise GatewayUnreachable(self.url, f"not a WebSocket URL ({e})") from e
-        endpoint = HostnameEndpoint(self.reactor, host, port, timeout=timeout)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port,
+                                                           timeout=timeout)
         if secure:
             endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
-        factory = WebSocketClientFactory(self.url, reactor=self.reactor)
+        factory = _Factory(self.url, reactor=self.reactor)
         factory.protocol = _Protocol
         factory.client = self
         try:
@@ -127,7 +133,7 @@ class GatewayClient:
 
     def call(self, method: str, params: Optional[Mapping] = None) -> defer.Deferred:
         """Fires with the payload of the (first) response; ``GatewayError`` on an error."""
-        d = defer.Deferred()
+        d: defer.Deferred = defer.Deferred()
 
         def handle(frame: dict) -> bool:
             _settle(d, frame)
@@ -140,7 +146,7 @@ class GatewayClient:
               ) -> defer.Deferred:
         """Call ``agent``: ``on_accepted`` gets the first response's payload; fires with the
         run's result payload (second response)."""
-        d = defer.Deferred()
+        d: defer.Deferred = defer.Deferred()
         state = {"accepted": False}
 
         def handle(frame: dict) -> bool:
@@ -165,7 +171,7 @@ class GatewayClient:
         self.close()
         if self._protocol is None or self._close_reason is not None:
             return
-        waiting = defer.Deferred()
+        waiting: defer.Deferred = defer.Deferred()
         self._close_waiters.append(waiting)
         try:
             await waiting.addTimeout(timeout, self.reactor)
@@ -200,13 +206,16 @@ class GatewayClient:
             return
         if not isinstance(frame, dict):
             return
+        # Any: the fields as the gateway sent them (a str event name, a str id)
+        event: Any = frame.get("event")
+        request_id: Any = frame.get("id")
         if frame.get("type") == "event":
             if self.on_event is not None:
-                self.on_event(frame.get("event"), frame.get("payload") or {})
+                self.on_event(event, frame.get("payload") or {})
         elif frame.get("type") == "res":
-            handle = self._handlers.get(frame.get("id"))
+            handle = self._handlers.get(request_id)
             if handle is not None and handle(frame):
-                self._handlers.pop(frame.get("id"), None)
+                self._handlers.pop(request_id, None)
 
     def _closed(self, code: Optional[int], reason: Optional[str]) -> None:
         text = f"the gateway closed the connection ({code}: {reason})" if code else \

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, TypeGuard
 
 from ..json_text import LONE_SURROGATE, compact_utf8, has_lone_surrogate
 
@@ -73,7 +73,7 @@ def invalid(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_REQUEST, message)
 
 
-def _valid_id(value) -> bool:
+def _valid_id(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH
 
 
@@ -140,6 +140,7 @@ def parse_connect(params: Mapping[str, Any]) -> ConnectParams:
     for name, value in (("minProtocol", low), ("maxProtocol", high)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise invalid(f"connect: {name} must be an integer")
+    assert isinstance(low, int) and isinstance(high, int)  # checked just above
     if low > high:
         raise invalid("connect: minProtocol is greater than maxProtocol")
     if not low <= PROTOCOL_VERSION <= high:

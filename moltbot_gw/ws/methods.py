@@ -5,7 +5,7 @@ here; a method gets the connection only to send events and an early response thr
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable, Mapping, Optional, Protocol
+from typing import Any, Awaitable, Callable, Literal, Mapping, Optional, Protocol, overload
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -48,6 +48,18 @@ class Connection(Protocol):
 
 
 # --- params ------------------------------------------------------------------------------
+
+@overload
+def _text(params: Mapping[str, Any], name: str, *, required: Literal[True],
+          max_length: Optional[int] = None) -> str:
+    ...
+
+
+@overload
+def _text(params: Mapping[str, Any], name: str, *, required: bool = False,
+          max_length: Optional[int] = None) -> Optional[str]:
+    ...
+
 
 def _text(params: Mapping[str, Any], name: str, *, required: bool = False,
           max_length: Optional[int] = None) -> Optional[str]:
@@ -258,8 +270,10 @@ class GatewayMethods:
                             else None), raw_key.strip()
                 raw_agent = key_agent
         agent = self._agent(raw_agent)
+        given = raw_key if raw_key is not None else default
+        assert given is not None  # without a default the key was required
         try:
-            key = resolve_session_key(agent.id, raw_key if raw_key is not None else default)
+            key = resolve_session_key(agent.id, given)
         except ValueError as e:
             raise invalid(f"{name}: {e}") from e
         return agent, key
@@ -284,6 +298,7 @@ class GatewayMethods:
             if earlier is not None:
                 return earlier, True
         agent, session_key = self._session(params, "sessionKey", MAIN_SESSION)
+        assert agent is not None  # only configured_agent=False may yield None
         slot = await self.admission.slot(connection.address)
         try:
             if scope is not None:   # the same request may have started while this waited
@@ -315,8 +330,8 @@ class GatewayMethods:
 
     @staticmethod
     def _run_reference(run: Run, status: str, deduplicated: bool) -> dict:
-        payload = {"runId": run.run_id, "agentId": run.agent_id,
-                   "sessionKey": run.session_key, "status": status}
+        payload: dict[str, Any] = {"runId": run.run_id, "agentId": run.agent_id,
+                                   "sessionKey": run.session_key, "status": status}
         if deduplicated:
             payload["deduplicated"] = True
         return payload
@@ -357,6 +372,7 @@ class GatewayMethods:
     async def chat_history(self, connection: Connection, request: Request) -> dict:
         params = request.params
         limit = _count(params, "limit", DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)
+        assert limit is not None  # it has a default
         _agent, key = self._session(params, "sessionKey", MAIN_SESSION)
         entry = await self.store.get(key)
         records = (await self.store.load_history(key, _message_count_reaches(limit))

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IConsumer, ITCPTransport
 from twisted.logger import Logger
 
 from .. import __version__
-from ..auth import NOT_EXEMPTABLE_HEADERS, BadForwardedFor, GatewayAuth, client_address
+from ..auth import NOT_EXEMPTABLE_HEADERS, Authenticator, BadForwardedFor, client_address
 from ..auth_refusal import (
     LOCKED_OUT,
     MISSING_CREDENTIAL,
@@ -81,6 +82,7 @@ class GatewayWSProtocol(WebSocketServerProtocol):
     # -- connection lifecycle --------------------------------------------------------
 
     def onConnect(self, request):
+        assert self.transport is not None  # connected
         peer = self.transport.getPeer()
         forwarded = request.headers.get("x-forwarded-for")
         try:
@@ -96,8 +98,9 @@ class GatewayWSProtocol(WebSocketServerProtocol):
         # The transport still names the HTTP channel it served before the upgrade as its
         # producer; from now on it tells this connection's backlog when it is full.
         self._backlog = SendBacklog(self.factory.max_backlog, self._client_too_slow)
-        self.transport.unregisterProducer()
-        self.transport.registerProducer(self._backlog, True)
+        transport = cast(IConsumer, self.transport)  # a TCP transport: a consumer too
+        transport.unregisterProducer()
+        transport.registerProducer(self._backlog, True)
         self._handshake_timer = self.factory.reactor.callLater(
             self.factory.handshake_timeout, self._handshake_timed_out)
 
@@ -129,18 +132,20 @@ class GatewayWSProtocol(WebSocketServerProtocol):
 
     def send_response(self, request_id: Optional[str], payload: Any) -> None:
         if self.can_send:
-            self._send(encode_response(request_id, payload))
+            self._send_frame(encode_response(request_id, payload))
 
     def send_error(self, request_id: Optional[str], error: ProtocolError) -> None:
         if self.can_send:
-            self._send(encode_error(request_id, error))
+            self._send_frame(encode_error(request_id, error))
 
     def send_event(self, event: str, payload: Mapping[str, Any]) -> None:
         if self.can_send:
             self._seq += 1
-            self._send(encode_event(event, payload, self._seq))
+            self._send_frame(encode_event(event, payload, self._seq))
 
-    def _send(self, frame: bytes) -> None:
+    def _send_frame(self, frame: bytes) -> None:
+        # Not ``_send``: autobahn's own ``_send()`` (chopped/synced writes) must not be
+        # overridden.
         self.sendMessage(frame)
         if self._backlog is not None:
             self._backlog.wrote(len(frame))
@@ -150,7 +155,8 @@ class GatewayWSProtocol(WebSocketServerProtocol):
                        " waiting); dropping it", conn_id=self.conn_id, address=self.address,
                        waiting=waiting)
         self._refused = True
-        self.transport.abortConnection()  # a close frame would wait behind the backlog
+        # a close frame would wait behind the backlog
+        cast(ITCPTransport, self.transport).abortConnection()
 
     def close_with(self, code: int, reason: str) -> None:
         """Close with ``code`` (including 1001, which autobahn's ``sendClose`` reserves)."""
@@ -290,7 +296,7 @@ class GatewayWSFactory(WebSocketServerFactory):
 
     protocol = GatewayWSProtocol
 
-    def __init__(self, auth: GatewayAuth, methods: GatewayMethods, *, reactor=None,
+    def __init__(self, auth: Authenticator, methods: GatewayMethods, *, reactor=None,
                  tick_interval: float = TICK_INTERVAL,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  max_payload: int = MAX_PAYLOAD_BYTES,
@@ -342,7 +348,7 @@ class GatewayWSFactory(WebSocketServerFactory):
             connection.close_with(code, reason)
         if not self.connections:
             return defer.succeed(None)
-        d = defer.Deferred()
+        d: defer.Deferred = defer.Deferred()
         self._idle_waiters.append(d)
         timer = self.reactor.callLater(SHUTDOWN_CLOSE_WAIT, self._abort_remaining)
 
@@ -356,4 +362,4 @@ class GatewayWSFactory(WebSocketServerFactory):
     def _abort_remaining(self) -> None:
         for connection in list(self.connections):
             if connection.transport is not None:
-                connection.transport.abortConnection()
+                cast(ITCPTransport, connection.transport).abortConnection()
