@@ -20,23 +20,18 @@ one daemon (prints counts by status per target, 5xx and liveness):
 """
 from __future__ import annotations
 
-import base64
 import http.client
 import itertools
 import json
-import os
 import re
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Optional
 
@@ -56,10 +51,16 @@ from moltbot_gw.openai.responses_request import ResponsesRequest, parse_response
 from moltbot_gw.ws.frames import (ConnectParams, ProtocolError, Request, encode_error,
                                   encode_event, encode_response, parse_connect, parse_request)
 
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-HOST = "127.0.0.1"
-TOKEN = "fuzz-token-0123456789abcdef"
+if not __package__:     # script mode (python tests/test_fuzz.py): the support modules
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.daemon import TOKEN, GatewayDaemon  # noqa: E402
+from tests.support.fake_embeddings import FakeEmbeddings  # noqa: E402
+from tests.support.raw_http import (  # noqa: E402
+    HOST, Response, as_bytes, auth_header, fresh_client_address, read_response, request)
+from tests.support.ws_client import (  # noqa: E402
+    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, TRACEBACK_MARKERS, WSClosed,
+    WSConnection, ws_frame_bytes)
+
 PATH = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
@@ -68,7 +69,6 @@ MAX_BODY_BYTES = 20 * 1024 * 1024          # the default limit, set explicitly b
 WS_MAX_PAYLOAD = 4 * 1024 * 1024           # docs/ws-protocol.rst, Limits
 WS_PRE_AUTH_CAP = 16 * 1024                # docs/ws-protocol.rst, Handshake: before connect
 ALLOWED = {200, 400, 401, 404, 405, 413, 429}
-TRACEBACK_MARKERS = (b"Traceback (most recent call last)", b'File "/', b"builtins.")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -109,216 +109,6 @@ def fuzz_config(embeddings_url: Optional[str] = None, **chat) -> dict:
     return config
 
 
-class GatewayDaemon:
-    """``twistd -n moltbot-gw`` with its own config and state dir; its log goes to a file (a
-    pipe nobody reads would fill up and stall the daemon)."""
-
-    def __init__(self, workdir: Path, config: dict, token: str = TOKEN,
-                 env: Optional[dict] = None):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.state_dir = self.workdir / "state"
-        self.config_path = self.workdir / "moltbot.json"
-        self.config_path.write_text(json.dumps(config))
-        self.log_path = self.workdir / "daemon.log"
-        self.token = token
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("MOLTBOT_", "CLAWDBOT_"))}
-        self.env.update({"MOLTBOT_STATE_DIR": str(self.state_dir),
-                         "CLAWDBOT_GATEWAY_TOKEN": token, **(env or {})})
-        self.proc: Optional[subprocess.Popen] = None
-        self.port: Optional[int] = None
-        self.starts = 0
-
-    def start(self, port: int = 0, timeout: float = 30.0) -> int:
-        """Start (again, on the same state dir); returns the port once it listens."""
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                TWISTD + ["-n", "--pidfile=", "moltbot-gw", "--config", str(self.config_path),
-                          "--port", str(port)],
-                env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        finally:
-            log.close()
-        self.starts += 1
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_bytes()[offset:].decode("utf-8", "replace")
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
-            if match:
-                self.port = int(match.group(1))
-                return self.port
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.kill()
-        raise AssertionError("daemon did not start:\n" + self.log_text()[-4000:])
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def healthy(self) -> bool:
-        try:
-            return self.alive() and request(self.port, "GET", "/health").status == 200
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
-
-    def terminate(self, timeout: float = 30.0) -> Optional[int]:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode if self.proc is not None else None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-
-# --- a fake embeddings upstream -------------------------------------------------------------
-
-class FakeEmbeddings:
-    """An OpenAI-compatible ``POST /v1/embeddings`` on 127.0.0.1, served from a thread of this
-    process (the daemon is a subprocess, so it cannot share a test reactor): one small vector
-    per input, base64 when asked; ``dimensions`` over 1024 is refused with an OpenAI 400. It
-    counts requests the gateway should never have sent on (``unexpected``)."""
-
-    MAX_DIMENSIONS = 1024
-
-    def __init__(self):
-        self.requests = 0
-        self.unexpected: list[str] = []
-        self.server = ThreadingHTTPServer((HOST, 0), _EmbeddingsHandler)
-        self.server.daemon_threads = True
-        self.server.fake = self
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                       name="fake-embeddings")
-        self.thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.server.server_address[1]}/v1"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def answer(self, body: bytes) -> tuple[int, dict]:
-        self.requests += 1
-        try:
-            request = json.loads(body)
-            parsed = parse_embeddings_request(body)   # what the gateway must have checked
-        except (ValueError, APIError) as error:
-            self.unexpected.append(f"{error!r}: {body[:200]!r}")
-            return 500, {"error": {"message": "the fake got a request it should not have"}}
-        if set(request) - {"model", "input", "encoding_format", "dimensions"}:
-            self.unexpected.append(f"extra fields: {body[:200]!r}")
-        dimensions = parsed.dimensions or 4
-        if dimensions > self.MAX_DIMENSIONS:
-            return 400, {"error": {"message": f"dimensions {dimensions} is too large",
-                                   "type": "invalid_request_error", "param": "dimensions",
-                                   "code": None}}
-        value = parsed.input
-        count = len(value) if isinstance(value, list) and not isinstance(value[0], int) else 1
-        data = []
-        for index in range(count):
-            vector = [round(0.001 * (index + 1) * (d + 1), 6) for d in range(dimensions)]
-            if parsed.encoding_format == "base64":
-                vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
-            data.append({"object": "embedding", "index": index, "embedding": vector})
-        return 200, {"object": "list", "data": data, "model": parsed.model,
-                     "usage": {"prompt_tokens": count, "total_tokens": count}}
-
-
-class _EmbeddingsHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        if self.path.rstrip("/") != "/v1/embeddings":
-            status, answer = 404, {"error": {"message": "no such path"}}
-        else:
-            status, answer = self.server.fake.answer(body)
-        payload = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format, *args):   # quiet: the test's output is for failures
-        pass
-
-
-# --- a client that sends exactly the bytes it is given --------------------------------------
-
-class Response:
-    def __init__(self, status: int, headers: dict, body: bytes):
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self):
-        return json.loads(self.body)
-
-    def __repr__(self):
-        return f"<Response {self.status} {self.headers!r} {self.body[:300]!r}>"
-
-
-def request(port: int, method: str, target, headers=(), body: Optional[bytes] = None,
-            timeout: float = 15.0) -> Response:
-    """One request on its own connection (``Connection: close``); ``target`` and header
-    names/values may be bytes (sent as they are) or str (UTF-8)."""
-    b = _b
-
-    lines = [b(method) + b" " + b(target) + b" HTTP/1.1", b"Host: " + b(f"{HOST}:{port}"),
-             b"Connection: close"]
-    lines += [b(name) + b": " + b(value) for name, value in headers]
-    if body is not None:
-        lines.append(b"Content-Length: " + str(len(body)).encode())
-    data = b"\r\n".join(lines) + b"\r\n\r\n" + (body or b"")
-    sock = socket.create_connection((HOST, port), timeout=timeout)
-    try:
-        sock.sendall(data)
-        return _read_response(sock, method)
-    finally:
-        sock.close()
-
-
-def _read_response(sock, method: Optional[str] = None) -> Response:
-    response = http.client.HTTPResponse(sock, method=method if method == "HEAD" else None)
-    response.begin()
-    payload = response.read()
-    return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, payload)
-
-
-_client_counter = itertools.count(1)
-
-
-def fresh_client_address() -> str:
-    n = next(_client_counter)
-    return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
-
-
-def auth_header(token: str = TOKEN) -> tuple:
-    return ("Authorization", f"Bearer {token}")
 
 
 # --- what every answer must look like -------------------------------------------------------
@@ -328,17 +118,13 @@ def auth_header(token: str = TOKEN) -> tuple:
 TWISTED_MAX_HEADER_BYTES = 16384
 
 
-def _b(value) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
-
-
 def header_bytes(headers) -> int:
-    return sum(len(_b(n)) + len(_b(v)) + 4 for n, v in headers)
+    return sum(len(as_bytes(n)) + len(as_bytes(v)) + 4 for n, v in headers)
 
 
 def invalid_http(headers) -> bool:
     return (header_bytes(headers) + 200 > TWISTED_MAX_HEADER_BYTES
-            or any(b"\x00" in _b(v) for _n, v in headers))
+            or any(b"\x00" in as_bytes(v) for _n, v in headers))
 
 
 def check_answer(response: Response, *, stream: Optional[bool] = None,
@@ -1180,7 +966,7 @@ def _oversized(port: int, endpoint: str, declared: int, sent: bytes, headers=())
         sock.sendall(f"POST {endpoint} HTTP/1.1\r\nHost: {HOST}\r\n{head}"
                      f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
                      .encode() + sent)
-        return _read_response(sock)
+        return read_response(sock)
     finally:
         sock.close()
 
@@ -1233,7 +1019,7 @@ def test_http_chunked_body_over_the_limit_is_413(gateway, endpoint):
                      f"{TOKEN}\r\nContent-Type: application/json\r\n"
                      f"Transfer-Encoding: chunked\r\n\r\n".encode())
         sender.start()
-        answer = _read_response(sock)
+        answer = read_response(sock)
     finally:
         stop.set()
         sock.close()
@@ -1284,54 +1070,9 @@ def test_lone_surrogates_in_a_body_are_400(gateway, endpoint, stream, escaped):
 
 # -- WebSocket, against the daemon --
 
-WS_ERROR_CODES = {"INVALID_REQUEST", "UNKNOWN_METHOD", "HANDSHAKE_REQUIRED",
-                  "PROTOCOL_MISMATCH", "UNAUTHORIZED", "RATE_LIMITED", "HANDSHAKE_TIMEOUT",
-                  "NOT_FOUND", "ABORTED", "TIMEOUT", "UNAVAILABLE",
-                  "IDEMPOTENCY_CONFLICT"}   # not INTERNAL: a bug
 HANDSHAKE_CLOSE_CODES = {4001, 4002, 4029}
 CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_UTF8, CLOSE_TOO_BIG = 1002, 1007, 1009
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
-
-def check_ws_frame(raw: bytes) -> dict:
-    """A text frame from the gateway: one JSON response or event, an error response with a
-    documented code and a message (never INTERNAL), no traceback text."""
-    assert not any(marker in raw for marker in TRACEBACK_MARKERS), raw[:500]
-    frame = json.loads(raw.decode("utf-8"))      # strict: no lone surrogates on the wire
-    assert isinstance(frame, dict) and frame.get("type") in ("res", "event"), raw[:500]
-    if frame["type"] == "event":
-        assert isinstance(frame.get("event"), str) and isinstance(frame.get("seq"), int), frame
-        return frame
-    assert frame.get("id") is None or isinstance(frame["id"], str), raw[:500]
-    assert isinstance(frame.get("ok"), bool), raw[:500]
-    if frame["ok"]:
-        assert "payload" in frame, raw[:500]
-    else:
-        error = frame.get("error")
-        assert isinstance(error, dict), raw[:500]
-        assert error.get("code") in WS_ERROR_CODES, raw[:500]
-        assert isinstance(error.get("message"), str) and error["message"], raw[:500]
-        assert isinstance(error.get("retryAfterMs", 0), int), raw[:500]
-        assert isinstance(error.get("details", {}), dict), raw[:500]
-    return frame
-
-
-def ws_frame_bytes(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
-                   masked: bool = True) -> bytes:
-    """One client frame, exactly as given (websocket-client refuses to build broken ones)."""
-    head = bytes([(0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 15)])
-    n = len(payload)
-    mask_bit = 0x80 if masked else 0
-    if n < 126:
-        head += bytes([mask_bit | n])
-    elif n < 65536:
-        head += bytes([mask_bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([mask_bit | 127]) + struct.pack("!Q", n)
-    if not masked:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 def ws_answer_id(payload: bytes) -> Optional[str]:
@@ -1354,112 +1095,6 @@ def is_utf8(data: bytes) -> bool:
         return False
     return True
 
-
-class WSClosed(Exception):
-    def __init__(self, code: Optional[int]):
-        super().__init__(f"closed with {code}")
-        self.code = code          # None: dropped without a close frame
-
-
-class WSConnection:
-    """One WebSocket connection to the daemon (websocket-client), its own client address."""
-
-    def __init__(self, port: int, timeout: float = 10.0):
-        self.ws = websocket.create_connection(
-            f"ws://{HOST}:{port}/", timeout=timeout,
-            header=[f"X-Forwarded-For: {fresh_client_address()}"])
-        self.closed: Optional[WSClosed] = None
-        self.local_port = self.ws.sock.getsockname()[1]
-
-    def send(self, data: bytes) -> None:
-        """Raw frame bytes; a gateway that already closed is noticed on receive."""
-        try:
-            self.ws.sock.sendall(data)
-        except OSError:
-            pass
-
-    def send_json(self, value) -> None:
-        self.send(ws_frame_bytes(OP_TEXT, _encode_json(value, ensure_ascii=True)))
-
-    def receive(self, timeout: float) -> Optional[dict]:
-        """The next text frame (checked), None on a timeout; raises WSClosed once closed.
-        Frames are read one by one: websocket-client's own loop would answer a close frame
-        and could lose its code to a broken pipe."""
-        if self.closed is not None:
-            raise self.closed
-        self.ws.settimeout(timeout)
-        try:
-            while True:
-                frame = self.ws.recv_frame()
-                if frame.opcode == OP_TEXT:
-                    assert frame.fin, "the gateway fragmented a message"
-                    return check_ws_frame(frame.data)
-                if frame.opcode == OP_CLOSE:
-                    data = frame.data
-                    self.closed = WSClosed(struct.unpack("!H", data[:2])[0]
-                                           if len(data) >= 2 else 1005)
-                    self._finish_closing(data[:2])
-                    break
-                assert frame.opcode in (OP_PING, OP_PONG), f"unexpected frame {frame}"
-        except websocket.WebSocketTimeoutException:
-            return None
-        except (websocket.WebSocketConnectionClosedException, ConnectionError) as error:
-            self.closed = WSClosed(None)
-            self.closed.__cause__ = error
-        self.close()
-        raise self.closed
-
-    def _finish_closing(self, code: bytes) -> None:
-        """Answer a close frame and wait for the gateway to close the TCP connection, as
-        RFC 6455 has it. A client that just drops the socket leaves the gateway waiting out
-        its closing handshake and then aborting (an RST), and on loopback, at fuzzing rates,
-        the client port may meanwhile carry a new connection that the RST then kills."""
-        try:
-            self.ws.sock.sendall(ws_frame_bytes(OP_CLOSE, code))
-            self.ws.sock.settimeout(5)
-            while self.ws.sock.recv(65536):
-                pass
-        except OSError:
-            pass
-
-    def answer(self, request_id, timeout: float = 15.0) -> tuple[dict, list[dict]]:
-        """The first response to ``request_id`` and every frame that came before it."""
-        seen = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            frame = self.receive(max(0.01, deadline - time.monotonic()))
-            if frame is None:
-                continue
-            if frame["type"] == "res" and frame.get("id") == request_id:
-                return frame, seen
-            seen.append(frame)
-        raise AssertionError(f"no answer to {request_id!r} within {timeout} s; saw {seen[-5:]}")
-
-    def connect(self, token: str = TOKEN) -> dict:
-        self.send_json({"type": "req", "id": "c1", "method": "connect", "params": {
-            "minProtocol": 1, "maxProtocol": 1, "client": {"id": "fuzz"},
-            "auth": {"token": token}}})
-        hello, _ = self.answer("c1")
-        assert hello["ok"] and hello["payload"]["type"] == "hello-ok", hello
-        return hello
-
-    def close(self) -> None:
-        """Close as a polite client does (close frame, then the gateway's close), unless the
-        connection is closed already."""
-        if self.closed is None and self.ws.sock is not None:
-            self.closed = WSClosed(1000)
-            try:
-                self.ws.sock.sendall(ws_frame_bytes(OP_CLOSE, struct.pack("!H", 1000)))
-                self.ws.sock.settimeout(5)
-                while self.ws.sock.recv(65536):   # its close frame, then the end
-                    pass
-            except OSError:
-                pass
-        try:
-            self.ws.sock and self.ws.sock.close()
-        except OSError:
-            pass
-        self.ws.connected = False
 
 
 @dataclass
