@@ -20,7 +20,6 @@ one daemon (prints counts by status per target, 5xx and liveness):
 """
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import re
@@ -32,12 +31,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from http.client import RemoteDisconnected
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 import pytest_twisted
-import treq
 import websocket
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -1033,7 +1032,7 @@ def test_http_oversized_header_is_refused_and_gateway_lives(gateway):
         response = request(gateway.port, "POST", PATH,
                            [auth_header(), ("x-moltbot-session-key", "k" * 200_000)], b"{}")
         assert response.status in (400, 413, 431), response
-    except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+    except (ConnectionResetError, BrokenPipeError, RemoteDisconnected):
         pass   # Twisted may drop the connection on an over-long header line
     assert gateway.healthy()
 
@@ -1394,7 +1393,7 @@ def _sse_payloads(body: bytes) -> list:
 
 
 @pytest_twisted.ensureDeferred
-async def test_lone_surrogate_from_the_model_streams_as_an_escape(start_gateway, upstream):
+async def test_lone_surrogate_from_the_model_streams_as_an_escape(start_gateway, upstream, http):
     """Regression: a model's delta holding a lone surrogate broke the SSE encoders. Chat
     streams ended in an in-band "internal error" (the run "failed unexpectedly"); Responses
     streams got a JSON error body written into the event stream."""
@@ -1406,7 +1405,7 @@ async def test_lone_surrogate_from_the_model_streams_as_an_escape(start_gateway,
                                         "baseUrl": upstream.base_url}}},
         "agents": {"list": [{"id": "main", "default": True, "model": "up/m"}]}})
     headers = {**gw.auth_headers, "Content-Type": "application/json"}
-    response = await treq.post(gw.url + PATH, json.dumps(
+    response = await http.post(gw.url + PATH, json.dumps(
         {"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode(),
         headers=headers)
     body = await response.content()
@@ -1416,7 +1415,7 @@ async def test_lone_surrogate_from_the_model_streams_as_an_escape(start_gateway,
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events
                    if e.get("choices")) == ODD_REPLY
 
-    response = await treq.post(gw.url + RESPONSES, json.dumps(
+    response = await http.post(gw.url + RESPONSES, json.dumps(
         {"input": "hi", "stream": True}).encode(), headers=headers)
     body = await response.content()
     assert response.code == 200, body
