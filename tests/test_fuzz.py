@@ -321,6 +321,15 @@ valid_chat_body = st.fixed_dictionaries(
     optional={"stream": st.booleans(), "user": short_text,
               "model": st.sampled_from(["moltbot", "moltbot:main", "moltbot:beta"])})
 
+# a body the parser must accept: well-formed earlier messages, a user message last
+well_formed_chat_body = st.fixed_dictionaries(
+    {"messages": st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system", "developer"]),
+         "content": st.text(min_size=1, max_size=20)}), max_size=3).map(
+        lambda ms: ms + [{"role": "user", "content": "hello fuzz"}])},
+    optional={"stream": st.booleans(), "user": st.text(max_size=20),
+              "model": st.sampled_from(["moltbot", "moltbot:main", "moltbot:beta"])})
+
 
 def _encode_json(value, ensure_ascii: bool = False) -> bytes:
     """JSON as the test means it: lone surrogates go out as ``\\udXXX`` escapes
@@ -595,11 +604,10 @@ def test_parser_on_arbitrary_bytes_returns_or_raises_400(body):
 
 
 @settings(max_examples=examples(200), deadline=None)
-@given(valid_chat_body)
+@given(well_formed_chat_body)
 def test_parser_accepts_bodies_that_end_with_a_user_message(body):
     parsed = _parse_or_400(_encode_json(body))
-    if parsed is not None:
-        assert parsed.input[-1]["content"] == "hello fuzz"
+    assert parsed is not None and parsed.input[-1]["content"] == "hello fuzz"
 
 
 @pytest.mark.parametrize("name", sorted(DEEP_JSON))
@@ -848,12 +856,47 @@ def test_http_chat_bodies(gateway, body):
         assert json.loads(response.body)["error"]["code"] == "model_not_found", response
 
 
+# Over HTTP ``user`` names the session, so in a well-formed request it is a valid session key:
+# no control, bidi or separator characters (docs/http-api.rst).
+session_user = st.text(st.characters(categories=("L", "N", "P", "S")), min_size=1, max_size=20)
+
+
+def with_session_user(bodies):
+    """``bodies`` with their ``user``, if any, replaced by a valid session key."""
+    def replace(pair):
+        body, user = pair
+        body = {k: v for k, v in body.items() if k != "user"}
+        return body if user is None else {**body, "user": user}
+    return st.tuples(bodies, st.none() | session_user).map(replace)
+
+
+# The headers the gateway reads (docs/http-api.rst): a junk value in one of them may refuse a
+# request; a junk value in any other header never does.
+READ_HEADERS = {"x-moltbot-agent-id", "x-clawdbot-agent-id", "x-moltbot-session-key",
+                "x-clawdbot-session-key", "x-moltbot-model", "x-clawdbot-model", "content-type",
+                "accept", "origin", "x-forwarded-for", "user-agent"}
+
+
+def check_well_formed_body_answer(gateway, response: Response, raw: bytes, headers,
+                                  endpoint: str) -> None:
+    """A well-formed body is answered 200, unless the headers are not valid HTTP or a header
+    the gateway reads refused it; then the same body without the junk headers is a 200."""
+    if response.status == 200 or (response.status == 400 and not response.body
+                                  and invalid_http(headers)):
+        return
+    read = {as_bytes(name).decode().lower() for name, _ in headers} & READ_HEADERS
+    assert read, f"a junk header the gateway does not read refused a valid body: {response}"
+    again = _post(gateway, raw, [auth_header()], target=endpoint)
+    assert again.status == 200, (again, "the body itself was refused")
+
+
 @HTTP_SETTINGS
-@given(valid_chat_body, extra_headers)
+@given(with_session_user(well_formed_chat_body), extra_headers)
 def test_http_valid_bodies_with_junk_headers(gateway, body, headers):
     raw = _encode_json(body)
     response = _post(gateway, raw, [auth_header(), *headers])
     check_answer(response, stream=_stream_flag(raw), headers=headers)
+    check_well_formed_body_answer(gateway, response, raw, headers, PATH)
 
 
 @HTTP_SETTINGS
@@ -891,11 +934,12 @@ def test_http_responses_bodies(gateway, body):
 
 
 @http_settings(60)
-@given(valid_responses_body, extra_headers)
+@given(with_session_user(well_formed_responses_body), extra_headers)
 def test_http_valid_responses_bodies_with_junk_headers(gateway, body, headers):
     raw = _encode_json(body)
     response = _post(gateway, raw, [auth_header(), *headers], target=RESPONSES)
     check_answer(response, stream=_stream_flag(raw), headers=headers, endpoint=RESPONSES)
+    check_well_formed_body_answer(gateway, response, raw, headers, RESPONSES)
 
 
 @http_settings(150)
