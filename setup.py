@@ -44,6 +44,7 @@ setup(
             "websocket-client>=1.8",
             "docutils>=0.20",
             "hypothesis>=6.100",
+            "pytest-cov>=5",
         ],
     },
     entry_points={"console_scripts": ["moltbot-gw = moltbot_gw.cli:main"]},
