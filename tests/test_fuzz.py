@@ -588,7 +588,7 @@ def _no_lone_surrogates(value) -> bool:
     return not LONE_SURROGATE.search(json.dumps(value, ensure_ascii=False, default=repr))
 
 
-@settings(max_examples=examples(500), deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(chat_body)
 def test_parser_on_chat_shaped_bodies_returns_or_raises_400(body):
     parsed = _parse_or_400(_encode_json(body, ensure_ascii=True))
@@ -597,13 +597,13 @@ def test_parser_on_chat_shaped_bodies_returns_or_raises_400(body):
                                     parsed.model, parsed.user, parsed.tools])
 
 
-@settings(max_examples=examples(500), deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(chat_bytes)
 def test_parser_on_arbitrary_bytes_returns_or_raises_400(body):
     _parse_or_400(body)
 
 
-@settings(max_examples=examples(200), deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(well_formed_chat_body)
 def test_parser_accepts_bodies_that_end_with_a_user_message(body):
     parsed = _parse_or_400(_encode_json(body))
@@ -625,7 +625,7 @@ def _parse_responses_or_400(body: bytes) -> Optional[ResponsesRequest]:
     return parsed
 
 
-@settings(max_examples=examples(500), deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(responses_body)
 def test_responses_parser_on_responses_shaped_bodies_returns_or_raises_400(body):
     parsed = _parse_responses_or_400(_encode_json(body, ensure_ascii=True))
@@ -634,7 +634,7 @@ def test_responses_parser_on_responses_shaped_bodies_returns_or_raises_400(body)
                                     parsed.echo, parsed.model, parsed.tools])
 
 
-@settings(max_examples=examples(500), deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(responses_bytes)
 def test_responses_parser_on_arbitrary_bytes_returns_or_raises_400(body):
     _parse_responses_or_400(body)
@@ -657,7 +657,7 @@ well_formed_responses_body = st.fixed_dictionaries(
     else body)
 
 
-@settings(max_examples=examples(200), deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(well_formed_responses_body)
 def test_responses_parser_accepts_bodies_that_end_with_a_user_turn(body):
     parsed = _parse_responses_or_400(_encode_json(body, ensure_ascii=True))
@@ -673,13 +673,13 @@ def _parse_embeddings_or_400(body: bytes) -> Optional[EmbeddingsRequest]:
     return parsed
 
 
-@settings(max_examples=examples(500), deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(embeddings_body)
 def test_embeddings_parser_on_embeddings_shaped_bodies_returns_or_raises_400(body):
     _parse_embeddings_or_400(_encode_json(body, ensure_ascii=True))
 
 
-@settings(max_examples=examples(300), deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(embeddings_bytes)
 def test_embeddings_parser_on_arbitrary_bytes_returns_or_raises_400(body):
     _parse_embeddings_or_400(body)
@@ -767,7 +767,7 @@ connect_params = st.dictionaries(st.text(max_size=10), json_values, max_size=3) 
             | json_values})
 
 
-@settings(max_examples=examples(800), deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(ws_frames | json_bytes(ws_request))
 def test_ws_parse_request_returns_or_raises_protocol_error(payload):
     try:
@@ -781,7 +781,7 @@ def test_ws_parse_request_returns_or_raises_protocol_error(payload):
     assert _no_lone_surrogates([parsed.id, parsed.method, parsed.params])
 
 
-@settings(max_examples=examples(800), deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(connect_params)
 def test_ws_parse_connect_returns_or_raises_protocol_error(params):
     try:
@@ -817,7 +817,7 @@ def http_settings(ci_count: int = 150):
                                            HealthCheck.function_scoped_fixture])
 
 
-HTTP_SETTINGS = http_settings(150)
+HTTP_SETTINGS = http_settings(100)
 
 
 def _continue_previous(body: bytes) -> bytes:
@@ -921,7 +921,7 @@ def test_http_paths_methods_and_queries(gateway, method, path, qs, authed, body)
     check_answer(response)
 
 
-@http_settings(150)
+@http_settings(100)
 @given(responses_bytes)
 def test_http_responses_bodies(gateway, body):
     response = _post(gateway, body, [auth_header()], target=RESPONSES)
@@ -942,7 +942,7 @@ def test_http_valid_responses_bodies_with_junk_headers(gateway, body, headers):
     check_well_formed_body_answer(gateway, response, raw, headers, RESPONSES)
 
 
-@http_settings(150)
+@http_settings(100)
 @given(embeddings_bytes)
 def test_http_embeddings_bodies(gateway, fake_embeddings, body):
     response = _post(gateway, body, [auth_header()], target=EMBEDDINGS)
@@ -1277,7 +1277,7 @@ def ws_session(gateway):
         session.conn.close()
 
 
-WS_SETTINGS = http_settings(300)
+WS_SETTINGS = http_settings(150)
 
 
 @WS_SETTINGS
@@ -1375,7 +1375,7 @@ first_frames = weighted((1, ws_inputs),
                                       st.booleans())))
 
 
-@http_settings(150)
+@http_settings(100)
 @given(first_frames)
 def test_ws_junk_before_connect_is_refused_and_closed(gateway, ws_session, sent):
     """Each example on a new connection: the first frame is a valid connect (hello-ok) or is
