@@ -92,7 +92,7 @@ class GatewayService(MultiService):
         self.http_auth = http_auth
         self.root = GatewayRoot(WebSocketResource(self.ws_factory))
         self.root.auth = self.auth
-        self.site = GatewaySite(self.root, max_body_bytes=0, metrics=self.metrics)
+        self.site = GatewaySite(self.root, max_body_bytes=0, metrics=self.metrics, reactor=reactor)
         self._mount_http(config)
         self.site.displayTracebacks = False
         endpoint = serverFromString(reactor, endpoint_description(config))
