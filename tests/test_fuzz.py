@@ -12,9 +12,10 @@
   (never ``INTERNAL``) or an answer, or the connection closes with the documented code; and
   the daemon stays up.
 
-Example counts come from the Hypothesis profile (tests/conftest.py): bounded by default,
-10,000 per test with ``pytest --hypothesis-profile=long``. Script mode, for long runs against
-one daemon (prints counts by status per target, 5xx and liveness):
+The daemon harness, the raw HTTP and WebSocket clients and the fake embeddings upstream live
+in tests/support/. Example counts come from the Hypothesis profile (tests/conftest.py):
+bounded by default, 10,000 per test with ``pytest --hypothesis-profile=long``. Script mode,
+for long runs against one daemon (prints counts by status per target, 5xx and liveness):
 
     python tests/test_fuzz.py --long 10000 [--targets chat,responses,embeddings,ws]
 """
