@@ -591,6 +591,8 @@ def _no_lone_surrogates(value) -> bool:
 
 @settings(max_examples=examples(250), deadline=None)
 @given(chat_body)
+@example({"messages": [{"role": "user", "content": [1]}]})
+@example({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"})
 def test_parser_on_chat_shaped_bodies_returns_or_raises_400(body):
     parsed = _parse_or_400(_encode_json(body, ensure_ascii=True))
     if parsed is not None:
@@ -628,6 +630,12 @@ def _parse_responses_or_400(body: bytes) -> Optional[ResponsesRequest]:
 
 @settings(max_examples=examples(250), deadline=None)
 @given(responses_body)
+@example({"input": [1]})
+@example({"input": [{"role": "user", "content": ""}]})
+@example({"input": "x", "tools": {}})
+@example({"input": "x", "tool_choice": {"type": "function", "name": "nope"}})
+@example({"input": "x", "truncation": "sometimes"})
+@example({"input": "x", "tool_choice": "sometimes"})
 def test_responses_parser_on_responses_shaped_bodies_returns_or_raises_400(body):
     parsed = _parse_responses_or_400(_encode_json(body, ensure_ascii=True))
     if parsed is not None:
@@ -784,6 +792,7 @@ def test_ws_parse_request_returns_or_raises_protocol_error(payload):
 
 @settings(max_examples=examples(400), deadline=None)
 @given(connect_params)
+@example({"minProtocol": 1, "maxProtocol": 1, "client": {"id": "x"}, "auth": 1})
 def test_ws_parse_connect_returns_or_raises_protocol_error(params):
     try:
         parsed = parse_connect(params)
