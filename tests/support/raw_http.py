@@ -3,8 +3,8 @@ request, ``Connection: close``), so no client library smooths a malformed reques
 from __future__ import annotations
 
 import http.client
-import json
 import itertools
+import json
 import socket
 from typing import Optional
 
