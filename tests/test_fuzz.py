@@ -593,6 +593,9 @@ def _no_lone_surrogates(value) -> bool:
 @given(chat_body)
 @example({"messages": [{"role": "user", "content": [1]}]})
 @example({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"})
+@example({"messages": [{"role": "user", "content": ["hi"]}]})
+@example({"messages": [{"role": "assistant", "tool_calls": [1]}, {"role": "user", "content": "x"}]})
+@example({"messages": [{"role": "assistant", "content": ""}, {"role": "user", "content": "x"}]})
 def test_parser_on_chat_shaped_bodies_returns_or_raises_400(body):
     parsed = _parse_or_400(_encode_json(body, ensure_ascii=True))
     if parsed is not None:
@@ -636,6 +639,12 @@ def _parse_responses_or_400(body: bytes) -> Optional[ResponsesRequest]:
 @example({"input": "x", "tool_choice": {"type": "function", "name": "nope"}})
 @example({"input": "x", "truncation": "sometimes"})
 @example({"input": "x", "tool_choice": "sometimes"})
+@example({"input": [{"type": "reasoning", "summary": []}, {"role": "user", "content": "x"}]})
+@example({"input": [{"type": "bogus"}]})
+@example({"input": [{"type": 1}]})
+@example({"input": "x", "tools": [1]})
+@example({"input": "x", "text": {"format": {"type": "text"}}})
+@example({"input": "x", "instructions": 1})
 def test_responses_parser_on_responses_shaped_bodies_returns_or_raises_400(body):
     parsed = _parse_responses_or_400(_encode_json(body, ensure_ascii=True))
     if parsed is not None:
