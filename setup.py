@@ -56,6 +56,7 @@ setup(
             "docutils>=0.20",
             "hypothesis>=6.100",
             "jsonschema>=4.0",
+            "pytest-cov>=5",
         ],
         # what .ci/run checks the code with before the tests
         "lint": [

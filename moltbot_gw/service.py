@@ -99,7 +99,7 @@ class GatewayService(MultiService):
                                             responses.maxStoredBytes)
         self.openai = self._routes_for(config)
         self.site = GatewaySite(self._root_for(config), self._door_for(config),
-                                metrics=self.gateway_metrics)
+                                metrics=self.gateway_metrics, reactor=reactor)
         self.endpoint = serverFromString(reactor, endpoint_description(config))
         self.port = None            # the listening port, once startService has bound it
         self._port_waiters: list[defer.Deferred] = []

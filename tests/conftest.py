@@ -6,11 +6,16 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_twisted
+import treq
 from hypothesis import HealthCheck, settings
 from twisted.internet import reactor
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from moltbot_gw.config import parse_config, with_overrides
 from moltbot_gw.service import GatewayService
+
+# every test runs under the leak check: no socket, timer or logged error left behind
+from .support.leaks import collect_earlier_garbage, no_leftovers  # noqa: F401
 
 TOKEN = "test-token-0123456789"
 
@@ -73,6 +78,14 @@ async def start_gateway(state_dir):
     yield start
     for service in running:
         await service.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def http():
+    """A treq client whose connections close with each response (none outlive the test)."""
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    yield treq.client.HTTPClient(Agent(reactor, pool=pool))
+    await pool.closeCachedConnections()
 
 
 CHAT_ENABLED = {"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}}}}}

@@ -26,7 +26,8 @@ import pytest
 from moltbot_gw.sessions.index import load_index_document
 from moltbot_gw.sessions.transcript import read_transcript
 
-from .test_fuzz import TOKEN, GatewayDaemon, Response, request
+from .support.daemon import TOKEN, GatewayDaemon
+from .support.raw_http import Response, request
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

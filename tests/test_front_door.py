@@ -14,7 +14,6 @@ import sys
 
 import pytest
 import pytest_twisted
-import treq
 import websocket
 from twisted.internet import reactor, task
 
@@ -177,9 +176,9 @@ async def test_post_without_the_secret_is_401_before_its_body_is_read(start_gate
 
 
 @pytest_twisted.ensureDeferred
-async def test_post_with_the_secret_still_reads_its_body(start_gateway):
+async def test_post_with_the_secret_still_reads_its_body(start_gateway, http):
     gw = await start_gateway(CHAT_ENABLED)
-    response = await treq.post(gw.url + "/v1/chat/completions", headers=gw.auth_headers,
+    response = await http.post(gw.url + "/v1/chat/completions", headers=gw.auth_headers,
                                json={"model": "moltbot", "messages": [
                                    {"role": "user", "content": "hello door"}]})
     assert response.code == 200
@@ -211,15 +210,15 @@ async def test_websocket_upgrade_from_a_foreign_origin_is_403(start_gateway):
 
 
 @pytest_twisted.ensureDeferred
-async def test_loopback_client_is_not_locked_out_by_default(start_gateway):
+async def test_loopback_client_is_not_locked_out_by_default(start_gateway, http):
     gw = await start_gateway({"gateway": {**CHAT_ENABLED["gateway"],
                                           "auth": {"rateLimit": {"maxFailures": 3}}}})
     for _ in range(5):
-        response = await treq.get(gw.url + "/v1/models",
+        response = await http.get(gw.url + "/v1/models",
                                   headers={"Authorization": "Bearer wrong"})
         assert response.code == 401
         await response.content()
-    response = await treq.get(gw.url + "/v1/models", headers=gw.auth_headers)
+    response = await http.get(gw.url + "/v1/models", headers=gw.auth_headers)
     assert response.code == 200
     await response.content()
 
@@ -265,11 +264,11 @@ async def test_browser_websocket_from_loopback_is_still_locked_out(start_gateway
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_successful_auth_clears_the_failure_count(start_gateway):
+async def test_a_successful_auth_clears_the_failure_count(start_gateway, http):
     gw = await start_gateway(config(max_failures=3))
     codes = []
     for token in ("wrong", "wrong", TOKEN, "wrong", "wrong", TOKEN):
-        response = await treq.get(gw.url + "/v1/models",
+        response = await http.get(gw.url + "/v1/models",
                                   headers={"Authorization": f"Bearer {token}", **CLIENT})
         codes.append(response.code)
         await response.content()
@@ -289,17 +288,17 @@ def test_ipv6_clients_are_counted_per_64():
 
 @pytest_twisted.ensureDeferred
 async def test_forwarded_for_hop_that_is_not_an_ip_is_400_not_a_charge_on_the_proxy(
-        start_gateway):
+        start_gateway, http):
     gw = await start_gateway(config(max_failures=2))
     for _ in range(3):
-        response = await treq.get(gw.url + "/v1/models", headers={
+        response = await http.get(gw.url + "/v1/models", headers={
             "Authorization": "Bearer wrong", "X-Forwarded-For": "not-an-ip"})
         assert response.code == 400
         body = await response.json()
         assert body["error"]["code"] == "invalid_forwarded_for"
         assert body["error"]["param"] == "X-Forwarded-For"
     # the proxy was not charged: its other clients still get in
-    response = await treq.get(gw.url + "/v1/models", headers={
+    response = await http.get(gw.url + "/v1/models", headers={
         **gw.auth_headers, "X-Forwarded-For": "198.51.100.7"})
     assert response.code == 200
     await response.content()
@@ -317,11 +316,11 @@ async def test_forwarded_for_hop_that_is_not_an_ip_is_400_not_a_charge_on_the_pr
 # --- item 10: the body limit is honoured; exposed gateways need a real secret ---------------
 
 @pytest_twisted.ensureDeferred
-async def test_max_body_bytes_below_1_mib_is_honoured(start_gateway):
+async def test_max_body_bytes_below_1_mib_is_honoured(start_gateway, http):
     raw = {"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True,
                                                                  "maxBodyBytes": 4096}}}}}
     gw = await start_gateway(raw)
-    response = await treq.post(gw.url + "/v1/chat/completions", headers=gw.auth_headers,
+    response = await http.post(gw.url + "/v1/chat/completions", headers=gw.auth_headers,
                                json={"model": "moltbot", "messages": [
                                    {"role": "user", "content": "x" * 8192}]})
     assert response.code == 413
@@ -353,7 +352,7 @@ def test_exposed_bind_needs_a_secret_of_16_characters(secret):
 
 
 @pytest_twisted.ensureDeferred
-async def test_reload_of_an_exposed_gateway_refuses_a_short_secret(start_gateway, state_dir):
+async def test_reload_of_an_exposed_gateway_refuses_a_short_secret(start_gateway, state_dir, http):
     long_token = "a-long-enough-token-0123"
     gw = await start_gateway({"gateway": {"bind": "lan"}},
                              env={"CLAWDBOT_GATEWAY_TOKEN": long_token})
@@ -361,7 +360,7 @@ async def test_reload_of_an_exposed_gateway_refuses_a_short_secret(start_gateway
                          state_dir=state_dir)
     with pytest.raises(ValueError, match="16 non-blank characters"):
         gw.service.reload(short)
-    response = await treq.get(gw.url + "/health")
+    response = await http.get(gw.url + "/health")
     assert response.code == 200
     await response.content()
 
@@ -404,9 +403,9 @@ async def test_websocket_upgrade_answer_names_no_framework(start_gateway):
 
 @pytest.mark.parametrize("key", ["chat\u202eevil", "line\u2028break", "zero\u200bwidth"])
 @pytest_twisted.ensureDeferred
-async def test_session_key_with_bidi_or_separator_characters_is_400(start_gateway, key):
+async def test_session_key_with_bidi_or_separator_characters_is_400(start_gateway, key, http):
     gw = await start_gateway(CHAT_ENABLED)
-    response = await treq.post(gw.url + "/v1/chat/completions", headers={
+    response = await http.post(gw.url + "/v1/chat/completions", headers={
         **gw.auth_headers, "x-moltbot-session-key": key.encode("utf-8")},
         json={"model": "moltbot", "messages": [{"role": "user", "content": "hi"}]})
     assert response.code == 400

@@ -18,9 +18,9 @@ LOCKOUT_ON_LOOPBACK = {"gateway": {**CHAT_ENABLED["gateway"],
 
 
 @pytest_twisted.ensureDeferred
-async def test_health_needs_no_auth_and_reveals_nothing_else(start_gateway):
+async def test_health_needs_no_auth_and_reveals_nothing_else(start_gateway, http):
     gw = await start_gateway(CHAT_ENABLED)
-    response = await treq.get(gw.url + "/health")
+    response = await http.get(gw.url + "/health")
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type") == ["application/json"]
     assert await response.json() == {"ok": True}
@@ -28,10 +28,10 @@ async def test_health_needs_no_auth_and_reveals_nothing_else(start_gateway):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_path_is_404_in_openai_error_shape(start_gateway):
+async def test_unknown_path_is_404_in_openai_error_shape(start_gateway, http):
     gw = await start_gateway()
     for path in ("/nope", "/v1/nope", "/v1/chat"):
-        response = await treq.get(gw.url + path)
+        response = await http.get(gw.url + path)
         assert response.code == 404
         body = await response.json()
         assert body["error"]["type"] == "not_found_error"
@@ -39,43 +39,43 @@ async def test_unknown_path_is_404_in_openai_error_shape(start_gateway):
 
 
 @pytest_twisted.ensureDeferred
-async def test_wrong_method_is_405_with_allow(start_gateway):
+async def test_wrong_method_is_405_with_allow(start_gateway, http):
     gw = await start_gateway(CHAT_ENABLED)
-    response = await treq.post(gw.url + "/health", b"")
+    response = await http.post(gw.url + "/health", b"")
     assert response.code == 405
     assert "GET" in response.headers.getRawHeaders("allow")[0]
     assert (await response.json())["error"]["code"] == "method_not_allowed"
 
 
 @pytest_twisted.ensureDeferred
-async def test_models_require_the_bearer_token(start_gateway):
+async def test_models_require_the_bearer_token(start_gateway, http):
     gw = await start_gateway(CHAT_ENABLED)
-    response = await treq.get(gw.url + "/v1/models")
+    response = await http.get(gw.url + "/v1/models")
     assert response.code == 401
     assert response.headers.getRawHeaders("www-authenticate")[0].startswith("Bearer")
     body = await response.json()
     assert body["error"]["type"] == "authentication_error"
     assert TOKEN not in json.dumps(body)
-    response = await treq.get(gw.url + "/v1/models", headers=gw.auth_headers)
+    response = await http.get(gw.url + "/v1/models", headers=gw.auth_headers)
     assert response.code == 200
 
 
 @pytest_twisted.ensureDeferred
-async def test_password_mode_accepts_the_password_as_bearer(start_gateway):
+async def test_password_mode_accepts_the_password_as_bearer(start_gateway, http):
     gw = await start_gateway(CHAT_ENABLED, env={"CLAWDBOT_GATEWAY_PASSWORD": "hunter2-pw"})
-    ok = await treq.get(gw.url + "/v1/models", headers={"Authorization": "Bearer hunter2-pw"})
+    ok = await http.get(gw.url + "/v1/models", headers={"Authorization": "Bearer hunter2-pw"})
     assert ok.code == 200
-    bad = await treq.get(gw.url + "/v1/models", headers=gw.auth_headers)
+    bad = await http.get(gw.url + "/v1/models", headers=gw.auth_headers)
     assert bad.code == 401
 
 
 @pytest_twisted.ensureDeferred
-async def test_eleventh_wrong_token_is_429_while_other_clients_still_get_in(start_gateway):
+async def test_eleventh_wrong_token_is_429_while_other_clients_still_get_in(start_gateway, http):
     gw = await start_gateway(LOCKOUT_ON_LOOPBACK)
     wrong = {"Authorization": "Bearer not-the-token"}
     codes = []
     for _ in range(11):
-        response = await treq.get(gw.url + "/v1/models", headers=wrong)
+        response = await http.get(gw.url + "/v1/models", headers=wrong)
         codes.append(response.code)
         await response.content()
     assert codes == [401] * 10 + [429]
@@ -90,10 +90,10 @@ async def test_eleventh_wrong_token_is_429_while_other_clients_still_get_in(star
 
 
 @pytest_twisted.ensureDeferred
-async def test_body_over_the_limit_is_413_without_reading_it(start_gateway):
+async def test_body_over_the_limit_is_413_without_reading_it(start_gateway, http):
     gw = await start_gateway({"gateway": {"http": {"endpoints": {"chatCompletions": {
         "enabled": True, "maxBodyBytes": 2 * 1024 * 1024}}}}})
-    response = await treq.post(gw.url + "/v1/chat/completions", b"x" * (3 * 1024 * 1024),
+    response = await http.post(gw.url + "/v1/chat/completions", b"x" * (3 * 1024 * 1024),
                                headers=gw.auth_headers)
     assert response.code == 413
     assert (await response.json())["error"]["code"] == "request_too_large"
@@ -112,18 +112,18 @@ def _ws_roundtrip(url: str) -> list[dict]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_websocket_and_http_share_the_one_port(start_gateway):
+async def test_websocket_and_http_share_the_one_port(start_gateway, http):
     gw = await start_gateway(CHAT_ENABLED)
     hello, reply = await threads.deferToThread(_ws_roundtrip, gw.ws_url)
     assert hello["id"] == "c1" and hello["payload"]["type"] == "hello-ok"
     assert reply["type"] == "res" and reply["id"] == "r1" and reply["ok"] is True
-    response = await treq.get(gw.url + "/health")
+    response = await http.get(gw.url + "/health")
     assert await response.json() == {"ok": True}
 
 
 @pytest_twisted.ensureDeferred
-async def test_plain_get_on_root_asks_for_a_websocket_upgrade(start_gateway):
+async def test_plain_get_on_root_asks_for_a_websocket_upgrade(start_gateway, http):
     gw = await start_gateway()
-    response = await treq.get(gw.url + "/")
+    response = await http.get(gw.url + "/")
     assert response.code == 426
     assert (await response.json())["error"]["code"] == "upgrade_required"

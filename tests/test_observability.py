@@ -140,11 +140,16 @@ async def test_metrics_count_requests_runs_streams_ws_upstream_tokens_and_auth(
     assert _total(after["moltbot_tokens_out"], agent="beta") > 0
     assert _total(after["moltbot_auth_failures"], transport="http") == 1
     assert _total(after["moltbot_auth_failures"], transport="ws") == 1
-    # every route label comes from the fixed table, whatever the paths were
-    assert await (await http.get(gw.url + "/no/such/" + "x" * 50)).content()
+    # every route label comes from the fixed table, whatever the paths were: an unknown path
+    # is counted once, as "other" with its status, never under its own path
+    other_404s = _total(requests, route="other", status="404")
+    unknown = await http.get(gw.url + "/no/such/" + "x" * 50)
+    assert unknown.code == 404
+    assert (await unknown.json())["error"]["type"] == "not_found_error"
     scrape = await http.get(gw.url + "/metrics", headers=gw.auth_headers)
-    routes = {s.labels["route"] for s in
-              _families((await scrape.content()).decode())["moltbot_http_requests"].samples}
+    counted = _families((await scrape.content()).decode())["moltbot_http_requests"]
+    assert _total(counted, route="other", status="404") == other_404s + 1
+    routes = {s.labels["route"] for s in counted.samples}
     assert routes <= {"/", "/health", "/metrics", "/v1/chat/completions", "/v1/models",
                       "/v1/models/{id}", "/v1/responses", "/v1/embeddings", "other"}
     assert "other" in routes

@@ -21,18 +21,21 @@ from moltbot_gw.sessions.store import SessionStore
 
 @pytest_twisted.async_yield_fixture
 async def make_runner(state_dir):
-    registries = []
+    registries, stores = [], []
 
     def make(raw):
         config = parse_config(raw, env={}, state_dir=state_dir)
         providers = ProviderRegistry(config.models, reactor)
         registries.append(providers)
-        return AgentRunner(AgentRegistry(config), providers, SessionStore(state_dir, reactor),
+        stores.append(SessionStore(state_dir, reactor))
+        return AgentRunner(AgentRegistry(config), providers, stores[-1],
                            reactor, config.agents.defaults.maxConcurrent)
 
     yield make
     for providers in registries:
         await providers.close()
+    for store in stores:
+        await store.flush()   # the batched index saves, not left to a timer
 
 
 def upstream_config(up, **agent):

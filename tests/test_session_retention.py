@@ -288,6 +288,7 @@ async def test_a_transcript_at_max_transcript_bytes_is_compacted_to_its_newest_t
     assert messages[-1]["content"].startswith("a39 ")
     assert not any(m["content"].startswith("q0 ") for m in messages)
     assert [name for name in os.listdir(path.parent) if name.endswith(".tmp")] == []
+    await store.flush()   # its batched index save, not left to a timer
 
 
 def test_tail_read_matches_a_forward_read_for_every_block_size(tmp_path):

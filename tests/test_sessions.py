@@ -251,6 +251,7 @@ async def test_record_turn_appends_transcript_and_accumulates_tokens(tmp_path):
         {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
         {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"},
     ]
+    await store.flush()   # its batched index save, not left to a timer
 
 
 @pytest_twisted.ensureDeferred
@@ -279,6 +280,7 @@ async def test_the_index_is_journalled_in_private_directories(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     assert stat.S_IMODE((directory / "sessions.journal").stat().st_mode) == 0o600
     assert index_on_disk(state_dir)[KEY]["sessionId"] == entry.session_id
+    await store.flush()   # its batched index save, not left to a timer
 
 
 @pytest_twisted.ensureDeferred
@@ -371,6 +373,7 @@ async def test_fifty_concurrent_turns_on_one_session_land_in_call_order(tmp_path
     assert [record["content"] for record in messages] == [
         text for n in range(50) for text in ("q%d" % n, "a%d" % n)]
     assert (await store.get(KEY)).total_tokens == 100
+    await store.flush()   # its batched index save, not left to a timer
 
 
 @pytest_twisted.ensureDeferred
@@ -385,6 +388,7 @@ async def test_cancelling_a_record_turn_does_not_stop_or_reorder_the_write(tmp_p
     contents = [record["content"] for record in await store.load_history(KEY)
                 if record["type"] == "message"]
     assert contents == ["first", "second"]
+    await store.flush()   # its batched index save, not left to a timer
 
 
 @pytest_twisted.ensureDeferred
@@ -399,6 +403,8 @@ async def test_sessions_and_transcripts_survive_a_restart(tmp_path):
         {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     later = await restarted.record_turn(KEY, [user("q2")])
     assert later.session_id == entry.session_id and later.total_tokens == 5
+    await first_store.flush()   # its batched index save, not left to a timer
+    await restarted.flush()   # its batched index save, not left to a timer
 
 
 @pytest_twisted.ensureDeferred

@@ -1,9 +1,10 @@
 """Slow clients: trickled headers and bodies, idle keep-alive connections.
 
 Raw TCP clients (so nothing smooths the byte timing over) against a real gateway with short
-``gateway.http`` timeouts. A request that misses its deadline gets an OpenAI-shaped 408 and the
-connection closes; an idle connection is closed; a connection that is busy answering (a long
-stream, a WebSocket) is not cut off.
+``gateway.http`` timeouts; the request deadlines are checked in memory, bytes fed to the
+gateway's site on a clock the test advances (exact times, no real sleeps). A request that
+misses its deadline gets an OpenAI-shaped 408 and the connection closes; an idle connection
+is closed; a connection that is busy answering (a long stream, a WebSocket) is not cut off.
 """
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ import json
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from moltbot_gw.config import parse_config, with_overrides
+from moltbot_gw.service import GatewayService
 
 from .conftest import CHAT_ENABLED, TOKEN
 from .test_ws_protocol import open_client, upstream_config
@@ -83,32 +89,71 @@ def assert_408(raw: bytes, what: str) -> None:
     assert what in error["message"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_headers_trickled_byte_by_byte_get_408_at_the_headers_deadline(start_gateway):
-    gw = await start_gateway(timeouts(headers=0.5))
-    client = await connect(gw.port)
-    started = reactor.seconds()
+class ClockReactor(MemoryReactorClock):
+    """A reactor whose time the test advances. The session store is built but not used by
+    these tests; it gets the real reactor's thread pool."""
+
+    def getThreadPool(self):
+        return reactor.getThreadPool()
+
+
+class MemoryClient:
+    """One HTTP connection to a gateway's site in memory (no socket), on ``clock``: what the
+    gateway wrote is ``transport.value()``; ``closed_at`` is the clock's time when it hung up.
+    """
+
+    def __init__(self, service: GatewayService, clock: ClockReactor):
+        client, server = (IPv4Address("TCP", "127.0.0.1", 40000),
+                          IPv4Address("TCP", "127.0.0.1", 18789))
+        self.clock = clock
+        self.closed_at = None
+        self.transport = StringTransport(hostAddress=server, peerAddress=client)
+        self.channel = service.site.buildProtocol(client)
+        self.channel.makeConnection(self.transport)
+
+    def trickle(self, data: bytes, interval: float, piece: int = 1) -> None:
+        """Send ``data`` ``piece`` bytes at a time, ``interval`` seconds apart, until it is all
+        sent or the gateway hangs up."""
+        for start in range(0, len(data), piece):
+            if self.transport.disconnecting:
+                return
+            self.channel.dataReceived(data[start:start + piece])
+            self.clock.advance(interval)
+            if self.transport.disconnecting and self.closed_at is None:
+                self.closed_at = self.clock.seconds()
+
+
+def memory_gateway(state_dir, raw: dict) -> tuple[GatewayService, ClockReactor]:
+    """A gateway whose HTTP deadlines run on a clock the test advances (not started: its
+    site is fed bytes directly)."""
+    clock = ClockReactor()
+    config = with_overrides(parse_config(raw, env={"CLAWDBOT_GATEWAY_TOKEN": TOKEN},
+                                         state_dir=state_dir), port=0)
+    return GatewayService(config, reactor=clock), clock
+
+
+def test_headers_trickled_byte_by_byte_get_408_at_the_headers_deadline(state_dir):
+    service, clock = memory_gateway(state_dir, timeouts(headers=0.5))
+    client = MemoryClient(service, clock)
+    started = clock.seconds()
     # One byte every 50 ms keeps resetting the idle timeout (5 s); the deadline does not move.
-    await trickle(client, chat_request(b"{}") * 10, interval=0.05)
-    raw = await client.closed
+    client.trickle(chat_request(b"{}") * 10, interval=0.05)
     elapsed = client.closed_at - started
     assert 0.45 <= elapsed < 1.5, elapsed
-    assert_408(raw, "request headers did not arrive within 0.5 s")
+    assert_408(client.transport.value(), "request headers did not arrive within 0.5 s")
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_body_trickled_past_the_request_deadline_gets_408(start_gateway):
-    gw = await start_gateway(timeouts(request=1.0))
-    client = await connect(gw.port)
-    started = reactor.seconds()
+def test_a_body_trickled_past_the_request_deadline_gets_408(state_dir):
+    service, clock = memory_gateway(state_dir, timeouts(request=1.0))
+    client = MemoryClient(service, clock)
+    started = clock.seconds()
     body = json.dumps({"model": "moltbot", "messages": [
         {"role": "user", "content": "x" * 5000}]}).encode()
-    client.transport.write(chat_request(body))
-    await trickle(client, body, interval=0.05, piece=10)
-    raw = await client.closed
+    client.channel.dataReceived(chat_request(body))
+    client.trickle(body, interval=0.05, piece=10)
     elapsed = client.closed_at - started
     assert 0.95 <= elapsed < 2.0, elapsed
-    assert_408(raw, "whole request did not arrive within 1 s")
+    assert_408(client.transport.value(), "whole request did not arrive within 1 s")
 
 
 @pytest_twisted.ensureDeferred

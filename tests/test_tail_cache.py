@@ -51,6 +51,7 @@ async def test_the_next_turns_history_is_served_from_memory_as_the_file_holds_it
     assert pool.tail_reads() == 0
     fresh = await SessionStore(tmp_path).load_history(KEY, history_budget(budget))
     assert served == fresh and 0 < len(fresh) < 60
+    await store.flush()   # its batched index save, not left to a timer
 
 
 @pytest_twisted.ensureDeferred
@@ -68,6 +69,8 @@ async def test_a_tail_too_short_for_the_question_is_read_again_from_disk(tmp_pat
     assert pool.tail_reads() == 2
     assert everything == on_disk(tmp_path, entry)
     assert await restarted.load_history(KEY) == everything and pool.tail_reads() == 2
+    await store.flush()   # its batched index save, not left to a timer
+    await restarted.flush()   # its batched index save, not left to a timer
 
 
 @pytest_twisted.ensureDeferred
@@ -79,3 +82,4 @@ async def test_a_compacted_transcript_is_read_again(tmp_path):
     assert records == on_disk(tmp_path, entry)
     assert any(record.get("type") == "compaction" for record in records)
     assert records[-1]["content"] == "answer 59"
+    await store.flush()   # its batched index save, not left to a timer

@@ -10,7 +10,6 @@ import struct
 import sys
 
 import pytest_twisted
-import treq
 import websocket
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
@@ -429,14 +428,14 @@ async def test_a_run_outlives_the_connection_that_started_it(start_gateway, upst
 
 @pytest_twisted.ensureDeferred
 async def test_ws_and_http_runs_on_one_session_are_serialized_into_one_transcript(
-        start_gateway, upstream):
+        start_gateway, upstream, http):
     upstream.script(echo=True, delay=0.15)
     gw = await start_gateway(upstream_config(upstream, gateway=CHAT_ENABLED["gateway"]))
     client = await in_thread(open_client, gw.ws_url)
     ws_reply = in_thread(client.call, "agent", {"message": "from the websocket side",
                                                 "sessionKey": "agent:main:shared"})
     await upstream.wait_for_request(1)
-    http_reply = treq.post(gw.url + "/v1/chat/completions", json={
+    http_reply = http.post(gw.url + "/v1/chat/completions", json={
         "model": "moltbot:main", "messages": [{"role": "user", "content": "from http"}]},
         headers={**gw.auth_headers, "x-moltbot-session-key": "agent:main:shared"})
     accepted = await ws_reply

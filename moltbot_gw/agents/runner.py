@@ -5,7 +5,6 @@ It is the one code path every protocol uses; it knows nothing of HTTP or WebSock
 """
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -206,7 +205,7 @@ class AgentRunner:
             raise self._as_run_error(Failure(), run) from None
         try:
             run.emit("lifecycle", {"phase": "start", "agentId": agent.id,
-                                   "sessionKey": run.session_key, "startedAt": _now_ms()})
+                                   "sessionKey": run.session_key, "startedAt": self._now_ms()})
             before: list = []    # records the turn writes before its own (a branch point)
             try:
                 history, before = await self._history(run, agent, request)
@@ -229,6 +228,10 @@ class AgentRunner:
             if timer.active():
                 timer.cancel()
             self.lanes.release(run.session_key)
+
+    def _now_ms(self) -> int:
+        """Record timestamps come from the reactor's clock (a test's Clock drives them)."""
+        return int(self.reactor.seconds() * 1000)
 
     def _as_run_error(self, failure: Failure, run: Run) -> Exception:
         if failure.check(defer.CancelledError):
@@ -260,7 +263,7 @@ class AgentRunner:
         stored = branch_messages(records)
         alignment = align(stored, request.client_history)
         before: list = []
-        now = _now_ms()
+        now = self._now_ms()
         if alignment.drop:
             before.append({"type": "branch", "drop": alignment.drop, "keep": alignment.keep,
                            "runId": run.run_id, "ts": now})
@@ -377,7 +380,7 @@ class AgentRunner:
         (a branch point and the client's version of earlier messages) goes first."""
         if not (request.persist and request.record):
             return
-        now = _now_ms()
+        now = self._now_ms()
         records = list(before)
         records += [_message_record(message, run.run_id, now) for message in request.input]
         reply: dict[str, Any] = {"type": "message", "role": "assistant", "content": run.text,
@@ -426,7 +429,3 @@ def _message_record(message: Mapping[str, Any], run_id: str, now: int,
 
 def _message(error: BaseException) -> str:
     return getattr(error, "message", None) or str(error) or type(error).__name__
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -4,7 +4,6 @@ here; a method gets the connection only to send events and an early response thr
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Awaitable, Callable, Literal, Mapping, Optional, Protocol, overload
 
 from twisted.internet import defer
@@ -206,7 +205,7 @@ class GatewayMethods:
         # The open connections, for ``status``; the factory adds and removes them.
         self.connections: set = set()
         self.started_at = clock.seconds()
-        self.started_at_ms = int(time.time() * 1000)
+        self.started_at_ms = int(self.started_at * 1000)
         self.router = EventRouter()
         self.admission = RunAdmission(clock, limits or LimitsConfig(), client_slots)
         self.finished_runs = expiring_cache(clock, FINISHED_RUN_TTL, MAX_FINISHED_RUNS)
@@ -340,7 +339,7 @@ class GatewayMethods:
 
     async def health(self, connection: Connection, request: Request) -> dict:
         return {"ok": True, "version": __version__, "uptimeMs": self._uptime_ms(),
-                "ts": int(time.time() * 1000)}
+                "ts": int(self.clock.seconds() * 1000)}
 
     async def status(self, connection: Connection, request: Request) -> dict:
         return {"version": __version__, "protocol": PROTOCOL_VERSION,

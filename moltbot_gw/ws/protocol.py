@@ -4,7 +4,6 @@ numbers the events it sends and sends ticks. The contract is docs/ws-protocol.rs
 """
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any, Mapping, Optional, cast
 
@@ -287,7 +286,7 @@ class GatewayWSProtocol(WebSocketServerProtocol):
                      CloseCode.HANDSHAKE_TIMEOUT)
 
     def _tick(self) -> None:
-        self.send_event("tick", {"ts": int(time.time() * 1000)})
+        self.send_event("tick", {"ts": int(self.factory.reactor.seconds() * 1000)})
 
 
 class GatewayWSFactory(WebSocketServerFactory):
