@@ -57,6 +57,7 @@ setup(
             "hypothesis>=6.100",
             "jsonschema>=4.0",
             "pytest-cov>=5",
+            "pytest-xdist>=3.5",
         ],
         # what .ci/run checks the code with before the tests
         "lint": [
