@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .auth import AuthOutcome, BadForwardedFor
-from .retry_after import retry_after_ms, retry_after_seconds
+from .retry_after import TellsRetryAfter, retry_after_seconds
 
 MISSING_CREDENTIAL = "missing_credential"
 WRONG_CREDENTIAL = "wrong_credential"
@@ -21,23 +21,13 @@ REASONS = (MISSING_CREDENTIAL, WRONG_CREDENTIAL, LOCKED_OUT, BAD_FORWARDED_FOR,
 
 
 @dataclass(frozen=True)
-class AuthRefusal:
+class AuthRefusal(TellsRetryAfter):
     """One refusal: a ``reason`` (one of ``REASONS``), the client's message and, when
     locked out, the seconds until the client may try again."""
 
     reason: str
     message: str
     retry_after: Optional[float] = None
-
-    @property
-    def retry_after_seconds(self) -> Optional[int]:
-        """For ``Retry-After``: whole seconds, rounded up."""
-        return None if self.retry_after is None else retry_after_seconds(self.retry_after)
-
-    @property
-    def retry_after_ms(self) -> Optional[int]:
-        """For the WebSocket ``retryAfterMs``, rounded up."""
-        return None if self.retry_after is None else retry_after_ms(self.retry_after)
 
 
 def credential_refusal(outcome: AuthOutcome, presented: Optional[str],

@@ -4,6 +4,7 @@ told is never early."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 
 def retry_after_seconds(wait: float) -> int:
@@ -12,3 +13,20 @@ def retry_after_seconds(wait: float) -> int:
 
 def retry_after_ms(wait: float) -> int:
     return max(1, math.ceil(wait * 1000))
+
+
+class TellsRetryAfter:
+    """For a dataclass with a ``retry_after`` field (seconds, or None): that wait in the
+    two forms the transports tell it in."""
+
+    retry_after: Optional[float]
+
+    @property
+    def retry_after_seconds(self) -> Optional[int]:
+        """For ``Retry-After``: whole seconds, rounded up."""
+        return None if self.retry_after is None else retry_after_seconds(self.retry_after)
+
+    @property
+    def retry_after_ms(self) -> Optional[int]:
+        """For the WebSocket ``retryAfterMs``, rounded up."""
+        return None if self.retry_after is None else retry_after_ms(self.retry_after)

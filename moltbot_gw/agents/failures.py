@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from ..providers import errors as provider
 from ..providers.slots import ProviderBusy
-from ..retry_after import retry_after_ms, retry_after_seconds
+from ..retry_after import TellsRetryAfter
 from .client_slots import ClientBusy
 from .registry import UnknownAgent
 from .run import InvalidRunRequest, ModelNotFound, RunCancelled, RunTimedOut
@@ -33,7 +33,7 @@ class FailureKind:
 
 
 @dataclass(frozen=True)
-class FailureDescription:
+class FailureDescription(TellsRetryAfter):
     """What one failure is to a client; ``retry_after`` in seconds when the client may
     try again later, ``param`` the part of the request at fault (``InvalidRunRequest``)."""
 
@@ -41,16 +41,6 @@ class FailureDescription:
     message: str
     retry_after: Optional[float] = None
     param: Optional[str] = None
-
-    @property
-    def retry_after_seconds(self) -> Optional[int]:
-        """For ``Retry-After``: whole seconds, rounded up."""
-        return None if self.retry_after is None else retry_after_seconds(self.retry_after)
-
-    @property
-    def retry_after_ms(self) -> Optional[int]:
-        """For the WebSocket ``retryAfterMs``, rounded up."""
-        return None if self.retry_after is None else retry_after_ms(self.retry_after)
 
 
 def _own(error: BaseException) -> str:

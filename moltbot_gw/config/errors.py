@@ -68,8 +68,8 @@ _EXPECTED = {
 }
 
 
-def _unwrap(tp: Any) -> Any:
-    """The type under ``Annotated[...]`` and ``Optional[...]``."""
+def unwrap_type(tp: Any) -> Any:
+    """The type under ``Annotated[...]`` and ``Optional[...]`` (an optional key's own type)."""
     while True:
         origin = typing.get_origin(tp)
         if origin is Annotated:
@@ -94,7 +94,7 @@ def _walk(root: type, loc: tuple) -> tuple[Optional[type], bool]:
     owner: Optional[type] = None
     secret = False
     for key in loc:
-        tp = _unwrap(tp)
+        tp = unwrap_type(tp)
         origin = typing.get_origin(tp)
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a config class
             owner = tp
@@ -109,8 +109,8 @@ def _walk(root: type, loc: tuple) -> tuple[Optional[type], bool]:
             owner, tp = None, typing.get_args(tp)[1]
         else:
             return None, secret
-    if dataclasses.is_dataclass(_unwrap(tp)):
-        owner = _unwrap(tp)
+    if dataclasses.is_dataclass(unwrap_type(tp)):
+        owner = unwrap_type(tp)
     return owner, secret
 
 

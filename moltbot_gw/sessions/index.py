@@ -6,17 +6,17 @@ Blocking functions, for a worker thread (or the offline ``sessions prune`` comma
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, BinaryIO, Iterable, Mapping, Optional, Sequence
 
 from moltbot_gw.sessions.keys import parse_session_key
-from moltbot_gw.sessions.transcript import append_records, fsync_directory
+from moltbot_gw.sessions.transcript import append_records, fsync_directory, replace_atomically
 
 SESSIONS_FILE_NAME = "sessions.json"
 # Changes since the snapshot, one JSON object a line: {"op": "put", "key", "entry"} or
@@ -230,29 +230,22 @@ def write_snapshot(path: Path, entries: Iterable[SessionEntry]) -> None:
     One entry per line, written as it is encoded: building the whole file as one string
     would make each rewrite allocate (and the allocator keep) a buffer as large as the file.
     """
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as temp_file:
-            separator = "{\n  "
-            for entry in sorted(entries, key=lambda each: each.key):
-                temp_file.write(separator)
-                temp_file.write(json.dumps(entry.key, ensure_ascii=False))
-                temp_file.write(": ")
-                temp_file.write(json.dumps(entry.to_json(), sort_keys=True,
-                                           ensure_ascii=False, separators=(", ", ": ")))
-                separator = ",\n  "
-            temp_file.write("{}" if separator == "{\n  " else "\n}")
-            temp_file.write("\n")
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except OSError:
-            pass
-        raise
-    fsync_directory(path.parent)
+    def write(binary_file: BinaryIO) -> None:
+        text_file = io.TextIOWrapper(binary_file, encoding="utf-8")
+        separator = "{\n  "
+        for entry in sorted(entries, key=lambda each: each.key):
+            text_file.write(separator)
+            text_file.write(json.dumps(entry.key, ensure_ascii=False))
+            text_file.write(": ")
+            text_file.write(json.dumps(entry.to_json(), sort_keys=True,
+                                       ensure_ascii=False, separators=(", ", ": ")))
+            separator = ",\n  "
+        text_file.write("{}" if separator == "{\n  " else "\n}")
+        text_file.write("\n")
+        text_file.flush()
+        text_file.detach()   # the binary file stays open for the sync
+
+    replace_atomically(path, write)
 
 
 def rewrite_index(sessions_dir: Path, entries: Iterable[SessionEntry]) -> None:

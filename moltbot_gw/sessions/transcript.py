@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,26 @@ def fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace ``path`` by what ``write`` puts in a private (0600) temp file beside it,
+    synced before the rename and the rename synced after: a crash leaves the old file or
+    the new, never a mix. Blocking."""
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as temp_file:
+            write(temp_file)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except OSError:
+            pass
+        raise
+    fsync_directory(path.parent)
 
 
 def append_records(path: Path, records: Sequence[Mapping[str, Any]],
@@ -265,21 +286,7 @@ def compact_transcript(path: Path, header: Mapping[str, Any], keep_bytes: int,
     old_size = os.stat(path).st_size
     marker = {"type": "compaction", "ts": now_ms, "reason": "maxTranscriptBytes"}
     payload = encode_records([header, marker, *kept])
-    temp_path = path.with_name(path.name + ".compacting.tmp")
-    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as temp_file:
-            temp_file.write(payload)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        try:
-            os.unlink(temp_path)
-        except OSError:
-            pass
-        raise
-    fsync_directory(path.parent)
+    replace_atomically(path, lambda temp_file: temp_file.write(payload))
     return max(0, old_size - len(payload))
 
 
