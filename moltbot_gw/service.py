@@ -25,7 +25,6 @@ from .openai.cors import CorsPolicy
 from .openai.response_index import ResponseIndex
 from .openai.routes import OpenAIRoutes
 from .providers.registry import ProviderRegistry
-from .providers.token_estimate import counter as token_counter
 from .sessions.store import SessionStore
 from .site import DoorPolicy, GatewaySite
 from .web import GatewayRoot, MetricsResource
@@ -211,7 +210,6 @@ class GatewayService(MultiService):
 
     def startService(self):
         super().startService()
-        token_counter.load()   # once per process, in a thread: estimates need the vocabulary
         failed: list[Failure] = []
 
         def not_listening(failure: Failure) -> None:

@@ -76,7 +76,7 @@ async def _access_event(access_log, request_id: str) -> dict:
 async def test_streamed_chat_without_provider_usage_is_estimated_and_marked(
         start_gateway, upstream, http, access_log, reference_encoding):
     gw = await start_gateway(config(upstream, gateway=METRICS_ON))
-    await token_estimate.counter.load()      # loaded at start; the test waits for it
+    await token_estimate.counter.load()      # as the first estimate would
     upstream.script(text=ANSWER, include_usage=False)
     response = await http.post(
         gw.url + PATH, json={"model": "moltbot:beta", "user": "sky-asker", "stream": True,

@@ -67,8 +67,9 @@ def load_encoding(path: Optional[str] = None):
 
 
 class TokenCounter:
-    """The process's one encoding, loaded once in a worker thread; until it is ready (or if
-    it could not load) counts are ``CHARS_PER_TOKEN`` characters a token."""
+    """The process's one encoding, loaded once in a worker thread when first needed; if it
+    could not load (or before it is, for callers that do not wait) counts are
+    ``CHARS_PER_TOKEN`` characters a token."""
 
     def __init__(self) -> None:
         self.encoding: Any = None
@@ -82,6 +83,11 @@ class TokenCounter:
         waiter: Deferred = Deferred()
         self._loading.addBoth(lambda _: waiter.callback(None))
         return waiter
+
+    @property
+    def settled(self) -> bool:
+        """Loaded, or failed for good: counting need not wait."""
+        return self._loading is not None and self._loading.called
 
     def _loaded(self, encoding) -> None:
         self.encoding = encoding
@@ -151,6 +157,14 @@ def usage_of(request: ModelRequest, result: ModelResult) -> Deferred:
     a worker thread when the texts are long."""
     if result.usage is not None:
         return succeed(result.usage)
+    # The vocabulary costs ~40 MB of memory and ~0.15 s to load: it is loaded (in a thread)
+    # the first time a provider leaves its counts out, not by gateways that never need it.
+    if not counter.settled:
+        return counter.load().addCallback(lambda _: _estimated(request, result))
+    return _estimated(request, result)
+
+
+def _estimated(request: ModelRequest, result: ModelResult) -> Deferred:
     size = sum(map(len, prompt_pieces(request))) + sum(map(len, reply_pieces(result)))
     if size <= INLINE_CHARS:
         return succeed(estimate(request, result))
