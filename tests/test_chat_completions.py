@@ -813,10 +813,11 @@ async def test_upstream_stall_is_504_after_the_run_timeout(start_gateway, http, 
     raw["agents"]["list"][1]["timeoutSeconds"] = 0.3
     gw = await start_gateway(raw)
     upstream.script(stall_before_headers=math.inf)
-    started = reactor.seconds()
     response, body = await post(http, gw, {"model": "moltbot:beta", "messages": HI})
-    assert_error(response, body, 504, type_="timeout_error")
-    assert 0.25 < reactor.seconds() - started < 2.0
+    error = assert_error(response, body, 504, type_="timeout_error")
+    # the run's timer ended it, not the provider's idle timer (which would say the provider
+    # "did not answer in time")
+    assert "took longer than its timeout" in error["message"], error
     await within(upstream.requests[-1].connection_lost)   # the stalled request was abandoned
     assert upstream.requests[-1].body["stream"] is False
 

@@ -22,10 +22,10 @@ from moltbot_gw.sessions.keys import (
 from moltbot_gw.sessions.index import load_index_document
 from moltbot_gw.sessions.store import SessionEntry, SessionStore
 from moltbot_gw.sessions.transcript import (
-    Transcript,
     append_records,
     history_messages,
     read_transcript,
+    session_header,
 )
 
 
@@ -129,11 +129,12 @@ def test_openai_session_key_rejects_a_user_with_control_characters():
 # --- transcripts --------------------------------------------------------------------------
 
 def test_transcript_round_trip_writes_header_once_and_compact_lines(tmp_path):
-    transcript = Transcript(tmp_path / "s1.jsonl", "s1", "agent:main:x")
-    transcript.append([user("héllo \u2028 there")], created_at_ms=1000)
-    transcript.append([assistant("hi", usage={"input_tokens": 3}, model="m")])
+    path = tmp_path / "s1.jsonl"
+    header = session_header("s1", "agent:main:x", 1000)
+    append_records(path, [user("héllo \u2028 there")], header=header)
+    append_records(path, [assistant("hi", usage={"input_tokens": 3}, model="m")], header=header)
 
-    records = transcript.load()
+    records = list(read_transcript(path).records)
     assert records == [
         {"type": "session", "sessionId": "s1", "sessionKey": "agent:main:x", "createdAt": 1000},
         user("héllo \u2028 there"),

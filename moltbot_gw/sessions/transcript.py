@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional, Sequence
@@ -288,26 +287,6 @@ def compact_transcript(path: Path, header: Mapping[str, Any], keep_bytes: int,
     payload = encode_records([header, marker, *kept])
     replace_atomically(path, lambda temp_file: temp_file.write(payload))
     return max(0, old_size - len(payload))
-
-
-@dataclass(frozen=True)
-class Transcript:
-    """One session's transcript file. ``append`` and ``load`` block; call them in a thread."""
-
-    path: Path
-    session_id: str
-    session_key: str
-
-    def append(self, records: Sequence[Mapping[str, Any]],
-               created_at_ms: Optional[int] = None) -> None:
-        """Write one turn's records durably, with the session header if the file is new."""
-        if created_at_ms is None:
-            created_at_ms = int(time.time() * 1000)
-        append_records(self.path, records,
-                       header=session_header(self.session_id, self.session_key, created_at_ms))
-
-    def load(self) -> list[dict[str, Any]]:
-        return list(read_transcript(self.path).records)
 
 
 def _is_message(record: Mapping[str, Any], open_calls: set) -> bool:
