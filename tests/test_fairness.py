@@ -11,31 +11,17 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.defer import CancelledError
-from twisted.web._newclient import ResponseNeverReceived
 
 from moltbot_gw.agents.client_slots import ClientBusy, ClientSlots
 from moltbot_gw.ws.write_rate import TokenBucket
 
 from .chat_helpers import PATH, config, http, no_leftovers  # noqa: F401
+from .support.waiting import hang_up, until
 from .test_ws_protocol import in_thread, open_client
 
 
 def within(d, seconds=10.0):
     return d.addTimeout(seconds, reactor)
-
-
-async def until(condition, seconds=10.0):
-    """Wait (on the reactor) until ``condition()`` holds; fail after ``seconds``."""
-    deadline = reactor.seconds() + seconds
-    while not condition():
-        assert reactor.seconds() < deadline, "condition not reached in time"
-        await task.deferLater(reactor, 0.01, lambda: None)
-
-
-def hang_up(d):
-    """Cancel a pending treq request: the client goes away."""
-    d.addErrback(lambda f: f.trap(CancelledError, ResponseNeverReceived))
-    d.cancel()
 
 
 # --- the mechanism, in memory ---------------------------------------------------------------

@@ -9,7 +9,6 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, task
 from twisted.internet.defer import CancelledError, gatherResults
-from twisted.web._newclient import ResponseNeverReceived
 
 from moltbot_gw.config import parse_config, with_overrides
 from moltbot_gw.providers.registry import ProviderRegistry
@@ -18,22 +17,9 @@ from moltbot_gw.providers.slots import ProviderBusy, ProviderSlots
 from .chat_helpers import DONE, PATH, config, http, no_leftovers  # noqa: F401
 from .conftest import TOKEN
 from .fakes import FakeOpenAI
+from .support.waiting import hang_up, until
 
 ONE_SLOT = {"maxConcurrent": 1}
-
-
-async def until(condition, seconds=10.0):
-    """Wait (on the reactor) until ``condition()`` holds; fail after ``seconds``."""
-    deadline = reactor.seconds() + seconds
-    while not condition():
-        assert reactor.seconds() < deadline, "condition not reached in time"
-        await task.deferLater(reactor, 0.01, lambda: None)
-
-
-def hang_up(d):
-    """Cancel a pending treq request: the client goes away."""
-    d.addErrback(lambda f: f.trap(CancelledError, ResponseNeverReceived))
-    d.cancel()
 
 
 def chat(http, gw, text, *, model="moltbot:beta", stream=False):
