@@ -4,7 +4,7 @@ into the runner."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from ..providers.base import FlowControl, ToolCall, Usage
 from ..providers.errors import ProviderNotFound
 
-HISTORY_OWNERS = ("store", "client")
+HistoryOwner = Literal["store", "client"]   # whose history wins: see RunRequest
 SAMPLING_OPTIONS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                     "frequency_penalty", "response_format")
 
@@ -38,7 +38,7 @@ class RunRequest:
     agent_id: Optional[str] = None
     session_key: Optional[str] = None
     client_history: tuple[Mapping[str, Any], ...] = ()
-    history_owner: str = "store"                   # HISTORY_OWNERS: whose history wins
+    history_owner: HistoryOwner = "store"
     extra_system_prompt: Optional[str] = None
     model: Optional[str] = None                    # "provider/model" override for this run
     options: Mapping[str, Any] = field(default_factory=dict)  # SAMPLING_OPTIONS only

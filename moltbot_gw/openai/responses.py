@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from ..agents.client_slots import ClientSlots
 from ..agents.registry import AgentRegistry
-from ..agents.run import RunRequest, RunResult
+from ..agents.run import HistoryOwner, RunRequest, RunResult
 from ..agents.runner import AgentRunner, cap_history
 from ..auth import Authenticator
 from ..config import Config, HistoryConfig
@@ -156,7 +156,7 @@ class ResponsesEndpoint(RunEndpoint):
                                                        conversation, items))
 
     def _session(self, request, agent_id: str, parsed: ResponsesRequest,
-                 previous: Optional[StoredResponse]) -> tuple[Optional[str], str]:
+                 previous: Optional[StoredResponse]) -> tuple[Optional[str], HistoryOwner]:
         """The session key of the run (None for a stateless, anonymous one) and who owns its
         history: the headers' session (``session_from_headers``), else the previous
         response's, else ``user``'s. The client owns it only for a configured session
@@ -164,7 +164,8 @@ class ResponsesEndpoint(RunEndpoint):
         as for chat completions."""
         chosen = session_from_headers(request, agent_id, self.session_headers)
         if chosen is not None:
-            owner = "client" if chosen.client_owns_history and previous is None else "store"
+            owner: HistoryOwner = ("client" if chosen.client_owns_history and previous is None
+                                   else "store")
             return chosen.key, owner
         if previous is not None:
             return previous.session_key, "store"   # None: an anonymous chain stays anonymous

@@ -12,7 +12,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..agents.client_slots import ClientSlots
 from ..agents.registry import AgentRegistry, UnknownAgent
-from ..agents.run import RunRequest, client_model_error
+from ..agents.run import HistoryOwner, RunRequest, client_model_error
 from ..agents.runner import AgentRunner
 from ..auth import Authenticator
 from ..config import Config, parse_model_ref
@@ -222,7 +222,7 @@ class OpenAIRoutes(RunEndpoint):
             raise error from e
         return _json(request, embeddings_body(answer, embedding.model))
 
-    def _session(self, request, agent_id: str, chat) -> tuple[str, bool, str]:
+    def _session(self, request, agent_id: str, chat) -> tuple[str, bool, HistoryOwner]:
         """The session key of a chat request, whether the run may touch the session, and
         who owns its history (``RunRequest.history_owner``): the headers' session
         (``session_from_headers``), then ``user``'s; otherwise a fresh key that is never
