@@ -26,6 +26,7 @@ setup(
         "moltbot_gw.openai",
         "moltbot_gw.providers",
         "moltbot_gw.sessions",
+        "moltbot_gw.tools",
         "moltbot_gw.ws",
         "twisted.plugins",
     ],
