@@ -10,6 +10,7 @@ import threading
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError
 
 from moltbot_gw.tools.base import IServerTool, ToolContext, ToolError
 from moltbot_gw.tools.fs import MAX_GREP_MATCHES, MAX_READ_BYTES, fs_tools
@@ -67,8 +68,18 @@ async def test_call_runs_the_file_io_off_the_reactor_thread(workspace, monkeypat
         return original(self, arguments, root)
 
     monkeypatch.setattr(type(TOOLS["ls"]), "_run", spy)
-    await call(workspace, "ls")
+    pending = TOOLS["ls"].call({}, context(workspace))
+    assert not pending.called          # the result arrives later, from the thread pool
+    await pending
     assert seen == [False]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_call_fails_with_cancelled_error(workspace):
+    pending = TOOLS["write"].call({"path": "x.txt", "content": "x"}, context(workspace))
+    pending.cancel()
+    with pytest.raises(CancelledError):
+        await pending
 
 
 @pytest_twisted.ensureDeferred
@@ -77,6 +88,7 @@ async def test_read_returns_text_with_offset_and_limit(workspace):
     assert await call(workspace, "read", path="notes.txt") == "one\ntwo\nthree\nfour\n"
     assert await call(workspace, "read", path="notes.txt", offset=2, limit=2) == "two\nthree\n"
     assert await call(workspace, "read", path=str(workspace / "notes.txt"), offset=4) == "four\n"
+    assert "past the end" in await call(workspace, "read", path="notes.txt", offset=9)
 
 
 @pytest_twisted.ensureDeferred
@@ -101,6 +113,10 @@ async def test_write_creates_parents_replaces_atomically_and_round_trips(workspa
     await call(workspace, "write", path="a/b/new.txt", content="second")
     assert await call(workspace, "read", path="a/b/new.txt") == "second"
     assert sorted(os.listdir(workspace / "a/b")) == ["new.txt"]   # no temp file left
+    assert (workspace / "a/b/new.txt").stat().st_mode & 0o777 == 0o644
+    os.chmod(workspace / "a/b/new.txt", 0o600)
+    await call(workspace, "write", path="a/b/new.txt", content="third")
+    assert (workspace / "a/b/new.txt").stat().st_mode & 0o777 == 0o600   # mode kept
     assert "folder" in await refused(workspace, "write", path="a", content="x")
 
 

@@ -43,8 +43,8 @@ def _write_atomically(target: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if target.exists():
-            os.chmod(temp, target.stat().st_mode & 0o7777)
+        # mkstemp makes the file 0600: keep an existing file's mode, give a new one 0644.
+        os.chmod(temp, target.stat().st_mode & 0o7777 if target.exists() else 0o644)
         os.replace(temp, target)
     except BaseException:
         if os.path.exists(temp):
@@ -115,6 +115,8 @@ class ReadTool(_FsTool):
                                  f"offset={number}]")
                     break
                 parts.append(line)
+        if not parts and offset > 1:
+            return f"(offset {offset} is past the end: the file has fewer lines)"
         return "".join(parts)
 
 
