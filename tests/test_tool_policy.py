@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
 from moltbot_gw.agents.registry import AgentRegistry
-from moltbot_gw.config import ConfigError, parse_config
+from moltbot_gw.config import ConfigError, load_config, parse_config
 from moltbot_gw.tools.catalogue import is_known_name
 from moltbot_gw.tools.policy import ToolCatalog
 
@@ -163,3 +163,11 @@ async def test_tools_explain_json_for_one_agent_and_unknown_agent(tmp_path):
 async def test_tools_explain_reports_config_errors(tmp_path):
     code, out, err = await tools_explain(tmp_path, {"tools": {"deny": ["rm"]}})
     assert code == 1 and 'tools.deny[0]: unknown tool or group "rm"' in err
+
+
+def test_the_quickstart_agent_has_the_fs_tools_in_its_workspace(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOLTBOT_STATE_DIR", str(tmp_path / "state"))
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "quickstart.json5")
+    tools = tools_of(load_config(path))
+    assert sorted(tools.names) == FS
+    assert str(tools.context.workspace).endswith("/.moltbot/workspace")
