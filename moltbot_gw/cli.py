@@ -3,7 +3,8 @@
 The daemon itself runs under twistd (``twistd -n moltbot-gw``); these commands validate
 config, print the token, check health, run agent turns — those two through the running
 gateway's WebSocket protocol (``agent --local`` runs in this process instead) — prune the
-session store of a stopped gateway and check that the configured model providers answer.
+session store of a stopped gateway, check that the configured model providers answer and
+explain which server tools each agent may use.
 """
 from __future__ import annotations
 
@@ -317,6 +318,25 @@ def cmd_providers_check(args) -> int:
     return _react(_providers_check, _load(args.config), args)
 
 
+def cmd_tools_explain(args) -> int:
+    """Print each agent's server tools, allowed or not, and the config key that decided."""
+    from .agents.registry import UnknownAgent
+    from .tools.policy import explain_agents, explain_text
+
+    config = _load(args.config)
+    try:
+        report = explain_agents(config, args.agent)
+    except UnknownAgent as e:
+        print(f"moltbot-gw: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"agents": {agent_id: [d.to_json() for d in decisions]
+                                     for agent_id, decisions in report.items()}}, indent=2))
+    else:
+        print(explain_text(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moltbot-gw", description=(
         "Operator commands for the moltbot-gw gateway. Run the daemon with "
@@ -384,6 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=5.0,
                        help="seconds to wait for each provider (default: 5)")
     check.set_defaults(func=cmd_providers_check)
+
+    tools = sub.add_parser("tools", help="work with the agents' server tools")
+    tools_sub = tools.add_subparsers(dest="tools_command", required=True)
+    explain = tools_sub.add_parser(
+        "explain", help="print each agent's tools, allowed or denied, and which config key "
+                        "decided")
+    explain.add_argument("--config", help="config path")
+    explain.add_argument("--agent", help="only this agent (default: every agent)")
+    explain.add_argument("--json", action="store_true", help="print one JSON document")
+    explain.set_defaults(func=cmd_tools_explain)
     return parser
 
 

@@ -6,6 +6,7 @@ from pydantic import BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from .tools import AgentToolsConfig
 from .types import NULL_IS_DEFAULTS, SECTION_CONFIG, Bool, ModelRef, PositiveFloat, PositiveInt, Str
 
 
@@ -70,11 +71,14 @@ class AgentConfig:
     embeddingModel: Optional[ModelRef] = Field(
         default=None, description="model for /v1/embeddings with moltbot:<id>")
     workspace: Optional[Str] = Field(
-        default=None, description="folder whose AGENTS.md / SOUL.md join the prompt")
+        default=None, description="folder whose AGENTS.md / SOUL.md join the prompt; "
+                                          "the root of the fs tools")
     timeoutSeconds: Optional[PositiveFloat] = Field(
         default=None, description="overrides agents.defaults.timeoutSeconds")
     history: Optional[HistoryConfig] = Field(default=None,
                                              description="overrides agents.defaults.history")
+    tools: Optional[AgentToolsConfig] = Field(
+        default=None, description="overrides the tools section's profile, allow, deny")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)

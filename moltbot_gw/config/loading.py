@@ -156,7 +156,8 @@ def parse_config(raw: Any, env: Mapping[str, str] = os.environ,
     if errors or document is None:
         raise ConfigError(errors or ["config: invalid"])
     return Config(gateway=document.gateway, models=document.models, agents=document.agents,
-                  session=document.session, state_dir=state_dir or resolve_state_dir(env),
+                  session=document.session, tools=document.tools,
+                  state_dir=state_dir or resolve_state_dir(env),
                   path=path)
 
 

@@ -1,8 +1,10 @@
 """Rules across fields that no single key's type can check: agent ids valid and unique, at
 most one default agent, every model reference naming a configured provider, and the
-providers' own cross-field needs."""
+providers' own cross-field needs, tool policy names known, and a workspace for every agent
+that may use the fs tools."""
 from __future__ import annotations
 
+from ..tools.catalogue import effective_policy, unknown_names
 from .agents import ModelChoice
 from .errors import show
 from .root import ConfigFile
@@ -52,4 +54,26 @@ def reference_problems(config: ConfigFile) -> list[str]:
             check_ref(agent.embeddingModel, f"{where}.embeddingModel")
     if defaults > 1:
         errors.append("agents.list: more than one agent is marked default")
+    errors += tool_policy_problems(config)
+    return errors
+
+
+def tool_policy_problems(config: ConfigFile) -> list[str]:
+    """Unknown tool names in ``tools`` / ``agents.list[].tools``; an agent that may use the
+    fs tools without a workspace."""
+    errors = unknown_names(config.tools, "tools")
+    for i, agent in enumerate(config.agents.list):
+        errors += unknown_names(agent.tools, f"agents.list[{i}].tools")
+    if errors:
+        return errors
+    if not config.agents.list:
+        if effective_policy(config.tools, None, "").allows_group("group:fs"):
+            errors.append('tools: the fs tools need a workspace, and the implicit agent "main" '
+                          "has none (declare it in agents.list with a workspace)")
+        return errors
+    for i, agent in enumerate(config.agents.list):
+        where = f"agents.list[{i}]"
+        policy = effective_policy(config.tools, agent.tools, where)
+        if not agent.workspace and policy.allows_group("group:fs"):
+            errors.append(f"{where}.workspace: required, the agent may use the group:fs tools")
     return errors

@@ -10,6 +10,7 @@ from pydantic.dataclasses import dataclass
 from .agents import AgentsConfig, SessionConfig
 from .gateway import GatewayConfig
 from .providers import ModelsConfig
+from .tools import ToolsConfig
 from .types import NULL_IS_DEFAULTS, SECTION_CONFIG
 
 DEFAULT_STATE_DIR = Path("~/.moltbot").expanduser()
@@ -25,6 +26,8 @@ class ConfigFile:
         default_factory=AgentsConfig, description="the agents and their defaults")
     session: Annotated[SessionConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=SessionConfig, description="retention and size bounds of the session store")
+    tools: Annotated[ToolsConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=ToolsConfig, description="which server tools agents may use")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)

@@ -1,0 +1,98 @@
+"""Which server tools each agent may use: ``ToolCatalog`` holds the tools the gateway has,
+applies the ``tools`` section and each agent's ``agents.list[].tools`` over it (deny wins,
+then allow, then the profile), and explains each decision for ``moltbot-gw tools explain``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import AgentConfig, Config, normalize_agent_id
+from .base import AgentTools, ToolContext
+from .catalogue import EffectivePolicy, effective_policy
+from .fs import fs_tools
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One tool for one agent: allowed or not, and the config key that decided."""
+
+    tool: str
+    group: str
+    allowed: bool
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tool": self.tool, "group": self.group, "allowed": self.allowed,
+                "reason": self.reason}
+
+
+class ToolCatalog:
+    """The server tools of a gateway and the policy choosing them per agent, built once per
+    config (a reload builds a new one, so new runs see the new policy)."""
+
+    def __init__(self, config: Config, reactor: Any = None):
+        self._config = config
+        self._reactor = reactor
+        self._tools: dict[str, Any] = fs_tools()
+        self._agents: dict[str, tuple[str, Optional[AgentConfig]]] = {}
+        for i, entry in enumerate(config.agents.list):
+            agent_id = normalize_agent_id(entry.id) or entry.id
+            self._agents[agent_id] = (f"agents.list[{i}]", entry)
+
+    @property
+    def tools(self) -> dict[str, Any]:
+        """Every server tool the gateway has, by name (whatever the policy)."""
+        return dict(self._tools)
+
+    def policy(self, agent_id: str) -> EffectivePolicy:
+        """The effective policy of an agent (an agent not in agents.list: the global one)."""
+        where, entry = self._agents.get(agent_id, ("tools", None))
+        return effective_policy(self._config.tools, entry.tools if entry else None, where)
+
+    def explain(self, agent: Any) -> list[Decision]:
+        """Every tool the gateway has, allowed or not for ``agent``, and why; sorted."""
+        policy = self.policy(agent.id)
+        decisions = []
+        for name in sorted(self._tools):
+            tool = self._tools[name]
+            allowed, reason = policy.decide(name, tool.group)
+            decisions.append(Decision(name, tool.group, allowed, reason))
+        return decisions
+
+    def for_agent(self, agent: Any) -> AgentTools:
+        """The tools ``agent`` (an ``agents.registry.Agent``) may use in a run, with the
+        context they run in. No file I/O here: the fs tools create the workspace on use."""
+        allowed = {d.tool: self._tools[d.tool] for d in self.explain(agent) if d.allowed}
+        workspace = Path(agent.workspace).expanduser() if agent.workspace else None
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        return AgentTools(tools=allowed, context=ToolContext(agent_id=agent.id,
+                                                             workspace=workspace,
+                                                             reactor=reactor))
+
+
+def explain_agents(config: Config, agent_id: Optional[str] = None) -> dict[str, list[Decision]]:
+    """``tools explain``: each agent's (or one agent's) decisions, by agent id. Raises
+    ``agents.registry.UnknownAgent`` for an unknown ``agent_id``."""
+    from ..agents.registry import AgentRegistry
+
+    registry = AgentRegistry(config)
+    catalog = ToolCatalog(config)
+    agents = [registry.get(agent_id)] if agent_id is not None else list(registry)
+    return {agent.id: catalog.explain(agent) for agent in agents}
+
+
+def explain_text(report: dict[str, list[Decision]]) -> str:
+    """The report as text: one block per agent, one ``allow|deny tool (group): reason`` line
+    per tool."""
+    lines = []
+    for agent_id, decisions in report.items():
+        allowed = [d.tool for d in decisions if d.allowed]
+        lines.append(f"agent {agent_id}: {', '.join(allowed) if allowed else 'no server tools'}")
+        for d in decisions:
+            lines.append(f"  {'allow' if d.allowed else 'deny '} {d.tool} ({d.group}): "
+                         f"{d.reason}")
+    return "\n".join(lines)
