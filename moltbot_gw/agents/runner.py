@@ -40,6 +40,7 @@ from .run import (
 from .tool_loop import (
     CallRouter,
     ToolExecutor,
+    ToolLoopLimitReached,
     check_client_tools,
     client_tool_names,
     tool_loop,
@@ -195,8 +196,8 @@ class AgentRunner:
             if run.cancel_reason == "timeout":
                 return RunTimedOut("the run took longer than its timeout")
             return RunCancelled("the run was cancelled")
-        if failure.check(ProviderError, InvalidRunRequest, RunTimedOut):
-            assert isinstance(failure.value, Exception)  # one of those three
+        if failure.check(ProviderError, InvalidRunRequest, RunTimedOut, ToolLoopLimitReached):
+            assert isinstance(failure.value, Exception)  # one of those four
             return failure.value
         self.log.failure("run {run_id} failed unexpectedly", failure, run_id=run.run_id)
         return ProviderError("internal error while running the agent")
