@@ -3,6 +3,7 @@ the fake upstream or builtin/echo, and real clients (treq, websocket) through a 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -353,3 +354,17 @@ async def test_a_websocket_client_sees_tool_start_and_end_events(start_gateway):
     assert tool[1]["callId"] == tool[0]["callId"] and tool[1]["ok"] is True
     assert "".join(e["data"].get("delta", "") for e in events
                    if e["stream"] == "assistant") == "2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_agent_cli_prints_one_stderr_line_per_server_tool(start_gateway, tmp_path):
+    from .test_ws_protocol import cli_env, run_cli
+
+    gw = await start_gateway()
+    gw.service.runner.tools_for = tools_of(Add())
+    env = dict(cli_env(tmp_path / "cli-state"), PYTHONPATH=str(Path(__file__).parent.parent))
+    out, err, code = await run_cli(env, "agent", "--url", gw.ws_url, "--message",
+                                   'call add {"a": 20, "b": 22}')
+    assert (out, code) == ("42\n", 0), err
+    [line] = [line for line in err.splitlines() if line.startswith("[tool")]
+    assert line.startswith("[tool add: ok, ") and line.endswith("ms] 42")
