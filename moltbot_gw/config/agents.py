@@ -48,7 +48,7 @@ class ToolLoopConfig:
     """How far a run's server-tool loop may go (see docs/tools)."""
 
     maxIterations: PositiveInt = Field(
-        default=20, description="model calls per run that may ask for server tools")
+        default=20, description="rounds of server tool calls in one run; past it the run fails")
     maxParallel: PositiveInt = Field(
         default=4, description="server tool calls of one reply running at once")
     maxResultChars: PositiveInt = Field(
