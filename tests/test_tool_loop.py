@@ -368,3 +368,15 @@ async def test_the_agent_cli_prints_one_stderr_line_per_server_tool(start_gatewa
     assert (out, code) == ("42\n", 0), err
     [line] = [line for line in err.splitlines() if line.startswith("[tool")]
     assert line.startswith("[tool add: ok, ") and line.endswith("ms] 42")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forcing_tool_choice_applies_to_the_first_model_call_only(make_runner, upstream):
+    runner = make_runner(upstream_config(upstream), Add())
+    client_tool = {"type": "function", "function": {"name": "ask_user"}}
+    upstream.queue(text="", tool_calls=(("add", '{"a": 1, "b": 1}'),))
+    upstream.queue(text="2")
+    result = await runner.run(RunRequest(input=user("x"), tools=(client_tool,),
+                                         tool_choice="required")).wait()
+    assert result.text == "2"
+    assert [r.body["tool_choice"] for r in upstream.requests] == ["required", "auto"]

@@ -43,6 +43,7 @@ from .tool_loop import (
     ToolLoopLimitReached,
     check_client_tools,
     client_tool_names,
+    loop_tool_choice,
     tool_loop,
 )
 
@@ -288,7 +289,8 @@ class AgentRunner:
                 provider = self.providers.get(provider_name)
                 model_request = ModelRequest(
                     model=model, messages=tuple(messages), system=system, options=options,
-                    tools=offered, tool_choice=request.tool_choice,
+                    tools=offered, tool_choice=loop_tool_choice(request.tool_choice,
+                                                                len(models_used)),
                     parallel_tool_calls=request.parallel_tool_calls)
                 slot: Optional[ProviderSlot] = None
                 try:

@@ -77,6 +77,15 @@ class CallRouter:
         self._client_index = {}
 
 
+def loop_tool_choice(tool_choice: Any, calls_made: int) -> Any:
+    """The client's ``tool_choice`` for the first model call; after tool results a forcing
+    choice (``"required"``, a named function) becomes ``"auto"``, or the model could never
+    give its final answer."""
+    if calls_made and (tool_choice == "required" or isinstance(tool_choice, Mapping)):
+        return "auto"
+    return tool_choice
+
+
 def sum_usage(usages: Sequence[Usage]) -> Usage:
     """The usage of a whole run: every model call's counts added up."""
     if len(usages) == 1:
