@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor, threads
 from zope.interface import implementer
 
 from moltbot_gw.agents.registry import AgentRegistry
-from moltbot_gw.agents.run import InvalidRunRequest, RunCancelled, RunRequest
+from moltbot_gw.agents.run import InvalidRunRequest, RunCancelled, RunRequest, RunTimedOut
 from moltbot_gw.agents.runner import AgentRunner
 from moltbot_gw.agents.tool_loop import ToolLoopLimitReached
 from moltbot_gw.config import parse_config
@@ -380,3 +380,32 @@ async def test_a_forcing_tool_choice_applies_to_the_first_model_call_only(make_r
                                          tool_choice="required")).wait()
     assert result.text == "2"
     assert [r.body["tool_choice"] for r in upstream.requests] == ["required", "auto"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_responses_the_client_never_sees_server_tool_calls(start_gateway, http):
+    raw = {"gateway": {"http": {"endpoints": {"responses": {"enabled": True}}}}}
+    gw = await start_gateway(raw)
+    gw.service.runner.tools_for = tools_of(Add())
+    url = f"http://127.0.0.1:{gw.port}/v1/responses"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    ask = {"model": "moltbot:main", "input": 'call add {"a": 3, "b": 4}'}
+    body = await (await http.post(url, json=ask, headers=headers)).json()
+    assert [item["type"] for item in body["output"]] == ["message"], body
+    assert body["output"][0]["content"][0]["text"] == "7"
+
+    response = await http.post(url, json=dict(ask, stream=True), headers=headers)
+    text = (await treq.content(response)).decode()
+    assert "function_call" not in text and '"delta":"7"' in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_run_timeout_cancels_a_running_tool(make_runner, upstream):
+    gate = Gate()
+    raw = upstream_config(upstream, timeoutSeconds=0.3)
+    runner = make_runner(raw, gate)
+    upstream.queue(text="", tool_calls=(("gate", '{"n": 3}'),))
+    run = runner.run(RunRequest(input=user("x")))
+    with pytest.raises(RunTimedOut):
+        await run.wait()
+    assert gate.cancelled == [3]
