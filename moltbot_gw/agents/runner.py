@@ -333,8 +333,8 @@ class AgentRunner:
             self.reactor)
         executor = ToolExecutor(run, tools, agent.tool_limits, context, self.reactor)
         offered = tuple(tools.schemas()) + tuple(request.tools)
-        answer, usage, _text = await tool_loop(run, call_model, messages, offered, router,
-                                               executor, steps)
+        answer, usage = await tool_loop(run, call_model, messages, offered, router, executor,
+                                        steps)
         return RunResult(run_id=run.run_id, agent_id=agent.id, session_key=run.session_key,
                          text=run.text, finish_reason=answer.finish_reason, usage=usage,
                          model=models_used[-1], tool_calls=answer.tool_calls,

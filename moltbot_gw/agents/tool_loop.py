@@ -191,9 +191,9 @@ class ToolExecutor:
 
 async def tool_loop(run: Run, call_model: CallModel, messages: list, offered: tuple,
                     router: CallRouter, executor: ToolExecutor,
-                    steps: list) -> tuple[ModelResult, Usage, str]:
+                    steps: list) -> tuple[ModelResult, Usage]:
     """Call the model until it answers without server calls. Returns the last answer (its
-    ``tool_calls`` only the client's), the run's summed usage and the last reply's text.
+    ``tool_calls`` only the client's) and the run's summed usage.
     ``steps`` receives every assistant tool-call message and tool result, for the transcript."""
     usages: list[Usage] = []
     iterations = 0
@@ -206,7 +206,7 @@ async def tool_loop(run: Run, call_model: CallModel, messages: list, offered: tu
         server = [c for c in answer.tool_calls if router.is_server(c.name)]
         client = tuple(c for c in answer.tool_calls if not router.is_server(c.name))
         if not server:
-            return answer, sum_usage(usages), text
+            return answer, sum_usage(usages)
         if iterations >= executor.limits.maxIterations:
             raise ToolLoopLimitReached(
                 f"the model still asked for tools after {iterations} rounds of tool calls "
@@ -221,4 +221,4 @@ async def tool_loop(run: Run, call_model: CallModel, messages: list, offered: tu
         if client:
             return (ModelResult(text="", finish_reason="tool_calls", usage=answer.usage,
                                 model=answer.model, tool_calls=client,
-                                reasoning=answer.reasoning), sum_usage(usages), "")
+                                reasoning=answer.reasoning), sum_usage(usages))
