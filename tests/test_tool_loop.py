@@ -409,3 +409,15 @@ async def test_the_run_timeout_cancels_a_running_tool(make_runner, upstream):
     with pytest.raises(RunTimedOut):
         await run.wait()
     assert gate.cancelled == [3]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_can_hand_the_runner_new_tools_for_new_runs(make_runner, upstream):
+    runner = make_runner(upstream_config(upstream))
+    upstream.queue(text="plain")
+    await runner.run(RunRequest(input=user("x"))).wait()
+    assert "tools" not in upstream.requests[0].body
+    runner.reconfigure(runner.agents, runner.providers, tools_for=tools_of(Add()))
+    upstream.queue(text="plain")
+    await runner.run(RunRequest(input=user("x"))).wait()
+    assert [t["function"]["name"] for t in upstream.requests[1].body["tools"]] == ["add"]

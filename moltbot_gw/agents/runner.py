@@ -85,10 +85,13 @@ class AgentRunner:
         self.metrics = metrics  # a GatewayMetrics, told of every run started, or None
         self.tools_for = tools_for  # the server tools an agent may use (its tool policy)
 
-    def reconfigure(self, agents: AgentRegistry, providers) -> None:
+    def reconfigure(self, agents: AgentRegistry, providers,
+                    tools_for: Optional[Callable[[Agent], AgentTools]] = None) -> None:
         """A config reload: runs from now on use these; runs in flight keep theirs."""
         self.agents = agents
         self.providers = providers
+        if tools_for is not None:
+            self.tools_for = tools_for
 
     def run(self, request: RunRequest) -> Run:
         """Start a run and return its handle at once. Raises ``UnknownAgent`` or
