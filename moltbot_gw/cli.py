@@ -204,6 +204,17 @@ def _print_delta(event) -> None:
     if event.stream == "assistant" and "delta" in event.data:
         sys.stdout.write(event.data["delta"])
         sys.stdout.flush()
+    _print_server_tool(event.stream, event.data)
+
+
+def _print_server_tool(stream: str, data) -> None:
+    """One stderr line per server tool the agent ran (its ``tool`` end event), so the answer
+    on stdout stays clean."""
+    if stream == "tool" and data.get("phase") == "end":
+        status = "ok" if data.get("ok") else "error"
+        preview = " ".join(str(data.get("preview", "")).split())[:80]
+        print(f"[tool {data.get('name')}: {status}, {data.get('durationMs')} ms] {preview}",
+              file=sys.stderr, flush=True)
 
 
 USAGE_ERRORS = ("NOT_FOUND", "INVALID_REQUEST")
@@ -223,6 +234,8 @@ async def _run_agent_remotely(reactor, config: Config, args) -> int:
                 and payload.get("runId") == accepted.get("runId")):
             sys.stdout.write(payload.get("data", {}).get("delta", ""))
             sys.stdout.flush()
+        if (event == "agent" and not args.json and payload.get("runId") == accepted.get("runId")):
+            _print_server_tool(payload.get("stream", ""), payload.get("data", {}))
 
     try:
         client = await GatewayClient.connect(reactor, url, gateway_credential(config),

@@ -13,6 +13,7 @@ import pytest
 from moltbot_gw.agents import failures
 from moltbot_gw.agents.client_slots import ClientBusy, ClientSlots
 from moltbot_gw.agents.failures import KINDS, describe_failure
+from moltbot_gw.agents.tool_loop import ToolLoopLimitReached
 from moltbot_gw.agents.registry import UnknownAgent
 from moltbot_gw.agents.run import (InvalidRunRequest, ModelNotFound, Run, RunCancelled,
                                    RunTimedOut)
@@ -86,6 +87,11 @@ CASES = [
     (ProviderBusy("local", 1, 0), failures.PROVIDER_BUSY, 429, "provider_busy", "RATE_LIMITED",
      'provider "local" is busy: 1 request(s) at once and 0 waiting '
      "(models.providers.local.maxConcurrent / maxQueue)"),
+    (ToolLoopLimitReached("the model still asked for tools after 20 rounds of tool calls "
+                          "(agents.defaults.tools.maxIterations)"),
+     failures.TOOL_LOOP_LIMIT, 502, "tool_loop_limit", "UNAVAILABLE",
+     "the model still asked for tools after 20 rounds of tool calls "
+     "(agents.defaults.tools.maxIterations)"),
     # The runner wraps an unexpected exception in a bare ProviderError: a bug, not upstream.
     (provider.ProviderError("internal error while running the agent"), failures.INTERNAL, 500,
      "internal_error", "INTERNAL", "internal error while running the agent"),

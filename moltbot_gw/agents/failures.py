@@ -14,6 +14,7 @@ from ..retry_after import TellsRetryAfter
 from .client_slots import ClientBusy
 from .registry import UnknownAgent
 from .run import InvalidRunRequest, ModelNotFound, RunCancelled, RunTimedOut
+from .tool_loop import ToolLoopLimitReached
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ UNKNOWN_AGENT = FailureKind(
 CLIENT_BUSY = FailureKind(
     "client_busy", 429, "rate_limit_error", "too_many_concurrent_requests", "RATE_LIMITED",
     _client_busy, tells_retry_after=True)
+TOOL_LOOP_LIMIT = FailureKind(
+    "tool_loop_limit", 502, "api_error", "tool_loop_limit", "UNAVAILABLE", _own)
 INTERNAL = FailureKind(
     "internal", 500, "api_error", "internal_error", "INTERNAL",
     lambda e: "internal error while running the agent")
@@ -117,6 +120,7 @@ TABLE: tuple[tuple[type, FailureKind], ...] = (
     (UnknownAgent, UNKNOWN_AGENT),
     (ModelNotFound, MODEL_NOT_FOUND),
     (ClientBusy, CLIENT_BUSY),
+    (ToolLoopLimitReached, TOOL_LOOP_LIMIT),
 )
 KINDS: tuple[FailureKind, ...] = tuple(kind for _cls, kind in TABLE) + (INTERNAL,)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import AgentConfig, Config, HistoryConfig, ModelChoice, normalize_agent_id
+from ..config.agents import ToolLoopConfig
 
 DEFAULT_AGENT_ID = "main"
 
@@ -31,6 +32,7 @@ class Agent:
     timeout_seconds: float
     history: HistoryConfig
     max_reply_chars: int
+    tool_limits: ToolLoopConfig = ToolLoopConfig()   # agents.defaults.tools
 
 
 def _configured_id(raw: str) -> str:
@@ -58,6 +60,7 @@ class AgentRegistry:
                 timeout_seconds=entry.timeoutSeconds or defaults.timeoutSeconds,
                 history=entry.history or defaults.history,
                 max_reply_chars=defaults.maxReplyChars,
+                tool_limits=defaults.tools,
             )
         marked = [_configured_id(e.id) for e in entries if e.default]
         self.default_id = marked[0] if marked else _configured_id(entries[0].id)

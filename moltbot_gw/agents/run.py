@@ -53,8 +53,10 @@ class RunRequest:
 @dataclass(frozen=True)
 class RunEvent:
     """``stream`` is "assistant" (data: {"delta"} for text, {"reasoning"} for reasoning),
-    "tool" (data: {"index", "id", "name", "argumentsDelta"}; id and name only in the first
-    fragment of a call) or "lifecycle" (data: {"phase", ...})."""
+    "tool" (a client tool call: data {"index", "id", "name", "argumentsDelta"}; id and name
+    only in the first fragment of a call; a server tool the loop runs: data {"phase":
+    "start", "callId", "name", "arguments"} then {"phase": "end", "callId", "name", "ok",
+    "durationMs", "preview"}) or "lifecycle" (data: {"phase", ...})."""
 
     run_id: str
     seq: int

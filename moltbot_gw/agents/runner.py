@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..config import HistoryConfig, parse_model_ref
-from ..content import content_text
+from ..config import parse_model_ref
 from ..providers.base import ModelRequest, ModelResult
 from ..providers.errors import ProviderError, ProviderReplyTooLarge
 from ..providers.interface import IFlowControlledProvider
@@ -23,7 +22,9 @@ from ..providers.token_estimate import usage_of
 from ..sessions.keys import openai_session_key, resolve_session_key
 from ..sessions.store import SessionStore
 from ..sessions.transcript import branch_messages, complete_tool_turns, history_messages
+from ..tools.base import NO_TOOLS, AgentTools, ToolContext
 from .client_history import align
+from .history_window import cap_history, client_history_budget, estimate_tokens, history_budget  # noqa: F401 - cap_history, estimate_tokens: re-exported
 from .lanes import Lanes
 from .registry import Agent, AgentRegistry
 from .run import (
@@ -36,67 +37,17 @@ from .run import (
     RunTimedOut,
     client_model_error,
 )
+from .tool_loop import (
+    CallRouter,
+    ToolExecutor,
+    ToolLoopLimitReached,
+    check_client_tools,
+    client_tool_names,
+    loop_tool_choice,
+    tool_loop,
+)
 
 WORKSPACE_FILES = ("AGENTS.md", "SOUL.md")
-
-
-def estimate_tokens(message: Mapping[str, Any]) -> int:
-    """A cheap token estimate (about four characters a token) for history budgeting."""
-    return len(content_text(message.get("content"))) // 4 + 4
-
-
-def cap_history(messages: Sequence[Mapping[str, Any]], limits: HistoryConfig) -> list:
-    """Keep the newest messages within ``maxMessages`` and ``maxTokens``; never start the
-    history with an assistant reply cut off from its question."""
-    kept: list = []
-    budget = limits.maxTokens
-    for message in reversed(messages):
-        cost = estimate_tokens(message)
-        if len(kept) >= limits.maxMessages or cost > budget:
-            break
-        budget -= cost
-        kept.append(message)
-    kept.reverse()
-    while kept and kept[0].get("role") != "user":
-        kept.pop(0)
-    return kept
-
-
-def history_budget(limits: HistoryConfig):
-    """When a transcript read from its end has enough for ``cap_history``: twice the messages
-    and tokens it can keep (records that do not become messages, such as unanswered tool
-    calls or empty replies, leave room for older ones), so older turns are never read."""
-    messages = tokens = 0
-
-    def enough(record: Mapping[str, Any]) -> bool:
-        nonlocal messages, tokens
-        if record.get("type") == "message":
-            messages += 1
-            tokens += estimate_tokens(record)
-        return messages >= 2 * limits.maxMessages + 2 or tokens > 2 * limits.maxTokens + 64
-
-    return enough
-
-
-def client_history_budget(client_messages: int):
-    """When a transcript read from its end reaches back past the conversation a client
-    that owns its history resent: its number of messages plus a margin, counting only
-    messages such a client sees (tool traffic is extra) and adding back each branch
-    record's dropped messages, so the alignment sees the whole current branch."""
-    needed = client_messages + 8
-    seen = 0
-
-    def enough(record: Mapping[str, Any]) -> bool:
-        nonlocal needed, seen
-        drop = record.get("drop")
-        if record.get("type") == "branch" and isinstance(drop, int) and drop > 0:
-            needed += drop
-        elif (record.get("type") == "message" and record.get("role") in ("user", "assistant")
-              and not record.get("tool_calls")):
-            seen += 1
-        return seen >= needed
-
-    return enough
 
 
 def _read_workspace(folder: str) -> list[str]:
@@ -123,7 +74,8 @@ class AgentRunner:
     log = Logger()
 
     def __init__(self, agents: AgentRegistry, providers, store: SessionStore, reactor,
-                 max_concurrent: int = 64, metrics=None):
+                 max_concurrent: int = 64, metrics=None,
+                 tools_for: Callable[[Agent], AgentTools] = lambda agent: NO_TOOLS):
         self.agents = agents
         self.providers = providers
         self.store = store
@@ -131,11 +83,15 @@ class AgentRunner:
         self.lanes = Lanes(max_concurrent)
         self.active: dict[str, Run] = {}
         self.metrics = metrics  # a GatewayMetrics, told of every run started, or None
+        self.tools_for = tools_for  # the server tools an agent may use (its tool policy)
 
-    def reconfigure(self, agents: AgentRegistry, providers) -> None:
+    def reconfigure(self, agents: AgentRegistry, providers,
+                    tools_for: Optional[Callable[[Agent], AgentTools]] = None) -> None:
         """A config reload: runs from now on use these; runs in flight keep theirs."""
         self.agents = agents
         self.providers = providers
+        if tools_for is not None:
+            self.tools_for = tools_for
 
     def run(self, request: RunRequest) -> Run:
         """Start a run and return its handle at once. Raises ``UnknownAgent`` or
@@ -149,8 +105,11 @@ class AgentRunner:
         else:
             session_key = openai_session_key(agent.id)
         chain = self._model_chain(agent, request.model)
+        tools = self.tools_for(agent)
+        check_client_tools(tools, request.tools)
         run = Run("run_" + uuid.uuid4().hex, agent.id, session_key)
-        execution = defer.Deferred.fromCoroutine(self._execute(run, agent, chain, request))
+        execution = defer.Deferred.fromCoroutine(
+            self._execute(run, agent, chain, request, tools))
         run._canceller = execution.cancel
         self.active[run.run_id] = run
         execution.addBoth(self._finished, run)
@@ -192,7 +151,7 @@ class AgentRunner:
         return "\n\n".join(parts) or None
 
     async def _execute(self, run: Run, agent: Agent, chain: tuple[str, ...],
-                       request: RunRequest) -> RunResult:
+                       request: RunRequest, tools: AgentTools) -> RunResult:
         timer = self.reactor.callLater(agent.timeout_seconds, run.cancel, "timeout")
         try:
             # Start on the next reactor turn, so whoever called run() has subscribed
@@ -207,20 +166,23 @@ class AgentRunner:
             run.emit("lifecycle", {"phase": "start", "agentId": agent.id,
                                    "sessionKey": run.session_key, "startedAt": self._now_ms()})
             before: list = []    # records the turn writes before its own (a branch point)
+            steps: list = []     # the tool loop's assistant tool calls and tool results
             try:
                 history, before = await self._history(run, agent, request)
-                result = await self._turn(run, agent, chain, request, history)
+                result = await self._turn(run, agent, chain, request, history, tools, steps)
             except BaseException:
                 failure = Failure()
                 error = client_model_error(self._as_run_error(failure, run), request.model)
                 status = "aborted" if isinstance(error, (RunCancelled, RunTimedOut)) else "error"
-                await self._record(run, request, status=status, error=error, before=before)
+                await self._record(run, request, status=status, error=error, before=before,
+                                   steps=steps)
                 run.emit("lifecycle", {"phase": "error", "error": {
                     "kind": getattr(error, "kind", "error"), "message": _message(error)}})
                 self.log.info("run {run_id} of {agent} ended: {kind}", run_id=run.run_id,
                               agent=agent.id, kind=getattr(error, "kind", "error"))
                 raise error from None
-            await self._record(run, request, status="ok", result=result, before=before)
+            await self._record(run, request, status="ok", result=result, before=before,
+                               steps=steps)
             run.emit("lifecycle", {"phase": "end", "finishReason": result.finish_reason,
                                    "model": result.model})
             return result
@@ -238,8 +200,8 @@ class AgentRunner:
             if run.cancel_reason == "timeout":
                 return RunTimedOut("the run took longer than its timeout")
             return RunCancelled("the run was cancelled")
-        if failure.check(ProviderError, InvalidRunRequest, RunTimedOut):
-            assert isinstance(failure.value, Exception)  # one of those three
+        if failure.check(ProviderError, InvalidRunRequest, RunTimedOut, ToolLoopLimitReached):
+            assert isinstance(failure.value, Exception)  # one of those four
             return failure.value
         self.log.failure("run {run_id} failed unexpectedly", failure, run_id=run.run_id)
         return ProviderError("internal error while running the agent")
@@ -277,7 +239,10 @@ class AgentRunner:
         return history, before
 
     async def _turn(self, run: Run, agent: Agent, chain: tuple[str, ...],
-                    request: RunRequest, history: list) -> RunResult:
+                    request: RunRequest, history: list, tools: AgentTools,
+                    steps: list) -> RunResult:
+        """The turn's tool loop (``tool_loop.py``) over ``_model_call``: deltas stream as they
+        come, text said before a tool call included; the client's tool calls only."""
         messages = cap_history(history, agent.history) + list(request.input)
         system = await self._system_prompt(agent, request.extra_system_prompt)
         options = {k: v for k, v in request.options.items() if k in SAMPLING_OPTIONS}
@@ -303,60 +268,80 @@ class AgentRunner:
                 spend(len(text))
                 run.emit("assistant", {"reasoning": text})
 
+        router = CallRouter(tools, client_tool_names(request.tools))
+
         def on_tool_call(index: int, call_id, name, fragment: str) -> None:
             spend(len(fragment or "") + len(name or ""))
-            data = {"index": index, "argumentsDelta": fragment}
+            client_index = router.client_index(index, name)
+            if client_index is None:
+                return      # a server tool: the loop runs it, clients never see the call
+            data = {"index": client_index, "argumentsDelta": fragment}
             if call_id is not None:
                 data["id"] = call_id
             if name is not None:
                 data["name"] = name
             run.emit("tool", data)
 
-        last_error: Optional[ProviderError] = None
-        for ref in chain:
-            provider_name, model = _checked_ref(ref)
-            provider = self.providers.get(provider_name)
-            model_request = ModelRequest(
-                model=model, messages=tuple(messages), system=system, options=options,
-                tools=request.tools, tool_choice=request.tool_choice,
-                parallel_tool_calls=request.parallel_tool_calls)
-            slot: Optional[ProviderSlot] = None
-            try:
-                slot = await self._provider_slot(run, agent, provider_name)
-                if request.stream:
-                    extra: dict[str, Any] = {}
-                    if request.tools:
-                        extra["on_tool_call"] = on_tool_call
-                    if IFlowControlledProvider.providedBy(provider):
-                        extra["flow"] = run.flow
-                    answer: ModelResult = await provider.stream(
-                        model_request, on_delta, on_reasoning=on_reasoning, **extra)
-                else:
-                    answer = await provider.complete(model_request)
-                    on_reasoning(answer.reasoning)
-                    on_delta(answer.text)
-                    for i, call in enumerate(answer.tool_calls):
-                        on_tool_call(i, call.id, call.name, call.arguments)
-            except ProviderError as e:
-                last_error = e
-                if e.retryable and not run.produced_output and ref != chain[-1]:
-                    self.log.warn("model {ref} failed ({kind}: {message}); trying the next",
-                                  ref=ref, kind=e.kind, message=e.message)
-                    run.emit("lifecycle", {"phase": "fallback", "model": ref,
-                                           "error": {"kind": e.kind, "message": e.message}})
-                    continue
-                raise
-            finally:
-                if slot is not None:
-                    slot.release()   # before anything else: the next waiter may go
-            # the provider's counts, or (none reported) the gateway's estimate
-            usage = await usage_of(model_request, answer)
-            return RunResult(run_id=run.run_id, agent_id=agent.id,
-                             session_key=run.session_key, text=run.text,
-                             finish_reason=answer.finish_reason, usage=usage, model=ref,
-                             tool_calls=answer.tool_calls, reasoning=answer.reasoning)
-        assert last_error is not None  # pragma: no cover - the loop returns or raises
-        raise last_error  # pragma: no cover
+        models_used: list[str] = []   # the model ref that answered each call
+
+        async def call_model(messages: list, offered: tuple) -> tuple[ModelResult, Any]:
+            """One model call, through the fallback chain; its answer and usage."""
+            last_error: Optional[ProviderError] = None
+            for ref in chain:
+                provider_name, model = _checked_ref(ref)
+                provider = self.providers.get(provider_name)
+                model_request = ModelRequest(
+                    model=model, messages=tuple(messages), system=system, options=options,
+                    tools=offered, tool_choice=loop_tool_choice(request.tool_choice,
+                                                                len(models_used)),
+                    parallel_tool_calls=request.parallel_tool_calls)
+                slot: Optional[ProviderSlot] = None
+                try:
+                    slot = await self._provider_slot(run, agent, provider_name)
+                    if request.stream:
+                        extra: dict[str, Any] = {}
+                        if request.tools:
+                            extra["on_tool_call"] = on_tool_call
+                        if IFlowControlledProvider.providedBy(provider):
+                            extra["flow"] = run.flow
+                        answer: ModelResult = await provider.stream(
+                            model_request, on_delta, on_reasoning=on_reasoning, **extra)
+                    else:
+                        answer = await provider.complete(model_request)
+                        on_reasoning(answer.reasoning)
+                        on_delta(answer.text)
+                        for i, call in enumerate(answer.tool_calls):
+                            on_tool_call(i, call.id, call.name, call.arguments)
+                except ProviderError as e:
+                    last_error = e
+                    if e.retryable and not run.produced_output and ref != chain[-1]:
+                        self.log.warn("model {ref} failed ({kind}: {message}); trying the next",
+                                      ref=ref, kind=e.kind, message=e.message)
+                        run.emit("lifecycle", {"phase": "fallback", "model": ref,
+                                               "error": {"kind": e.kind, "message": e.message}})
+                        continue
+                    raise
+                finally:
+                    if slot is not None:
+                        slot.release()   # before anything else: the next waiter may go
+                # the provider's counts, or (none reported) the gateway's estimate
+                usage = await usage_of(model_request, answer)
+                models_used.append(ref)
+                return answer, usage
+            assert last_error is not None  # pragma: no cover - the loop returns or raises
+            raise last_error  # pragma: no cover
+
+        context = tools.context or ToolContext(
+            agent.id, Path(agent.workspace).expanduser() if agent.workspace else None,
+            self.reactor)
+        executor = ToolExecutor(run, tools, agent.tool_limits, context, self.reactor)
+        offered = tuple(tools.schemas()) + tuple(request.tools)
+        answer, usage = await tool_loop(run, call_model, messages, offered, router, executor,
+                                        steps)
+        return RunResult(run_id=run.run_id, agent_id=agent.id, session_key=run.session_key,
+                         text=run.text, finish_reason=answer.finish_reason, usage=usage,
+                         model=models_used[-1], tool_calls=answer.tool_calls,
+                         reasoning=answer.reasoning)
 
     async def _provider_slot(self, run: Run, agent: Agent, provider_name: str) -> ProviderSlot:
         """Wait for a free slot of the provider (``maxConcurrent``). The wait counts against
@@ -375,15 +360,21 @@ class AgentRunner:
 
     async def _record(self, run: Run, request: RunRequest, status: str,
                       result: Optional[RunResult] = None, error: Optional[Exception] = None,
-                      before: Sequence[Mapping[str, Any]] = ()) -> None:
+                      before: Sequence[Mapping[str, Any]] = (),
+                      steps: Sequence[Mapping[str, Any]] = ()) -> None:
         """Write the turn to the transcript before anyone hears that it ended; ``before``
-        (a branch point and the client's version of earlier messages) goes first."""
+        (a branch point and the client's version of earlier messages) goes first, the tool
+        loop's ``steps`` (assistant tool calls, tool results) between input and reply."""
         if not (request.persist and request.record):
             return
         now = self._now_ms()
         records = list(before)
         records += [_message_record(message, run.run_id, now) for message in request.input]
-        reply: dict[str, Any] = {"type": "message", "role": "assistant", "content": run.text,
+        records += [_message_record(message, run.run_id, now) for message in steps]
+        # the steps' texts were said first: the reply is what the model said after them
+        said = sum(len(m.get("content") or "") for m in steps if m.get("role") == "assistant")
+        reply: dict[str, Any] = {"type": "message", "role": "assistant",
+                                 "content": run.text[said:],
                                  "runId": run.run_id, "ts": now, "status": status}
         usage = None
         if result is not None:

@@ -45,6 +45,18 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
+class ToolLoopConfig:
+    """How far a run's server-tool loop may go (see docs/tools)."""
+
+    maxIterations: PositiveInt = Field(
+        default=20, description="rounds of server tool calls in one run; past it the run fails")
+    maxParallel: PositiveInt = Field(
+        default=4, description="server tool calls of one reply running at once")
+    maxResultChars: PositiveInt = Field(
+        default=64_000, description="longest tool result fed back to the model (cut marked)")
+
+
+@dataclass(frozen=True, config=SECTION_CONFIG)
 class AgentDefaults:
     model: ModelChoiceOrRef = Field(default_factory=lambda: ModelChoice("builtin/echo"),
                                     description='"provider/model" or {primary, fallbacks}')
@@ -56,6 +68,8 @@ class AgentDefaults:
         default=2_000_000, description="longest model reply (text, reasoning, tool arguments)")
     history: Annotated[HistoryConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=HistoryConfig, description="how much history a turn replays")
+    tools: Annotated[ToolLoopConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=ToolLoopConfig, description="limits of the server-tool loop")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)

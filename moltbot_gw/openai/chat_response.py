@@ -156,7 +156,7 @@ class ChatStream(CompletionStream):
                     and data.get("model") == self._models[0]):
                 self._models.pop(0)
                 self._set_prefix()
-        elif event.stream == "tool":
+        elif event.stream == "tool" and "phase" not in data:   # not a server tool's events
             self._output()
             call: dict = {"index": data["index"]}
             function: dict = {}

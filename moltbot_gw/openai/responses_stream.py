@@ -217,7 +217,7 @@ class ResponsesStream(SSEStream):
                 self._emit("response.reasoning_summary_text.delta", {
                     "item_id": item.id, "output_index": item.index, "summary_index": 0,
                     "delta": data["reasoning"]})
-        elif event.stream == "tool":
+        elif event.stream == "tool" and "phase" not in data:   # not a server tool's events
             self._output()
             self._on_tool(data)
 

@@ -1,0 +1,68 @@
+"""How much stored history a turn reads and replays: ``cap_history`` keeps the newest messages
+within the agent's ``history`` limits; the budgets say when a transcript read from its end has
+read enough."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from ..config import HistoryConfig
+from ..content import content_text
+
+
+def estimate_tokens(message: Mapping[str, Any]) -> int:
+    """A cheap token estimate (about four characters a token) for history budgeting."""
+    return len(content_text(message.get("content"))) // 4 + 4
+
+
+def cap_history(messages: Sequence[Mapping[str, Any]], limits: HistoryConfig) -> list:
+    """Keep the newest messages within ``maxMessages`` and ``maxTokens``; never start the
+    history with an assistant reply cut off from its question."""
+    kept: list = []
+    budget = limits.maxTokens
+    for message in reversed(messages):
+        cost = estimate_tokens(message)
+        if len(kept) >= limits.maxMessages or cost > budget:
+            break
+        budget -= cost
+        kept.append(message)
+    kept.reverse()
+    while kept and kept[0].get("role") != "user":
+        kept.pop(0)
+    return kept
+
+
+def history_budget(limits: HistoryConfig):
+    """When a transcript read from its end has enough for ``cap_history``: twice the messages
+    and tokens it can keep (records that do not become messages, such as unanswered tool
+    calls or empty replies, leave room for older ones), so older turns are never read."""
+    messages = tokens = 0
+
+    def enough(record: Mapping[str, Any]) -> bool:
+        nonlocal messages, tokens
+        if record.get("type") == "message":
+            messages += 1
+            tokens += estimate_tokens(record)
+        return messages >= 2 * limits.maxMessages + 2 or tokens > 2 * limits.maxTokens + 64
+
+    return enough
+
+
+def client_history_budget(client_messages: int):
+    """When a transcript read from its end reaches back past the conversation a client
+    that owns its history resent: its number of messages plus a margin, counting only
+    messages such a client sees (tool traffic is extra) and adding back each branch
+    record's dropped messages, so the alignment sees the whole current branch."""
+    needed = client_messages + 8
+    seen = 0
+
+    def enough(record: Mapping[str, Any]) -> bool:
+        nonlocal needed, seen
+        drop = record.get("drop")
+        if record.get("type") == "branch" and isinstance(drop, int) and drop > 0:
+            needed += drop
+        elif (record.get("type") == "message" and record.get("role") in ("user", "assistant")
+              and not record.get("tool_calls")):
+            seen += 1
+        return seen >= needed
+
+    return enough
