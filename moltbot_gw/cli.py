@@ -162,11 +162,13 @@ async def _run_agent_locally(reactor, config: Config, args) -> int:
     from .agents.runner import AgentRunner
     from .providers.registry import ProviderRegistry
     from .sessions.store import SessionStore
+    from .tools.policy import ToolCatalog
 
     agents = AgentRegistry(config)
     providers = ProviderRegistry(config.models, reactor)
     runner = AgentRunner(agents, providers, SessionStore(config.state_dir, reactor), reactor,
-                         config.agents.defaults.maxConcurrent)
+                         config.agents.defaults.maxConcurrent,
+                         tools_for=ToolCatalog(config, reactor).for_agent)
     request = RunRequest(input=({"role": "user", "content": args.message},),
                          agent_id=args.agent, session_key=args.session_key,
                          persist=args.session_key is not None)

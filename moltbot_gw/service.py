@@ -27,6 +27,7 @@ from .openai.routes import OpenAIRoutes
 from .providers.registry import ProviderRegistry
 from .sessions.store import SessionStore
 from .site import DoorPolicy, GatewaySite
+from .tools.policy import ToolCatalog
 from .web import GatewayRoot, MetricsResource
 from .ws.methods import GatewayMethods
 from .ws.protocol import GatewayWSFactory
@@ -79,7 +80,8 @@ class GatewayService(MultiService):
         self.store = SessionStore(config.state_dir, reactor, limits=config.session)
         self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
                                   config.agents.defaults.maxConcurrent,
-                                  metrics=self.gateway_metrics)
+                                  metrics=self.gateway_metrics,
+                                  tools_for=ToolCatalog(config, reactor).for_agent)
         self.http_auth = CountingAuth(self.auth,
                                       lambda: self.gateway_metrics.auth_failed("http"))
         ws_auth = CountingAuth(self.auth, lambda: self.gateway_metrics.auth_failed("ws"))
@@ -165,7 +167,8 @@ class GatewayService(MultiService):
         limits = config.gateway.limits
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config, previous=old_providers)
-        self.runner.reconfigure(self.agents, self.providers)
+        self.runner.reconfigure(self.agents, self.providers,
+                                tools_for=ToolCatalog(config, self.reactor).for_agent)
         self.store.reconfigure(config.session)
         self.ws_factory.methods.reconfigure(self.agents, limits)
         self.ws_factory.set_max_payload(config.gateway.ws.maxFrameBytes)
