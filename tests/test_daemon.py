@@ -136,3 +136,39 @@ def test_sigterm_stops_the_daemon_with_exit_zero(tmp_path, env):
     daemon.wait_listening()
     assert daemon.stop() == 0
     assert "Server Shut Down" in "".join(daemon.lines)
+
+
+
+class ReactorThatStopsOnce:
+    """Stands in for the reactor's stop contract: a second stop() raises, as Twisted's does."""
+
+    def __init__(self):
+        self.stops = 0
+
+    def callFromThread(self, f, *args):
+        f(*args)
+
+    def stop(self):
+        from twisted.internet.error import ReactorNotRunning
+        if self.stops:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
+        self.stops += 1
+
+
+def test_a_second_sigterm_while_draining_does_not_stop_the_reactor_again():
+    """A supervisor and the wrapper it runs (``timeout``, an init script) may both forward
+    SIGTERM; the second must not stop the reactor again (Twisted logs ReactorNotRunning
+    with a traceback)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from twisted.plugins.moltbot_gw_plugin import _stop_cleanly_on_sigterm
+
+    reactor = ReactorThatStopsOnce()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        _stop_cleanly_on_sigterm(reactor)
+        handler = signal.getsignal(signal.SIGTERM)
+        handler(signal.SIGTERM, None)
+        handler(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert reactor.stops == 1

@@ -82,9 +82,18 @@ def _stop_cleanly_on_sigterm(reactor) -> None:
 
     log = Logger(namespace="moltbot_gw.daemon")
 
+    requested: list[bool] = []
+
+    def stop() -> None:
+        if requested:   # a second SIGTERM (a supervisor and its wrapper both send one)
+            log.info("Received SIGTERM again; already draining")
+            return
+        requested.append(True)
+        log.info("Received SIGTERM; draining and stopping")
+        reactor.stop()
+
     def handler(signum, frame):
-        reactor.callFromThread(log.info, "Received SIGTERM; draining and stopping")
-        reactor.callFromThread(reactor.stop)
+        reactor.callFromThread(stop)
 
     signal.signal(signal.SIGTERM, handler)
 
