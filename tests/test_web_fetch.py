@@ -205,10 +205,15 @@ async def test_echo_agent_fetches_a_public_page(start_gateway, http, site, tmp_p
     assert "# Buying milk" in answer and "before noon" in answer and "<p>" not in answer
 
 
+@pytest.mark.parametrize("tools", [{"profile": "coding"},
+                                   {"profile": "full", "deny": ["group:web"]}])
 @pytest_twisted.ensureDeferred
-async def test_coding_profile_does_not_offer_web_fetch(start_gateway, http, site, tmp_path):
-    _, internal = site
-    gw = await start_gateway(web_config(tmp_path / "ws", profile="coding"))
-    answer = await ask(http, gw, 'call web_fetch {"url": "http://127.0.0.1:%d/"}'
-                       % internal.port)
-    assert "internal secret" not in answer and internal.connections == 0
+async def test_web_fetch_not_offered_unless_allowed(start_gateway, http, site, tmp_path, tools):
+    """A public page the tool would fetch: an agent not allowed group:web never gets it."""
+    public, _ = site
+    public.route("/milk", body=PAGE, content_type="text/html")
+    net = SimulatedInternet(reactor, {"news.example": [[(PUBLIC_IP, 80)]]},
+                            routes={PUBLIC_IP: (PUBLIC_STAND_IN, public.port)})
+    gw = await start_gateway(web_config(tmp_path / "ws", **tools), reactor=net)
+    answer = await ask(http, gw, 'call web_fetch {"url": "http://news.example/milk"}')
+    assert "Buying milk" not in answer and public.connections == 0
