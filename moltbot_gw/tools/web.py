@@ -119,9 +119,9 @@ class WebFetchTool:
             raise ToolError(f"refused: fetching from {e.host} is not allowed (only public "
                             "addresses are)") from None
         except FetchError as e:
-            raise ToolError(f"{e} (network error, HTTP error status, over "
-                            f"{MAX_BODY_BYTES} bytes or over {DEADLINE_SECONDS:g} s)"
-                            ) from None
+            raise ToolError(f"{e} (the name has no public address, a network error, an "
+                            f"HTTP error status, over {MAX_BODY_BYTES // (1024 * 1024)} MiB "
+                            f"or over {DEADLINE_SECONDS:g} s)") from None
         text = await threads.deferToThread(readable, result)
         return f"URL: {result.final_url}\n\n{cut(text, max_chars)}"
 
