@@ -66,7 +66,8 @@ async def test_html_page_comes_back_as_readable_text(site):
     text = await admitting_tool().call({"url": url}, CONTEXT)
     assert text.splitlines()[0] == f"URL: {url}"
     assert "# Buying milk" in text
-    assert "Go to the [shop](/shop) before noon." in text
+    assert f"Go to the [shop](http://{PUBLIC_STAND_IN}:{public.port}/shop) before noon." \
+        in text   # links made absolute against the page's URL
     assert "whole" in text and "skimmed" in text
     assert "<" not in text and "secret" not in text and "color" not in text
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 from typing import Any, Mapping, Optional
+from urllib.parse import urljoin
 
 from bs4 import BeautifulSoup
 from markdownify import MarkdownConverter
@@ -43,12 +44,18 @@ def decode(body: bytes, charset: str) -> str:
     return body.decode(charset or "utf-8", errors="replace")
 
 
-def html_to_markdown(body: bytes, charset: str) -> str:
-    """Readable Markdown of a page (scripts and styles dropped). CPU-bound on a large page:
+def html_to_markdown(body: bytes, charset: str, base_url: str) -> str:
+    """Readable Markdown of a page (scripts and styles dropped), its links made absolute
+    against ``base_url`` so the model can fetch them next. CPU-bound on a large page:
     callers run it in a worker thread. Without a declared charset, Beautiful Soup sniffs
     the page's own ``<meta charset>``."""
     markup: Any = decode(body, charset) if charset else body
     soup = BeautifulSoup(markup, "html.parser")
+    for link in soup.find_all("a", href=True):
+        try:
+            link["href"] = urljoin(base_url, str(link["href"]))
+        except ValueError:   # a malformed href stays as written
+            pass
     text = MarkdownConverter(heading_style="ATX", strip=["img"]).convert_soup(soup)
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
@@ -56,7 +63,7 @@ def html_to_markdown(body: bytes, charset: str) -> str:
 def readable(result: FetchResult) -> str:
     """The fetched body as text for the model; a ToolError for types that are not text."""
     if result.content_type in HTML_TYPES:
-        return html_to_markdown(result.body, result.charset)
+        return html_to_markdown(result.body, result.charset, result.final_url)
     if is_text_type(result.content_type):
         return decode(result.body, result.charset).strip()
     raise ToolError(f"unsupported content type {result.content_type!r} (web_fetch reads "
