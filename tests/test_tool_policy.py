@@ -50,11 +50,11 @@ def test_the_default_minimal_profile_gives_no_server_tools():
 
 
 def test_coding_and_full_profiles_give_the_fs_tools_with_their_context(tmp_path):
-    for profile in ("coding", "full"):
+    for profile, names in (("coding", FS), ("full", sorted(FS + ["web_fetch"]))):
         cfg = config({"profile": profile}, [{"id": "main", "workspace": str(tmp_path / "w")}])
         tools = tools_of(cfg)
-        assert sorted(tools.names) == FS
-        assert [s["function"]["name"] for s in tools.schemas()] == FS
+        assert sorted(tools.names) == names
+        assert [s["function"]["name"] for s in tools.schemas()] == names
         assert tools.context.agent_id == "main"
         assert tools.context.workspace == tmp_path / "w"
         assert not (tmp_path / "w").exists()    # created by the tools on use, not here
@@ -67,7 +67,7 @@ def test_allow_adds_to_the_profile_and_deny_always_wins():
     got = reasons(cfg)
     assert got["read"] == (True, "tools.allow")
     assert got["write"] == (False, "tools.deny")
-    cfg = config({"profile": "full", "deny": ["group:fs"]})
+    cfg = config({"profile": "full", "deny": ["group:fs", "group:web"]})
     assert tools_of(cfg).names == frozenset()
     assert reasons(cfg)["ls"] == (False, "tools.deny")
 

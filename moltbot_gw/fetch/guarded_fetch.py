@@ -47,6 +47,7 @@ class FetchResult:
     final_url: str
     content_type: str    # media type only, lower case, "" when none was sent
     body: bytes
+    charset: str = ""    # the content type's charset parameter, lower case, "" when none
 
 
 def _producer(protocol: Protocol) -> IPushProducer:
@@ -187,10 +188,20 @@ class GuardedFetcher:
             body = _BudgetedBody(host, max_bytes)
             response.deliverBody(body)
             content = await body.done
-            return FetchResult(url, _media_type(response.headers), content)
+            return FetchResult(url, _media_type(response.headers), content,
+                               _charset(response.headers))
         raise FetchFailed(_host(url), f"more than {max_redirects} redirects")
 
 
 def _media_type(headers: Headers) -> str:
     value: Optional[bytes] = headers.getRawHeaders(b"content-type", [b""])[0]
     return (value or b"").split(b";")[0].strip().decode("latin-1").lower()
+
+
+def _charset(headers: Headers) -> str:
+    value: Optional[bytes] = headers.getRawHeaders(b"content-type", [b""])[0]
+    for param in (value or b"").split(b";")[1:]:
+        key, _, val = param.partition(b"=")
+        if key.strip().lower() == b"charset":
+            return val.strip().strip(b'"').decode("latin-1").lower()
+    return ""

@@ -11,6 +11,7 @@ from ..config import AgentConfig, Config, normalize_agent_id
 from .base import AgentTools, ToolContext
 from .catalogue import EffectivePolicy, effective_policy
 from .fs import fs_tools
+from .web import web_tools
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,11 @@ class ToolCatalog:
     """The server tools of a gateway and the policy choosing them per agent, built once per
     config (a reload builds a new one, so new runs see the new policy)."""
 
-    def __init__(self, config: Config, reactor: Any = None):
+    def __init__(self, config: Config, reactor: Any = None, fetcher: Any = None):
         self._config = config
         self._reactor = reactor
         self._tools: dict[str, Any] = fs_tools()
+        self._tools.update(web_tools(fetcher))   # fetcher: tests inject their own policy
         self._agents: dict[str, tuple[str, Optional[AgentConfig]]] = {}
         for i, entry in enumerate(config.agents.list):
             agent_id = normalize_agent_id(entry.id) or entry.id
