@@ -68,13 +68,16 @@ def allowlisted_argv(command: str, allowlist: tuple[str, ...]) -> list[str]:
         raise ToolError("command: must not be empty")
     program = argv[0]
     allowed = set(allowlist)
-    if program not in allowed and os.path.basename(program) not in allowed:
+    # A name is looked up on the child's PATH; a path (say ./echo, a script the model wrote)
+    # must itself be in the allowlist, as an absolute path.
+    if "/" in program:
+        resolved: Optional[str] = program if program in allowed else None
+    else:
+        resolved = shutil.which(program, path=CHILD_PATH) if program in allowed else None
+    if resolved is None and program not in allowed:
         raise ToolError(f"command: program {program!r} is not in tools.exec.allowlist")
-    resolved = program if os.path.isabs(program) else shutil.which(program, path=CHILD_PATH)
     if resolved is None or not os.access(resolved, os.X_OK):
         raise ToolError(f"command: program {program!r} not found")
-    if os.path.basename(resolved) not in allowed and resolved not in allowed:
-        raise ToolError(f"command: program {program!r} is not in tools.exec.allowlist")
     return [resolved, *argv[1:]]
 
 
