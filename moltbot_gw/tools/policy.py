@@ -10,6 +10,7 @@ from typing import Any, Optional
 from ..config import AgentConfig, Config, normalize_agent_id
 from .base import AgentTools, ToolContext
 from .catalogue import EffectivePolicy, effective_policy
+from .exec import exec_tools
 from .fs import fs_tools
 from .web import web_tools
 
@@ -37,6 +38,9 @@ class ToolCatalog:
         self._reactor = reactor
         self._tools: dict[str, Any] = fs_tools()
         self._tools.update(web_tools(fetcher))   # fetcher: tests inject their own policy
+        # None under tools.exec.security "deny"; BwrapMissing (a ValueError: the gateway
+        # refuses to start) when its sandbox is bwrap and bwrap is not installed.
+        self._tools.update(exec_tools(config.tools.exec))
         self._agents: dict[str, tuple[str, Optional[AgentConfig]]] = {}
         for i, entry in enumerate(config.agents.list):
             agent_id = normalize_agent_id(entry.id) or entry.id
@@ -60,6 +64,10 @@ class ToolCatalog:
             tool = self._tools[name]
             allowed, reason = policy.decide(name, tool.group)
             decisions.append(Decision(name, tool.group, allowed, reason))
+        if "exec" not in self._tools:
+            decisions.append(Decision("exec", "group:runtime", False,
+                                      'tools.exec.security is "deny" (exec is not offered)'))
+            decisions.sort(key=lambda d: d.tool)
         return decisions
 
     def for_agent(self, agent: Any) -> AgentTools:
