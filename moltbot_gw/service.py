@@ -162,13 +162,14 @@ class GatewayService(MultiService):
                           port=old.gateway.port)
             config = dataclasses.replace(config, gateway=dataclasses.replace(
                 config.gateway, port=old.gateway.port, bind=old.gateway.bind))
+        # Built before anything changes: it refuses (ValueError) a bwrap sandbox without bwrap.
+        tools_for = ToolCatalog(config, self.reactor).for_agent
         self.auth.reconfigure(config)
         old_providers = self.providers
         limits = config.gateway.limits
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config, previous=old_providers)
-        self.runner.reconfigure(self.agents, self.providers,
-                                tools_for=ToolCatalog(config, self.reactor).for_agent)
+        self.runner.reconfigure(self.agents, self.providers, tools_for=tools_for)
         self.store.reconfigure(config.session)
         self.ws_factory.methods.reconfigure(self.agents, limits)
         self.ws_factory.set_max_payload(config.gateway.ws.maxFrameBytes)
