@@ -7,7 +7,6 @@ loopback, so a server on 127.0.0.1 or ::1 plays the internal service that must n
 reached (it counts connections)."""
 from __future__ import annotations
 
-import socket
 
 import pytest
 import pytest_twisted
@@ -21,20 +20,12 @@ from moltbot_gw.fetch import (AddressPolicy, FetchFailed, FetchRefused, GuardedF
 from .chat_helpers import no_leftovers  # noqa: F401
 from .fakes.origin import Origin
 from .fakes.resolver import ScriptedResolver
+from .support.network import ipv6_loopback
 
 PUBLIC_STAND_IN = "127.0.0.2"
 POLICY = AddressPolicy(allowed=[f"{PUBLIC_STAND_IN}/32"])
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 MB = 1024 * 1024
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest_twisted.async_yield_fixture
@@ -95,7 +86,7 @@ async def test_name_resolving_only_to_loopback_fails_without_connecting(site):
     assert internal.connections == 0
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
 @pytest_twisted.ensureDeferred
 async def test_loopback_aaaa_next_to_an_allowed_a_record_is_never_used(site):
     public, _ = site

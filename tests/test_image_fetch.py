@@ -16,7 +16,7 @@ from .chat_helpers import config, http, no_leftovers  # noqa: F401
 from .fakes.internet import PUBLIC_IP, SimulatedInternet
 from .fakes.origin import Origin
 from .test_chat_completions import assert_error, post, upstream_messages
-from .test_guarded_fetch import _ipv6_loopback
+from .support.network import ipv6_loopback
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 INTERNAL_PNG = b"\x89PNG\r\n\x1a\n" + b"internal" * 8
@@ -30,7 +30,7 @@ async def sites():
     loopback) serving what an attacker wants."""
     public = await Origin.start(reactor, "127.0.0.2")
     internal = [await Origin.start(reactor, "127.0.0.1")]
-    if _ipv6_loopback():
+    if ipv6_loopback():
         internal.append(await Origin.start(reactor, "::1"))
     for site in internal:
         site.route("/secret.png", body=INTERNAL_PNG, content_type="image/png")

@@ -8,7 +8,6 @@ connections). End to end, builtin/echo asks for the tool with ``call web_fetch {
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import pytest_twisted
@@ -22,6 +21,7 @@ from .chat_helpers import PATH, no_leftovers  # noqa: F401
 from .fakes.internet import PUBLIC_IP, SimulatedInternet
 from .fakes.origin import Origin
 from .fakes.resolver import ScriptedResolver
+from .support.network import ipv6_loopback
 
 PUBLIC_STAND_IN = "127.0.0.2"
 POLICY = AddressPolicy(allowed=[f"{PUBLIC_STAND_IN}/32"])
@@ -47,15 +47,6 @@ def admitting_tool(answers=None) -> WebFetchTool:
     """The tool with a fetcher whose policy admits 127.0.0.2 (and only that on loopback)."""
     return WebFetchTool(GuardedFetcher(reactor, policy=POLICY,
                                        resolver=ScriptedResolver(answers or {})))
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest_twisted.ensureDeferred
@@ -145,7 +136,7 @@ async def test_internal_targets_are_refused_with_the_default_policy(site):
         else:                    # an IP literal: refused before any connection attempt
             assert message.startswith("refused:"), message
     assert internal.connections == 0
-    if _ipv6_loopback():   # a server really listening on [::1] sees nothing either
+    if ipv6_loopback():   # a server really listening on [::1] sees nothing either
         v6 = await Origin.start(reactor, "::1")
         try:
             with pytest.raises(ToolError, match="refused"):

@@ -71,16 +71,19 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Replace ``path`` by what ``write`` puts in a private (0600) temp file beside it,
-    synced before the rename and the rename synced after: a crash leaves the old file or
-    the new, never a mix. Blocking."""
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+def replace_atomically(path: Path, write: Callable[[BinaryIO], object],
+                       mode: Optional[int] = None) -> None:
+    """Replace ``path`` by what ``write`` puts in a temp file beside it (private, 0600,
+    unless ``mode`` is given), synced before the rename and the rename synced after: a
+    crash leaves the old file or the new, never a mix. Blocking."""
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as temp_file:
             write(temp_file)
             temp_file.flush()
             os.fsync(temp_file.fileno())
+        if mode is not None:
+            os.chmod(temp_name, mode)
         os.replace(temp_name, path)
     except BaseException:
         try:

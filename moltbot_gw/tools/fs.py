@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 from twisted.internet import threads
 from zope.interface import implementer
 
+from ..sessions.transcript import replace_atomically
 from .base import IServerTool, ToolContext, ToolError
 from .workspace import confine, int_arg, is_inside, known_args, shown, string_arg, workspace_root
 
@@ -36,20 +36,10 @@ def _is_binary(path: Path) -> bool:
 
 
 def _write_atomically(target: Path, text: str) -> None:
-    """Write to a temp file beside ``target`` and rename it over: readers never see half."""
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file 0600: keep an existing file's mode, give a new one 0644.
-        os.chmod(temp, target.stat().st_mode & 0o7777 if target.exists() else 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    """Readers never see half a file; mkstemp's 0600 is not kept: an existing file keeps
+    its mode, a new one gets 0644."""
+    mode = target.stat().st_mode & 0o7777 if target.exists() else 0o644
+    replace_atomically(target, lambda f: f.write(text.encode("utf-8")), mode=mode)
 
 
 class _FsTool:
