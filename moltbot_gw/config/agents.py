@@ -6,6 +6,7 @@ from pydantic import BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from .store import StoreConfig
 from .tools import AgentToolsConfig
 from .types import NULL_IS_DEFAULTS, SECTION_CONFIG, Bool, ModelRef, PositiveFloat, PositiveInt, Str
 
@@ -114,3 +115,5 @@ class SessionConfig:
     maxTranscriptBytes: PositiveInt = Field(
         default=64 * 1024 * 1024,
         description="a transcript past this is compacted to its newest turns")
+    store: Annotated[StoreConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=StoreConfig, description="where sessions and shared state live")
