@@ -25,6 +25,7 @@ setup(
         "moltbot_gw.fetch",
         "moltbot_gw.openai",
         "moltbot_gw.providers",
+        "moltbot_gw.redis",
         "moltbot_gw.sessions",
         "moltbot_gw.tools",
         "moltbot_gw.ws",
@@ -50,6 +51,9 @@ setup(
         # web_fetch (tools/web.py): HTML to Markdown; MIT, pure Python, on Beautiful Soup
         "markdownify>=1.1",
         "beautifulsoup4>=4.12",
+        # session.store.backend "redis" (moltbot_gw/redis/): a Twisted-native Redis client, so
+        # the reactor never waits on Redis; pools, reconnects, Lua scripts and pub/sub
+        "txredisapi>=1.4.10",
     ],
     extras_require={
         "test": [

@@ -25,6 +25,7 @@ from .openai.cors import CorsPolicy
 from .openai.response_index import ResponseIndex
 from .openai.routes import OpenAIRoutes
 from .providers.registry import ProviderRegistry
+from .redis import RedisLink
 from .sessions.store import SessionStore
 from .site import DoorPolicy, GatewaySite
 from .tools.policy import ToolCatalog
@@ -75,6 +76,10 @@ class GatewayService(MultiService):
         # Metrics are always recorded (cheaply, in a registry of this gateway's own); the
         # config only decides whether GET /metrics serves them.
         self.gateway_metrics = GatewayMetrics()
+        # The state several gateway processes share (session.store.backend "redis"); None
+        # with the file store. Connected in startService; the daemon has checked at start
+        # that it answers (moltbot_gw/redis/probe.py).
+        self.redis = self._redis_for(config)
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config)
         self.store = SessionStore(config.state_dir, reactor, limits=config.session)
@@ -107,6 +112,15 @@ class GatewayService(MultiService):
         self._listen_failure: Optional[Failure] = None
 
     # -- what one config builds ---------------------------------------------------------
+
+    def _redis_for(self, config: Config) -> Optional[RedisLink]:
+        store = config.session.store
+        if store.backend != "redis":
+            return None
+        r = store.redis
+        return RedisLink(r.url, self.reactor, key_prefix=r.keyPrefix,
+                         connect_timeout=r.connectTimeoutSeconds,
+                         command_timeout=r.commandTimeoutSeconds, pool_size=r.poolSize)
 
     def _providers_for(self, config: Config,
                        previous: Optional[ProviderRegistry] = None) -> ProviderRegistry:
@@ -214,6 +228,11 @@ class GatewayService(MultiService):
 
     def startService(self):
         super().startService()
+        if self.redis is not None:
+            # Commands wait (within their bound) for the pool; a failure here is logged,
+            # and the pool keeps reconnecting.
+            self.redis.connect().addErrback(
+                lambda f: self.log.error("{problem}", problem=str(f.value)))
         failed: list[Failure] = []
 
         def not_listening(failure: Failure) -> None:
@@ -283,3 +302,5 @@ class GatewayService(MultiService):
         yield self.store.flush()
         yield super().stopService()
         yield self.providers.close()
+        if self.redis is not None:
+            yield self.redis.disconnect()

@@ -125,6 +125,13 @@ class GatewayServiceMaker:
         problem = config.gateway.exposure_problem()
         if problem is not None:
             _fail([problem])
+        store = config.session.store
+        if store.backend == "redis":
+            from moltbot_gw.redis.probe import redis_start_problem
+
+            problem = redis_start_problem(store.redis.url, store.redis.connectTimeoutSeconds)
+            if problem is not None:
+                _fail([problem])
         from moltbot_gw.state_dir import StateDirBusy, StateDirLock, prepare_state_dir
 
         try:
