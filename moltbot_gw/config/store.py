@@ -21,7 +21,7 @@ def _redis_url(value: str) -> str:
         raise PydanticCustomError(
             "redis_url", 'expected "redis://[user:password@]host[:port][/db]" (or rediss://)')
     try:
-        parts.port
+        _ = parts.port   # urlsplit checks the port only when asked
     except ValueError:
         raise PydanticCustomError("redis_url", "the port is not a number") from None
     db = parts.path.strip("/")
