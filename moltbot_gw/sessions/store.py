@@ -30,6 +30,7 @@ from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of 
     usage_token_counts,
 )
 from moltbot_gw.sessions.keys import parse_session_key
+from moltbot_gw.sessions.lease import SessionLease
 from moltbot_gw.sessions.retention import agent_ids_on_disk, remove_transcripts, take_pruned
 from moltbot_gw.sessions.tail_cache import TailCache, skipping
 from moltbot_gw.sessions.transcript import (
@@ -144,11 +145,14 @@ class SessionStore:
                                     enough or _read_everything)
 
     def record_turn(self, session_key: str, records: Sequence[Mapping[str, Any]],
-                    model: Optional[str] = None, usage: Any = None) -> Deferred:
+                    model: Optional[str] = None, usage: Any = None,
+                    lease: Optional[SessionLease] = None) -> Deferred:
         """Append one turn's records durably, then update the entry; fire with the entry.
 
         ``usage`` is a mapping or object with ``input_tokens``/``output_tokens`` (or the
         ``prompt_tokens``/``completion_tokens`` or camelCase spellings); it adds to the totals.
+        ``lease`` (sessions/lease.py) matters to the Redis store only: one process's lane
+        already orders the runs of a session here.
         """
         if not all(isinstance(record, Mapping) for record in records):
             return fail(TypeError("transcript records must be mappings"))
