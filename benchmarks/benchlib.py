@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,10 +251,12 @@ def upstream_stats(upstream: Server) -> dict:
         return json.loads(response.read())
 
 
-def gateway_config(upstream: Server, max_concurrent: int = 1100) -> dict:
+def gateway_config(upstream: Server, max_concurrent: int = 1100,
+                   tools_workspace: Optional[Path] = None) -> dict:
     """One agent ``main`` on ``bench/model`` (the fast upstream) and one agent ``slow`` on
-    ``benchslow/model`` (the same upstream's slow path) for the concurrent-streams scenario."""
-    return {
+    ``benchslow/model`` (the same upstream's slow path) for the concurrent-streams scenario;
+    with ``tools_workspace``, an agent ``tools`` on builtin/echo with group:fs there."""
+    config = {
         "gateway": {
             "port": 0, "bind": "loopback", "auth": {"mode": "token"},
             "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
@@ -271,6 +274,22 @@ def gateway_config(upstream: Server, max_concurrent: int = 1100) -> dict:
                      {"id": "slow", "model": "benchslow/model"}],
         },
     }
+    if tools_workspace is not None:
+        config["agents"]["list"].append({"id": "tools", "model": "builtin/echo",
+                                         "workspace": str(tools_workspace),
+                                         "tools": {"allow": ["group:fs"]}})
+    return config
+
+
+TOOLS_NOTES = "Buy milk. Call Ada at five. The benchmark reads this file.\n"
+
+
+def tools_workspace(gwdir: Path) -> Path:
+    """The ``tools`` agent's workspace: one small ``notes.txt`` for the ``read`` tool."""
+    workspace = gwdir / "tools-ws"
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "notes.txt").write_text(TOOLS_NOTES)
+    return workspace
 
 
 def gateway_env(state_dir: Path) -> dict:
@@ -286,7 +305,8 @@ def start_gateway(workdir: Path, upstream: Server, name: str = "gateway",
     gwdir = workdir / name
     gwdir.mkdir(parents=True, exist_ok=True)
     config_path = gwdir / "bench.json5"
-    config_path.write_text(json.dumps(gateway_config(upstream, max_concurrent), indent=2))
+    config_path.write_text(json.dumps(gateway_config(upstream, max_concurrent,
+                                                     tools_workspace(gwdir)), indent=2))
     log = gwdir / "gateway.log"
     with open(log, "wb") as f:
         proc = CHILDREN.spawn(TWISTD + ["-n", "--pidfile=", "moltbot-gw", "--config",
@@ -316,6 +336,16 @@ def workdir(keep: bool = False):
             shutil.rmtree(path, ignore_errors=True)
 
 
+def chat_answer(url: str, token: str, model: str, content: str, timeout: float = 10.0) -> str:
+    """One non-streaming chat completion (urllib, blocking): the assistant's text. The
+    scenarios check with it that the load they are about to measure does what they claim."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}]})
+    request = urllib.request.Request(url, data=body.encode(), method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())["choices"][0]["message"]["content"] or ""
+
+
 # --- wrk ---------------------------------------------------------------------------------
 
 def wrk_path() -> Optional[str]:
@@ -324,12 +354,14 @@ def wrk_path() -> Optional[str]:
 
 def run_wrk(url: str, connections: int, duration: float, *, token: str = "",
             stream: bool = False, users: int = 0, model: str = "moltbot:main",
-            tag: str = "t", timeout_s: float = 10.0) -> dict:
+            tag: str = "t", timeout_s: float = 10.0, content: str = "") -> dict:
     """One wrk run (one thread, ``connections`` keep-alive connections); returns the
-    BENCHJSON numbers plus ``rps``. Bounded: wrk stops after ``duration``."""
+    BENCHJSON numbers plus ``rps``. Bounded: wrk stops after ``duration``. ``content``: the
+    user message (wrk/chat.lua's default when empty)."""
     assert url.startswith(f"http://{HOST}:"), url
     env = dict(os.environ, BENCH_TOKEN=token, BENCH_STREAM="1" if stream else "0",
-               BENCH_USERS=str(users), BENCH_MODEL=model, BENCH_TAG=tag)
+               BENCH_USERS=str(users), BENCH_MODEL=model, BENCH_TAG=tag,
+               BENCH_CONTENT=json.dumps(content)[1:-1])
     args = [wrk_path(), "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
             f"--timeout", f"{timeout_s:g}s", "-s", str(WRK_SCRIPT), url]
     proc = subprocess.run(args, env=env, capture_output=True, text=True,

@@ -31,7 +31,7 @@ import benchlib as bl  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Say hello in ten words."}]
 WRK_SCENARIOS = ("upstream", "nonstream_c1", "nonstream_c16", "nonstream_c64", "stream_c16",
-                 "sessions_c16")
+                 "sessions_c16", "tools_c16")
 ALL_SCENARIOS = WRK_SCENARIOS + ("streams_1000", "ws_10000")
 DESCRIPTIONS = {
     "upstream": "fake upstream direct, c=16 (ceiling; not a target)",
@@ -40,10 +40,13 @@ DESCRIPTIONS = {
     "nonstream_c64": "non-streaming, c=64",
     "stream_c16": "streaming (SSE), c=16",
     "sessions_c16": "non-streaming c=16, `user` sessions",
+    "tools_c16": "non-streaming c=16, echo + one `read` tool call",
     "streams_1000": "concurrent slow SSE streams",
     "ws_10000": "idle authenticated WebSockets",
 }
 SESSION_USERS = 32
+# tools_c16: builtin/echo asks for the read tool, then answers with the file's text.
+TOOL_PROMPT = 'call read {"path":"notes.txt"}'
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Bench:
         self.gateway_logs: list[Path] = []
         self.tag = uuid.uuid4().hex[:8]
         self.stateless_gw_rps: Optional[float] = None
+        self.stateless_gw: dict = {}      # nonstream_c16's gateway figures, for tools_c16
 
     # --- servers --------------------------------------------------------------------------
 
@@ -199,6 +203,7 @@ class Bench:
     def s_nonstream_c16(self, row: Row):
         self.wrk_pair(row, 16)
         self.stateless_gw_rps = row.gw_rps
+        self.stateless_gw = row.gateway
 
     def s_nonstream_c64(self, row: Row):
         self.wrk_pair(row, 64)
@@ -217,6 +222,51 @@ class Bench:
         row.notes.append(f"{len(files)} transcripts, {lines} lines")
         if not files:
             row.notes.append("WARNING: no transcript written")
+
+    def s_tools_c16(self, row: Row):
+        """Agent ``tools`` (builtin/echo, group:fs): each request is two model steps and one
+        ``read`` of notes.txt. Alternates with the same agent answering without a tool, so
+        the difference is one tool iteration; compared with nonstream_c16 when it ran."""
+        gw = self.ensure_gateway()
+        url, token = self.chat_url(gw), self.token(gw)
+        answer = bl.chat_answer(url, token, "moltbot:tools", TOOL_PROMPT)
+        if bl.TOOLS_NOTES.strip() not in answer:
+            raise RuntimeError(f"the tools agent did not answer with notes.txt: {answer[:200]!r}")
+        kinds = {"tool": TOOL_PROMPT, "plain": PROMPT[0]["content"]}
+        for content in kinds.values():       # warm-up of this agent's path
+            bl.run_wrk(url, 16, self.warmup, token=token, model="moltbot:tools",
+                       content=content, tag=self.tag + "w")
+        runs: dict = {kind: [] for kind in kinds}
+        cpu_s = dict.fromkeys(kinds, 0.0)
+        meter = bl.CpuMeter([gw.pid, self.ensure_upstream().pid])
+        for _ in range(self.rounds):
+            for kind, content in kinds.items():
+                before = bl.proc_cpu_s(gw.pid)
+                runs[kind].append(bl.run_wrk(url, 16, self.duration, token=token,
+                                             model="moltbot:tools", content=content,
+                                             tag=f"{self.tag}-{row.scenario}"))
+                cpu_s[kind] += bl.proc_cpu_s(gw.pid) - before
+        self.note_cpu(row, meter.stop())
+        tool, plain = (bl.merge_wrk(runs[kind]) for kind in kinds)
+        for kind, r in (("tool", tool), ("plain", plain)):
+            r["cpu_ms_per_req"] = 1000 * cpu_s[kind] / r["requests"] if r["requests"] else None
+            if r["err_status"] or r["errors"]:
+                row.notes.append(f"{kind}: {r['err_status']} non-2xx, {r['errors']} socket "
+                                 "errors/timeouts")
+        row.gateway = dict(tool, echo_without_tool=plain)   # no Klein baseline: no tools
+        row.gw_rps, row.gw_p50, row.gw_p99 = tool["rps"], tool["p50_ms"], tool["p99_ms"]
+        row.notes.insert(0, f"echo without a tool {plain['rps']:.0f} req/s, mean "
+                            f"{plain['mean_ms']:.2f} ms")
+        added = f"per tool iteration: mean {tool['mean_ms'] - plain['mean_ms']:+.2f} ms"
+        if tool["cpu_ms_per_req"] is not None and plain["cpu_ms_per_req"] is not None:
+            added += f", CPU/req {tool['cpu_ms_per_req'] - plain['cpu_ms_per_req']:+.2f} ms"
+        row.notes.insert(1, added + " (vs echo without a tool)")
+        stateless = self.stateless_gw.get("mean_ms")
+        if stateless is None:
+            row.notes.insert(2, "nonstream_c16 not run: no comparison with it")
+        else:
+            row.notes.insert(2, f"mean {tool['mean_ms']:.2f} ms vs nonstream_c16 gw "
+                                f"{stateless:.2f} ms: {tool['mean_ms'] - stateless:+.2f} ms")
 
     # --- connection-count scenarios -------------------------------------------------------
 

@@ -7,6 +7,7 @@
 --   BENCH_USERS   N > 0: each request carries "user": "user-<tag>-<i>", i cycling 1..N
 --                 (round-robin, so the requests in flight name distinct sessions when N >= c)
 --   BENCH_TAG     distinguishes runs (fresh sessions per run)
+--   BENCH_CONTENT the user message, already JSON-escaped (default "Say hello in ten words.")
 -- done() prints one line "BENCHJSON {...}" with req/s, latency percentiles (ms) and errors.
 
 local token  = os.getenv("BENCH_TOKEN") or ""
@@ -14,9 +15,11 @@ local model  = os.getenv("BENCH_MODEL") or "moltbot:main"
 local stream = os.getenv("BENCH_STREAM") == "1"
 local users  = tonumber(os.getenv("BENCH_USERS") or "0") or 0
 local tag    = os.getenv("BENCH_TAG") or "t"
+local content = os.getenv("BENCH_CONTENT") or ""
+if content == "" then content = "Say hello in ten words." end
 
 local function body_for(user)
-  local b = '{"model":"' .. model .. '","messages":[{"role":"user","content":"Say hello in ten words."}]'
+  local b = '{"model":"' .. model .. '","messages":[{"role":"user","content":"' .. content .. '"}]'
   if stream then b = b .. ',"stream":true' end
   if user then b = b .. ',"user":"' .. user .. '"' end
   return b .. '}'
