@@ -10,7 +10,6 @@ import signal
 
 import pytest_twisted
 
-from .chat_helpers import http, no_leftovers  # noqa: F401
 from .conftest import TOKEN
 from .support.mcp import chat_config, start_http_server, stdio_server
 from .support.waiting import until
@@ -99,6 +98,7 @@ async def test_policy_chooses_mcp_tools(start_gateway, http):
 async def test_http_server_json_and_sse(start_gateway, http):
     url_sse, stop_sse = await start_http_server()
     url_json, stop_json = await start_http_server("--json")
+    gw = None
     try:
         gw = await ready_gateway(start_gateway, {"sse": {"url": url_sse},
                                                  "plain": {"url": url_json}})
@@ -108,7 +108,8 @@ async def test_http_server_json_and_sse(start_gateway, http):
         failed = await ask(http, gw, 'call mcp__plain__fail {"message": "nope"}')
         assert "error" in failed
     finally:
-        await gw.service.mcp.stopService()
+        if gw is not None:
+            await gw.service.mcp.stopService()
         await stop_sse()
         await stop_json()
 
