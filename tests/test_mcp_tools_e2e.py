@@ -118,14 +118,22 @@ async def test_http_server_json_and_sse(start_gateway, http):
 async def test_reload_starts_and_stops_servers(start_gateway, http):
     gw = await ready_gateway(start_gateway, {"demo": stdio_server()})
     from moltbot_gw.config import parse_config, with_overrides
-    new = chat_config({"other": stdio_server()})
-    config = with_overrides(parse_config(new, env={"CLAWDBOT_GATEWAY_TOKEN": TOKEN},
-                                         state_dir=gw.service.config.state_dir), port=0)
-    gw.service.reload(config)
-    await until(lambda: "other" in gw.service.mcp.servers
-                and gw.service.mcp.servers["other"].ready)
+    demo = gw.service.mcp.servers["demo"]
+
+    def reload(servers):
+        config = with_overrides(parse_config(chat_config(servers),
+                                             env={"CLAWDBOT_GATEWAY_TOKEN": TOKEN},
+                                             state_dir=gw.service.config.state_dir), port=0)
+        gw.service.reload(config)
+
+    reload({"demo": stdio_server(), "other": stdio_server()})      # demo unchanged: kept
+    assert gw.service.mcp.servers["demo"] is demo and demo.ready
+    await until(lambda: gw.service.mcp.servers["other"].ready)
+    reload({"other": stdio_server()})                               # demo removed: stopped
     assert "demo" not in gw.service.mcp.servers
+    await until(lambda: demo.pid is None)
     assert await ask(http, gw, 'call mcp__other__add {"a": 1, "b": 2}') == "3"
+    assert await ask(http, gw, 'call mcp__demo__add {"a": 1, "b": 2}') != "3"  # not offered
 
 
 @pytest_twisted.ensureDeferred

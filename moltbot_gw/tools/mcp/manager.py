@@ -61,16 +61,17 @@ class ServerConnection:
         self._restart = None
         self.problem = "starting"
         self._up_since = self.reactor.seconds()
-        rpc = self._rpc = RPCClient(self.name, self._send_nowhere)
+        transport: list[Any] = []      # the transport, once it exists
+        rpc = self._rpc = RPCClient(self.name, lambda message: transport[0].send(message))
         if self.settings.command is not None:
             process = spawn(self.reactor, self.name, self.settings, rpc.received)
-            rpc._send = process.send
+            transport.append(process)
             self._process = process
             process.ended.addCallback(self._exited, rpc, process)
         else:
             http = HttpTransport(self.reactor, self.name, self.settings.url,
                                  self.settings.headers, rpc.received)
-            rpc._send = http.send
+            transport.append(http)
             self._http = http
         session = MCPSession(self.name, rpc, self.reactor, self.settings.timeoutSeconds)
         try:
@@ -93,10 +94,6 @@ class ServerConnection:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(session)
-
-    @staticmethod
-    def _send_nowhere(_message: Any) -> None:
-        return None
 
     def _failed(self, problem: str) -> None:
         """The handshake failed: a child is stopped (its exit schedules the retry), an
