@@ -333,31 +333,6 @@ def cmd_providers_check(args) -> int:
     return _react(_providers_check, _load(args.config), args)
 
 
-MCP_EXPLAIN_TIMEOUT = 30.0   # seconds for every MCP server to start and list its tools
-
-
-async def _explain_with_mcp(reactor, config: Config, agent_id):
-    """Connect every configured MCP server (start, initialize, tools/list), explain, stop
-    them; a server that does not answer in time is reported as not connected."""
-    from twisted.internet import defer
-
-    from .tools.mcp.manager import MCPServers
-    from .tools.policy import explain_agents
-
-    servers = MCPServers(config.tools.mcp, reactor)
-    servers.startService()
-    try:
-        started = servers.started()
-        started.addTimeout(MCP_EXPLAIN_TIMEOUT, reactor)
-        try:
-            await started
-        except defer.TimeoutError:
-            pass
-        return explain_agents(config, agent_id, mcp=servers)
-    finally:
-        await servers.stopService()
-
-
 def _react_value(main, *args):
     """Run ``main(reactor, *args)`` under the reactor; its value, or its exception raised."""
     outcome: list = []
@@ -384,7 +359,8 @@ def cmd_tools_explain(args) -> int:
     config = _load(args.config)
     try:
         if any(s.enabled for s in config.tools.mcp.servers.values()):
-            report = _react_value(_explain_with_mcp, config, args.agent)
+            from .tools.mcp.probe import explain_with_mcp
+            report = _react_value(explain_with_mcp, config, args.agent)
         else:
             report = explain_agents(config, args.agent)
     except UnknownAgent as e:
