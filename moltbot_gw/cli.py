@@ -333,6 +333,24 @@ def cmd_providers_check(args) -> int:
     return _react(_providers_check, _load(args.config), args)
 
 
+def _react_value(main, *args):
+    """Run ``main(reactor, *args)`` under the reactor; its value, or its exception raised."""
+    outcome: list = []
+
+    async def run(reactor):
+        try:
+            outcome.append((True, await main(reactor, *args)))
+        except Exception as e:
+            outcome.append((False, e))
+        return 0
+
+    _react(run)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
 def cmd_tools_explain(args) -> int:
     """Print each agent's server tools, allowed or not, and the config key that decided."""
     from .agents.registry import UnknownAgent
@@ -340,7 +358,11 @@ def cmd_tools_explain(args) -> int:
 
     config = _load(args.config)
     try:
-        report = explain_agents(config, args.agent)
+        if any(s.enabled for s in config.tools.mcp.servers.values()):
+            from .tools.mcp.probe import explain_with_mcp
+            report = _react_value(explain_with_mcp, config, args.agent)
+        else:
+            report = explain_agents(config, args.agent)
     except UnknownAgent as e:
         print(f"moltbot-gw: {e}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from .providers.registry import ProviderRegistry
 from .redis import RedisLink
 from .sessions.store import SessionStore
 from .site import DoorPolicy, GatewaySite
+from .tools.mcp.manager import MCPServers
 from .tools.policy import ToolCatalog
 from .web import GatewayRoot, MetricsResource
 from .ws.methods import GatewayMethods
@@ -83,10 +84,14 @@ class GatewayService(MultiService):
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config)
         self.store = SessionStore(config.state_dir, reactor, limits=config.session)
+        # MCP servers: connected at start (a child service), reconciled on reload.
+        self.mcp = MCPServers(config.tools.mcp, reactor)
+        self.mcp.setServiceParent(self)
         self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
                                   config.agents.defaults.maxConcurrent,
                                   metrics=self.gateway_metrics,
-                                  tools_for=ToolCatalog(config, reactor).for_agent)
+                                  tools_for=ToolCatalog(config, reactor,
+                                                        mcp=self.mcp).for_agent)
         self.http_auth = CountingAuth(self.auth,
                                       lambda: self.gateway_metrics.auth_failed("http"))
         ws_auth = CountingAuth(self.auth, lambda: self.gateway_metrics.auth_failed("ws"))
@@ -177,8 +182,9 @@ class GatewayService(MultiService):
             config = dataclasses.replace(config, gateway=dataclasses.replace(
                 config.gateway, port=old.gateway.port, bind=old.gateway.bind))
         # Built before anything changes: it refuses (ValueError) a bwrap sandbox without bwrap.
-        tools_for = ToolCatalog(config, self.reactor).for_agent
+        tools_for = ToolCatalog(config, self.reactor, mcp=self.mcp).for_agent
         self.auth.reconfigure(config)
+        self.mcp.reconfigure(config.tools.mcp)
         old_providers = self.providers
         limits = config.gateway.limits
         self.agents = AgentRegistry(config)

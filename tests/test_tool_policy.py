@@ -90,7 +90,8 @@ def test_an_agents_keys_override_the_global_ones_key_by_key():
 
 
 def test_unknown_tool_and_group_names_are_errors_with_their_paths():
-    errors = errors_of(tools={"allow": ["read", "reed"], "deny": ["group:files"]},
+    errors = errors_of(tools={"allow": ["read", "reed"], "deny": ["group:files"],
+                              "mcp": {"servers": {"git": {"command": "git-mcp"}}}},
                        agents=[{"id": "main", "workspace": "/tmp/w",
                                 "tools": {"allow": ["mcp__git__*", "mcp_git"]}}])
     assert [e.split(":", 1)[0] for e in errors] == [
@@ -102,7 +103,9 @@ def test_names_of_tools_arriving_in_later_steps_are_known():
     for name in ("exec", "web_fetch", "group:runtime", "group:web", "group:fs",
                  "mcp__github__*", "mcp__github__create_issue"):
         assert is_known_name(name), name
-    cfg = config({"allow": ["exec", "group:web", "mcp__github__*"], "deny": ["web_fetch"]})
+    # an MCP pattern must name a configured server (tests/test_mcp_config.py)
+    cfg = config({"allow": ["exec", "group:web", "mcp__github__*"], "deny": ["web_fetch"],
+                  "mcp": {"servers": {"github": {"url": "http://127.0.0.1:1/mcp"}}}})
     assert tools_of(cfg).names == frozenset()          # none of them exists yet
     assert errors_of(tools={"profile": "everything"})[0].startswith("tools.profile:")
 

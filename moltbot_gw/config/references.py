@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..tools.catalogue import effective_policy, unknown_names
 from .agents import ModelChoice
 from .errors import show
+from .mcp import mcp_problems
 from .root import ConfigFile
 from .types import normalize_agent_id, parse_model_ref
 
@@ -55,6 +56,7 @@ def reference_problems(config: ConfigFile) -> list[str]:
     if defaults > 1:
         errors.append("agents.list: more than one agent is marked default")
     errors += tool_policy_problems(config)
+    errors += mcp_problems(config)
     return errors
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from .mcp import MCPConfig
 from .types import NULL_IS_DEFAULTS, SECTION_CONFIG, PositiveInt, Str
 
 ToolProfile = Literal["minimal", "coding", "full"]
@@ -45,6 +46,8 @@ class ToolsConfig:
         default=(), description="tools, groups or patterns refused; deny always wins")
     exec: Annotated[ExecConfig, NULL_IS_DEFAULTS] = Field(
         default_factory=ExecConfig, description="the exec tool (group:runtime)")
+    mcp: Annotated[MCPConfig, NULL_IS_DEFAULTS] = Field(
+        default_factory=MCPConfig, description="MCP servers whose tools agents may use")
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)

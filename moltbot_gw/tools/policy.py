@@ -33,8 +33,12 @@ class ToolCatalog:
     """The server tools of a gateway and the policy choosing them per agent, built once per
     config (a reload builds a new one, so new runs see the new policy)."""
 
-    def __init__(self, config: Config, reactor: Any = None, fetcher: Any = None):
+    def __init__(self, config: Config, reactor: Any = None, fetcher: Any = None,
+                 mcp: Any = None):
         self._config = config
+        # The live MCPServers: asked at each run, so tools listed after the (asynchronous)
+        # handshake are offered to the runs that start after it.
+        self._mcp = mcp
         self._reactor = reactor
         self._tools: dict[str, Any] = fs_tools()
         self._tools.update(web_tools(fetcher))   # fetcher: tests inject their own policy
@@ -49,7 +53,10 @@ class ToolCatalog:
     @property
     def tools(self) -> dict[str, Any]:
         """Every server tool the gateway has, by name (whatever the policy)."""
-        return dict(self._tools)
+        tools = dict(self._tools)
+        if self._mcp is not None:
+            tools.update(self._mcp.tools())
+        return tools
 
     def policy(self, agent_id: str) -> EffectivePolicy:
         """The effective policy of an agent (an agent not in agents.list: the global one)."""
@@ -60,20 +67,26 @@ class ToolCatalog:
         """Every tool the gateway has, allowed or not for ``agent``, and why; sorted."""
         policy = self.policy(agent.id)
         decisions = []
-        for name in sorted(self._tools):
-            tool = self._tools[name]
+        tools = self.tools
+        for name in sorted(tools):
+            tool = tools[name]
             allowed, reason = policy.decide(name, tool.group)
             decisions.append(Decision(name, tool.group, allowed, reason))
-        if "exec" not in self._tools:
+        if "exec" not in tools:
             decisions.append(Decision("exec", "group:runtime", False,
                                       'tools.exec.security is "deny" (exec is not offered)'))
-            decisions.sort(key=lambda d: d.tool)
+        for server, problem in (self._mcp.problems() if self._mcp is not None else {}).items():
+            if not any(d.group == f"mcp:{server}" for d in decisions):
+                decisions.append(Decision(f"mcp__{server}__*", f"mcp:{server}", False,
+                                          f"MCP server {server}: {problem}"))
+        decisions.sort(key=lambda d: d.tool)
         return decisions
 
     def for_agent(self, agent: Any) -> AgentTools:
         """The tools ``agent`` (an ``agents.registry.Agent``) may use in a run, with the
         context they run in. No file I/O here: the fs tools create the workspace on use."""
-        allowed = {d.tool: self._tools[d.tool] for d in self.explain(agent) if d.allowed}
+        tools = self.tools
+        allowed = {d.tool: tools[d.tool] for d in self.explain(agent) if d.allowed}
         workspace = Path(agent.workspace).expanduser() if agent.workspace else None
         reactor = self._reactor
         if reactor is None:
@@ -84,13 +97,15 @@ class ToolCatalog:
                                                              reactor=reactor))
 
 
-def explain_agents(config: Config, agent_id: Optional[str] = None) -> dict[str, list[Decision]]:
-    """``tools explain``: each agent's (or one agent's) decisions, by agent id. Raises
+def explain_agents(config: Config, agent_id: Optional[str] = None,
+                   mcp: Any = None) -> dict[str, list[Decision]]:
+    """``tools explain``: each agent's (or one agent's) decisions, by agent id; ``mcp``: the
+    connected ``MCPServers`` whose tools to include. Raises
     ``agents.registry.UnknownAgent`` for an unknown ``agent_id``."""
     from ..agents.registry import AgentRegistry
 
     registry = AgentRegistry(config)
-    catalog = ToolCatalog(config)
+    catalog = ToolCatalog(config, mcp=mcp)
     agents = [registry.get(agent_id)] if agent_id is not None else list(registry)
     return {agent.id: catalog.explain(agent) for agent in agents}
 
