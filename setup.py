@@ -28,6 +28,7 @@ setup(
         "moltbot_gw.redis",
         "moltbot_gw.sessions",
         "moltbot_gw.tools",
+        "moltbot_gw.tools.mcp",
         "moltbot_gw.ws",
         "twisted.plugins",
     ],
