@@ -3,6 +3,8 @@
 answer is dropped; a closed connection fails every waiting request at once."""
 from __future__ import annotations
 
+import pytest
+import pytest_twisted
 from twisted.internet import defer, task
 
 from moltbot_gw.tools.base import ToolError
@@ -64,3 +66,46 @@ def test_closing_fails_waiting_requests_at_once():
     after = []
     server.rpc.request("tools/list").addErrback(after.append)
     assert after[0].check(ToolError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http_answer_past_the_cap_is_cut_off_while_reading(monkeypatch):
+    """A server that answers with more than MAX_BODY_BYTES is refused as the bytes come,
+    not after the whole body was buffered."""
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET, Site
+
+    from moltbot_gw.tools.mcp import http as mcp_http
+
+    monkeypatch.setattr(mcp_http, "MAX_BODY_BYTES", 4096)
+    written: list[int] = []
+
+    class Endless(Resource):
+        isLeaf = True
+
+        def render_POST(self, request):
+            request.setHeader(b"content-type", b"application/json")
+
+            def more():
+                if request.finished or request.channel is None:
+                    return
+                request.write(b" " * 1024)
+                written.append(1024)
+                if len(written) < 1000:
+                    reactor.callLater(0, more)
+                else:
+                    request.finish()
+            more()
+            return NOT_DONE_YET
+
+    port = reactor.listenTCP(0, Site(Endless()), interface="127.0.0.1")
+    transport = mcp_http.HttpTransport(reactor, "big", f"http://127.0.0.1:{port.getHost().port}/",
+                                       {}, on_message=lambda _m: None)
+    try:
+        with pytest.raises(ToolError, match="over 4096 bytes"):
+            await transport.send({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert sum(written) < 1000 * 1024    # the server was stopped well before its end
+    finally:
+        await transport.close()
+        await port.stopListening()

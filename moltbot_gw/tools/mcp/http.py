@@ -84,10 +84,7 @@ class HttpTransport:
         session_id = response.headers.getRawHeaders(b"mcp-session-id")
         if session_id and self.session_id is None:
             self.session_id = session_id[0].decode("ascii", errors="replace")
-        body = await treq.content(response)
-        if len(body) > MAX_BODY_BYTES:
-            raise ToolError(f"MCP server {self.server} answered with over {MAX_BODY_BYTES} "
-                            "bytes")
+        body = await self._read_capped(response)
         if response.code == 202:
             return
         if response.code >= 300:
@@ -101,6 +98,24 @@ class HttpTransport:
             raise ToolError(f"MCP server {self.server} answered with invalid JSON") from None
         for item in messages:
             self.on_message(item)
+
+    async def _read_capped(self, response: Any) -> bytes:
+        """The body, read chunk by chunk; past ``MAX_BODY_BYTES`` the connection is aborted
+        (treq.collect does that when the collector raises), so a runaway server cannot fill
+        the gateway's memory."""
+        chunks: list[bytes] = []
+        size = 0
+
+        def take(chunk: bytes) -> None:
+            nonlocal size
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ToolError(f"MCP server {self.server} answered with over "
+                                f"{MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+
+        await treq.collect(response, take)
+        return b"".join(chunks)
 
     def close(self) -> defer.Deferred:
         """Abort the requests in flight; end the session (DELETE, best effort)."""
