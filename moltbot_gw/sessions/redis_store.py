@@ -297,7 +297,8 @@ class RedisSessionStore:
         for each in agent_ids:
             await self._prune(each)
             flat = await self.link.execute("HGETALL", self.index_key(each))
-            pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2])
+            pairs = (flat.items() if isinstance(flat, dict)
+                     else zip(flat[::2], flat[1::2], strict=True))
             for key, raw in pairs:
                 entry = self._entry(key, each, raw)
                 if entry is not None:
