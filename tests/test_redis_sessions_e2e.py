@@ -85,7 +85,7 @@ async def test_redis_lost_answers_503_within_the_bound_and_recovers_without_rest
     code, body = await chat(http, gw, turn("while down"))
     elapsed = reactor.seconds() - started
     assert code == 503, body
-    assert body["error"]["type"] == "service_unavailable"
+    assert body["error"]["type"] == "api_error"
     assert body["error"]["code"] == "service_unavailable"
     assert body["error"]["message"].startswith("the session store is unavailable")
     # history read, then the failed turn's record: two bounded commands at most

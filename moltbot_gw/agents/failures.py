@@ -101,7 +101,7 @@ CLIENT_BUSY = FailureKind(
 TOOL_LOOP_LIMIT = FailureKind(
     "tool_loop_limit", 502, "api_error", "tool_loop_limit", "UNAVAILABLE", _own)
 STORE_UNAVAILABLE = FailureKind(
-    "store_unavailable", 503, "service_unavailable", "service_unavailable", "UNAVAILABLE",
+    "store_unavailable", 503, "api_error", "service_unavailable", "UNAVAILABLE",
     lambda e: f"the session store is unavailable: {e}")
 INTERNAL = FailureKind(
     "internal", 500, "api_error", "internal_error", "INTERNAL",
