@@ -312,6 +312,13 @@ def cmd_sessions_prune(args) -> int:
     return 0
 
 
+def cmd_sessions_migrate(args) -> int:
+    """Copy sessions between the state dir and Redis (docs/operations.rst, "Redis backend")."""
+    from .sessions.migrate import migrate_command
+
+    return _react(migrate_command, _load(args.config), args)
+
+
 async def _providers_check(reactor, config: Config, args) -> int:
     from .providers.check import check_providers
 
@@ -408,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true",
                        help="list what would be pruned; change nothing")
     prune.set_defaults(func=cmd_sessions_prune)
+    migrate = sessions_sub.add_parser(
+        "migrate", help="copy every session and transcript between the file store and Redis "
+                        "(idempotent; stop the gateways first)")
+    migrate.add_argument("--from", dest="source", choices=("file", "redis"), required=True)
+    migrate.add_argument("--to", dest="target", choices=("file", "redis"), required=True)
+    migrate.add_argument("--config", help="config path (session.store.redis, the state dir)")
+    migrate.set_defaults(func=cmd_sessions_migrate)
 
     providers = sub.add_parser("providers", help="work with the configured model providers")
     providers_sub = providers.add_subparsers(dest="providers_command", required=True)

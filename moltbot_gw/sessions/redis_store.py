@@ -296,12 +296,14 @@ class RedisSessionStore:
         entries: list[SessionEntry] = []
         for each in agent_ids:
             await self._prune(each)
-            flat = await self.link.execute("HGETALL", self.index_key(each))
-            pairs = (flat.items() if isinstance(flat, dict)
-                     else zip(flat[::2], flat[1::2], strict=True))
-            for key, raw in pairs:
-                entry = self._entry(key, each, raw)
-                if entry is not None:
-                    entries.append(entry)
+            entries += await self.entries(each)
         entries.sort(key=lambda entry: (-entry.updated_at, entry.key))
         return entries
+
+    async def entries(self, agent_id: str) -> list[SessionEntry]:
+        """Every readable entry of one agent, as stored (no retention applied)."""
+        flat = await self.link.execute("HGETALL", self.index_key(agent_id))
+        pairs = (flat.items() if isinstance(flat, dict)
+                 else zip(flat[::2], flat[1::2], strict=True))
+        found = (self._entry(key, agent_id, raw) for key, raw in pairs)
+        return [entry for entry in found if entry is not None]
