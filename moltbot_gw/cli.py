@@ -161,12 +161,20 @@ async def _run_agent_locally(reactor, config: Config, args) -> int:
     from .agents.run import RunRequest
     from .agents.runner import AgentRunner
     from .providers.registry import ProviderRegistry
-    from .sessions.store import SessionStore
+    from .redis import RedisUnavailable
+    from .sessions.backend import store_for
     from .tools.policy import ToolCatalog
 
     agents = AgentRegistry(config)
+    store, link = store_for(config, reactor)   # session.store.backend: files or Redis
+    if link is not None:
+        try:
+            await link.connect()
+        except RedisUnavailable as e:
+            print(f"moltbot-gw: {e}", file=sys.stderr)
+            return 1
     providers = ProviderRegistry(config.models, reactor)
-    runner = AgentRunner(agents, providers, SessionStore(config.state_dir, reactor), reactor,
+    runner = AgentRunner(agents, providers, store, reactor,
                          config.agents.defaults.maxConcurrent,
                          tools_for=ToolCatalog(config, reactor).for_agent)
     request = RunRequest(input=({"role": "user", "content": args.message},),
@@ -198,6 +206,8 @@ async def _run_agent_locally(reactor, config: Config, args) -> int:
         return 0
     finally:
         await providers.close()
+        if link is not None:
+            await link.disconnect()
 
 
 def _print_delta(event) -> None:
@@ -297,6 +307,10 @@ def cmd_sessions_prune(args) -> int:
     if args.agent is not None and not AGENT_ID_RE.fullmatch(args.agent):
         print(f"moltbot-gw: {args.agent!r} is not a valid agent id", file=sys.stderr)
         return 2
+    if config.session.store.backend == "redis":
+        from .sessions.backend import prune_redis_command
+
+        return _react(prune_redis_command, config, args)
     agent_ids = [args.agent] if args.agent else agent_ids_on_disk(config.state_dir)
     now_ms = int(time.time() * 1000)
     verb = "would prune" if args.dry_run else "pruned"

@@ -173,10 +173,9 @@ async def migrate_command(reactor: Any, config: Any, args: Any) -> int:
     if args.source == args.target:
         print("moltbot-gw: --from and --to must differ", file=sys.stderr)
         return 2
-    r = config.session.store.redis
-    link = RedisLink(r.url, reactor, key_prefix=r.keyPrefix,
-                     connect_timeout=r.connectTimeoutSeconds,
-                     command_timeout=r.commandTimeoutSeconds, pool_size=1)
+    from moltbot_gw.sessions.backend import redis_link_for
+
+    link = redis_link_for(config, reactor, pool_size=1)
     try:
         prepare_state_dir(config.state_dir)
         lock = StateDirLock.acquire(config.state_dir)   # no file-store gateway may run
@@ -194,7 +193,7 @@ async def migrate_command(reactor: Any, config: Any, args: Any) -> int:
         lock.release()
         await link.disconnect()
     print(f"{args.source} -> {args.target} ({link.shown_url}, key prefix "
-          f"{r.keyPrefix!r}): {report.line()}")
+          f"{link.key_prefix!r}): {report.line()}")
     for key in report.conflicts:
         print(f"  left alone: {key}")
     return 0

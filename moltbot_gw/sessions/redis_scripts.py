@@ -163,8 +163,9 @@ return 1
 """)
 
 # KEYS: index hash, by-time zset. ARGV: maxSessionsPerAgent, idle cutoff ms or '', the key
-# never taken or '', transcript key prefix. Removes the idle sessions, then the least
-# recently updated beyond the limit, with their transcripts; returns the keys removed.
+# never taken or '', transcript key prefix, '1' for a dry run. Removes the idle sessions,
+# then the least recently updated beyond the limit, with their transcripts; returns the keys
+# removed (or that would be).
 PRUNE = LuaScript(_COMMON + r"""
 local keep = ARGV[3]
 local victims = {}
@@ -183,6 +184,7 @@ if extra > 0 then
     end
   end
 end
+if ARGV[5] == '1' then return victims end
 for _, key in ipairs(victims) do
   local entry = decoded(redis.call('HGET', KEYS[1], key))
   if entry and type(entry.sessionId) == 'string' then

@@ -270,13 +270,19 @@ class RedisSessionStore:
             self.log.info("deleted {session_key}", session_key=session_key)
         return bool(existed)
 
-    async def _prune(self, agent_id: str, keep: Optional[str] = None) -> list[str]:
+    def prune(self, agent_id: str, dry_run: bool = False) -> Deferred:
+        """Apply retention to one agent now (``moltbot-gw sessions prune``); fire with the
+        keys removed (with ``dry_run``: that would be)."""
+        return Deferred.fromCoroutine(self._prune(agent_id, dry_run=dry_run))
+
+    async def _prune(self, agent_id: str, keep: Optional[str] = None,
+                     dry_run: bool = False) -> list[str]:
         cutoff = idle_cutoff_ms(self.limits, self._now_ms())
         pruned = await self.link.script(
             scripts.PRUNE, [self.index_key(agent_id), self.by_time_key(agent_id)],
             [self.limits.maxSessionsPerAgent, "" if cutoff is None else cutoff, keep or "",
-             self.transcript_prefix()])
-        if pruned:
+             self.transcript_prefix(), "1" if dry_run else "0"])
+        if pruned and not dry_run:
             self.log.info("pruned {n} session(s) of agent {agent_id} (session.idleDays /"
                           " session.maxSessionsPerAgent)", n=len(pruned), agent_id=agent_id)
         return list(pruned or ())
