@@ -8,6 +8,7 @@ import json
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from moltbot_gw.redis import RedisLink
@@ -137,3 +138,16 @@ async def test_file_backend_health_is_unchanged(start_gateway, http):
     health = await http.get(gw.url + "/health")
     assert health.code == 200 and await health.json() == {"ok": True}
     assert gw.service.redis_health is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_redis_did_not_store_is_not_acknowledged(
+        start_gateway, upstream, http, private_redis):
+    gw = await start_gateway(redis_config(upstream, private_redis.url, "unstored:"))
+    upstream.queue(stall_before_headers=1.0)
+    answer = Deferred.fromCoroutine(chat(http, gw, turn("stored?")))
+    await upstream.wait_for_request(1)     # history read; the model is answering
+    private_redis.stop()
+    code, body = await answer
+    assert code == 503, body
+    assert body["error"]["code"] == "service_unavailable"

@@ -197,3 +197,30 @@ def test_entries_round_trip_through_redis_json():
     entry = SessionEntry("agent:main:k", "main", "abc", 1, 2, "m", 1, 2, 3)
     assert SessionEntry.from_json("agent:main:k", "main", entry.to_json()) == entry
     assert dataclasses.replace(entry, model=None).to_json()["model"] is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_pings_redis_at_most_once_a_second(redis_url):
+    from twisted.internet.task import Clock
+
+    from moltbot_gw.redis.health import RedisHealth
+    link = RedisLink(redis_url, reactor)
+    await link.connect()
+    clock = Clock()
+    health = RedisHealth(link, clock)
+    pings = []
+    real_execute = link.execute
+
+    def counting(*args):
+        pings.append(args[0])
+        return real_execute(*args)
+
+    link.execute = counting
+    assert await health.problem() is None
+    both = [health.problem(), health.problem()]
+    assert all(d.called for d in both) and pings == ["PING"]    # answered from the cache
+    clock.advance(1.0)
+    assert await health.problem() is None and pings == ["PING", "PING"]
+    await link.disconnect()                                      # as if Redis were gone
+    clock.advance(1.0)
+    assert "not connected" in await health.problem()
