@@ -98,4 +98,3 @@ def prune_agent(state_dir: Path, agent_id: str, limits: SessionConfig, now_ms: i
         remove_transcripts(sessions_dir, [entry.session_id for entry in pruned])
         rewrite_index(sessions_dir, entries.values())
     return PruneReport(agent_id=agent_id, kept=len(entries), pruned=tuple(pruned))
-
