@@ -161,12 +161,20 @@ async def _run_agent_locally(reactor, config: Config, args) -> int:
     from .agents.run import RunRequest
     from .agents.runner import AgentRunner
     from .providers.registry import ProviderRegistry
-    from .sessions.store import SessionStore
+    from .redis import RedisUnavailable
+    from .sessions.backend import store_for
     from .tools.policy import ToolCatalog
 
     agents = AgentRegistry(config)
+    store, link = store_for(config, reactor)   # session.store.backend: files or Redis
+    if link is not None:
+        try:
+            await link.connect()
+        except RedisUnavailable as e:
+            print(f"moltbot-gw: {e}", file=sys.stderr)
+            return 1
     providers = ProviderRegistry(config.models, reactor)
-    runner = AgentRunner(agents, providers, SessionStore(config.state_dir, reactor), reactor,
+    runner = AgentRunner(agents, providers, store, reactor,
                          config.agents.defaults.maxConcurrent,
                          tools_for=ToolCatalog(config, reactor).for_agent)
     request = RunRequest(input=({"role": "user", "content": args.message},),
@@ -198,6 +206,8 @@ async def _run_agent_locally(reactor, config: Config, args) -> int:
         return 0
     finally:
         await providers.close()
+        if link is not None:
+            await link.disconnect()
 
 
 def _print_delta(event) -> None:
@@ -297,6 +307,10 @@ def cmd_sessions_prune(args) -> int:
     if args.agent is not None and not AGENT_ID_RE.fullmatch(args.agent):
         print(f"moltbot-gw: {args.agent!r} is not a valid agent id", file=sys.stderr)
         return 2
+    if config.session.store.backend == "redis":
+        from .sessions.backend import prune_redis_command
+
+        return _react(prune_redis_command, config, args)
     agent_ids = [args.agent] if args.agent else agent_ids_on_disk(config.state_dir)
     now_ms = int(time.time() * 1000)
     verb = "would prune" if args.dry_run else "pruned"
@@ -310,6 +324,13 @@ def cmd_sessions_prune(args) -> int:
                       f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(entry.updated_at / 1000))}"
                       " UTC)")
     return 0
+
+
+def cmd_sessions_migrate(args) -> int:
+    """Copy sessions between the state dir and Redis (docs/operations.rst, "Redis backend")."""
+    from .sessions.migrate import migrate_command
+
+    return _react(migrate_command, _load(args.config), args)
 
 
 async def _providers_check(reactor, config: Config, args) -> int:
@@ -430,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true",
                        help="list what would be pruned; change nothing")
     prune.set_defaults(func=cmd_sessions_prune)
+    migrate = sessions_sub.add_parser(
+        "migrate", help="copy every session and transcript between the file store and Redis "
+                        "(idempotent; stop the gateways first)")
+    migrate.add_argument("--from", dest="source", choices=("file", "redis"), required=True)
+    migrate.add_argument("--to", dest="target", choices=("file", "redis"), required=True)
+    migrate.add_argument("--config", help="config path (session.store.redis, the state dir)")
+    migrate.set_defaults(func=cmd_sessions_migrate)
 
     providers = sub.add_parser("providers", help="work with the configured model providers")
     providers_sub = providers.add_subparsers(dest="providers_command", required=True)

@@ -26,6 +26,9 @@ from .openai.response_index import ResponseIndex
 from .openai.routes import OpenAIRoutes
 from .providers.registry import ProviderRegistry
 from .redis import RedisLink
+from .redis.health import RedisHealth
+from .sessions.interface import ISessionStore
+from .sessions.redis_store import RedisSessionStore
 from .sessions.store import SessionStore
 from .site import DoorPolicy, GatewaySite
 from .tools.mcp.manager import MCPServers
@@ -83,7 +86,14 @@ class GatewayService(MultiService):
         self.redis = self._redis_for(config)
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config)
-        self.store = SessionStore(config.state_dir, reactor, limits=config.session)
+        self.store: ISessionStore
+        self.redis_health: Optional[RedisHealth] = None   # what /health asks of Redis
+        if self.redis is not None:
+            # Sessions and transcripts shared by every gateway on this Redis and key prefix.
+            self.store = RedisSessionStore(self.redis, config.session, reactor)
+            self.redis_health = RedisHealth(self.redis, reactor)
+        else:
+            self.store = SessionStore(config.state_dir, reactor, limits=config.session)
         # MCP servers: connected at start (a child service), reconciled on reload.
         self.mcp = MCPServers(config.tools.mcp, reactor)
         self.mcp.setServiceParent(self)
@@ -147,6 +157,7 @@ class GatewayService(MultiService):
         metrics = config.gateway.metrics
         return GatewayRoot(
             self.ws_resource, auth=self.auth, api_resource=self.openai.resource(),
+            health_check=self.redis_health,
             cors=CorsPolicy(http.cors.allowedOrigins, http.sessionHeaders),
             metrics_resource=(MetricsResource(self.gateway_metrics, self.http_auth,
                                               metrics.public)

@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from .auth import BadForwardedFor
 from .auth_refusal import forwarded_for_refusal, origin_refusal
@@ -39,7 +40,13 @@ class NotFoundResource(_Leaf):
 
 
 class HealthResource(_Leaf):
-    """``GET /health``: liveness only, no auth, nothing else revealed."""
+    """``GET /health``: liveness only, no auth, nothing else revealed. With the Redis session
+    store (``health_check``: a ``RedisHealth``) it also says whether Redis answers: 503
+    ``{"ok": false, "redis": "<reason>"}`` when it does not."""
+
+    def __init__(self, health_check=None):
+        super().__init__()
+        self.health_check = health_check
 
     def render(self, request):
         if request.postpath not in ([], [b""]):
@@ -48,7 +55,24 @@ class HealthResource(_Leaf):
             return method_not_allowed(request, ["GET", "HEAD"])
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return HEALTH_BODY
+        if self.health_check is None:
+            return HEALTH_BODY
+        gone: list = []
+        request.notifyFinish().addErrback(gone.append)   # the client left before the answer
+        self.health_check.problem().addCallback(self._answer, request, gone)
+        return NOT_DONE_YET
+
+    def _answer(self, problem, request, gone: list) -> None:
+        if gone:
+            return
+        if problem is None:
+            body = HEALTH_BODY
+        else:
+            request.setResponseCode(503)
+            body = json.dumps({"ok": False, "redis": problem}).encode("utf-8")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)   # twisted.web drops the body of a HEAD itself
+        request.finish()
 
 
 class MetricsResource(_Leaf):
@@ -126,11 +150,11 @@ class GatewayRoot(Resource):
     (the API, after CORS). Built from one config; a reload builds a new one."""
 
     def __init__(self, ws_resource, *, auth=None, api_resource=None, cors=None,
-                 metrics_resource=None):
+                 metrics_resource=None, health_check=None):
         super().__init__()
         self.metrics_resource = metrics_resource
         self.entry = WebSocketEntry(ws_resource, auth, cors)
-        self.health = HealthResource()
+        self.health = HealthResource(health_check)
         self.api_resource = api_resource
         self.cors = cors
         self.missing = NotFoundResource()

@@ -19,8 +19,9 @@ from ..providers.errors import ProviderError, ProviderReplyTooLarge
 from ..providers.interface import IFlowControlledProvider
 from ..providers.slots import ProviderSlot
 from ..providers.token_estimate import usage_of
+from ..redis.connection import RedisUnavailable
+from ..sessions.interface import ISessionStore
 from ..sessions.keys import openai_session_key, resolve_session_key
-from ..sessions.store import SessionStore
 from ..sessions.transcript import branch_messages, complete_tool_turns, history_messages
 from ..tools.base import NO_TOOLS, AgentTools, ToolContext
 from .client_history import align
@@ -73,7 +74,7 @@ def _checked_ref(ref: str) -> tuple[str, str]:
 class AgentRunner:
     log = Logger()
 
-    def __init__(self, agents: AgentRegistry, providers, store: SessionStore, reactor,
+    def __init__(self, agents: AgentRegistry, providers, store: ISessionStore, reactor,
                  max_concurrent: int = 64, metrics=None,
                  tools_for: Callable[[Agent], AgentTools] = lambda agent: NO_TOOLS):
         self.agents = agents
@@ -200,8 +201,9 @@ class AgentRunner:
             if run.cancel_reason == "timeout":
                 return RunTimedOut("the run took longer than its timeout")
             return RunCancelled("the run was cancelled")
-        if failure.check(ProviderError, InvalidRunRequest, RunTimedOut, ToolLoopLimitReached):
-            assert isinstance(failure.value, Exception)  # one of those four
+        if failure.check(ProviderError, InvalidRunRequest, RunTimedOut, ToolLoopLimitReached,
+                         RedisUnavailable):
+            assert isinstance(failure.value, Exception)  # one of those five
             return failure.value
         self.log.failure("run {run_id} failed unexpectedly", failure, run_id=run.run_id)
         return ProviderError("internal error while running the agent")
@@ -398,6 +400,9 @@ class AgentRunner:
             # write regardless; the turn itself is complete, so the run still ends well.
             self.log.info("run {run_id}: caller left while its turn was being recorded",
                           run_id=run.run_id)
+        except RedisUnavailable:
+            # Not stored means not acknowledged: the run fails (503) rather than end well.
+            raise
         except Exception:
             self.log.failure("could not record run {run_id} in its transcript",
                              run_id=run.run_id)

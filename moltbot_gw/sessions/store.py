@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredLock, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from moltbot_gw.config import AGENT_ID_RE, SessionConfig
 from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of this API
@@ -29,6 +30,7 @@ from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of 
     read_index,
     usage_token_counts,
 )
+from moltbot_gw.sessions.interface import ISessionStore
 from moltbot_gw.sessions.keys import parse_session_key
 from moltbot_gw.sessions.lease import SessionLease
 from moltbot_gw.sessions.retention import agent_ids_on_disk, remove_transcripts, take_pruned
@@ -101,6 +103,7 @@ def _log_abandoned_failure(failure: Failure) -> None:
                              failure=failure)
 
 
+@implementer(ISessionStore)
 class SessionStore:
     """Sessions of all agents under ``<state_dir>/agents/<agentId>/sessions/``.
 

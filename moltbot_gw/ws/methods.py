@@ -16,8 +16,8 @@ from ..agents.registry import Agent, AgentRegistry, UnknownAgent
 from ..agents.run import InvalidRunRequest, Run, RunEvent, RunRequest, RunResult
 from ..agents.runner import AgentRunner
 from ..config import LimitsConfig, normalize_agent_id
+from ..sessions.interface import ISessionStore
 from ..sessions.keys import KEY_PREFIX, parse_session_key, resolve_session_key
-from ..sessions.store import SessionStore
 from ..sessions.transcript import current_branch
 from .frames import PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, failure_error, invalid
 from .idempotency import expiring_cache
@@ -195,7 +195,7 @@ class GatewayMethods:
 
     log = Logger()
 
-    def __init__(self, runner: AgentRunner, store: SessionStore, agents: AgentRegistry, clock,
+    def __init__(self, runner: AgentRunner, store: ISessionStore, agents: AgentRegistry, clock,
                  *, client_slots: Optional[ClientSlots] = None,
                  limits: Optional[LimitsConfig] = None):
         self.runner = runner

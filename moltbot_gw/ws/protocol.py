@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IConsumer, ITCPTransport
 from twisted.logger import Logger
 
 from .. import __version__
+from ..agents.failures import describe_failure
 from ..auth import NOT_EXEMPTABLE_HEADERS, Authenticator, BadForwardedFor, client_address
 from ..auth_refusal import (
     LOCKED_OUT,
@@ -23,6 +24,7 @@ from ..auth_refusal import (
     credential_refusal,
     forwarded_for_refusal,
 )
+from ..redis.connection import RedisUnavailable
 from ..request_log import escape_for_log
 from .backlog import MAX_BACKLOG_BYTES, SendBacklog
 from .frames import (
@@ -34,6 +36,7 @@ from .frames import (
     encode_error,
     encode_event,
     encode_response,
+    failure_error,
     invalid,
     parse_connect,
     parse_request,
@@ -228,6 +231,9 @@ class GatewayWSProtocol(WebSocketServerProtocol):
             return  # the connection closed while the method waited
         if failure.check(ProtocolError):
             self.send_error(request.id, failure.value)
+            return
+        if failure.check(RedisUnavailable):   # a session-store method while Redis is gone
+            self.send_error(request.id, failure_error(describe_failure(failure.value)))
             return
         self._log.failure("method {method} failed on {conn_id}", failure,
                          method=request.method, conn_id=self.conn_id)
