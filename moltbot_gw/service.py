@@ -22,7 +22,8 @@ from .config import Config, ConfigError
 from .fetch import GuardedFetcher
 from .metrics import CountingAuth, GatewayMetrics
 from .openai.cors import CorsPolicy
-from .openai.response_index import ResponseIndex
+from .openai.redis_response_index import RedisResponseIndex
+from .openai.response_index import ResponseIndex, ResponseStore
 from .openai.routes import OpenAIRoutes
 from .providers.registry import ProviderRegistry
 from .redis import RedisLink
@@ -101,8 +102,12 @@ class GatewayService(MultiService):
         self.ws_resource = WebSocketResource(self.ws_factory)
         # previous_response_id must survive a reload: the index outlives the routes.
         responses = config.gateway.http.endpoints.responses
-        self.response_index = ResponseIndex(responses.maxStoredResponses,
-                                            responses.maxStoredBytes)
+        self.response_index: ResponseStore = ResponseIndex(responses.maxStoredResponses,
+                                                           responses.maxStoredBytes)
+        if self.redis is not None:   # every process resolves every previous_response_id
+            self.response_index = RedisResponseIndex(self.redis, reactor,
+                                                     responses.maxStoredResponses,
+                                                     responses.maxStoredBytes)
         self.openai = self._routes_for(config)
         self.site = GatewaySite(self._root_for(config), self._door_for(config),
                                 metrics=self.gateway_metrics, reactor=reactor)

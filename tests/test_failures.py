@@ -20,6 +20,7 @@ from moltbot_gw.agents.run import (InvalidRunRequest, ModelNotFound, Run, RunCan
 from moltbot_gw.openai.errors import ERROR_TYPES, api_error_for_run_failure
 from moltbot_gw.providers import errors as provider
 from moltbot_gw.providers.slots import ProviderBusy
+from moltbot_gw.redis import RedisUnavailable
 from moltbot_gw.ws.frames import ErrorCode
 from moltbot_gw.ws.methods import run_error
 
@@ -92,6 +93,9 @@ CASES = [
      failures.TOOL_LOOP_LIMIT, 502, "tool_loop_limit", "UNAVAILABLE",
      "the model still asked for tools after 20 rounds of tool calls "
      "(agents.defaults.tools.maxIterations)"),
+    (RedisUnavailable("no answer to GET within 5 s"), failures.SERVICE_UNAVAILABLE, 503,
+     "service_unavailable", "UNAVAILABLE",
+     "the gateway's shared state (Redis) is unavailable; try again shortly"),
     # The runner wraps an unexpected exception in a bare ProviderError: a bug, not upstream.
     (provider.ProviderError("internal error while running the agent"), failures.INTERNAL, 500,
      "internal_error", "INTERNAL", "internal error while running the agent"),
