@@ -27,6 +27,8 @@ from .openai.response_index import ResponseIndex, ResponseStore
 from .openai.routes import OpenAIRoutes
 from .providers.registry import ProviderRegistry
 from .redis import RedisLink
+from .redis.auth_failures import SharedAuthFailures
+from .redis.notices import RedisNotices
 from .sessions.store import SessionStore
 from .site import DoorPolicy, GatewaySite
 from .tools.policy import ToolCatalog
@@ -81,6 +83,12 @@ class GatewayService(MultiService):
         # with the file store. Connected in startService; the daemon has checked at start
         # that it answers (moltbot_gw/redis/probe.py).
         self.redis = self._redis_for(config)
+        # Pub/sub between the processes (auth locks, freed client slots); redis backend only.
+        self.redis_notices: Optional[RedisNotices] = None
+        if self.redis is not None:
+            self.redis_notices = RedisNotices(self.redis, reactor)
+            self.auth.shared = SharedAuthFailures(self.redis, self.redis_notices,
+                                                  self.auth.limiter)
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config)
         self.store = SessionStore(config.state_dir, reactor, limits=config.session)
@@ -238,6 +246,8 @@ class GatewayService(MultiService):
             # and the pool keeps reconnecting.
             self.redis.connect().addErrback(
                 lambda f: self.log.error("{problem}", problem=str(f.value)))
+        if self.redis_notices is not None:
+            self.redis_notices.start()     # loads the auth locks in force once subscribed
         failed: list[Failure] = []
 
         def not_listening(failure: Failure) -> None:
@@ -307,5 +317,7 @@ class GatewayService(MultiService):
         yield self.store.flush()
         yield super().stopService()
         yield self.providers.close()
+        if self.redis_notices is not None:
+            yield self.redis_notices.stop()
         if self.redis is not None:
             yield self.redis.disconnect()
