@@ -28,6 +28,7 @@ from .openai.routes import OpenAIRoutes
 from .providers.registry import ProviderRegistry
 from .redis import RedisLink
 from .redis.auth_failures import SharedAuthFailures
+from .redis.client_slots import RedisClientSlots
 from .redis.notices import RedisNotices
 from .sessions.store import SessionStore
 from .site import DoorPolicy, GatewaySite
@@ -101,7 +102,12 @@ class GatewayService(MultiService):
         ws_auth = CountingAuth(self.auth, lambda: self.gateway_metrics.auth_failed("ws"))
         limits = config.gateway.limits
         # One per gateway: a client's HTTP and WebSocket runs share its slots.
-        self.client_slots = ClientSlots(limits.perClientConcurrency, limits.perClientQueue)
+        self.client_slots: ClientSlots | RedisClientSlots = ClientSlots(
+            limits.perClientConcurrency, limits.perClientQueue)
+        if self.redis is not None and self.redis_notices is not None:   # counted across processes
+            self.client_slots = RedisClientSlots(
+                self.redis, self.redis_notices, reactor, limits.perClientConcurrency,
+                limits.perClientQueue, config.session.store.redis.lockLeaseSeconds)
         self.ws_factory = GatewayWSFactory(
             ws_auth, GatewayMethods(self.runner, self.store, self.agents, reactor,
                                     client_slots=self.client_slots, limits=limits),
@@ -317,6 +323,8 @@ class GatewayService(MultiService):
         yield self.store.flush()
         yield super().stopService()
         yield self.providers.close()
+        if isinstance(self.client_slots, RedisClientSlots):
+            self.client_slots.stop()
         if self.redis_notices is not None:
             yield self.redis_notices.stop()
         if self.redis is not None:

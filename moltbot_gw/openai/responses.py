@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..agents.client_slots import ClientSlots
+from ..agents.client_slots import RunSlots
 from ..agents.registry import AgentRegistry
 from ..agents.run import HistoryOwner, RunRequest, RunResult
 from ..agents.runner import AgentRunner, cap_history
@@ -57,7 +57,7 @@ class ResponsesEndpoint(RunEndpoint):
 
     def __init__(self, config: Config, auth: Authenticator, agents: AgentRegistry,
                  runner: AgentRunner, clock, fetcher,
-                 client_slots: Optional[ClientSlots] = None,
+                 client_slots: Optional[RunSlots] = None,
                  response_index: Optional[ResponseStore] = None):
         super().__init__(config, auth, agents, runner, clock, client_slots)
         endpoints = config.gateway.http.endpoints
