@@ -11,8 +11,10 @@ from __future__ import annotations
 import copy
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from .chat_helpers import BETA_PROMPT, http, no_leftovers  # noqa: F401
+from .test_fairness import within
 from .test_responses import assert_error, post, rconfig, response_json, sdk, upstream_messages
 
 
@@ -111,3 +113,27 @@ async def test_redis_down_is_a_503_within_the_command_bound(start_gateway, upstr
     error = assert_error(response, body, 503, code="service_unavailable")
     assert "Redis" in error["message"] and "127.0.0.1" not in error["message"]
     assert len(upstream.requests) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_lost_during_a_run_still_gives_the_answer(start_gateway, upstream, http,
+                                                              private_redis, redis_prefix):
+    gw = await start_gateway(on_redis(rconfig(upstream), private_redis.url, redis_prefix,
+                                      commandTimeoutSeconds=0.5, connectTimeoutSeconds=0.5))
+    upstream.queue(text="made before Redis went", chunks=2, delay=0.5)
+    answer = Deferred.fromCoroutine(post(http, gw, {"model": "moltbot:beta", "input": "hi"}))
+    await within(upstream.wait_for_request(1))
+    private_redis.stop()
+    response, body = await answer
+    assert response.code == 200, body
+    assert response_json(body)["output"][0]["content"][0]["text"] == "made before Redis went"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deeply_nested_body_naming_an_id_is_a_400_not_a_500(start_gateway, http):
+    # the item references are looked up before the parse: that look-up must not crash on it
+    gw = await start_gateway(rconfig())
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body = b'{"model": "moltbot", "input": [{"id": "x", "deep": ' + deep + b"}]}"
+    response, body = await post(http, gw, data=body)
+    assert_error(response, body, 400, code="invalid_json")

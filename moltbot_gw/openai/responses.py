@@ -140,8 +140,12 @@ class ResponsesEndpoint(RunEndpoint):
             answer = json.dumps(body, separators=(",", ":")).encode("utf-8")
         if parsed.store:
             session = run.session_key if session_key is not None else None
-            await self._shared(self._remember(response_id, agent.id, agent.history, session,
-                                              history, parsed, result, body["output"]))
+            try:
+                await self._remember(response_id, agent.id, agent.history, session, history,
+                                     parsed, result, body["output"])
+            except RedisUnavailable as e:   # the answer is made: give it, not continuable
+                self.log.warn("Response {id} not stored: {problem}", id=response_id,
+                              problem=str(e))
         return answer
 
     @staticmethod

@@ -357,7 +357,7 @@ def referenced_item_ids(body: bytes) -> list[str]:
         return []
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):     # deep nesting too: the parse says what is wrong
         return []
     raw = data.get("input") if isinstance(data, dict) else None
     if not isinstance(raw, list):
