@@ -13,7 +13,7 @@ import math
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
 from moltbot_gw.agents.client_slots import ClientBusy
@@ -25,6 +25,7 @@ from .chat_helpers import http, no_leftovers  # noqa: F401
 from .support.waiting import hang_up, until
 from .test_fairness import chat, fairness_config, within
 from .test_responses_redis import on_redis
+from .test_ws_protocol import open_client, upstream_config
 
 CLIENT = "198.51.100.7"
 
@@ -149,4 +150,47 @@ async def test_redis_down_is_a_503_for_a_run(start_gateway, http, upstream, priv
     assert response.code == 503
     error = json.loads(await response.content())["error"]
     assert error["code"] == "service_unavailable"
+    assert upstream.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_run_queued_on_b_starts_when_the_clients_run_on_a_ends(
+        start_gateway, http, upstream, redis_url, redis_prefix):
+    upstream.script(stall_before_headers=math.inf)
+    raw = on_redis(fairness_config(upstream, per_client=1, queue=1), redis_url, redis_prefix)
+    a = await start_gateway(raw)
+    b = await start_gateway(raw)
+    running = chat(http, a, CLIENT, "running on a")
+    await within(upstream.wait_for_request(1))
+    queued = chat(http, b, CLIENT, "queued on b")
+    await until(lambda: b.service.client_slots.waiting(CLIENT) == 1)
+    upstream.script(stall_before_headers=0)
+    assert len(upstream.requests) == 1          # b's run waits for a's
+    hang_up(running)                            # a's run ends: its slot frees on b too
+    response = await within(queued)
+    assert response.code == 200
+    await response.content()
+    assert [r.body["messages"][-1]["content"] for r in upstream.requests] == [
+        "running on a", "queued on b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_down_is_unavailable_for_a_websocket_run(start_gateway, upstream,
+                                                             private_redis, redis_prefix):
+    raw = on_redis(upstream_config(upstream), private_redis.url, redis_prefix,
+                   commandTimeoutSeconds=0.5, connectTimeoutSeconds=0.5)
+    gw = await start_gateway(raw)
+    await until(lambda: gw.service.redis_notices.connected)
+    private_redis.stop()
+
+    def ask():
+        client = open_client(gw.ws_url)
+        try:
+            return client.call("agent", {"message": "hello", "agentId": "main"})
+        finally:
+            client.close()
+
+    reply = await threads.deferToThread(ask)
+    assert not reply["ok"] and reply["error"]["code"] == "UNAVAILABLE", reply
+    assert "Redis" in reply["error"]["message"]
     assert upstream.requests == []
