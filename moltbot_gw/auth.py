@@ -195,6 +195,21 @@ class FailureLimiter:
         """Forget the failures of ``address`` (it just authenticated)."""
         self._entries.pop(address, None)
 
+    def lock(self, address: str, seconds: float) -> None:
+        """Refuse ``address`` for ``seconds`` from now (another process saw it reach the
+        limit); a longer lock already in force stays."""
+        if seconds <= 0 or (self.retry_after(address) or 0) >= seconds:
+            return
+        self._entries[address] = [self._clock.seconds() + seconds - self.window,
+                                  self.max_failures]
+        self._entries.move_to_end(address)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def knows(self, address: str) -> bool:
+        """Whether failures of ``address`` are remembered (its window has not ended)."""
+        return address in self._entries
+
     def record_failure(self, address: str) -> None:
         now = self._clock.seconds()
         self._expire(now)
@@ -242,10 +257,23 @@ class Authenticator(Protocol):
         ...
 
 
+class SharedFailures(Protocol):
+    """Where the failures are counted across processes too (``redis/auth_failures.py``):
+    told without waiting for an answer, so the check stays synchronous."""
+
+    def failed(self, key: str) -> None:
+        ...
+
+    def succeeded(self, key: str) -> None:
+        ...
+
+
 class GatewayAuth:
     """Checks a presented secret against the gateway's token or password."""
 
     log = Logger()
+    # Set by the service with the Redis store backend: failures are counted across processes.
+    shared: Optional[SharedFailures] = None
 
     def __init__(self, mode: str, secret: str, limiter: FailureLimiter,
                  trusted_proxies: Sequence[str] = (), generated: bool = False,
@@ -328,11 +356,13 @@ class GatewayAuth:
             return AuthOutcome(False, retry_after=wait)
         if self.matches(presented):
             if not exempt:
+                if self.shared is not None and self.limiter.knows(key):
+                    self.shared.succeeded(key)   # only then: no Redis write per request
                 self.limiter.reset(key)
             return AuthOutcome(True)
         if presented is not None:
             if not exempt:
-                self.limiter.record_failure(key)
+                self._record_failure(key)
             self.log.warn("Failed gateway auth from {address}", address=address)
         return AuthOutcome(False)
 
@@ -340,4 +370,9 @@ class GatewayAuth:
         """Count a failed attempt that presented no secret worth checking: a malformed or
         oversized handshake. Exempt clients are not charged."""
         if not self.is_exempt(address, exemptable):
-            self.limiter.record_failure(limiter_key(address))
+            self._record_failure(limiter_key(address))
+
+    def _record_failure(self, key: str) -> None:
+        self.limiter.record_failure(key)
+        if self.shared is not None:
+            self.shared.failed(key)

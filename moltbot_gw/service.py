@@ -22,11 +22,15 @@ from .config import Config, ConfigError
 from .fetch import GuardedFetcher
 from .metrics import CountingAuth, GatewayMetrics
 from .openai.cors import CorsPolicy
-from .openai.response_index import ResponseIndex
+from .openai.redis_response_index import RedisResponseIndex
+from .openai.response_index import ResponseIndex, ResponseStore
 from .openai.routes import OpenAIRoutes
 from .providers.registry import ProviderRegistry
 from .redis import RedisLink
+from .redis.auth_failures import SharedAuthFailures
+from .redis.client_slots import RedisClientSlots
 from .redis.health import RedisHealth
+from .redis.notices import RedisNotices
 from .sessions.interface import ISessionStore
 from .sessions.redis_store import RedisSessionStore
 from .sessions.store import SessionStore
@@ -84,6 +88,12 @@ class GatewayService(MultiService):
         # with the file store. Connected in startService; the daemon has checked at start
         # that it answers (moltbot_gw/redis/probe.py).
         self.redis = self._redis_for(config)
+        # Pub/sub between the processes (auth locks, freed client slots); redis backend only.
+        self.redis_notices: Optional[RedisNotices] = None
+        if self.redis is not None:
+            self.redis_notices = RedisNotices(self.redis, reactor)
+            self.auth.shared = SharedAuthFailures(self.redis, self.redis_notices,
+                                                  self.auth.limiter)
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config)
         self.store: ISessionStore
@@ -107,7 +117,12 @@ class GatewayService(MultiService):
         ws_auth = CountingAuth(self.auth, lambda: self.gateway_metrics.auth_failed("ws"))
         limits = config.gateway.limits
         # One per gateway: a client's HTTP and WebSocket runs share its slots.
-        self.client_slots = ClientSlots(limits.perClientConcurrency, limits.perClientQueue)
+        self.client_slots: ClientSlots | RedisClientSlots = ClientSlots(
+            limits.perClientConcurrency, limits.perClientQueue)
+        if self.redis is not None and self.redis_notices is not None:   # counted across processes
+            self.client_slots = RedisClientSlots(
+                self.redis, self.redis_notices, reactor, limits.perClientConcurrency,
+                limits.perClientQueue, config.session.store.redis.lockLeaseSeconds)
         self.ws_factory = GatewayWSFactory(
             ws_auth, GatewayMethods(self.runner, self.store, self.agents, reactor,
                                     client_slots=self.client_slots, limits=limits),
@@ -116,8 +131,12 @@ class GatewayService(MultiService):
         self.ws_resource = WebSocketResource(self.ws_factory)
         # previous_response_id must survive a reload: the index outlives the routes.
         responses = config.gateway.http.endpoints.responses
-        self.response_index = ResponseIndex(responses.maxStoredResponses,
-                                            responses.maxStoredBytes)
+        self.response_index: ResponseStore = ResponseIndex(responses.maxStoredResponses,
+                                                           responses.maxStoredBytes)
+        if self.redis is not None:   # every process resolves every previous_response_id
+            self.response_index = RedisResponseIndex(self.redis, reactor,
+                                                     responses.maxStoredResponses,
+                                                     responses.maxStoredBytes)
         self.openai = self._routes_for(config)
         self.site = GatewaySite(self._root_for(config), self._door_for(config),
                                 metrics=self.gateway_metrics, reactor=reactor)
@@ -250,6 +269,8 @@ class GatewayService(MultiService):
             # and the pool keeps reconnecting.
             self.redis.connect().addErrback(
                 lambda f: self.log.error("{problem}", problem=str(f.value)))
+        if self.redis_notices is not None:
+            self.redis_notices.start()     # loads the auth locks in force once subscribed
         failed: list[Failure] = []
 
         def not_listening(failure: Failure) -> None:
@@ -319,5 +340,9 @@ class GatewayService(MultiService):
         yield self.store.flush()
         yield super().stopService()
         yield self.providers.close()
+        if isinstance(self.client_slots, RedisClientSlots):
+            self.client_slots.stop()
+        if self.redis_notices is not None:
+            yield self.redis_notices.stop()
         if self.redis is not None:
             yield self.redis.disconnect()

@@ -93,9 +93,9 @@ CASES = [
      failures.TOOL_LOOP_LIMIT, 502, "tool_loop_limit", "UNAVAILABLE",
      "the model still asked for tools after 20 rounds of tool calls "
      "(agents.defaults.tools.maxIterations)"),
-    (RedisUnavailable("no answer to EVALSHA within 0.5 s"), failures.STORE_UNAVAILABLE, 503,
+    (RedisUnavailable("no answer to GET within 5 s"), failures.SERVICE_UNAVAILABLE, 503,
      "service_unavailable", "UNAVAILABLE",
-     "the session store is unavailable: no answer to EVALSHA within 0.5 s"),
+     "the gateway's shared state (Redis) is unavailable; try again shortly"),
     # The runner wraps an unexpected exception in a bare ProviderError: a bug, not upstream.
     (provider.ProviderError("internal error while running the agent"), failures.INTERNAL, 500,
      "internal_error", "INTERNAL", "internal error while running the agent"),

@@ -88,7 +88,7 @@ async def test_redis_lost_answers_503_within_the_bound_and_recovers_without_rest
     assert code == 503, body
     assert body["error"]["type"] == "api_error"
     assert body["error"]["code"] == "service_unavailable"
-    assert body["error"]["message"].startswith("the session store is unavailable")
+    assert body["error"]["message"].startswith("the gateway's shared state (Redis) is unavailable")
     # history read, then the failed turn's record: two bounded commands at most
     assert elapsed < 4 * COMMAND_TIMEOUT + 2
     health = await http.get(gw.url + "/health")
@@ -99,7 +99,7 @@ async def test_redis_lost_answers_503_within_the_bound_and_recovers_without_rest
         await list_sessions(gw)
     except GatewayError as error:
         assert error.code == "UNAVAILABLE"
-        assert "session store is unavailable" in error.message
+        assert "shared state (Redis) is unavailable" in error.message
     else:
         raise AssertionError("sessions.list succeeded without Redis")
 

@@ -5,7 +5,7 @@ and past that are refused. Transport-free: HTTP and the WebSocket protocol share
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional
+from typing import Optional, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 
@@ -36,6 +36,15 @@ class ClientSlot:
         if not self.released:
             self.released = True
             self._owner._release(self.client)
+
+
+class RunSlots(Protocol):
+    """What run admission needs of client slots: ``ClientSlots`` (this process) or
+    ``redis.client_slots.RedisClientSlots`` (counted across processes)."""
+
+    def acquire(self, client: str) -> Deferred: ...
+
+    def reconfigure(self, per_client: int, queue_size: int) -> None: ...
 
 
 class ClientSlots:

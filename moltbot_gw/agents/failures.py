@@ -100,9 +100,10 @@ CLIENT_BUSY = FailureKind(
     _client_busy, tells_retry_after=True)
 TOOL_LOOP_LIMIT = FailureKind(
     "tool_loop_limit", 502, "api_error", "tool_loop_limit", "UNAVAILABLE", _own)
-STORE_UNAVAILABLE = FailureKind(
-    "store_unavailable", 503, "api_error", "service_unavailable", "UNAVAILABLE",
-    lambda e: f"the session store is unavailable: {e}")
+# The shared state (Redis) did not answer within its bound; the message names no address.
+SERVICE_UNAVAILABLE = FailureKind(
+    "service_unavailable", 503, "api_error", "service_unavailable", "UNAVAILABLE",
+    lambda e: "the gateway's shared state (Redis) is unavailable; try again shortly")
 INTERNAL = FailureKind(
     "internal", 500, "api_error", "internal_error", "INTERNAL",
     lambda e: "internal error while running the agent")
@@ -125,7 +126,7 @@ TABLE: tuple[tuple[type, FailureKind], ...] = (
     (ModelNotFound, MODEL_NOT_FOUND),
     (ClientBusy, CLIENT_BUSY),
     (ToolLoopLimitReached, TOOL_LOOP_LIMIT),
-    (RedisUnavailable, STORE_UNAVAILABLE),
+    (RedisUnavailable, SERVICE_UNAVAILABLE),
 )
 KINDS: tuple[FailureKind, ...] = tuple(kind for _cls, kind in TABLE) + (INTERNAL,)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol
 
 from cachetools import LRUCache
+from twisted.internet.defer import Deferred, succeed
 
 DEFAULT_MAX_RESPONSES = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -82,6 +83,19 @@ class _Entries(LRUCache):
         return key, value
 
 
+class ResponseStore(Protocol):
+    """What ``/v1/responses`` needs of its stored responses: ``ResponseIndex`` (in memory)
+    or ``RedisResponseIndex`` (shared by every process); each answers with Deferreds."""
+
+    def lookup(self, response_id: str) -> Deferred: ...
+
+    def lookup_items(self, item_ids: Iterable[str]) -> Deferred: ...
+
+    def store(self, response_id: str, stored: "StoredResponse") -> Deferred: ...
+
+    def resize(self, capacity: int, max_bytes: int) -> None: ...
+
+
 class ResponseIndex:
     """Response id → ``StoredResponse``, and output item id → its response. Beyond
     ``capacity`` entries or ``max_bytes`` the least recently used responses are forgotten
@@ -144,3 +158,19 @@ class ResponseIndex:
         for item_id in stored.items:
             if self._items.get(item_id) == response_id:
                 del self._items[item_id]
+
+    # -- the awaitable API the endpoint uses (shared with ``RedisResponseIndex``) ----------
+
+    def lookup(self, response_id: str) -> Deferred:
+        """``get`` as a Deferred: the endpoint awaits either backend the same way."""
+        return succeed(self.get(response_id))
+
+    def lookup_items(self, item_ids: Iterable[str]) -> Deferred:
+        """A Deferred of {item id: stored item} for those of ``item_ids`` still known."""
+        found = {item_id: self.item(item_id) for item_id in item_ids}
+        return succeed({k: v for k, v in found.items() if v is not None})
+
+    def store(self, response_id: str, stored: StoredResponse) -> Deferred:
+        """``add`` as a Deferred."""
+        self.add(response_id, stored)
+        return succeed(None)

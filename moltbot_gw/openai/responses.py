@@ -7,29 +7,32 @@ OpenAI error shape, so a router only has to call it.
 Session choice: the ``x-moltbot-session-key`` header (or a configured session header) names
 one; otherwise the session of the previous response; otherwise ``user``'s session (shared
 with chat completions). A call with none of these is stateless like a chat completion: no
-session is created; its conversation is kept in the ``ResponseIndex`` (bounded, in memory)
-so that ``previous_response_id`` can continue it. ``store: false`` keeps nothing.
+session is created; its conversation is kept in the response index (bounded; in memory, or
+in Redis with the redis store backend, where every process sees it) so that
+``previous_response_id`` can continue it. ``store: false`` keeps nothing.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Mapping, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..agents.client_slots import ClientSlots
+from ..agents.client_slots import RunSlots
 from ..agents.registry import AgentRegistry
 from ..agents.run import HistoryOwner, RunRequest, RunResult
 from ..agents.runner import AgentRunner, cap_history
 from ..auth import Authenticator
 from ..config import Config, HistoryConfig
 from ..http_auth import require_auth
-from .errors import APIError, method_not_allowed, not_found, write_error
+from ..redis import RedisUnavailable
+from .errors import APIError, api_error_for_run_failure, method_not_allowed, not_found, write_error
 from .headers import AGENT_ID_HEADERS, MODEL_HEADERS, header, session_from_headers, user_session
 from .images import ImageBudget, fetch_remote_images
 from .request_limits import RequestLimits
-from .response_index import ResponseIndex, StoredResponse
-from .responses_request import ResponsesRequest, parse_responses_request
+from .response_index import ResponseIndex, ResponseStore, StoredResponse
+from .responses_request import ResponsesRequest, parse_responses_request, referenced_item_ids
 from .responses_stream import ResponseShell, ResponsesStream, new_id, response_body
 from .run_endpoint import RunEndpoint
 from .runs import await_run
@@ -54,8 +57,8 @@ class ResponsesEndpoint(RunEndpoint):
 
     def __init__(self, config: Config, auth: Authenticator, agents: AgentRegistry,
                  runner: AgentRunner, clock, fetcher,
-                 client_slots: Optional[ClientSlots] = None,
-                 response_index: Optional[ResponseIndex] = None):
+                 client_slots: Optional[RunSlots] = None,
+                 response_index: Optional[ResponseStore] = None):
         super().__init__(config, auth, agents, runner, clock, client_slots)
         endpoints = config.gateway.http.endpoints
         self.enabled = endpoints.responses.enabled
@@ -64,8 +67,9 @@ class ResponsesEndpoint(RunEndpoint):
         self.limits = RequestLimits.for_responses(endpoints.responses)
         # The service passes its one index in (it must outlive a config reload, which
         # builds a new endpoint); an endpoint built alone gets its own.
-        self.responses = response_index if response_index is not None else ResponseIndex(
-            endpoints.responses.maxStoredResponses, endpoints.responses.maxStoredBytes)
+        self.responses: ResponseStore = (
+            response_index if response_index is not None else ResponseIndex(
+                endpoints.responses.maxStoredResponses, endpoints.responses.maxStoredBytes))
         self.fetcher = fetcher  # the guarded fetcher, shared with chat completions
 
     async def handle(self, request) -> bytes:
@@ -82,11 +86,12 @@ class ResponsesEndpoint(RunEndpoint):
     async def _respond(self, request) -> bytes:
         require_auth(request, self.auth)
         images = ImageBudget(self.chat.images)
-        parsed = parse_responses_request(request.content.read(), images,
-                                         self.responses.item, self.limits)
+        body = request.content.read()
+        referenced = await self._shared(self.responses.lookup_items(referenced_item_ids(body)))
+        parsed = parse_responses_request(body, images, referenced.get, self.limits)
         previous = None
         if parsed.previous_response_id is not None:
-            previous = self.responses.get(parsed.previous_response_id)
+            previous = await self._shared(self.responses.lookup(parsed.previous_response_id))
             if previous is None:
                 raise APIError(404, f"Previous response with id "
                                     f"'{parsed.previous_response_id}' not found.",
@@ -135,13 +140,25 @@ class ResponsesEndpoint(RunEndpoint):
             answer = json.dumps(body, separators=(",", ":")).encode("utf-8")
         if parsed.store:
             session = run.session_key if session_key is not None else None
-            self._remember(response_id, agent.id, agent.history, session, history, parsed,
-                           result, body["output"])
+            try:
+                await self._remember(response_id, agent.id, agent.history, session, history,
+                                     parsed, result, body["output"])
+            except RedisUnavailable as e:   # the answer is made: give it, not continuable
+                self.log.warn("Response {id} not stored: {problem}", id=response_id,
+                              problem=str(e))
         return answer
+
+    @staticmethod
+    async def _shared(pending: Deferred) -> Any:
+        """``pending``'s result; the index in Redis being unreachable is a 503."""
+        try:
+            return await pending
+        except RedisUnavailable as e:
+            raise api_error_for_run_failure(e) from e
 
     def _remember(self, response_id: str, agent_id: str, limits: HistoryConfig,
                   session_key: Optional[str], history: tuple, parsed: ResponsesRequest,
-                  result: RunResult, output: list[Mapping[str, Any]]) -> None:
+                  result: RunResult, output: list[Mapping[str, Any]]) -> Deferred:
         """Keep the response for ``previous_response_id`` and its output items for
         ``item_reference``; an anonymous one also keeps its conversation (the session of
         one that has a session holds it already), no more of it than the agent's history
@@ -152,8 +169,8 @@ class ResponsesEndpoint(RunEndpoint):
             conversation = tuple(cap_history(
                 (*history, *parsed.input, *([reply] if reply else [])), limits))
         items = {item["id"]: item for item in output}
-        self.responses.add(response_id, StoredResponse(agent_id, session_key,
-                                                       conversation, items))
+        return self.responses.store(response_id, StoredResponse(agent_id, session_key,
+                                                                conversation, items))
 
     def _session(self, request, agent_id: str, parsed: ResponsesRequest,
                  previous: Optional[StoredResponse]) -> tuple[Optional[str], HistoryOwner]:

@@ -347,3 +347,20 @@ def parse_responses_request(body: bytes, images: Optional[ImageBudget] = None,
         options=options, stream=bool(stream), user=user, previous_response_id=previous,
         tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel,
         store=True if store is None else store, echo=echo)
+
+
+def referenced_item_ids(body: bytes) -> list[str]:
+    """The ids the ``item_reference`` inputs of ``body`` name, so that the endpoint can look
+    them up (asynchronously, in Redis too) before the synchronous parse resolves them. A body
+    that does not parse names none: ``parse_responses_request`` then says what is wrong."""
+    if b'"id"' not in body:
+        return []
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):     # deep nesting too: the parse says what is wrong
+        return []
+    raw = data.get("input") if isinstance(data, dict) else None
+    if not isinstance(raw, list):
+        return []
+    return [item["id"] for item in raw
+            if isinstance(item, dict) and _is_reference(item) and isinstance(item.get("id"), str)]

@@ -10,7 +10,7 @@ from klein import Klein
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from ..agents.client_slots import ClientSlots
+from ..agents.client_slots import RunSlots
 from ..agents.registry import AgentRegistry, UnknownAgent
 from ..agents.run import HistoryOwner, RunRequest, client_model_error
 from ..agents.runner import AgentRunner
@@ -37,7 +37,7 @@ from .headers import (
 from .images import ImageBudget, fetch_remote_images
 from .request_common import agent_from_model
 from .request_limits import RequestLimits
-from .response_index import ResponseIndex
+from .response_index import ResponseStore
 from .responses import ResponsesEndpoint
 from .run_endpoint import RunEndpoint
 from .runs import await_run
@@ -64,8 +64,8 @@ class OpenAIRoutes(RunEndpoint):
 
     def __init__(self, config: Config, auth: Authenticator, agents: AgentRegistry,
                  runner: AgentRunner, clock, fetcher: Optional[GuardedFetcher] = None,
-                 client_slots: Optional[ClientSlots] = None,
-                 response_index: Optional[ResponseIndex] = None):
+                 client_slots: Optional[RunSlots] = None,
+                 response_index: Optional[ResponseStore] = None):
         super().__init__(config, auth, agents, runner, clock, client_slots)
         endpoints = config.gateway.http.endpoints
         self.chat = endpoints.chatCompletions

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..agents.client_slots import ClientSlots
+from ..agents.client_slots import ClientSlots, RunSlots
 from ..agents.registry import Agent, AgentRegistry, UnknownAgent
 from ..agents.run import Run, RunRequest
 from ..agents.runner import AgentRunner
@@ -21,7 +21,7 @@ class RunEndpoint:
     """Base of the chat/completions routes and the Responses endpoint."""
 
     def __init__(self, config: Config, auth: Authenticator, agents: AgentRegistry,
-                 runner: AgentRunner, clock, client_slots: Optional[ClientSlots] = None):
+                 runner: AgentRunner, clock, client_slots: Optional[RunSlots] = None):
         self.config = config
         self.auth = auth
         self.agents = agents

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from twisted.internet.defer import CancelledError
 
-from ..agents.client_slots import ClientBusy, ClientSlots
+from ..agents.client_slots import ClientBusy, RunSlots
 from ..agents.run import InvalidRunRequest, Run, RunRequest
+from ..redis.connection import RedisUnavailable
 from .errors import api_error_for_run_failure
 
 
@@ -18,14 +19,14 @@ def start_run(runner, request: RunRequest) -> Run:
         raise api_error_for_run_failure(e) from e
 
 
-async def start_run_for_client(runner, slots: ClientSlots, client: str,
+async def start_run_for_client(runner, slots: RunSlots, client: str,
                                request: RunRequest) -> Run:
     """``start_run`` once ``client`` has a free run slot (waiting in its queue if need be,
     leaving it if the client goes away); the slot is held until the run ends. A full queue
     is 429 with ``Retry-After``."""
     try:
         slot = await slots.acquire(client)
-    except ClientBusy as busy:
+    except (ClientBusy, RedisUnavailable) as busy:   # the shared slots: Redis is out, a 503
         raise api_error_for_run_failure(busy) from busy
     try:
         run = start_run(runner, request)

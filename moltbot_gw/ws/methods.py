@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .. import __version__
-from ..agents.client_slots import ClientSlots
+from ..agents.client_slots import RunSlots
 from ..agents.failures import describe_failure
 from ..agents.registry import Agent, AgentRegistry, UnknownAgent
 from ..agents.run import InvalidRunRequest, Run, RunEvent, RunRequest, RunResult
@@ -196,7 +196,7 @@ class GatewayMethods:
     log = Logger()
 
     def __init__(self, runner: AgentRunner, store: ISessionStore, agents: AgentRegistry, clock,
-                 *, client_slots: Optional[ClientSlots] = None,
+                 *, client_slots: Optional[RunSlots] = None,
                  limits: Optional[LimitsConfig] = None):
         self.runner = runner
         self.store = store

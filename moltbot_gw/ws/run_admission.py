@@ -8,10 +8,11 @@ import hashlib
 import json
 from typing import Any, Awaitable, Callable, Mapping, Optional
 
-from ..agents.client_slots import ClientBusy, ClientSlot, ClientSlots
+from ..agents.client_slots import ClientBusy, ClientSlot, ClientSlots, RunSlots
 from ..agents.failures import describe_failure
 from ..agents.run import Run
 from ..config import LimitsConfig
+from ..redis.connection import RedisUnavailable
 from ..retry_after import retry_after_ms
 from .frames import ErrorCode, ProtocolError, Request, failure_error, invalid
 from .idempotency import expiring_cache
@@ -29,7 +30,7 @@ Handler = Callable[[Any, Request], Awaitable[Any]]
 
 
 class RunAdmission:
-    def __init__(self, clock, limits: LimitsConfig, client_slots: Optional[ClientSlots] = None):
+    def __init__(self, clock, limits: LimitsConfig, client_slots: Optional[RunSlots] = None):
         self.clock = clock
         self.limits = limits
         self.client_slots = client_slots or ClientSlots(limits.perClientConcurrency,
@@ -98,5 +99,5 @@ class RunAdmission:
         """A run slot of the client at ``address``, once it has one."""
         try:
             return await self.client_slots.acquire(address)
-        except ClientBusy as busy:
+        except (ClientBusy, RedisUnavailable) as busy:   # the shared slots: Redis is out
             raise failure_error(describe_failure(busy)) from busy

@@ -1,0 +1,233 @@
+"""Per-client run concurrency counted across gateway processes (``session.store.backend:
+"redis"``): ``ClientSlots``' API, with a client's running runs held in Redis.
+
+A client's slots are a sorted set ``<prefix>slots:<client>`` of holder ids scored by the end
+of their lease (Redis time). A Lua script drops expired holders, then admits a new one while
+fewer than ``perClientConcurrency`` hold; a held slot's lease is renewed every third of it
+and the holder removed on release, which publishes ``slot-free`` so that waiters anywhere try
+again. A process that dies holds its slots no longer than the lease
+(``session.store.redis.lockLeaseSeconds``).
+
+The queue is per process: each process keeps up to ``perClientQueue`` waiters of a client,
+first in first out among themselves, retried on a ``slot-free`` notice, on a local release
+and every ``RETRY_SECONDS`` (a lost notice, a dead holder's lease running out). Across
+processes the order is whoever asks first after a slot frees. Redis unavailable: ``acquire``
+fails with ``RedisUnavailable`` (a 503).
+"""
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from typing import Optional
+
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..agents.client_slots import ClientBusy
+from .connection import LuaScript, RedisLink
+from .notices import RedisNotices
+
+CHANNEL = "slot-free"
+RETRY_SECONDS = 1.0
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+# KEYS: the client's holders; ARGV: holder id, limit, lease ms. 1 when admitted.
+_ACQUIRE = LuaScript(_NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+""")
+# KEYS: the client's holders; ARGV: holder id, lease ms. 0 when the lease was already lost.
+_RENEW = LuaScript(_NOW + """
+local ends = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not ends or tonumber(ends) <= now then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+""")
+
+
+class SharedClientSlot:
+    """One held slot; ``release()`` (idempotent) frees it for every process."""
+
+    def __init__(self, owner: "RedisClientSlots", client: str, holder: str):
+        self._owner = owner
+        self.client = client
+        self.holder = holder
+        self.released = False
+        self._renewal = owner._clock.callLater(owner.lease / 3, self._renew)
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            if self._renewal.active():
+                self._renewal.cancel()
+            self._owner._release(self)
+
+    def _renew(self) -> None:
+        d = self._owner._renew(self)
+
+        def next_renewal(_) -> None:
+            if not self.released:
+                self._renewal = self._owner._clock.callLater(self._owner.lease / 3,
+                                                              self._renew)
+        d.addBoth(next_renewal)
+
+
+class RedisClientSlots:
+    """``ClientSlots`` over Redis; ``running``/``waiting`` count this process's own."""
+
+    log = Logger()
+
+    def __init__(self, redis: RedisLink, notices: RedisNotices, clock, per_client: int,
+                 queue_size: int, lease: float):
+        self.redis = redis
+        self.notices = notices
+        self._clock = clock
+        self.per_client = per_client
+        self.queue_size = queue_size
+        self.lease = lease
+        self._held: dict[str, int] = {}
+        self._waiting: dict[str, deque[Deferred]] = {}
+        self._trying: set[str] = set()
+        self._retry = None
+        notices.listen(CHANNEL, self._hand_on)
+
+    def reconfigure(self, per_client: int, queue_size: int) -> None:
+        self.per_client = per_client
+        self.queue_size = queue_size
+        for client in list(self._waiting):
+            self._hand_on(client)
+
+    def running(self, client: str) -> int:
+        return self._held.get(client, 0)
+
+    def waiting(self, client: str) -> int:
+        return len(self._waiting.get(client, ()))
+
+    def acquire(self, client: str) -> Deferred:
+        """As ``ClientSlots.acquire``: a slot now, later (after this process's earlier
+        waiters), ``ClientBusy`` when this process's queue for the client is full, or
+        ``RedisUnavailable``."""
+        if self.waiting(client):
+            return self._enqueue(client)
+        d = self._try(client)
+
+        def admitted(slot: Optional[SharedClientSlot]):
+            return slot if slot is not None else self._enqueue(client)
+        return d.addCallback(admitted)
+
+    # -- the queue ------------------------------------------------------------------------
+
+    def _enqueue(self, client: str) -> Deferred:
+        if self.waiting(client) >= self.queue_size:
+            return fail(ClientBusy(client, self.running(client), self.waiting(client),
+                                   per_client=self.per_client, queue_size=self.queue_size))
+        d: Deferred = Deferred(canceller=lambda d: self._leave_queue(client, d))
+        self._waiting.setdefault(client, deque()).append(d)
+        self._schedule_retry()
+        return d
+
+    def _leave_queue(self, client: str, d: Deferred) -> None:
+        queue = self._waiting.get(client)
+        if queue is not None and d in queue:
+            queue.remove(d)
+            if not queue:
+                del self._waiting[client]
+        if not self._waiting:
+            self.stop()
+
+    def _hand_on(self, client: str) -> None:
+        """Try to admit the oldest local waiters of ``client`` (one attempt at a time)."""
+        if not self._waiting.get(client) or client in self._trying:
+            return
+        self._trying.add(client)
+
+        def tried(slot):
+            self._trying.discard(client)
+            queue = self._waiting.get(client)
+            if isinstance(slot, Failure):
+                self.log.warn("Client slots: Redis did not answer: {problem}",
+                              problem=str(slot.value))
+                return None     # the retry timer tries again
+            if slot is None:
+                return None
+            if not queue:       # the waiter left meanwhile
+                slot.release()
+                return None
+            waiter = queue.popleft()
+            if not queue:
+                del self._waiting[client]
+            waiter.callback(slot)
+            self._hand_on(client)
+            return None
+        self._try(client).addBoth(tried)
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None or not self._retry.active():
+            self._retry = self._clock.callLater(RETRY_SECONDS, self._retry_all)
+
+    def _retry_all(self) -> None:
+        for client in list(self._waiting):
+            self._hand_on(client)
+        if self._waiting:
+            self._schedule_retry()
+
+    def stop(self) -> None:
+        """The process stops: no more retries (waiters are cancelled with their requests)."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+
+    # -- Redis ----------------------------------------------------------------------------
+
+    def _key(self, client: str) -> str:
+        return self.redis.key("slots", client)
+
+    def _lease_ms(self) -> int:
+        return max(1, int(self.lease * 1000))
+
+    def _try(self, client: str) -> Deferred:
+        """A Deferred of a slot, or None when the client's slots are all held."""
+        holder = uuid.uuid4().hex
+        d = self.redis.script(_ACQUIRE, [self._key(client)],
+                              [holder, self.per_client, self._lease_ms()])
+
+        def answered(admitted) -> Optional[SharedClientSlot]:
+            if int(admitted) != 1:
+                return None
+            self._held[client] = self.running(client) + 1
+            return SharedClientSlot(self, client, holder)
+        return d.addCallback(answered)
+
+    def _renew(self, slot: SharedClientSlot) -> Deferred:
+        d = self.redis.script(_RENEW, [self._key(slot.client)], [slot.holder, self._lease_ms()])
+
+        def renewed(still) -> None:
+            if int(still) != 1 and not slot.released:
+                self.log.warn("Client slots: the lease of a run of {client} ran out; another "
+                              "run may have taken its slot", client=slot.client)
+
+        def unrenewed(failure: Failure) -> None:
+            self.log.warn("Client slots: lease not renewed: {problem}",
+                          problem=str(failure.value))
+        return d.addCallbacks(renewed, unrenewed)
+
+    def _release(self, slot: SharedClientSlot) -> None:
+        left = self.running(slot.client) - 1
+        if left > 0:
+            self._held[slot.client] = left
+        else:
+            self._held.pop(slot.client, None)
+        d = self.redis.execute("ZREM", self._key(slot.client), slot.holder)
+        d.addCallback(lambda _: self.notices.publish(CHANNEL, slot.client))
+        d.addCallbacks(lambda _: self._hand_on(slot.client), self._unreleased)
+
+    def _unreleased(self, failure: Failure) -> None:
+        self.log.warn("Client slots: a release was not recorded (its lease frees the slot): "
+                      "{problem}", problem=str(failure.value))
