@@ -26,6 +26,7 @@ from .openai.response_index import ResponseIndex
 from .openai.routes import OpenAIRoutes
 from .providers.registry import ProviderRegistry
 from .redis import RedisLink
+from .redis.session_lock import SessionLocks
 from .sessions.store import SessionStore
 from .site import DoorPolicy, GatewaySite
 from .tools.policy import ToolCatalog
@@ -80,13 +81,19 @@ class GatewayService(MultiService):
         # with the file store. Connected in startService; the daemon has checked at start
         # that it answers (moltbot_gw/redis/probe.py).
         self.redis = self._redis_for(config)
+        # One run of a session at a time across the processes sharing that Redis.
+        self.session_locks: Optional[SessionLocks] = None
+        if self.redis is not None:
+            self.session_locks = SessionLocks(
+                self.redis, config.session.store.redis.lockLeaseSeconds, reactor)
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config)
         self.store = SessionStore(config.state_dir, reactor, limits=config.session)
         self.runner = AgentRunner(self.agents, self.providers, self.store, reactor,
                                   config.agents.defaults.maxConcurrent,
                                   metrics=self.gateway_metrics,
-                                  tools_for=ToolCatalog(config, reactor).for_agent)
+                                  tools_for=ToolCatalog(config, reactor).for_agent,
+                                  session_locks=self.session_locks)
         self.http_auth = CountingAuth(self.auth,
                                       lambda: self.gateway_metrics.auth_failed("http"))
         ws_auth = CountingAuth(self.auth, lambda: self.gateway_metrics.auth_failed("ws"))
@@ -233,6 +240,8 @@ class GatewayService(MultiService):
             # and the pool keeps reconnecting.
             self.redis.connect().addErrback(
                 lambda f: self.log.error("{problem}", problem=str(f.value)))
+        if self.session_locks is not None:
+            self.session_locks.start()
         failed: list[Failure] = []
 
         def not_listening(failure: Failure) -> None:
@@ -302,5 +311,7 @@ class GatewayService(MultiService):
         yield self.store.flush()
         yield super().stopService()
         yield self.providers.close()
+        if self.session_locks is not None:
+            yield self.session_locks.close()
         if self.redis is not None:
             yield self.redis.disconnect()

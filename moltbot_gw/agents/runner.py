@@ -20,6 +20,7 @@ from ..providers.interface import IFlowControlledProvider
 from ..providers.slots import ProviderSlot
 from ..providers.token_estimate import usage_of
 from ..sessions.keys import openai_session_key, resolve_session_key
+from ..sessions.lease import LeaseLost
 from ..sessions.store import SessionStore
 from ..sessions.transcript import branch_messages, complete_tool_turns, history_messages
 from ..tools.base import NO_TOOLS, AgentTools, ToolContext
@@ -37,6 +38,7 @@ from .run import (
     RunTimedOut,
     client_model_error,
 )
+from .session_order import TAKEN_OVER, HeldSession, SessionLocking, check_lease
 from .tool_loop import (
     CallRouter,
     ToolExecutor,
@@ -75,7 +77,8 @@ class AgentRunner:
 
     def __init__(self, agents: AgentRegistry, providers, store: SessionStore, reactor,
                  max_concurrent: int = 64, metrics=None,
-                 tools_for: Callable[[Agent], AgentTools] = lambda agent: NO_TOOLS):
+                 tools_for: Callable[[Agent], AgentTools] = lambda agent: NO_TOOLS,
+                 session_locks: Optional[SessionLocking] = None):
         self.agents = agents
         self.providers = providers
         self.store = store
@@ -84,6 +87,8 @@ class AgentRunner:
         self.active: dict[str, Run] = {}
         self.metrics = metrics  # a GatewayMetrics, told of every run started, or None
         self.tools_for = tools_for  # the server tools an agent may use (its tool policy)
+        # orders a session's runs across processes (Redis), after the local lane; or None
+        self.session_locks = session_locks
 
     def reconfigure(self, agents: AgentRegistry, providers,
                     tools_for: Optional[Callable[[Agent], AgentTools]] = None) -> None:
@@ -162,7 +167,14 @@ class AgentRunner:
             if timer.active():
                 timer.cancel()
             raise self._as_run_error(Failure(), run) from None
+        lease: Optional[HeldSession] = None
         try:
+            if self.session_locks is not None:
+                # Only the head of the local lane waits here. RedisUnavailable passes as is.
+                try:
+                    lease = await self.session_locks.acquire(run.session_key)
+                except defer.CancelledError:
+                    raise self._as_run_error(Failure(), run) from None
             run.emit("lifecycle", {"phase": "start", "agentId": agent.id,
                                    "sessionKey": run.session_key, "startedAt": self._now_ms()})
             before: list = []    # records the turn writes before its own (a branch point)
@@ -175,20 +187,27 @@ class AgentRunner:
                 error = client_model_error(self._as_run_error(failure, run), request.model)
                 status = "aborted" if isinstance(error, (RunCancelled, RunTimedOut)) else "error"
                 await self._record(run, request, status=status, error=error, before=before,
-                                   steps=steps)
+                                   steps=steps, lease=lease)
                 run.emit("lifecycle", {"phase": "error", "error": {
                     "kind": getattr(error, "kind", "error"), "message": _message(error)}})
                 self.log.info("run {run_id} of {agent} ended: {kind}", run_id=run.run_id,
                               agent=agent.id, kind=getattr(error, "kind", "error"))
                 raise error from None
-            await self._record(run, request, status="ok", result=result, before=before,
-                               steps=steps)
+            try:
+                await self._record(run, request, status="ok", result=result, before=before,
+                                   steps=steps, lease=lease)
+            except LeaseLost:
+                run.emit("lifecycle", {"phase": "error", "error": {
+                    "kind": "session_taken_over", "message": TAKEN_OVER}})
+                raise
             run.emit("lifecycle", {"phase": "end", "finishReason": result.finish_reason,
                                    "model": result.model})
             return result
         finally:
             if timer.active():
                 timer.cancel()
+            if lease is not None:
+                lease.release()     # never fails; not awaited: the client need not wait
             self.lanes.release(run.session_key)
 
     def _now_ms(self) -> int:
@@ -361,10 +380,12 @@ class AgentRunner:
     async def _record(self, run: Run, request: RunRequest, status: str,
                       result: Optional[RunResult] = None, error: Optional[Exception] = None,
                       before: Sequence[Mapping[str, Any]] = (),
-                      steps: Sequence[Mapping[str, Any]] = ()) -> None:
+                      steps: Sequence[Mapping[str, Any]] = (),
+                      lease: Optional[HeldSession] = None) -> None:
         """Write the turn to the transcript before anyone hears that it ended; ``before``
         (a branch point and the client's version of earlier messages) goes first, the tool
-        loop's ``steps`` (assistant tool calls, tool results) between input and reply."""
+        loop's ``steps`` (assistant tool calls, tool results) between input and reply.
+        ``LeaseLost`` (another process took the session) fails an ok turn, nothing else."""
         if not (request.persist and request.record):
             return
         now = self._now_ms()
@@ -391,8 +412,14 @@ class AgentRunner:
             reply["error"] = {"kind": getattr(error, "kind", "error"), "message": _message(error)}
         records.append(reply)
         try:
-            await self.store.record_turn(run.session_key, records,
+            check_lease(lease)
+            await self.store.record_turn(run.session_key, records, lease=lease,
                                          model=result.model if result else None, usage=usage)
+        except LeaseLost:
+            self.log.warn("run {run_id}: {session_key} was taken over; turn not recorded",
+                          run_id=run.run_id, session_key=run.session_key)
+            if error is None:
+                raise
         except defer.CancelledError:
             # The client left while the turn was being written. The store finishes the
             # write regardless; the turn itself is complete, so the run still ends well.
