@@ -114,3 +114,16 @@ async def test_a_run_whose_session_was_taken_over_records_nothing_and_fails_503(
 async def test_the_file_backend_takes_no_session_lock(start_gateway, upstream):
     gw = await start_gateway(config(upstream))
     assert gw.service.session_locks is None and gw.service.runner.session_locks is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_redis_a_run_fails_instead_of_running_unordered(
+        start_gateway, http, upstream, private_redis, redis_prefix):  # noqa: F811
+    raw = redis_config(upstream, private_redis.url, redis_prefix)
+    raw["session"]["store"]["redis"].update(commandTimeoutSeconds=0.5, connectTimeoutSeconds=0.5)
+    gw = await start_gateway(raw)
+    private_redis.stop()
+    code, body = await ask(http, gw, "anyone there?")
+    assert code >= 500 and "error" in body, body      # 503 service_unavailable (store's row)
+    assert "Traceback" not in json.dumps(body)
+    assert upstream.requests == []                      # the model was never asked
