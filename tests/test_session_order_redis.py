@@ -127,3 +127,23 @@ async def test_without_redis_a_run_fails_instead_of_running_unordered(
     assert code >= 500 and "error" in body, body      # 503 service_unavailable (store's row)
     assert "Traceback" not in json.dumps(body)
     assert upstream.requests == []                      # the model was never asked
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_run_waiting_for_another_gateway_holds_no_global_slot(
+        start_gateway, http, upstream, redis_url, redis_prefix):  # noqa: F811
+    a = await start_gateway(redis_config(upstream, redis_url, redis_prefix))
+    raw = redis_config(upstream, redis_url, redis_prefix)
+    raw["agents"]["defaults"] = {"maxConcurrent": 1}       # one run at a time on B
+    b = await start_gateway(raw)
+    upstream.script(text="a slow answer", chunks=3, delay=0.4)
+    on_a = Deferred.fromCoroutine(ask(http, a, "alice on A"))
+    alice_first = await upstream.wait_for_request()
+    on_b = Deferred.fromCoroutine(ask(http, b, "alice on B"))    # waits for A's lock
+    await deferLater(reactor, 0.3, lambda: None)
+    bob = Deferred.fromCoroutine(ask(http, b, "bob on B", user="bob"))
+    bob_request = await upstream.wait_for_request(2)
+    assert bob_request.body["messages"][-1]["content"] == "bob on B"
+    assert not alice_first.completed.called    # bob did not wait for alice's turn on A
+    answers = await gatherResults([on_a, on_b, bob])
+    assert [code for code, _ in answers] == [200, 200, 200]

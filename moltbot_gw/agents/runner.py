@@ -38,7 +38,14 @@ from .run import (
     RunTimedOut,
     client_model_error,
 )
-from .session_order import TAKEN_OVER, HeldSession, SessionLocking, check_lease
+from .session_order import (
+    TAKEN_OVER,
+    HeldSession,
+    SessionLocking,
+    check_lease,
+    enter_session,
+    leave_session,
+)
 from .tool_loop import (
     CallRouter,
     ToolExecutor,
@@ -162,19 +169,14 @@ class AgentRunner:
             # Start on the next reactor turn, so whoever called run() has subscribed
             # before the first event.
             await task.deferLater(self.reactor, 0, lambda: None)
-            await self.lanes.acquire(run.session_key)
-        except defer.CancelledError:
+            lease = await enter_session(self.lanes, self.session_locks, run.session_key)
+        except BaseException as e:
             if timer.active():
                 timer.cancel()
-            raise self._as_run_error(Failure(), run) from None
-        lease: Optional[HeldSession] = None
+            if isinstance(e, defer.CancelledError):
+                raise self._as_run_error(Failure(), run) from None
+            raise       # RedisUnavailable: the session's lock could not be asked
         try:
-            if self.session_locks is not None:
-                # Only the head of the local lane waits here. RedisUnavailable passes as is.
-                try:
-                    lease = await self.session_locks.acquire(run.session_key)
-                except defer.CancelledError:
-                    raise self._as_run_error(Failure(), run) from None
             run.emit("lifecycle", {"phase": "start", "agentId": agent.id,
                                    "sessionKey": run.session_key, "startedAt": self._now_ms()})
             before: list = []    # records the turn writes before its own (a branch point)
@@ -206,9 +208,7 @@ class AgentRunner:
         finally:
             if timer.active():
                 timer.cancel()
-            if lease is not None:
-                lease.release()     # never fails; not awaited: the client need not wait
-            self.lanes.release(run.session_key)
+            leave_session(self.lanes, lease, run.session_key)
 
     def _now_ms(self) -> int:
         """Record timestamps come from the reactor's clock (a test's Clock drives them)."""
