@@ -95,10 +95,10 @@ async def test_a_dead_holder_frees_the_session_when_its_lease_expires_and_not_be
 
 @pytest_twisted.ensureDeferred
 async def test_renewal_keeps_a_live_holder_past_its_lease(processes):
-    a, b = await processes(1), await processes(1)
+    a, b = await processes(1.5), await processes(1.5)
     held = await a.locks.acquire(SESSION)
     waiting = b.locks.acquire(SESSION)
-    await sleep(2.5)                           # two and a half leases
+    await sleep(3.5)                           # over two leases
     assert not waiting.called and not held.lost
     assert await a.link.execute("GET", held.key) == held.token
     await held.release()
