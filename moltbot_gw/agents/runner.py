@@ -24,6 +24,7 @@ from ..sessions.lease import LeaseLost
 from ..sessions.store import SessionStore
 from ..sessions.transcript import branch_messages, complete_tool_turns, history_messages
 from ..tools.base import NO_TOOLS, AgentTools, ToolContext
+from . import session_order
 from .client_history import align
 from .history_window import cap_history, client_history_budget, estimate_tokens, history_budget  # noqa: F401 - cap_history, estimate_tokens: re-exported
 from .lanes import Lanes
@@ -38,14 +39,7 @@ from .run import (
     RunTimedOut,
     client_model_error,
 )
-from .session_order import (
-    TAKEN_OVER,
-    HeldSession,
-    SessionLocking,
-    check_lease,
-    enter_session,
-    leave_session,
-)
+from .session_order import TAKEN_OVER, HeldSession, SessionLocking
 from .tool_loop import (
     CallRouter,
     ToolExecutor,
@@ -169,7 +163,8 @@ class AgentRunner:
             # Start on the next reactor turn, so whoever called run() has subscribed
             # before the first event.
             await task.deferLater(self.reactor, 0, lambda: None)
-            lease = await enter_session(self.lanes, self.session_locks, run.session_key)
+            lease = await session_order.enter_session(self.lanes, self.session_locks,
+                                                      run.session_key)
         except BaseException as e:
             if timer.active():
                 timer.cancel()
@@ -208,7 +203,7 @@ class AgentRunner:
         finally:
             if timer.active():
                 timer.cancel()
-            leave_session(self.lanes, lease, run.session_key)
+            session_order.leave_session(self.lanes, lease, run.session_key)
 
     def _now_ms(self) -> int:
         """Record timestamps come from the reactor's clock (a test's Clock drives them)."""
@@ -412,7 +407,7 @@ class AgentRunner:
             reply["error"] = {"kind": getattr(error, "kind", "error"), "message": _message(error)}
         records.append(reply)
         try:
-            check_lease(lease)
+            session_order.check_lease(lease)
             await self.store.record_turn(run.session_key, records, lease=lease,
                                          model=result.model if result else None, usage=usage)
         except LeaseLost:
