@@ -31,6 +31,7 @@ from .redis.auth_failures import SharedAuthFailures
 from .redis.client_slots import RedisClientSlots
 from .redis.health import RedisHealth
 from .redis.notices import RedisNotices
+from .redis.session_lock import SessionLocks
 from .sessions.interface import ISessionStore
 from .sessions.redis_store import RedisSessionStore
 from .sessions.store import SessionStore
@@ -94,6 +95,11 @@ class GatewayService(MultiService):
             self.redis_notices = RedisNotices(self.redis, reactor)
             self.auth.shared = SharedAuthFailures(self.redis, self.redis_notices,
                                                   self.auth.limiter)
+        # One run of a session at a time across the processes sharing that Redis.
+        self.session_locks: Optional[SessionLocks] = None
+        if self.redis is not None:
+            self.session_locks = SessionLocks(
+                self.redis, config.session.store.redis.lockLeaseSeconds, reactor)
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config)
         self.store: ISessionStore
@@ -111,7 +117,8 @@ class GatewayService(MultiService):
                                   config.agents.defaults.maxConcurrent,
                                   metrics=self.gateway_metrics,
                                   tools_for=ToolCatalog(config, reactor,
-                                                        mcp=self.mcp).for_agent)
+                                                        mcp=self.mcp).for_agent,
+                                  session_locks=self.session_locks)
         self.http_auth = CountingAuth(self.auth,
                                       lambda: self.gateway_metrics.auth_failed("http"))
         ws_auth = CountingAuth(self.auth, lambda: self.gateway_metrics.auth_failed("ws"))
@@ -271,6 +278,8 @@ class GatewayService(MultiService):
                 lambda f: self.log.error("{problem}", problem=str(f.value)))
         if self.redis_notices is not None:
             self.redis_notices.start()     # loads the auth locks in force once subscribed
+        if self.session_locks is not None:
+            self.session_locks.start()
         failed: list[Failure] = []
 
         def not_listening(failure: Failure) -> None:
@@ -340,6 +349,8 @@ class GatewayService(MultiService):
         yield self.store.flush()
         yield super().stopService()
         yield self.providers.close()
+        if self.session_locks is not None:
+            yield self.session_locks.close()
         if isinstance(self.client_slots, RedisClientSlots):
             self.client_slots.stop()
         if self.redis_notices is not None:

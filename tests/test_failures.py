@@ -21,6 +21,7 @@ from moltbot_gw.openai.errors import ERROR_TYPES, api_error_for_run_failure
 from moltbot_gw.providers import errors as provider
 from moltbot_gw.providers.slots import ProviderBusy
 from moltbot_gw.redis import RedisUnavailable
+from moltbot_gw.sessions.lease import LeaseLost
 from moltbot_gw.ws.frames import ErrorCode
 from moltbot_gw.ws.methods import run_error
 
@@ -88,6 +89,10 @@ CASES = [
     (ProviderBusy("local", 1, 0), failures.PROVIDER_BUSY, 429, "provider_busy", "RATE_LIMITED",
      'provider "local" is busy: 1 request(s) at once and 0 waiting '
      "(models.providers.local.maxConcurrent / maxQueue)"),
+    (LeaseLost("lock moltbot:lock:agent:main:x holds another token"),
+     failures.SESSION_TAKEN_OVER, 503, "session_taken_over", "UNAVAILABLE",
+     "the session was taken over by another run after this run's lease on it expired "
+     "(session.store.redis.lockLeaseSeconds); the turn was not recorded, try again"),
     (ToolLoopLimitReached("the model still asked for tools after 20 rounds of tool calls "
                           "(agents.defaults.tools.maxIterations)"),
      failures.TOOL_LOOP_LIMIT, 502, "tool_loop_limit", "UNAVAILABLE",

@@ -12,9 +12,11 @@ from ..providers import errors as provider
 from ..providers.slots import ProviderBusy
 from ..redis.connection import RedisUnavailable
 from ..retry_after import TellsRetryAfter
+from ..sessions.lease import LeaseLost
 from .client_slots import ClientBusy
 from .registry import UnknownAgent
 from .run import InvalidRunRequest, ModelNotFound, RunCancelled, RunTimedOut
+from .session_order import TAKEN_OVER
 from .tool_loop import ToolLoopLimitReached
 
 
@@ -98,6 +100,12 @@ UNKNOWN_AGENT = FailureKind(
 CLIENT_BUSY = FailureKind(
     "client_busy", 429, "rate_limit_error", "too_many_concurrent_requests", "RATE_LIMITED",
     _client_busy, tells_retry_after=True)
+# The run's lease on its session expired (its process stalled) and another process took the
+# session: the gateway's trouble, not the client's; the turn was not recorded, so a retry
+# (which the OpenAI SDKs make by themselves on 503) is safe and sees the other run's turn.
+SESSION_TAKEN_OVER = FailureKind(
+    "session_taken_over", 503, "api_error", "session_taken_over", "UNAVAILABLE",
+    lambda e: TAKEN_OVER)
 TOOL_LOOP_LIMIT = FailureKind(
     "tool_loop_limit", 502, "api_error", "tool_loop_limit", "UNAVAILABLE", _own)
 # The shared state (Redis) did not answer within its bound; the message names no address.
@@ -125,6 +133,7 @@ TABLE: tuple[tuple[type, FailureKind], ...] = (
     (UnknownAgent, UNKNOWN_AGENT),
     (ModelNotFound, MODEL_NOT_FOUND),
     (ClientBusy, CLIENT_BUSY),
+    (LeaseLost, SESSION_TAKEN_OVER),
     (ToolLoopLimitReached, TOOL_LOOP_LIMIT),
     (RedisUnavailable, SERVICE_UNAVAILABLE),
 )

@@ -18,6 +18,16 @@ class Lanes:
     async def acquire(self, key: str) -> None:
         """Wait for the session's lane, then for a global slot. Lane first: a run queued
         behind its own session must not hold one of the global slots while it waits."""
+        await self.acquire_lane(key)
+        try:
+            await self.global_slots.acquire()
+        except BaseException:
+            self.release_lane(key)
+            raise
+
+    async def acquire_lane(self, key: str) -> None:
+        """The session's lane alone (``acquire`` without the global slot): for a caller
+        that has more to wait for before it takes a slot (the cross-process lock)."""
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = DeferredLock()
@@ -27,15 +37,12 @@ class Lanes:
         except BaseException:
             self._forget(key)
             raise
-        try:
-            await self.global_slots.acquire()
-        except BaseException:
-            lock.release()
-            self._forget(key)
-            raise
 
     def release(self, key: str) -> None:
         self.global_slots.release()
+        self.release_lane(key)
+
+    def release_lane(self, key: str) -> None:
         self._locks[key].release()
         self._forget(key)
 

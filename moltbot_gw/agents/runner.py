@@ -22,8 +22,10 @@ from ..providers.token_estimate import usage_of
 from ..redis.connection import RedisUnavailable
 from ..sessions.interface import ISessionStore
 from ..sessions.keys import openai_session_key, resolve_session_key
+from ..sessions.lease import LeaseLost
 from ..sessions.transcript import branch_messages, complete_tool_turns, history_messages
 from ..tools.base import NO_TOOLS, AgentTools, ToolContext
+from . import session_order
 from .client_history import align
 from .history_window import cap_history, client_history_budget, estimate_tokens, history_budget  # noqa: F401 - cap_history, estimate_tokens: re-exported
 from .lanes import Lanes
@@ -38,6 +40,7 @@ from .run import (
     RunTimedOut,
     client_model_error,
 )
+from .session_order import TAKEN_OVER, HeldSession, SessionLocking
 from .tool_loop import (
     CallRouter,
     ToolExecutor,
@@ -76,7 +79,8 @@ class AgentRunner:
 
     def __init__(self, agents: AgentRegistry, providers, store: ISessionStore, reactor,
                  max_concurrent: int = 64, metrics=None,
-                 tools_for: Callable[[Agent], AgentTools] = lambda agent: NO_TOOLS):
+                 tools_for: Callable[[Agent], AgentTools] = lambda agent: NO_TOOLS,
+                 session_locks: Optional[SessionLocking] = None):
         self.agents = agents
         self.providers = providers
         self.store = store
@@ -85,6 +89,8 @@ class AgentRunner:
         self.active: dict[str, Run] = {}
         self.metrics = metrics  # a GatewayMetrics, told of every run started, or None
         self.tools_for = tools_for  # the server tools an agent may use (its tool policy)
+        # orders a session's runs across processes (Redis), after the local lane; or None
+        self.session_locks = session_locks
 
     def reconfigure(self, agents: AgentRegistry, providers,
                     tools_for: Optional[Callable[[Agent], AgentTools]] = None) -> None:
@@ -158,11 +164,14 @@ class AgentRunner:
             # Start on the next reactor turn, so whoever called run() has subscribed
             # before the first event.
             await task.deferLater(self.reactor, 0, lambda: None)
-            await self.lanes.acquire(run.session_key)
-        except defer.CancelledError:
+            lease = await session_order.enter_session(self.lanes, self.session_locks,
+                                                      run.session_key)
+        except BaseException as e:
             if timer.active():
                 timer.cancel()
-            raise self._as_run_error(Failure(), run) from None
+            if isinstance(e, defer.CancelledError):
+                raise self._as_run_error(Failure(), run) from None
+            raise       # RedisUnavailable: the session's lock could not be asked
         try:
             run.emit("lifecycle", {"phase": "start", "agentId": agent.id,
                                    "sessionKey": run.session_key, "startedAt": self._now_ms()})
@@ -176,21 +185,26 @@ class AgentRunner:
                 error = client_model_error(self._as_run_error(failure, run), request.model)
                 status = "aborted" if isinstance(error, (RunCancelled, RunTimedOut)) else "error"
                 await self._record(run, request, status=status, error=error, before=before,
-                                   steps=steps)
+                                   steps=steps, lease=lease)
                 run.emit("lifecycle", {"phase": "error", "error": {
                     "kind": getattr(error, "kind", "error"), "message": _message(error)}})
                 self.log.info("run {run_id} of {agent} ended: {kind}", run_id=run.run_id,
                               agent=agent.id, kind=getattr(error, "kind", "error"))
                 raise error from None
-            await self._record(run, request, status="ok", result=result, before=before,
-                               steps=steps)
+            try:
+                await self._record(run, request, status="ok", result=result, before=before,
+                                   steps=steps, lease=lease)
+            except LeaseLost:
+                run.emit("lifecycle", {"phase": "error", "error": {
+                    "kind": "session_taken_over", "message": TAKEN_OVER}})
+                raise
             run.emit("lifecycle", {"phase": "end", "finishReason": result.finish_reason,
                                    "model": result.model})
             return result
         finally:
             if timer.active():
                 timer.cancel()
-            self.lanes.release(run.session_key)
+            session_order.leave_session(self.lanes, lease, run.session_key)
 
     def _now_ms(self) -> int:
         """Record timestamps come from the reactor's clock (a test's Clock drives them)."""
@@ -363,10 +377,12 @@ class AgentRunner:
     async def _record(self, run: Run, request: RunRequest, status: str,
                       result: Optional[RunResult] = None, error: Optional[Exception] = None,
                       before: Sequence[Mapping[str, Any]] = (),
-                      steps: Sequence[Mapping[str, Any]] = ()) -> None:
+                      steps: Sequence[Mapping[str, Any]] = (),
+                      lease: Optional[HeldSession] = None) -> None:
         """Write the turn to the transcript before anyone hears that it ended; ``before``
         (a branch point and the client's version of earlier messages) goes first, the tool
-        loop's ``steps`` (assistant tool calls, tool results) between input and reply."""
+        loop's ``steps`` (assistant tool calls, tool results) between input and reply.
+        ``LeaseLost`` (another process took the session) fails an ok turn, nothing else."""
         if not (request.persist and request.record):
             return
         now = self._now_ms()
@@ -393,8 +409,14 @@ class AgentRunner:
             reply["error"] = {"kind": getattr(error, "kind", "error"), "message": _message(error)}
         records.append(reply)
         try:
-            await self.store.record_turn(run.session_key, records,
+            session_order.check_lease(lease)
+            await self.store.record_turn(run.session_key, records, lease=lease,
                                          model=result.model if result else None, usage=usage)
+        except LeaseLost:
+            self.log.warn("run {run_id}: {session_key} was taken over; turn not recorded",
+                          run_id=run.run_id, session_key=run.session_key)
+            if error is None:
+                raise
         except defer.CancelledError:
             # The client left while the turn was being written. The store finishes the
             # write regardless; the turn itself is complete, so the run still ends well.
