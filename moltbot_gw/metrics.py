@@ -101,6 +101,12 @@ class GatewayMetrics:
         # the runner's providers change on a config reload: ask it at each scrape
         self.registry.register(ProviderSlotsCollector(lambda: runner.providers.slot_counts()))
 
+    def label_worker(self, index: int) -> None:
+        """A ``--workers`` worker's /metrics are its own: this series says whose they are."""
+        Gauge("moltbot_worker_info", "Set to 1 by the --workers worker whose /metrics "
+              "these are (each worker counts only what it served).", ("worker",),
+              registry=self.registry).labels(str(index)).set(1)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
