@@ -40,13 +40,15 @@ class WorkersDaemon(GatewayDaemon):
     def metrics(self) -> tuple[int, str]:
         """GET /metrics: which worker answered, and its metrics."""
         text = request(self.port, "GET", "/metrics").body.decode()
-        return int(re.search(r'moltbot_worker_info\{worker="(\d+)"\} 1', text).group(1)), text
+        workers = set(re.findall(r'^moltbot_\w+\{.*worker="(\d+)"\}', text, re.M))
+        assert len(workers) == 1, text     # every series names the one worker that answered
+        return int(workers.pop()), text
 
     def answered_by(self) -> tuple[int, float]:
         """GET /metrics: which worker answered, and how many /metrics it had answered."""
         worker, text = self.metrics()
-        count = re.search(r'moltbot_http_requests_total\{route="/metrics",status="200"\} '
-                          r"(\S+)", text)
+        count = re.search(r'moltbot_http_requests_total\{route="/metrics",status="200",'
+                          rf'worker="{worker}"\}} (\S+)', text)
         return worker, float(count.group(1)) if count else 0.0
 
 
@@ -118,7 +120,7 @@ def test_sigterm_drains_both_workers_and_the_parent_exits_0(tmp_path, redis_url)
                 assert stream.started.wait(timeout=30)
                 for _ in range(4):
                     worker, text = gateway.metrics()
-                    if re.search(r"moltbot_sse_streams_active [1-9]", text):
+                    if re.search(r'moltbot_sse_streams_active\{worker="\d"\} [1-9]', text):
                         streaming.add(worker)
             gateway.proc.send_signal(signal.SIGTERM)
             code = gateway.proc.wait(timeout=40)
