@@ -27,6 +27,7 @@ setup(
         "moltbot_gw.providers",
         "moltbot_gw.sessions",
         "moltbot_gw.tools",
+        "moltbot_gw.workers",
         "moltbot_gw.ws",
         "twisted.plugins",
     ],
