@@ -182,10 +182,11 @@ def test_workers_stop_when_the_parent_is_killed(daemon):
     assert "The worker parent is gone; draining and stopping" in daemon.log_text()
 
 
-def run_daemon(tmp_path, *args, config_text="{}"):
+def run_daemon(tmp_path, *args, config_text="{}", env=None):
     path = tmp_path / "moltbot.json5"
     path.write_text(config_text)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOLTBOT_", "CLAWDBOT_"))}
+    env = {**{k: v for k, v in os.environ.items()
+              if not k.startswith(("MOLTBOT_", "CLAWDBOT_"))}, **(env or {})}
     env["MOLTBOT_STATE_DIR"] = str(tmp_path / "state")
     return subprocess.run(TWISTD + ["-n", "--pidfile=", "moltbot-gw", "--config", str(path),
                                     *args], env=env, cwd=tmp_path, capture_output=True,
@@ -217,6 +218,17 @@ def test_a_port_in_use_is_reported_once_by_the_parent(tmp_path, redis_url):
         taken.close()
     assert result.returncode == 1
     assert result.stderr.count(f"cannot listen on 127.0.0.1:{port}") == 1, result.stderr
+    assert "Started worker" not in result.stdout + result.stderr
+
+
+def test_a_config_every_worker_would_refuse_is_refused_once_by_the_parent(tmp_path,
+                                                                          redis_url):
+    settings = config(redis_url, {"tools": {"exec": {"security": "full", "sandbox": "bwrap"}}})
+    result = run_daemon(tmp_path, "--port", "0", "--workers", "2",
+                        config_text=json.dumps(settings), env={"PATH": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr.count('tools.exec.sandbox is "bwrap" but the bwrap program') == 1, \
+        result.stderr
     assert "Started worker" not in result.stdout + result.stderr
 
 

@@ -160,9 +160,11 @@ class WorkerParent(Service):
 
     def reload_workers(self) -> None:
         """SIGHUP: every worker re-reads the config itself (the parent has nothing to apply:
-        port and bind take a restart)."""
-        self.log.info("Received SIGHUP; asking {n} worker(s) to reload", n=len(self.workers))
-        for worker in self.workers.values():
+        port and bind take a restart). Only workers that serve: one still starting has no
+        handler yet (SIGHUP would kill it) and reads the file as it starts."""
+        ready = [worker for worker in self.workers.values() if worker.ready]
+        self.log.info("Received SIGHUP; asking {n} worker(s) to reload", n=len(ready))
+        for worker in ready:
             worker.send(signal.SIGHUP)
 
     @defer.inlineCallbacks

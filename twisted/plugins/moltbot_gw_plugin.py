@@ -225,6 +225,7 @@ def _make_worker_parent(options, config):
 
     from moltbot_gw.auth import GatewayAuth
     from moltbot_gw.state_dir import StateDirBusy, StateDirLock, prepare_state_dir
+    from moltbot_gw.tools.policy import ToolCatalog
     from moltbot_gw.workers.parent import WorkerParent, bind_listening_socket
 
     count = options["workers"]
@@ -238,6 +239,7 @@ def _make_worker_parent(options, config):
         _fail([str(e)])
     try:
         GatewayAuth.from_config(config, reactor)   # makes the token once, before the workers
+        ToolCatalog(config, reactor)               # e.g. a bwrap sandbox without bwrap
     except ValueError as e:
         _fail([str(e)])
     gateway = config.gateway
