@@ -163,6 +163,43 @@ def test_a_killed_worker_is_replaced_by_a_new_one_that_serves(daemon):
     assert daemon.alive()
 
 
+def test_a_worker_crashing_at_start_is_restarted_with_a_growing_delay(daemon):
+    daemon.start(timeout=60)
+    good = daemon.config_path.read_text()
+    daemon.config_path.write_text('{gateway: {prot: 1}}')   # every new worker refuses it
+    [old] = daemon.worker_pids(2)
+    os.kill(old, signal.SIGKILL)
+    delays = r"Worker 2 \(pid \d+\) died \((?:signal 9|exit status 1)\) after \S+s; " \
+             r"starting a new one in (\d+)s"
+    assert wait_until(lambda: len(re.findall(delays, daemon.log_text())) >= 3, timeout=60), \
+        daemon.log_text()[-3000:]
+    assert re.findall(delays, daemon.log_text())[:3] == ["1", "2", "4"]
+    assert "gateway.prot: unknown key" in daemon.log_text()
+    daemon.config_path.write_text(good)
+    assert wait_until(lambda: re.search(r"Worker 2 \(pid \d+\) is serving",
+                                        daemon.log_text()[daemon.log_text().index(
+                                            "starting a new one in 4s"):]), timeout=60), \
+        daemon.log_text()[-3000:]
+    assert daemon.terminate() == 0
+
+
+def test_a_worker_that_does_not_drain_is_killed_and_the_parent_exits_1(tmp_path, redis_url):
+    settings = config(redis_url, {"gateway": {"shutdownGraceSeconds": 0.5}})
+    gateway = WorkersDaemon(tmp_path / "gw", settings, args=("--workers", "2"))
+    try:
+        gateway.start(timeout=60)
+        [stuck] = gateway.worker_pids(1)
+        os.kill(stuck, signal.SIGSTOP)      # cannot handle SIGTERM
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(timeout=40) == 1
+        log = gateway.log_text()
+        assert f"Worker 1 (pid {stuck}) did not stop; killing it" in log
+        assert f"Worker 1 (pid {stuck}) ended: signal 9" in log
+        assert re.search(r"Worker 2 \(pid \d+\) ended: exit status 0", log)
+    finally:
+        gateway.kill()
+
+
 def test_sighup_reaches_every_worker(daemon):
     daemon.start(timeout=60)
     daemon.proc.send_signal(signal.SIGHUP)
