@@ -144,6 +144,24 @@ def test_sigterm_drains_both_workers_and_the_parent_exits_0(tmp_path, redis_url)
         up.stop()
 
 
+def test_json_log_events_of_a_worker_carry_its_index(tmp_path, redis_url):
+    gateway = WorkersDaemon(tmp_path / "gw", config(redis_url),
+                            args=("--workers", "2", "--log-format", "json"))
+    try:
+        gateway.start(timeout=60)
+        until_both_answered(gateway, {})
+        assert gateway.terminate() == 0
+        events = [json.loads(line) for line in gateway.log_text().splitlines()
+                  if line.startswith("{")]
+        served = {e.get("moltbot_worker") for e in events
+                  if e.get("log_namespace") == "moltbot_gw.access"}
+        assert served == {1, 2}
+        parent = [e for e in events if "parent with 2 workers listening" in e["text"]]
+        assert len(parent) == 1 and "moltbot_worker" not in parent[0]
+    finally:
+        gateway.kill()
+
+
 def test_a_killed_worker_is_replaced_by_a_new_one_that_serves(daemon):
     daemon.start(timeout=60)
     until_both_answered(daemon, {})
