@@ -16,6 +16,7 @@ import time
 import pytest
 
 from .support.daemon import TWISTD, GatewayDaemon
+from .support.network import ipv6_loopback
 from .support.raw_http import request
 from .test_crash_safety import Stream, Upstream, daemon_config, wait_until
 
@@ -158,6 +159,22 @@ def test_json_log_events_of_a_worker_carry_its_index(tmp_path, redis_url):
         assert served == {1, 2}
         parent = [e for e in events if "parent with 2 workers listening" in e["text"]]
         assert len(parent) == 1 and "moltbot_worker" not in parent[0]
+    finally:
+        gateway.kill()
+
+
+def test_workers_adopt_an_ipv6_socket(tmp_path, redis_url):
+    if not ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    gateway = WorkersDaemon(tmp_path / "gw", config(redis_url),
+                            args=("--workers", "2", "--bind", "::1"))
+    gateway.listening_pattern = r"parent with 2 workers listening on ::1:(\d+)"
+    try:
+        port = gateway.start(timeout=60)
+        with socket.create_connection(("::1", port), timeout=15) as client:
+            client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.1 200")
+        assert gateway.terminate() == 0
     finally:
         gateway.kill()
 

@@ -33,9 +33,9 @@ def bind_listening_socket(interface: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        # as Twisted's listenTCP does (and, like it, an IPv6 socket keeps the system's
+        # dual-stack default)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((interface, port))
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
