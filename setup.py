@@ -29,6 +29,7 @@ setup(
         "moltbot_gw.sessions",
         "moltbot_gw.tools",
         "moltbot_gw.tools.mcp",
+        "moltbot_gw.workers",
         "moltbot_gw.ws",
         "twisted.plugins",
     ],

@@ -9,7 +9,7 @@ import time
 from typing import Callable, Iterator, Optional, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .agents.run import RunCancelled, RunTimedOut
@@ -56,6 +56,8 @@ class GatewayMetrics:
 
     def __init__(self):
         self.registry = registry = CollectorRegistry(auto_describe=True)
+        # what GET /metrics serves: the registry, or a --workers worker's labelled view of it
+        self._exposed: Collector = registry
         self.http_requests = _Children(Counter(
             "moltbot_http_requests", "HTTP requests answered, by route and status.",
             ("route", "status"), registry=registry))
@@ -101,8 +103,14 @@ class GatewayMetrics:
         # the runner's providers change on a config reload: ask it at each scrape
         self.registry.register(ProviderSlotsCollector(lambda: runner.providers.slot_counts()))
 
+    def label_worker(self, index: int) -> None:
+        """A ``--workers`` worker's /metrics are its own: every series it serves carries
+        ``worker="N"``, so one worker's counters never pass for another's (docs:
+        operations.rst, "Several workers")."""
+        self._exposed = WorkerLabelled(self.registry, str(index))
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
     # -- recording ---------------------------------------------------------------------
 
@@ -146,6 +154,22 @@ class GatewayMetrics:
 
     def auth_failed(self, transport: str) -> None:
         self.auth_failures(transport).inc()
+
+
+class WorkerLabelled(Collector):
+    """A registry's metrics with a ``worker`` label added to every sample."""
+
+    def __init__(self, registry: CollectorRegistry, worker: str):
+        self._registry = registry
+        self._worker = worker
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [sample._replace(labels={**sample.labels,
+                                                        "worker": self._worker})
+                                for sample in family.samples]
+            yield labelled
 
 
 class ProviderSlotsCollector(Collector):

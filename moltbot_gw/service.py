@@ -70,7 +70,8 @@ class GatewayService(MultiService):
     log = Logger()
 
     def __init__(self, config: Config, reactor=None, auth: Optional[GatewayAuth] = None,
-                 fetcher: Optional[GuardedFetcher] = None, state_dir_lock=None):
+                 fetcher: Optional[GuardedFetcher] = None, state_dir_lock=None,
+                 endpoint=None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
@@ -147,7 +148,9 @@ class GatewayService(MultiService):
         self.openai = self._routes_for(config)
         self.site = GatewaySite(self._root_for(config), self._door_for(config),
                                 metrics=self.gateway_metrics, reactor=reactor)
-        self.endpoint = serverFromString(reactor, endpoint_description(config))
+        # A ``--workers`` worker passes one that adopts its parent's listening socket.
+        self.endpoint = (endpoint if endpoint is not None
+                         else serverFromString(reactor, endpoint_description(config)))
         self.port = None            # the listening port, once startService has bound it
         self._port_waiters: list[defer.Deferred] = []
         self._listen_failure: Optional[Failure] = None

@@ -23,8 +23,11 @@ class GatewayDaemon:
     """``twistd -n moltbot-gw`` with its own config and state dir; its log goes to a file (a
     pipe nobody reads would fill up and stall the daemon)."""
 
+    # the log line that says the daemon serves (a subclass may wait for another one)
+    listening_pattern = r"listening on 127\.0\.0\.1:(\d+)"
+
     def __init__(self, workdir: Path, config: dict, token: str = TOKEN,
-                 env: Optional[dict] = None):
+                 env: Optional[dict] = None, args: tuple = ()):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state_dir = self.workdir / "state"
@@ -36,6 +39,7 @@ class GatewayDaemon:
                     if not k.startswith(("MOLTBOT_", "CLAWDBOT_"))}
         self.env.update({"MOLTBOT_STATE_DIR": str(self.state_dir),
                          "CLAWDBOT_GATEWAY_TOKEN": token, **(env or {})})
+        self.args = list(args)       # more moltbot-gw options
         self.proc: Optional[subprocess.Popen] = None
         self.port: Optional[int] = None
         self.starts = 0
@@ -47,7 +51,7 @@ class GatewayDaemon:
         try:
             self.proc = subprocess.Popen(
                 TWISTD + ["-n", "--pidfile=", "moltbot-gw", "--config", str(self.config_path),
-                          "--port", str(port)],
+                          "--port", str(port)] + self.args,
                 env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         finally:
@@ -56,7 +60,7 @@ class GatewayDaemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[offset:].decode("utf-8", "replace")
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
+            match = re.search(self.listening_pattern, text)
             if match:
                 self.port = int(match.group(1))
                 return self.port

@@ -1,5 +1,5 @@
 """twistd glue: ``twistd -n moltbot-gw [--config PATH] [--port N] [--bind ...]
-[--log-format text|json]``.
+[--log-format text|json] [--workers N]``.
 
 Loads and validates the config before anything listens, refuses unsafe binds, and hands a
 ``GatewayService`` to twistd. No gateway logic lives here.
@@ -24,14 +24,54 @@ class Options(usage.Options):
                             "(overrides gateway.bind)."],
         ["log-format", None, "text", 'Log as "text" (twistd\'s lines) or "json" (one JSON '
                                      "object per line, to stdout or twistd's --logfile)."],
+        ["workers", "w", 1, "Worker processes sharing the port (default 1: no parent "
+                            "process); above 1 needs session.store.backend \"redis\".", int],
     ]
 
     def postOptions(self):
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(
                 f'--log-format must be "text" or "json", got "{self["log-format"]}"')
+        if self["workers"] < 1:
+            raise usage.UsageError(f"--workers must be 1 or more, got {self['workers']}")
         if self["log-format"] == "json" and self.parent is not None:
             _choose_json_log(self.parent)
+        if self.parent is not None and _worker_index() is not None:
+            _mark_worker_logs(self.parent, self["log-format"])
+
+
+def _worker_index():
+    from moltbot_gw.workers.worker import WorkerIdentity
+
+    identity = WorkerIdentity.from_environment()
+    return identity.index if identity is not None else None
+
+
+def _mark_worker_logs(twistd_options, log_format: str) -> None:
+    """A ``--workers`` worker logs through the observer it would use anyway, wrapped so
+    every line names the worker."""
+    _worker_log_target["json"] = log_format == "json"
+    _worker_log_target["path"] = (twistd_options.get("logfile")
+                                  if twistd_options.get("logfile") not in (None, "-") else None)
+    twistd_options["logger"] = f"{__name__}.worker_log_observer"
+
+
+_worker_log_target: dict = {"json": False, "path": None}
+
+
+def worker_log_observer():
+    """The log observer of a ``--workers`` worker (see ``_mark_worker_logs``)."""
+    from twisted.logger import textFileLogObserver
+    from twisted.python.logfile import LogFile
+
+    from moltbot_gw.workers.worker import worker_log_observer as mark
+
+    if _worker_log_target["json"]:
+        inner = json_log_observer()
+    else:
+        path = _worker_log_target["path"]
+        inner = textFileLogObserver(sys.stdout if path is None else LogFile.fromFullPath(path))
+    return mark(inner, _worker_index())
 
 
 def _choose_json_log(twistd_options) -> None:
@@ -132,6 +172,10 @@ class GatewayServiceMaker:
             problem = redis_start_problem(store.redis.url, store.redis.connectTimeoutSeconds)
             if problem is not None:
                 _fail([problem])
+        if _worker_index() is not None:
+            return _make_worker(options, config, _worker_index())
+        if options["workers"] > 1:
+            return _make_worker_parent(options, config)
         from moltbot_gw.state_dir import StateDirBusy, StateDirLock, prepare_state_dir
 
         try:
@@ -149,13 +193,97 @@ class GatewayServiceMaker:
 
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
         reactor.callWhenRunning(lock.write_pid)   # the PID after twistd forked, if it did
-
-        def load():
-            return with_overrides(load_config(options["config"]),
-                                  port=options["port"], bind=options["bind"])
-
-        reactor.callWhenRunning(_reload_on_sighup, reactor, service, load)
+        reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
         return service
+
+
+def _reload_loader(options):
+    from moltbot_gw.config import load_config, with_overrides
+
+    def load():
+        return with_overrides(load_config(options["config"]),
+                              port=options["port"], bind=options["bind"])
+    return load
+
+
+def _make_worker(options, config, index):
+    """Worker ``index`` of a ``--workers`` parent: the normal gateway, adopting the parent's
+    socket; the parent holds the state dir's lock (and made the token)."""
+    from twisted.internet import reactor
+
+    from moltbot_gw.service import GatewayService
+    from moltbot_gw.workers.worker import AdoptedPortEndpoint, connect_to_parent
+
+    try:
+        service = GatewayService(config, endpoint=AdoptedPortEndpoint(reactor))
+    except ValueError as e:
+        _fail([str(e)])
+    service.gateway_metrics.label_worker(index)
+    reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
+    reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
+    reactor.callWhenRunning(connect_to_parent, reactor, service)
+    return service
+
+
+def _make_worker_parent(options, config):
+    """``--workers N`` (N > 1): check what every worker would refuse, once, take the state
+    dir, bind the port, and hand twistd the parent that starts the workers."""
+    from twisted.internet import reactor
+
+    from moltbot_gw.auth import GatewayAuth
+    from moltbot_gw.state_dir import StateDirBusy, StateDirLock, prepare_state_dir
+    from moltbot_gw.tools.policy import ToolCatalog
+    from moltbot_gw.workers.parent import WorkerParent, bind_listening_socket
+
+    count = options["workers"]
+    if config.session.store.backend != "redis":
+        _fail([f"sessions live in local files of one process; --workers {count} needs "
+               'session.store.backend "redis" (docs/operations.rst)'])
+    try:
+        prepare_state_dir(config.state_dir)
+        lock = StateDirLock.acquire(config.state_dir)
+    except (StateDirBusy, OSError) as e:
+        _fail([str(e)])
+    try:
+        GatewayAuth.from_config(config, reactor)   # makes the token once, before the workers
+        ToolCatalog(config, reactor)               # e.g. a bwrap sandbox without bwrap
+    except ValueError as e:
+        _fail([str(e)])
+    gateway = config.gateway
+    try:
+        listening = bind_listening_socket(gateway.interface, gateway.port)
+    except OSError as e:
+        _fail([f"cannot listen on {gateway.interface}:{gateway.port}: {e.strerror or e}"])
+    service = WorkerParent(reactor, listening, count, _worker_argv(options, listening),
+                           gateway.shutdownGraceSeconds, state_dir_lock=lock)
+    reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
+    reactor.callWhenRunning(lock.write_pid)
+
+    def forward_sighup(signum, frame):
+        reactor.callFromThread(service.reload_workers)
+
+    reactor.callWhenRunning(signal.signal, signal.SIGHUP, forward_sighup)
+    return service
+
+
+def _worker_argv(options, listening):
+    """The command line of one worker: twistd in the foreground, no pidfile, the parent's
+    log file and format, its config and bind, and the port the parent actually bound."""
+    twistd = options.parent or {}
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "--nodaemon", "--pidfile="]
+    logfile = twistd.get("logfile")
+    if logfile is None and not twistd.get("nodaemon", True):
+        logfile = "twistd.log"
+    if logfile:
+        argv += ["--logfile", logfile]
+    argv.append(GatewayServiceMaker.tapname)
+    if options["config"]:
+        argv += ["--config", options["config"]]
+    if options["bind"]:
+        argv += ["--bind", options["bind"]]
+    argv += ["--port", str(listening.getsockname()[1]), "--log-format", options["log-format"]]
+    return argv
 
 
 serviceMaker = GatewayServiceMaker()
