@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -19,13 +20,6 @@ from .support.daemon import TWISTD, GatewayDaemon
 from .support.network import ipv6_loopback
 from .support.raw_http import request
 from .test_crash_safety import Stream, Upstream, daemon_config, wait_until
-
-try:    # the real Redis once the Redis store is merged; the file store ignores the URL
-    from .support.redis_server import redis_url  # noqa: F401  (a fixture)
-except ImportError:
-    @pytest.fixture
-    def redis_url():
-        return "redis://127.0.0.1:1/0"
 
 
 class WorkersDaemon(GatewayDaemon):
@@ -57,7 +51,9 @@ def config(redis_url: str, base: dict | None = None) -> dict:
     config = dict(base or {})
     config["gateway"] = {**config.get("gateway", {}),
                          "metrics": {"enabled": True, "public": True}}
-    config["session"] = {"store": {"backend": "redis", "redis": {"url": redis_url}}}
+    # a key prefix of this daemon's own: tests share one Redis (tests/support/redis_server.py)
+    config["session"] = {"store": {"backend": "redis", "redis": {
+        "url": redis_url, "keyPrefix": f"workers-{uuid.uuid4().hex[:8]}:"}}}
     return config
 
 
