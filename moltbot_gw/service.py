@@ -26,6 +26,7 @@ from .openai.response_index import ResponseIndex
 from .openai.routes import OpenAIRoutes
 from .providers.registry import ProviderRegistry
 from .redis import RedisLink
+from .redis.run_bus import RunBus
 from .sessions.store import SessionStore
 from .site import DoorPolicy, GatewaySite
 from .tools.policy import ToolCatalog
@@ -80,6 +81,12 @@ class GatewayService(MultiService):
         # with the file store. Connected in startService; the daemon has checked at start
         # that it answers (moltbot_gw/redis/probe.py).
         self.redis = self._redis_for(config)
+        self.run_bus: Optional[RunBus] = None     # runs seen across processes (Redis)
+        if self.redis is not None:
+            redis_config = config.session.store.redis
+            self.run_bus = RunBus(self.redis, reactor,
+                                  lease_seconds=redis_config.lockLeaseSeconds,
+                                  result_seconds=redis_config.runResultSeconds)
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config)
         self.store = SessionStore(config.state_dir, reactor, limits=config.session)
@@ -95,7 +102,8 @@ class GatewayService(MultiService):
         self.client_slots = ClientSlots(limits.perClientConcurrency, limits.perClientQueue)
         self.ws_factory = GatewayWSFactory(
             ws_auth, GatewayMethods(self.runner, self.store, self.agents, reactor,
-                                    client_slots=self.client_slots, limits=limits),
+                                    client_slots=self.client_slots, limits=limits,
+                                    run_bus=self.run_bus),
             reactor=reactor, max_payload=config.gateway.ws.maxFrameBytes)
         self.gateway_metrics.watch(self.runner, self.ws_factory)
         self.ws_resource = WebSocketResource(self.ws_factory)
@@ -233,6 +241,8 @@ class GatewayService(MultiService):
             # and the pool keeps reconnecting.
             self.redis.connect().addErrback(
                 lambda f: self.log.error("{problem}", problem=str(f.value)))
+        if self.run_bus is not None:
+            self.run_bus.start()
         failed: list[Failure] = []
 
         def not_listening(failure: Failure) -> None:
@@ -302,5 +312,7 @@ class GatewayService(MultiService):
         yield self.store.flush()
         yield super().stopService()
         yield self.providers.close()
+        if self.run_bus is not None:
+            yield self.run_bus.stop()
         if self.redis is not None:
             yield self.redis.disconnect()
