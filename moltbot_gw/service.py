@@ -313,6 +313,6 @@ class GatewayService(MultiService):
         yield super().stopService()
         yield self.providers.close()
         if self.run_bus is not None:
-            yield self.run_bus.stop()
+            yield defer.Deferred.fromCoroutine(self.run_bus.stop())
         if self.redis is not None:
             yield self.redis.disconnect()

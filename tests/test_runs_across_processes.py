@@ -8,6 +8,10 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from moltbot_gw.config import parse_config, with_overrides
+from moltbot_gw.service import GatewayService
+
+from .conftest import TOKEN
 from .test_ws_protocol import Client, agent_events, in_thread, open_client, upstream_config
 
 
@@ -161,4 +165,28 @@ async def test_with_redis_gone_cross_process_methods_answer_unavailable_without_
     assert plain["ok"] is True
     result = await in_thread(on_b.call, "agent.wait", {"runId": plain["payload"]["runId"]})
     assert result["ok"] is True and result["payload"]["text"] == "fine"
+    await in_thread(on_b.close)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_run_cut_short_by_its_gateway_stopping_is_answered_aborted_on_the_other(
+        start_gateway, state_dir, upstream, redis_url, redis_prefix):
+    upstream.script(text="one two three four five six seven eight", delay=0.3)
+    config = redis_config(upstream, redis_url, redis_prefix)
+    b = await start_gateway(config)
+    a = GatewayService(with_overrides(parse_config(
+        config, env={"CLAWDBOT_GATEWAY_TOKEN": TOKEN}, state_dir=state_dir), port=0), reactor)
+    a.startService()
+    a_port = (await a.when_listening()).getHost().port
+    on_a = await in_thread(open_client, f"ws://127.0.0.1:{a_port}/")
+    on_b = await in_thread(open_client, b.ws_url)
+    sent = await in_thread(on_a.call, "chat.send", {"sessionKey": "cut", "message": "go"})
+    run_id = sent["payload"]["runId"]
+    await upstream.wait_for_request()
+    waiting = in_thread(on_b.call, "agent.wait", {"runId": run_id})
+    await deferLater(reactor, 0.3, lambda: None)      # B's wait is subscribed by now
+    await a.stopService()          # cancels the run and stores its outcome before closing
+    waited = await waiting
+    assert waited["ok"] is False and waited["error"]["code"] == "ABORTED", waited
+    assert waited["error"]["details"]["runId"] == run_id
     await in_thread(on_b.close)

@@ -14,14 +14,22 @@ import json
 import uuid
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from ..agents.run import Run
-from .connection import RedisLink, RedisUnavailable
+from .connection import LuaScript, RedisLink, RedisUnavailable
 from .subscriber import Handler, RedisSubscriber
 
 MAX_QUEUED_EVENTS = 10_000    # events of one run waiting for Redis; beyond, the oldest go
+# One step, so the hash never exists without its expiry (the pool may reorder commands).
+REGISTER = LuaScript("""
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'agentId', ARGV[2], 'sessionKey', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+""")
 
 
 class RunLost(Exception):
@@ -81,6 +89,7 @@ class RunBus:
         # Called with (sessionKey, runId or None) when any process asks for an abort.
         self.on_abort: Callable[[str, Optional[str]], None] = lambda key, run_id: None
         self._renewals: dict[str, Any] = {}
+        self._storing: set[Deferred] = set()       # outcomes being stored (see stop)
         self._filters: dict[tuple[str, Handler], Handler] = {}   # see listen_session
 
     def start(self) -> None:
@@ -91,12 +100,15 @@ class RunBus:
             "not yet subscribed to run aborts ({error}); retried on reconnect",
             error=str(f.value)))
 
-    def stop(self) -> Deferred:
+    async def stop(self) -> None:
+        """Store the outcomes of the runs that just ended (a stop cancels runs), then close
+        the pub/sub connection."""
+        await DeferredList(list(self._storing), consumeErrors=True)
         for timer in self._renewals.values():
             if timer.active():
                 timer.cancel()
         self._renewals.clear()
-        return self.subscriber.stop()
+        await self.subscriber.stop()
 
     def failed(self, failure, what: str, run_id: str) -> None:
         failure.trap(RedisUnavailable)
@@ -111,15 +123,19 @@ class RunBus:
         key, runs = self.link.key("run", run.run_id), self.link.key("session-runs",
                                                                     run.session_key)
         lease = str(max(1, round(self.lease_seconds)))
-        for command in (("HSET", key, "owner", self.owner, "agentId", run.agent_id,
-                         "sessionKey", run.session_key), ("EXPIRE", key, lease),
-                        ("SADD", runs, run.run_id), ("EXPIRE", runs, str(self.result_seconds))):
-            self.link.execute(*command).addErrback(self.failed, "register", run.run_id)
+        self.link.script(REGISTER, [key, runs], [
+            self.owner, run.agent_id, run.session_key, lease, run.run_id,
+            str(self.result_seconds)]).addErrback(self.failed, "register", run.run_id)
         pump = _EventPump(self, run)
         run.subscribe(lambda event: pump.push("event", event.to_json()))
         self._renew(run.run_id, key, lease)
-        run.wait().addBoth(lambda outcome: Deferred.fromCoroutine(
-            self._ended(run, pump, outcome_json(outcome))))
+
+        def ended(outcome: Any) -> None:
+            storing = Deferred.fromCoroutine(self._ended(run, pump, outcome_json(outcome)))
+            self._storing.add(storing)
+            storing.addBoth(lambda _: self._storing.discard(storing))
+
+        run.wait().addBoth(ended)
 
     def _renew(self, run_id: str, key: str, lease: str) -> None:
         def renew() -> None:

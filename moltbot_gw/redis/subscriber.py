@@ -55,6 +55,9 @@ class RedisSubscriber:
         factory.dbid, factory.password, factory.username = a.db, a.password, a.username
         factory.convertNumbers = False
         factory.maxDelay = RECONNECT_MAX_DELAY
+        # Fails when a connection is lost during AUTH/SELECT (a stop while connecting): the
+        # factory reconnects by itself, so the failure is nobody's to report.
+        factory.deferred.addErrback(lambda _: None)
         tls = None
         if a.tls:
             from twisted.internet import ssl
