@@ -131,6 +131,10 @@ async def test_one_idempotency_key_on_a_then_b_starts_one_run(start_gateway, ups
     result_b = await in_thread(finish, on_b, request_b)
     assert result_b["ok"] is True and result_b["payload"] == result_a["payload"]
     assert len(upstream.requests) == 1
+    # B's client got the rest of the run's events, relayed from A, before the result.
+    relayed = agent_events(on_b, accepted_a["payload"]["runId"])
+    assert relayed and relayed[-1]["data"].get("phase") == "end"
+    assert relayed == agent_events(on_a, accepted_a["payload"]["runId"])[-len(relayed):]
     conflict = await in_thread(on_b.call, "agent", {**params, "message": "something else"})
     assert conflict["error"]["code"] == "IDEMPOTENCY_CONFLICT"
     assert conflict["error"]["details"]["runId"] == accepted_a["payload"]["runId"]
@@ -189,4 +193,48 @@ async def test_a_run_cut_short_by_its_gateway_stopping_is_answered_aborted_on_th
     waited = await waiting
     assert waited["ok"] is False and waited["error"]["code"] == "ABORTED", waited
     assert waited["error"]["details"]["runId"] == run_id
+    await in_thread(on_b.close)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_run_whose_gateway_lost_redis_is_answered_unavailable_after_its_lease(
+        start_gateway, upstream, redis_url, redis_prefix):
+    upstream.script(text="one two three four five six seven eight nine ten", delay=0.3)
+    a, b = await two_gateways(start_gateway, upstream, redis_url, redis_prefix,
+                              lockLeaseSeconds=1.0)
+    on_a = await in_thread(open_client, a.ws_url)
+    on_b = await in_thread(open_client, b.ws_url)
+    sent = await in_thread(on_a.call, "chat.send", {"sessionKey": "lost", "message": "go"})
+    run_id = sent["payload"]["runId"]
+    await upstream.wait_for_request()
+    await a.service.run_bus.stop()       # as if A died: it renews and stores nothing more
+    await a.service.redis.disconnect()
+    waited = await in_thread(on_b.call, "agent.wait", {"runId": run_id})
+    assert waited["ok"] is False and waited["error"]["code"] == "UNAVAILABLE", waited
+    assert run_id in waited["error"]["message"]
+    assert waited["error"]["details"] == {"runId": run_id, "status": "error"}
+    await in_thread(on_a.call, "chat.abort", {"sessionKey": "lost"})
+    await in_thread(on_a.close)
+    await in_thread(on_b.close)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aborts_reach_the_other_gateway_again_after_redis_restarts(
+        start_gateway, upstream, private_redis, redis_prefix):
+    upstream.script(text=" ".join(["word"] * 40), delay=0.3)   # 12 s unless aborted
+    a, b = await two_gateways(start_gateway, upstream, private_redis.url, redis_prefix)
+    on_a = await in_thread(open_client, a.ws_url)
+    on_b = await in_thread(open_client, b.ws_url)
+    private_redis.stop()
+    private_redis.start()               # both gateways' connections must come back alone
+    sent = await in_thread(on_a.call, "chat.send", {"sessionKey": "back", "message": "go"})
+    run_id = sent["payload"]["runId"]
+    for _ in range(100):
+        await in_thread(on_b.call, "chat.abort", {"sessionKey": "back"})
+        if a.service.runner.get(run_id) is None:
+            break
+        await deferLater(reactor, 0.1, lambda: None)
+    waited = await in_thread(on_a.call, "agent.wait", {"runId": run_id})
+    assert waited["ok"] is False and waited["error"]["code"] == "ABORTED", waited
+    await in_thread(on_a.close)
     await in_thread(on_b.close)
