@@ -48,6 +48,7 @@ class RedisSubscriber:
         self._protocol: Optional[_SubscriberProtocol] = None
         self._ready: list[Deferred] = []
         self._factory: Optional[_SubscriberFactory] = None
+        self._subscribing: dict[str, list[Deferred]] = {}   # channel -> waiting listeners
 
     def start(self) -> None:
         a = self.link.address
@@ -106,19 +107,41 @@ class RedisSubscriber:
     # -- channels -----------------------------------------------------------------------
 
     async def listen(self, channel: str, handler: Handler) -> None:
-        """Call ``handler`` with each JSON message on ``channel`` from now on; raises
-        ``RedisUnavailable`` (and listens to nothing) when Redis does not confirm in time."""
+        """Call ``handler`` with each JSON message on ``channel`` from now on; returns once
+        Redis has confirmed the subscription. Raises ``RedisUnavailable`` (and listens to
+        nothing) when Redis does not confirm in time."""
         handlers = self._handlers.setdefault(channel, [])
         handlers.append(handler)
-        if len(handlers) > 1:
-            return
+        waiters = self._subscribing.get(channel)
+        try:
+            if waiters is not None:                 # being subscribed: wait for Redis too
+                waiter: Deferred = Deferred()
+                waiters.append(waiter)
+                await waiter
+            elif len(handlers) == 1:
+                await self._subscribe(channel)
+        except RedisUnavailable:
+            self.unlisten(channel, handler)
+            raise
+
+    async def _subscribe(self, channel: str) -> None:
+        waiters: list[Deferred] = []
+        self._subscribing[channel] = waiters
+        outcome: Any = None
         try:
             protocol = await self._connection()
             await self.link._bounded(protocol.subscribe(channel), self.link.command_timeout,
                                      "SUBSCRIBE")
-        except RedisUnavailable:
-            self.unlisten(channel, handler)
+        except RedisUnavailable as e:
+            outcome = e
             raise
+        finally:
+            del self._subscribing[channel]
+            for waiter in waiters:
+                if outcome is None:
+                    waiter.callback(None)
+                else:
+                    waiter.errback(outcome)
 
     def unlisten(self, channel: str, handler: Handler) -> None:
         handlers = self._handlers.get(channel, [])
