@@ -31,6 +31,7 @@ from .redis.auth_failures import SharedAuthFailures
 from .redis.client_slots import RedisClientSlots
 from .redis.health import RedisHealth
 from .redis.notices import RedisNotices
+from .redis.run_bus import RunBus
 from .redis.session_lock import SessionLocks
 from .sessions.interface import ISessionStore
 from .sessions.redis_store import RedisSessionStore
@@ -101,6 +102,12 @@ class GatewayService(MultiService):
         if self.redis is not None:
             self.session_locks = SessionLocks(
                 self.redis, config.session.store.redis.lockLeaseSeconds, reactor)
+        self.run_bus: Optional[RunBus] = None     # runs seen across processes (Redis)
+        if self.redis is not None:
+            redis_config = config.session.store.redis
+            self.run_bus = RunBus(self.redis, reactor,
+                                  lease_seconds=redis_config.lockLeaseSeconds,
+                                  result_seconds=redis_config.runResultSeconds)
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config)
         self.store: ISessionStore
@@ -133,7 +140,8 @@ class GatewayService(MultiService):
                 limits.perClientQueue, config.session.store.redis.lockLeaseSeconds)
         self.ws_factory = GatewayWSFactory(
             ws_auth, GatewayMethods(self.runner, self.store, self.agents, reactor,
-                                    client_slots=self.client_slots, limits=limits),
+                                    client_slots=self.client_slots, limits=limits,
+                                    run_bus=self.run_bus),
             reactor=reactor, max_payload=config.gateway.ws.maxFrameBytes)
         self.gateway_metrics.watch(self.runner, self.ws_factory)
         self.ws_resource = WebSocketResource(self.ws_factory)
@@ -283,6 +291,8 @@ class GatewayService(MultiService):
             self.redis_notices.start()     # loads the auth locks in force once subscribed
         if self.session_locks is not None:
             self.session_locks.start()
+        if self.run_bus is not None:
+            self.run_bus.start()
         failed: list[Failure] = []
 
         def not_listening(failure: Failure) -> None:
@@ -358,5 +368,7 @@ class GatewayService(MultiService):
             self.client_slots.stop()
         if self.redis_notices is not None:
             yield self.redis_notices.stop()
+        if self.run_bus is not None:
+            yield defer.Deferred.fromCoroutine(self.run_bus.stop())
         if self.redis is not None:
             yield self.redis.disconnect()

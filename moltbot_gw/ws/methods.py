@@ -6,22 +6,25 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Literal, Mapping, Optional, Protocol, overload
 
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from .. import __version__
 from ..agents.client_slots import RunSlots
 from ..agents.failures import describe_failure
 from ..agents.registry import Agent, AgentRegistry, UnknownAgent
-from ..agents.run import InvalidRunRequest, Run, RunEvent, RunRequest, RunResult
+from ..agents.run import InvalidRunRequest, Run, RunRequest
 from ..agents.runner import AgentRunner
 from ..config import LimitsConfig, normalize_agent_id
+from ..redis.run_bus import RunBus
 from ..sessions.interface import ISessionStore
 from ..sessions.keys import KEY_PREFIX, parse_session_key, resolve_session_key
 from ..sessions.transcript import current_branch
+from .event_router import EventRouter
 from .frames import PROTOCOL_VERSION, ErrorCode, ProtocolError, Request, failure_error, invalid
 from .idempotency import expiring_cache
-from .run_admission import WRITE_METHODS, RunAdmission
+from .remote_runs import RemoteRun, RemoteRuns
+from .run_admission import IDEMPOTENCY_TTL, WRITE_METHODS, RunAdmission
+from .run_results import result_payload, run_error, wait_for  # noqa: F401 - re-exported
 
 MAIN_SESSION = "main"
 FINISHED_RUN_TTL = 600.0
@@ -102,89 +105,6 @@ def _message_count_reaches(limit: int):
     return enough
 
 
-def result_payload(result: RunResult) -> dict:
-    return {"runId": result.run_id, "agentId": result.agent_id,
-            "sessionKey": result.session_key, "status": "ok", "text": result.text,
-            "finishReason": result.finish_reason, "model": result.model,
-            "usage": {"inputTokens": result.usage.prompt_tokens,
-                      "outputTokens": result.usage.completion_tokens,
-                      "totalTokens": result.usage.total_tokens}}
-
-
-def run_error(error: BaseException, run: Run) -> ProtocolError:
-    """How a run failed (``agents/failures.py`` says what a client is told), as an error
-    response that names the run."""
-    failure = describe_failure(error)
-    return failure_error(failure, details={
-        "runId": run.run_id, "sessionKey": run.session_key,
-        "status": "aborted" if failure.kind.aborted else "error", "text": run.text})
-
-
-async def wait_for(run: Run) -> dict:
-    """The run's result payload once it ends; ``ProtocolError`` if it failed."""
-    try:
-        result = await run.wait()
-    except defer.CancelledError:
-        raise  # our wait was cancelled (the connection closed), not the run
-    except Exception as error:
-        raise run_error(error, run) from error
-    return result_payload(result)
-
-
-# --- event routing -----------------------------------------------------------------------
-
-class EventRouter:
-    """Sends each event of a watched run to the connections that asked for the run and to
-    those subscribed to its session, each once."""
-
-    def __init__(self):
-        self._askers: dict[str, set] = {}                 # run id -> connections
-        self._listeners: dict[str, Callable[[RunEvent], None]] = {}
-        self._sessions: dict[str, set] = {}               # session key -> connections
-
-    def watch(self, run: Run) -> None:
-        if run.run_id in self._listeners:
-            return
-        self._askers[run.run_id] = set()
-        listener = self._listeners[run.run_id] = lambda event: self._deliver(run, event)
-        run.subscribe(listener)
-        run.wait().addBoth(self._forget, run)
-
-    def add_asker(self, run: Run, connection: Connection) -> None:
-        askers = self._askers.get(run.run_id)
-        if askers is not None:  # a finished run has nothing left to send
-            askers.add(connection)
-
-    def subscribe_session(self, connection: Connection, session_key: str) -> None:
-        self._sessions.setdefault(session_key, set()).add(connection)
-
-    def drop(self, connection: Connection) -> None:
-        """Forget a closed connection everywhere."""
-        for askers in self._askers.values():
-            askers.discard(connection)
-        for key in [k for k, subs in self._sessions.items() if connection in subs]:
-            self._sessions[key].discard(connection)
-            if not self._sessions[key]:
-                del self._sessions[key]
-
-    def _deliver(self, run: Run, event: RunEvent) -> None:
-        targets = self._askers.get(run.run_id, set()) | self._sessions.get(run.session_key,
-                                                                             set())
-        if not targets:
-            return
-        payload = event.to_json()
-        payload["sessionKey"] = run.session_key
-        for connection in targets:
-            connection.send_event("agent", payload)
-
-    def _forget(self, _outcome, run: Run) -> None:
-        listener = self._listeners.pop(run.run_id, None)
-        if listener is not None:
-            run.unsubscribe(listener)
-        self._askers.pop(run.run_id, None)
-        return None  # the outcome is delivered to other waiters; none is lost here
-
-
 # --- the methods -------------------------------------------------------------------------
 
 Handler = Callable[[Connection, Request], Awaitable[Any]]
@@ -197,7 +117,7 @@ class GatewayMethods:
 
     def __init__(self, runner: AgentRunner, store: ISessionStore, agents: AgentRegistry, clock,
                  *, client_slots: Optional[RunSlots] = None,
-                 limits: Optional[LimitsConfig] = None):
+                 limits: Optional[LimitsConfig] = None, run_bus: Optional[RunBus] = None):
         self.runner = runner
         self.store = store
         self.agents = agents
@@ -208,6 +128,9 @@ class GatewayMethods:
         self.started_at_ms = int(self.started_at * 1000)
         self.router = EventRouter()
         self.admission = RunAdmission(clock, limits or LimitsConfig(), client_slots)
+        # Runs of other gateway processes (Redis backend); None: this process is alone.
+        self.remote = (RemoteRuns(run_bus, self.router, runner, IDEMPOTENCY_TTL)
+                       if run_bus is not None else None)
         self.finished_runs = expiring_cache(clock, FINISHED_RUN_TTL, MAX_FINISHED_RUNS)
         self.table: dict[str, Handler] = {
             "health": self.health,
@@ -232,6 +155,8 @@ class GatewayMethods:
     def connection_closed(self, connection: Connection) -> None:
         self.router.drop(connection)
         self.admission.connection_closed(connection)
+        if self.remote is not None:
+            self.remote.connection_closed()
 
     def reconfigure(self, agents: AgentRegistry, limits: LimitsConfig) -> None:
         """A config reload: the agents and limits of calls from now on."""
@@ -280,7 +205,7 @@ class GatewayMethods:
     # -- runs ---------------------------------------------------------------------------
 
     async def _start_run(self, connection: Connection, method: str,
-                         params: Mapping[str, Any]) -> tuple[Run, bool]:
+                         params: Mapping[str, Any]) -> tuple[Run | RemoteRun, bool]:
         """Start the run the params ask for once the client has a free run slot, or find the
         one their idempotency key names. Returns ``(run, deduplicated)``."""
         message = _text(params, "message", required=True)
@@ -299,20 +224,28 @@ class GatewayMethods:
         agent, session_key = self._session(params, "sessionKey", MAIN_SESSION)
         assert agent is not None  # only configured_agent=False may yield None
         slot = await self.admission.slot(connection.address)
+        claimed = False         # this request holds the key in Redis
         try:
             if scope is not None:   # the same request may have started while this waited
                 earlier = self.admission.earlier_run(scope, asked)
                 if earlier is not None:
                     slot.release()
                     return earlier, True
+                if self.remote is not None:
+                    shared = await self.remote.claim(scope, asked)
+                    if shared is not None:
+                        slot.release()
+                        return self._shared_run(shared), True
+                    claimed = True
             run = self.runner.run(RunRequest(
                 input=({"role": "user", "content": message},), agent_id=agent.id,
                 session_key=session_key, extra_system_prompt=extra or None, persist=True))
-        except InvalidRunRequest as e:
+        except BaseException as e:
             slot.release()
-            raise failure_error(describe_failure(e)) from e
-        except BaseException:
-            slot.release()
+            if claimed:
+                self.remote.release(scope)      # type: ignore[union-attr, arg-type]
+            if isinstance(e, InvalidRunRequest):
+                raise failure_error(describe_failure(e)) from e
             raise
         run.wait().addBoth(lambda _: slot.release())   # the slot is held while the run runs
         self.router.watch(run)
@@ -325,10 +258,20 @@ class GatewayMethods:
         run.wait().addBoth(ended)
         if scope is not None:
             self.admission.remember(scope, asked, run)
+        if self.remote is not None:
+            self.remote.started(run)
+            if claimed:
+                self.remote.claimed(scope, asked, run)   # type: ignore[arg-type]
         return run, False
 
+    def _shared_run(self, record: Mapping[str, Any]) -> Run | RemoteRun:
+        """The run an idempotency key in Redis names: ours if it runs or ran here."""
+        run_id = record["runId"]
+        return (self.runner.get(run_id) or self.finished_runs.get(run_id)
+                or RemoteRun(run_id, record["agentId"], record["sessionKey"]))
+
     @staticmethod
-    def _run_reference(run: Run, status: str, deduplicated: bool) -> dict:
+    def _run_reference(run: Run | RemoteRun, status: str, deduplicated: bool) -> dict:
         payload: dict[str, Any] = {"runId": run.run_id, "agentId": run.agent_id,
                                    "sessionKey": run.session_key, "status": status}
         if deduplicated:
@@ -350,6 +293,9 @@ class GatewayMethods:
 
     async def agent(self, connection: Connection, request: Request) -> dict:
         run, deduplicated = await self._start_run(connection, "agent", request.params)
+        if isinstance(run, RemoteRun):
+            connection.send_response(request.id, self._run_reference(run, "accepted", True))
+            return await self.remote.follow(run, connection)   # type: ignore[union-attr]
         self.router.add_asker(run, connection)
         connection.send_response(request.id,
                                  self._run_reference(run, "accepted", deduplicated))
@@ -358,6 +304,10 @@ class GatewayMethods:
     async def agent_wait(self, connection: Connection, request: Request) -> dict:
         run_id = _text(request.params, "runId", required=True)
         run = self.runner.get(run_id) or self.finished_runs.get(run_id)
+        if run is None and self.remote is not None:
+            payload = await self.remote.wait(run_id)     # a run of another process
+            if payload is not None:
+                return payload
         if run is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f'no run "{run_id}" is known (runs are '
                                                      "kept for 10 minutes after they end)")
@@ -366,6 +316,12 @@ class GatewayMethods:
     async def chat_send(self, connection: Connection, request: Request) -> dict:
         run, deduplicated = await self._start_run(connection, "chat.send", request.params)
         self.router.subscribe_session(connection, run.session_key)
+        if self.remote is not None:
+            try:
+                await self.remote.subscribe_session(run.session_key)
+            except ProtocolError as e:      # the run started: say so; only relaying is off
+                self.log.warn("not relaying other processes' runs on {session_key}: {error}",
+                              session_key=run.session_key, error=e.message)
         return self._run_reference(run, "started", deduplicated)
 
     async def chat_history(self, connection: Connection, request: Request) -> dict:
@@ -392,8 +348,14 @@ class GatewayMethods:
         if aborted:
             self.log.info("aborted {n} run(s) on {session_key}", n=len(aborted),
                           session_key=key)
-        return {"sessionKey": key, "aborted": bool(aborted),
-                "runIds": [run.run_id for run in aborted]}
+        run_ids = [run.run_id for run in aborted]
+        if self.remote is not None:     # other processes abort theirs when they hear it
+            try:
+                run_ids += await self.remote.abort(key, run_id)
+            except ProtocolError:
+                if not aborted:
+                    raise
+        return {"sessionKey": key, "aborted": bool(run_ids), "runIds": run_ids}
 
     async def sessions_list(self, connection: Connection, request: Request) -> dict:
         params = request.params

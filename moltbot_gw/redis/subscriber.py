@@ -1,0 +1,169 @@
+"""One gateway process's Redis pub/sub connection: a single ``SUBSCRIBE`` connection (a pub/sub
+connection can run no other command, so it is apart from ``RedisLink``'s pool) that reconnects
+by itself and subscribes again to every channel someone still listens to.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Optional
+
+import txredisapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from .connection import RECONNECT_MAX_DELAY, RedisLink, RedisUnavailable
+
+Handler = Callable[[dict], None]
+
+
+class _SubscriberProtocol(txredisapi.SubscriberProtocol):
+    def messageReceived(self, pattern, channel, message):
+        self.factory.owner.received(channel, message)
+
+
+class _SubscriberFactory(txredisapi.SubscriberFactory):
+    protocol = _SubscriberProtocol
+
+    def __init__(self, owner: "RedisSubscriber"):
+        super().__init__(isLazy=True)
+        self.owner = owner
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.whenConnected().addCallback(self.owner.connected)
+        return protocol
+
+
+class RedisSubscriber:
+    """Channels (full keys, prefix included) to the handlers of their JSON messages.
+    ``listen`` fires once Redis has confirmed the subscription, so a caller that then reads
+    a key misses nothing published after that read."""
+
+    log = Logger()
+
+    def __init__(self, link: RedisLink, reactor: Any):
+        self.link = link
+        self._reactor = reactor
+        self._handlers: dict[str, list[Handler]] = {}
+        self._protocol: Optional[_SubscriberProtocol] = None
+        self._ready: list[Deferred] = []
+        self._factory: Optional[_SubscriberFactory] = None
+        self._subscribing: dict[str, list[Deferred]] = {}   # channel -> waiting listeners
+
+    def start(self) -> None:
+        a = self.link.address
+        factory = self._factory = _SubscriberFactory(self)
+        factory.dbid, factory.password, factory.username = a.db, a.password, a.username
+        factory.convertNumbers = False
+        factory.maxDelay = RECONNECT_MAX_DELAY
+        # Fails when a connection is lost during AUTH/SELECT (a stop while connecting): the
+        # factory reconnects by itself, so the failure is nobody's to report.
+        factory.deferred.addErrback(lambda _: None)
+        tls = None
+        if a.tls:
+            from twisted.internet import ssl
+            tls = ssl.ClientContextFactory()
+        factory.startConnecting(txredisapi._makeEndpoint(
+            a.host, a.port, self.link.connect_timeout, tls))
+
+    def stop(self) -> Deferred:
+        factory, self._factory = self._factory, None
+        self._protocol = None
+        if factory is None:
+            return succeed(None)
+        return factory.disconnect().addErrback(lambda _: None)
+
+    # -- the connection -----------------------------------------------------------------
+
+    def connected(self, protocol: _SubscriberProtocol) -> None:
+        """A new connection (the first or after a loss): subscribe to every channel again."""
+        self._protocol = protocol
+        protocol.whenDisconnected().addCallback(self._lost)
+        for channel in list(self._handlers):
+            protocol.subscribe(channel).addErrback(self._subscribe_failed, channel)
+        ready, self._ready = self._ready, []
+        for waiter in ready:
+            if not waiter.called:
+                waiter.callback(protocol)
+
+    def _lost(self, protocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+
+    def _subscribe_failed(self, failure, channel: str) -> None:
+        self.log.warn("could not subscribe to {channel}: {error}", channel=channel,
+                      error=type(failure.value).__name__)
+
+    def _connection(self) -> Deferred:
+        """The live connection, waiting for it within the command timeout."""
+        if self._protocol is not None:
+            return succeed(self._protocol)
+        if self._factory is None:
+            return self.link._failed("the pub/sub connection is stopped")
+        waiter: Deferred = Deferred()
+        self._ready.append(waiter)
+        return self.link._bounded(waiter, self.link.command_timeout, "SUBSCRIBE")
+
+    # -- channels -----------------------------------------------------------------------
+
+    async def listen(self, channel: str, handler: Handler) -> None:
+        """Call ``handler`` with each JSON message on ``channel`` from now on; returns once
+        Redis has confirmed the subscription. Raises ``RedisUnavailable`` (and listens to
+        nothing) when Redis does not confirm in time."""
+        handlers = self._handlers.setdefault(channel, [])
+        handlers.append(handler)
+        waiters = self._subscribing.get(channel)
+        try:
+            if waiters is not None:                 # being subscribed: wait for Redis too
+                waiter: Deferred = Deferred()
+                waiters.append(waiter)
+                await waiter
+            elif len(handlers) == 1:
+                await self._subscribe(channel)
+        except RedisUnavailable:
+            self.unlisten(channel, handler)
+            raise
+
+    async def _subscribe(self, channel: str) -> None:
+        waiters: list[Deferred] = []
+        self._subscribing[channel] = waiters
+        outcome: Any = None
+        try:
+            protocol = await self._connection()
+            await self.link._bounded(protocol.subscribe(channel), self.link.command_timeout,
+                                     "SUBSCRIBE")
+        except RedisUnavailable as e:
+            outcome = e
+            raise
+        finally:
+            del self._subscribing[channel]
+            for waiter in waiters:
+                if outcome is None:
+                    waiter.callback(None)
+                else:
+                    waiter.errback(outcome)
+
+    def unlisten(self, channel: str, handler: Handler) -> None:
+        handlers = self._handlers.get(channel, [])
+        if handler in handlers:
+            handlers.remove(handler)
+        if handlers:
+            return
+        self._handlers.pop(channel, None)
+        if self._protocol is not None:
+            self._protocol.unsubscribe(channel).addErrback(lambda _: None)
+
+    def received(self, channel: Any, message: Any) -> None:
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        try:
+            parsed = json.loads(message)
+        except (TypeError, ValueError):
+            self.log.warn("ignored a message on {channel} that is not JSON", channel=channel)
+            return
+        for handler in list(self._handlers.get(channel, ())):
+            try:
+                handler(parsed)
+            except Exception as e:
+                self.log.error("a handler of {channel} failed: {error}", channel=channel,
+                               error=type(e).__name__)
