@@ -42,6 +42,7 @@ from moltbot_gw.sessions.transcript import (
     session_header,
     transcript_path,
 )
+from moltbot_gw.sessions.uncancellable import uncancellable as _uncancellable
 from moltbot_gw.state_dir import make_private_dirs, rename_if_present
 
 T = TypeVar("T")
@@ -75,32 +76,6 @@ class _AgentSessions:
         self.journal_lines = 0
         self.tails = TailCache(TAIL_CACHE_BYTES)
         self.compaction: Optional[Deferred] = None  # a snapshot being written off the lock
-
-
-def _uncancellable(work: Deferred) -> Deferred:
-    """A Deferred for ``work`` whose cancellation stops only the waiting, never the work.
-
-    Disk work that has started must finish under its agent's lock, or the next write could
-    overtake it.
-    """
-    result: Deferred = Deferred()
-
-    def deliver(outcome: Any) -> None:
-        if not result.called:
-            if isinstance(outcome, Failure):
-                result.errback(outcome)
-            else:
-                result.callback(outcome)
-        elif isinstance(outcome, Failure):
-            _log_abandoned_failure(outcome)
-
-    work.addBoth(deliver)
-    return result
-
-
-def _log_abandoned_failure(failure: Failure) -> None:
-    SessionStore.log.failure("session store work failed after its caller stopped waiting",
-                             failure=failure)
 
 
 class SessionStore:
