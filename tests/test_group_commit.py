@@ -129,3 +129,24 @@ async def test_concurrent_turns_of_a_store_take_fewer_fsyncs_than_turns(tmp_path
         assert history == ["hi"] + [f"q{m}" for m in range(n, 16, 4)]
     monkeypatch.setattr(os, "fsync", real_fsync)
     await store.flush()
+
+
+def test_turns_submitted_by_acknowledged_turns_never_start_a_second_commit_at_once(tmp_path):
+    thread = HandDrivenThread()
+    committer = GroupCommitter(thread, FsyncLog([]))
+    path = tmp_path / "s.jsonl"
+    follow_ups = []
+
+    def next_turn(_, text):       # a client that sends its next turn once acknowledged
+        follow_ups.append(committer.submit(path, appender(path, text)))
+
+    committer.submit(path, appender(path, "z"))
+    committer.submit(path, appender(path, "a")).addCallback(next_turn, "c")
+    committer.submit(path, appender(path, "b")).addCallback(next_turn, "d")
+    thread.run_next()             # "z"; "a" and "b" queued behind it ...
+    thread.run_next()             # ... commit together; acknowledging "a" starts "c"
+    assert len(thread.calls) == 1  # while "d" waits for it, not in a commit of its own
+    thread.run_next()
+    thread.run_next()
+    assert all(done.called for done in follow_ups)
+    assert [r["content"] for r in read_transcript(path).records] == ["z", "a", "b", "c", "d"]

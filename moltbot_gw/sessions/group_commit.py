@@ -145,7 +145,7 @@ class GroupCommitter:
                 append.done.errback(result)
             else:
                 append.done.callback(result)
-        if self._queue:
+        if self._queue and not self._running:   # a callback may have started one
             self._start()
         waiters, self._waiters = self._waiters, []
         for path, waiter in waiters:
