@@ -29,7 +29,8 @@ from twisted.python.failure import Failure
 from moltbot_gw.sessions.transcript import fsync_directory
 
 FSYNC_THREADS = 4   # fsyncs of one commit issued at once
-_fsync_pool: Optional[ThreadPoolExecutor] = None
+# Threads start on first use; shared by every agent's commits (each waits for its own).
+_FSYNC_POOL = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="transcript-fsync")
 
 
 @dataclass
@@ -49,13 +50,6 @@ def _fsync_path(path: Path, fsync: Callable[[int], None]) -> None:
         fsync(fd)
     finally:
         os.close(fd)
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _fsync_pool
-    if _fsync_pool is None:
-        _fsync_pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="transcript-fsync")
-    return _fsync_pool
 
 
 def commit_appends(appends: Sequence[Append],
@@ -79,7 +73,7 @@ def commit_appends(appends: Sequence[Append],
             failed[append.path] = outcomes[index] = error
     touched = list(dict.fromkeys(a.path for a in appends if a.path not in failed))
     if len(touched) > 1:
-        results = list(_pool().map(_sync_one, touched, [fsync] * len(touched)))
+        results = list(_FSYNC_POOL.map(_sync_one, touched, [fsync] * len(touched)))
     else:
         results = [_sync_one(path, fsync) for path in touched]
     for path, sync_error in zip(touched, results, strict=True):
