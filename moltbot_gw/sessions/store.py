@@ -1,8 +1,9 @@
 """The session store: per agent, an index (session key -> entry; ``index.py``) plus one JSONL
 transcript per session, with retention (``retention.py``) and a size cap per transcript.
 
-Disk I/O runs in a thread pool, one agent's operations strictly in call order. It stores
-sessions; it does not decide who may use them or run anything.
+Disk I/O runs in a thread pool, one agent's operations strictly in call order; transcript
+appends are group-committed (``group_commit.py``). It stores sessions; it does not decide who
+may use them or run anything.
 """
 from __future__ import annotations
 
