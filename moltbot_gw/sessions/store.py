@@ -1,8 +1,9 @@
 """The session store: per agent, an index (session key -> entry; ``index.py``) plus one JSONL
 transcript per session, with retention (``retention.py``) and a size cap per transcript.
 
-Disk I/O runs in a thread pool, one agent's operations strictly in call order. It stores
-sessions; it does not decide who may use them or run anything.
+Disk I/O runs in a thread pool, one agent's operations strictly in call order; transcript
+appends are group-committed (``group_commit.py``). It stores sessions; it does not decide who
+may use them or run anything.
 """
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ import os
 import uuid
 from collections import OrderedDict
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredLock, fail
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from moltbot_gw.config import AGENT_ID_RE, SessionConfig
+from moltbot_gw.sessions.group_commit import GroupCommitter
 from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of this API
     SessionEntry,
     append_changes,
@@ -43,6 +46,7 @@ from moltbot_gw.sessions.transcript import (
     session_header,
     transcript_path,
 )
+from moltbot_gw.sessions.uncancellable import uncancellable as _uncancellable
 from moltbot_gw.state_dir import make_private_dirs, rename_if_present
 
 T = TypeVar("T")
@@ -63,10 +67,11 @@ def _read_everything(record: Mapping[str, Any]) -> bool:
 class _AgentSessions:
     """One agent's entries in memory, and the lock that orders its disk work."""
 
-    def __init__(self, agent_id: str, sessions_dir: Path):
+    def __init__(self, agent_id: str, sessions_dir: Path, commits: GroupCommitter):
         self.agent_id = agent_id
         self.sessions_dir = sessions_dir
         self.lock = DeferredLock()
+        self.commits = commits   # transcript appends, fsynced in groups off the lock
         # Least recently updated first, so retention finds its victims at the front.
         self.entries: OrderedDict[str, SessionEntry] = OrderedDict()
         self.loaded = False
@@ -75,32 +80,6 @@ class _AgentSessions:
         self.journal_lines = 0
         self.tails = TailCache(TAIL_CACHE_BYTES)
         self.compaction: Optional[Deferred] = None  # a snapshot being written off the lock
-
-
-def _uncancellable(work: Deferred) -> Deferred:
-    """A Deferred for ``work`` whose cancellation stops only the waiting, never the work.
-
-    Disk work that has started must finish under its agent's lock, or the next write could
-    overtake it.
-    """
-    result: Deferred = Deferred()
-
-    def deliver(outcome: Any) -> None:
-        if not result.called:
-            if isinstance(outcome, Failure):
-                result.errback(outcome)
-            else:
-                result.callback(outcome)
-        elif isinstance(outcome, Failure):
-            _log_abandoned_failure(outcome)
-
-    work.addBoth(deliver)
-    return result
-
-
-def _log_abandoned_failure(failure: Failure) -> None:
-    SessionStore.log.failure("session store work failed after its caller stopped waiting",
-                             failure=failure)
 
 
 @implementer(ISessionStore)
@@ -115,7 +94,8 @@ class SessionStore:
     log = Logger()
 
     def __init__(self, state_dir: Path, reactor: Any = None, threadpool: Any = None,
-                 limits: Optional[SessionConfig] = None):
+                 limits: Optional[SessionConfig] = None,
+                 fsync: Optional[Callable[[int], None]] = None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -124,6 +104,7 @@ class SessionStore:
         self._reactor = reactor
         self._threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
         self._agents: dict[str, _AgentSessions] = {}
+        self._fsync = fsync   # of transcript group commits; tests count the calls
 
     def reconfigure(self, limits: SessionConfig) -> None:
         """A config reload: retention and transcript limits from now on."""
@@ -150,7 +131,9 @@ class SessionStore:
     def record_turn(self, session_key: str, records: Sequence[Mapping[str, Any]],
                     model: Optional[str] = None, usage: Any = None,
                     lease: Optional[SessionLease] = None) -> Deferred:
-        """Append one turn's records durably, then update the entry; fire with the entry.
+        """Append one turn's records durably, then update the entry; fire with the entry
+        once the records are fsynced. Turns of one agent queued while a commit runs share the
+        next (``group_commit.py``); the agent's lock is not held while they wait for it.
 
         ``usage`` is a mapping or object with ``input_tokens``/``output_tokens`` (or the
         ``prompt_tokens``/``completion_tokens`` or camelCase spellings); it adds to the totals.
@@ -161,7 +144,14 @@ class SessionStore:
             return fail(TypeError("transcript records must be mappings"))
         # Copied now: the caller may reuse its dicts while the turn waits for the lock.
         records = [dict(record) for record in records]
-        return self._locked_for_key(session_key, self._record_turn, records, model, usage)
+
+        async def record() -> SessionEntry:
+            entry, committed = await self._under_lock(session_key, self._record_turn, records,
+                                                      model, usage)
+            await committed
+            return entry
+
+        return _uncancellable(Deferred.fromCoroutine(record()))
 
     def reset(self, session_key: str) -> Deferred:
         """Start a new session id for the key, keeping the old transcript; fire with existed."""
@@ -185,6 +175,7 @@ class SessionStore:
                 pending.append(self._delayed_save(agent))
             if agent.compaction is not None:
                 pending.append(Deferred.fromCoroutine(self._wait_compaction(agent)))
+            pending.append(agent.commits.settled())
         return DeferredList(pending, consumeErrors=True)
 
     # --- plumbing ------------------------------------------------------------------------
@@ -199,19 +190,22 @@ class SessionStore:
         agent = self._agents.get(agent_id)
         if agent is None:
             sessions_dir = self.state_dir / "agents" / agent_id / "sessions"
-            agent = self._agents[agent_id] = _AgentSessions(agent_id, sessions_dir)
+            commits = GroupCommitter(self._in_thread, self._fsync)
+            agent = self._agents[agent_id] = _AgentSessions(agent_id, sessions_dir, commits)
         return agent
 
     def _locked_for_key(self, session_key: str,
                         operation: Callable[..., Awaitable[T]], *args: Any) -> Deferred:
-        async def run() -> T:
-            agent_id, _ = parse_session_key(session_key)
-            agent = self._agent(agent_id)
-            async with agent.lock:
-                await self._ensure_loaded(agent)
-                return await operation(agent, session_key, *args)
+        return _uncancellable(Deferred.fromCoroutine(
+            self._under_lock(session_key, operation, *args)))
 
-        return _uncancellable(Deferred.fromCoroutine(run()))
+    async def _under_lock(self, session_key: str, operation: Callable[..., Awaitable[T]],
+                          *args: Any) -> T:
+        agent_id, _ = parse_session_key(session_key)
+        agent = self._agent(agent_id)
+        async with agent.lock:
+            await self._ensure_loaded(agent)
+            return await operation(agent, session_key, *args)
 
     async def _ensure_loaded(self, agent: _AgentSessions) -> None:
         if agent.loaded:
@@ -243,6 +237,8 @@ class SessionStore:
         changes = changes + [del_op(entry.key) for entry in pruned]
         if not changes:
             return
+        for entry in pruned:   # their queued turns land before the files go
+            await agent.commits.settled(transcript_path(agent.sessions_dir, entry.session_id))
         await self._in_thread(self._write_changes, agent.sessions_dir, changes,
                               [entry.session_id for entry in pruned])
         agent.journal_lines += len(changes)
@@ -334,6 +330,8 @@ class SessionStore:
         entry = agent.entries.get(session_key)
         if entry is None:
             return []
+        # read your writes: this session's queued turns first
+        await agent.commits.settled(transcript_path(agent.sessions_dir, entry.session_id))
         cached = agent.tails.get(entry.session_id)
         if cached is not None:
             served = cached.serve(enough)
@@ -349,26 +347,20 @@ class SessionStore:
 
     async def _record_turn(self, agent: _AgentSessions, session_key: str,
                            records: list[dict[str, Any]], model: Optional[str],
-                           usage: Any) -> SessionEntry:
+                           usage: Any) -> tuple[SessionEntry, Deferred]:
+        """Queue the turn's append and update the entry; return it and the Deferred of the
+        append's commit. A new session's commit is awaited here, before its entry is
+        journalled."""
         entry = agent.entries.get(session_key)
         is_new = entry is None
         if entry is None:
             entry = self._new_entry(agent, session_key)
+        committed: Deferred = succeed(None)
         if records:
-            header = session_header(entry.session_id, session_key, entry.created_at)
-            written, dropped = await self._in_thread(
-                self._append_transcript, agent.sessions_dir, entry.session_id, records, header,
-                self.limits.maxTranscriptBytes, self._now_ms())
+            committed = self._queue_append(agent, entry, records, is_new)
             if is_new:
-                agent.tails.put(entry.session_id, [dict(header), *records], written, True)
-            elif dropped is None:
-                agent.tails.extend(entry.session_id, records, written)
-            else:
-                agent.tails.pop(entry.session_id)
-            if dropped is not None:
-                self.log.info("transcript of {session_key} passed session.maxTranscriptBytes:"
-                              " compacted to its newest turns ({dropped} bytes dropped)",
-                              session_key=session_key, dropped=dropped)
+                await committed
+                committed = succeed(None)
         input_tokens, output_tokens, total_tokens = usage_token_counts(usage)
         if total_tokens is None:
             total_tokens = input_tokens + output_tokens
@@ -390,13 +382,42 @@ class SessionStore:
             # the turn. Many turns share one journal write.
             agent.dirty[session_key] = entry
             self._schedule_save(agent)
-        return entry
+        return entry, committed
+
+    def _queue_append(self, agent: _AgentSessions, entry: SessionEntry,
+                      records: list[dict[str, Any]], is_new: bool) -> Deferred:
+        """Queue a turn's append for the next group commit; the tail cache follows once it is
+        durable. Fires with None."""
+        header = session_header(entry.session_id, entry.key, entry.created_at)
+        write = partial(self._append_transcript, agent.sessions_dir, entry.session_id,
+                        records, header, self.limits.maxTranscriptBytes, self._now_ms())
+        committed = agent.commits.submit(
+            transcript_path(agent.sessions_dir, entry.session_id), write)
+
+        def landed(outcome: tuple[int, Optional[int]]) -> None:
+            written, dropped = outcome
+            if is_new:
+                agent.tails.put(entry.session_id, [dict(header), *records], written, True)
+            elif dropped is None:
+                agent.tails.extend(entry.session_id, records, written)
+            else:
+                agent.tails.pop(entry.session_id)
+                self.log.info("transcript of {session_key} passed session.maxTranscriptBytes:"
+                              " compacted to its newest turns ({dropped} bytes dropped)",
+                              session_key=entry.key, dropped=dropped)
+
+        def lost(failure: Failure) -> Failure:
+            agent.tails.pop(entry.session_id)   # the file may hold part of the turn
+            return failure
+
+        return committed.addCallbacks(landed, lost)
 
     def _append_transcript(self, sessions_dir: Path, session_id: str,
                            records: list[dict[str, Any]], header: Mapping[str, Any],
                            max_bytes: int, now_ms: int) -> tuple[int, Optional[int]]:
-        """Append a turn; first compact the transcript if the turn would take it past
-        ``max_bytes``. Returns the bytes written and those compaction dropped (or None)."""
+        """Append a turn unsynced (the group commit fsyncs it); first compact the transcript
+        if the turn would take it past ``max_bytes``. Returns the bytes written and those
+        compaction dropped (or None)."""
         relative = sessions_dir.relative_to(self.state_dir)
         make_private_dirs(self.state_dir, *relative.parts)
         path = transcript_path(sessions_dir, session_id)
@@ -407,7 +428,7 @@ class SessionStore:
             size = 0
         if size and size + len(encode_records(records)) > max_bytes:
             dropped = compact_transcript(path, header, max_bytes // COMPACTED_SHARE, now_ms)
-        written = append_records(path, records, header=header)
+        written = append_records(path, records, header=header, sync=False)
         return written, dropped
 
     async def _reset(self, agent: _AgentSessions, session_key: str) -> bool:
@@ -432,6 +453,7 @@ class SessionStore:
         # pointing at a missing file.
         await self._persist(agent, [del_op(session_key)])
         source = transcript_path(agent.sessions_dir, entry.session_id)
+        await agent.commits.settled(source)   # its queued turns land before it is moved
         target = source.with_name("%s.deleted-%d" % (source.name, self._now_ms()))
         await self._in_thread(rename_if_present, source, target)
         self.log.info("deleted {session_key} (session {session_id})",

@@ -95,9 +95,10 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object],
 
 
 def append_records(path: Path, records: Sequence[Mapping[str, Any]],
-                   header: Optional[Mapping[str, Any]] = None) -> int:
+                   header: Optional[Mapping[str, Any]] = None, sync: bool = True) -> int:
     """Append ``records`` in one write, then flush and fsync; return the bytes written.
-    Blocking.
+    Blocking. With ``sync`` false the caller fsyncs the file (and, if it was created, its
+    directory) itself: group commit syncs many appends at once.
 
     ``header`` is written first when the file is new or empty. If the file does not end in a
     newline (a torn write before a crash), the new records start on a fresh line so the torn
@@ -119,8 +120,9 @@ def append_records(path: Path, records: Sequence[Mapping[str, Any]],
             return 0
         transcript_file.write(payload)
         transcript_file.flush()
-        os.fsync(transcript_file.fileno())
-    if size == 0:
+        if sync:
+            os.fsync(transcript_file.fileno())
+    if size == 0 and sync:
         fsync_directory(path.parent)
     return len(payload)
 
