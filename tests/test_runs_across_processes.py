@@ -163,11 +163,10 @@ async def test_with_redis_gone_cross_process_methods_answer_unavailable_without_
     for answer in (waited, aborted, keyed):
         assert answer["ok"] is False and answer["error"]["code"] == "UNAVAILABLE", answer
         assert "Redis" in answer["error"]["message"]
-    # A run without a key still runs on this process (only sharing it is off).
+    # A run without a key needs Redis too (its session's lock, its client's slot, its
+    # history): it is refused the same way, not run unordered and unrecorded.
     plain = await in_thread(on_b.call, "chat.send", {"message": "m", "sessionKey": "p"})
-    assert plain["ok"] is True
-    result = await in_thread(on_b.call, "agent.wait", {"runId": plain["payload"]["runId"]})
-    assert result["ok"] is True and result["payload"]["text"] == "fine"
+    assert plain["ok"] is False and plain["error"]["code"] == "UNAVAILABLE", plain
     await in_thread(on_b.close)
 
 
@@ -226,7 +225,12 @@ async def test_aborts_reach_the_other_gateway_again_after_redis_restarts(
     on_b = await in_thread(open_client, b.ws_url)
     private_redis.stop()
     private_redis.start()               # both gateways' connections must come back alone
-    sent = await in_thread(on_a.call, "chat.send", {"sessionKey": "back", "message": "go"})
+    for _ in range(100):                # a run needs Redis: wait until A has it back
+        sent = await in_thread(on_a.call, "chat.send", {"sessionKey": "back", "message": "go"})
+        if sent["ok"]:
+            break
+        assert sent["error"]["code"] == "UNAVAILABLE", sent
+        await deferLater(reactor, 0.1, lambda: None)
     run_id = sent["payload"]["runId"]
     for _ in range(100):
         await in_thread(on_b.call, "chat.abort", {"sessionKey": "back"})
