@@ -252,7 +252,8 @@ def upstream_stats(upstream: Server) -> dict:
 
 def gateway_config(upstream: Server, max_concurrent: int = 1100) -> dict:
     """One agent ``main`` on ``bench/model`` (the fast upstream) and one agent ``slow`` on
-    ``benchslow/model`` (the same upstream's slow path) for the concurrent-streams scenario."""
+    ``benchslow/model`` (the same upstream's slow path) for the concurrent-streams scenario,
+    and one agent ``oneread`` on ``benchoneread/model`` (the whole SSE body in one read)."""
     return {
         "gateway": {
             "port": 0, "bind": "loopback", "auth": {"mode": "token"},
@@ -264,11 +265,14 @@ def gateway_config(upstream: Server, max_concurrent: int = 1100) -> dict:
         "models": {"providers": {
             "bench": {"api": "openai-completions", "baseUrl": f"{upstream.origin}/v1"},
             "benchslow": {"api": "openai-completions", "baseUrl": f"{upstream.origin}/slow/v1"},
+            "benchoneread": {"api": "openai-completions",
+                             "baseUrl": f"{upstream.origin}/oneread/v1"},
         }},
         "agents": {
             "defaults": {"model": "bench/model", "maxConcurrent": max_concurrent},
             "list": [{"id": "main", "default": True, "model": "bench/model"},
-                     {"id": "slow", "model": "benchslow/model"}],
+                     {"id": "slow", "model": "benchslow/model"},
+                     {"id": "oneread", "model": "benchoneread/model"}],
         },
     }
 
