@@ -72,7 +72,8 @@ def _response(head: bytes, body: bytes, close: bool) -> bytes:
 
 
 # The same events as one plain body: no chunked framing, one write, one read at the client.
-SSE_ONEREAD_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+SSE_ONEREAD_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Cache-Control: no-cache\r\n")
 SSE_ONEREAD_BODY = b"".join(SSE_EVENTS)
 
 RESPONSES = {
