@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..agents.run import RunEvent, RunResult
-from ..json_text import compact_utf8
+from ..json_text import compact_utf8, json_string_utf8
 from .errors import APIError, note_refusal
 from .sse_stream import SSEStream
 from .usage import chat_usage_json
@@ -147,7 +147,7 @@ class ChatStream(CompletionStream):
             self._output()
             if "delta" in data:
                 # The hot path: only the delta text is encoded per chunk.
-                self._write(self._prefix + _CONTENT_HEAD + compact_utf8(data["delta"])
+                self._write(self._prefix + _CONTENT_HEAD + json_string_utf8(data["delta"])
                             + _CONTENT_TAIL + self._end_of_chunk)
             elif "reasoning" in data:
                 self._write(self._chunk(self._choice({"reasoning_content": data["reasoning"]})))
