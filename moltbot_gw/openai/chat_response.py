@@ -82,20 +82,23 @@ class CompletionStream(SSEStream):
         raise NotImplementedError
 
     def finish(self, result: RunResult) -> bytes:
-        """Write the closing chunks; returns the final ``[DONE]`` frame for the caller."""
+        """Write the closing chunks and ``[DONE]``, with whatever this reactor turn produced
+        before them, as one HTTP chunk; returns nothing more for the caller to write."""
         self.start()
         self._finish_chunk(result.finish_reason)
         if self.include_usage:
             self._usage_chunk(chat_usage_json(result.usage))
+        self._write(DONE_FRAME)
         self._end()
-        return DONE_FRAME
+        return b""
 
     def fail(self, error: APIError) -> bytes:
         """A failure after the stream started: an error frame, then ``[DONE]``."""
         note_refusal(self.request, error)
         self._write(b"data: " + error.body() + b"\n\n")
+        self._write(DONE_FRAME)
         self._end()
-        return DONE_FRAME
+        return b""
 
 
 _CONTENT_HEAD = b'[{"index":0,"delta":{"content":'
