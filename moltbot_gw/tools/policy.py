@@ -45,6 +45,8 @@ class ToolCatalog:
         for i, entry in enumerate(config.agents.list):
             agent_id = normalize_agent_id(entry.id) or entry.id
             self._agents[agent_id] = (f"agents.list[{i}]", entry)
+        # for_agent's answers: the catalogue lives as long as its config, so they never change
+        self._for_agent: dict[tuple[str, Optional[str]], AgentTools] = {}
 
     @property
     def tools(self) -> dict[str, Any]:
@@ -72,7 +74,16 @@ class ToolCatalog:
 
     def for_agent(self, agent: Any) -> AgentTools:
         """The tools ``agent`` (an ``agents.registry.Agent``) may use in a run, with the
-        context they run in. No file I/O here: the fs tools create the workspace on use."""
+        context they run in. No file I/O here: the fs tools create the workspace on use.
+        Worked out once per agent (every run asks; the policy walk cost as much as a
+        streamed reply's per-chunk work), then shared: ``AgentTools`` is immutable."""
+        key = (agent.id, agent.workspace)
+        tools = self._for_agent.get(key)
+        if tools is None:
+            tools = self._for_agent[key] = self._tools_for(agent)
+        return tools
+
+    def _tools_for(self, agent: Any) -> AgentTools:
         allowed = {d.tool: self._tools[d.tool] for d in self.explain(agent) if d.allowed}
         workspace = Path(agent.workspace).expanduser() if agent.workspace else None
         reactor = self._reactor
