@@ -9,7 +9,7 @@ import json
 
 import pytest
 import pytest_twisted
-from twisted.internet import endpoints, reactor
+from twisted.internet import reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -86,3 +86,16 @@ def test_request_uri_is_encoded_as_treq_encodes_it():
     assert request_uri("http://example.com/a b/ü?x=1") == \
         b"http://example.com/a%20b/%C3%BC?x=1"
     assert request_uri("http://bücher.example/v1") == b"http://xn--bcher-kva.example/v1"
+
+
+def test_one_endpoint_per_origin_serves_every_request():
+    from twisted.web.client import URI, BrowserLikePolicyForHTTPS, _StandardEndpointFactory
+
+    from moltbot_gw.providers.upstream_client import _EndpointPerOrigin
+
+    factory = _EndpointPerOrigin(_StandardEndpointFactory(
+        reactor, BrowserLikePolicyForHTTPS(), 5.0, None))
+    a = factory.endpointForURI(URI.fromBytes(b"http://127.0.0.1:9/v1/chat/completions"))
+    assert factory.endpointForURI(URI.fromBytes(b"http://127.0.0.1:9/v1/embeddings")) is a
+    assert factory.endpointForURI(URI.fromBytes(b"http://127.0.0.1:10/v1")) is not a
+    assert factory.endpointForURI(URI.fromBytes(b"https://127.0.0.1:9/v1")) is not a

@@ -21,8 +21,9 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
+from twisted.web.client import (  # _StandardEndpointFactory: what Agent() itself uses
     Agent,
+    BrowserLikePolicyForHTTPS,
     ContentDecoderAgent,
     GzipDecoder,
     HTTPConnectionPool,
@@ -30,10 +31,11 @@ from twisted.web.client import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+    _StandardEndpointFactory,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
@@ -102,8 +104,10 @@ class UpstreamClient:
         followed and no cookies kept (upstream APIs need none; one jar would be shared)."""
         agent = self._agents.get(connect_timeout)
         if agent is None:
-            base = self._agent if self._agent is not None else Agent(
-                self._reactor, pool=self.pool, connectTimeout=connect_timeout)
+            base = self._agent if self._agent is not None else Agent.usingEndpointFactory(
+                self._reactor, _EndpointPerOrigin(_StandardEndpointFactory(
+                    self._reactor, BrowserLikePolicyForHTTPS(), connect_timeout, None)),
+                pool=self.pool)
             agent = self._agents[connect_timeout] = ContentDecoderAgent(
                 base, [(b"gzip", GzipDecoder)])
         return agent
@@ -155,6 +159,28 @@ def request_uri(url: str) -> bytes:
     """``url`` as the request URI bytes, exactly as treq makes them (percent-encoded path,
     IDNA host); cached: parsing and IDNA cost more than the rest of sending a request."""
     return EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+
+
+@implementer(IAgentEndpointFactory)
+class _EndpointPerOrigin:
+    """Agent asks for an endpoint on every request, pooled connection or not, and building
+    one IDNA-checks the host each time; an endpoint per origin serves every request (each
+    ``connect`` is independent). Origins are the configured providers': a handful."""
+
+    max_origins = 256
+
+    def __init__(self, factory: IAgentEndpointFactory):
+        self._factory = factory
+        self._endpoints: dict[tuple, Any] = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            if len(self._endpoints) >= self.max_origins:
+                self._endpoints.clear()
+            endpoint = self._endpoints[key] = self._factory.endpointForURI(uri)
+        return endpoint
 
 
 @implementer(IBodyProducer)
