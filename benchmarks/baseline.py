@@ -1,6 +1,6 @@
 """The bare baseline: a minimal Klein + treq pass-through, the floor the gateway is compared with.
 
-``POST /v1/chat/completions`` (and ``/slow/v1/chat/completions``) forwards the request body
+``POST /v1/chat/completions`` (and ``/slow/v1/...``, ``/oneread/v1/...``) forwards the request body
 unchanged to the same path on the upstream through one persistent treq connection pool, and
 streams an event-stream answer back as it arrives (a JSON answer is returned whole). No auth,
 no sessions, no parsing. Like any twisted.web service it logs (access log included) to a file,
@@ -33,6 +33,7 @@ STATE: dict = {}
 
 @app.route("/v1/chat/completions", methods=["POST"])
 @app.route("/slow/v1/chat/completions", methods=["POST"])
+@app.route("/oneread/v1/chat/completions", methods=["POST"])
 async def chat(request):
     body = request.content.read()
     response = await STATE["client"].post(

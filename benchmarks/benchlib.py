@@ -254,7 +254,8 @@ def upstream_stats(upstream: Server) -> dict:
 def gateway_config(upstream: Server, max_concurrent: int = 1100,
                    tools_workspace: Optional[Path] = None) -> dict:
     """One agent ``main`` on ``bench/model`` (the fast upstream) and one agent ``slow`` on
-    ``benchslow/model`` (the same upstream's slow path) for the concurrent-streams scenario;
+    ``benchslow/model`` (the same upstream's slow path) for the concurrent-streams scenario,
+    one agent ``oneread`` on ``benchoneread/model`` (the whole SSE body in one read), and
     with ``tools_workspace``, an agent ``tools`` on builtin/echo with group:fs there."""
     config = {
         "gateway": {
@@ -267,11 +268,14 @@ def gateway_config(upstream: Server, max_concurrent: int = 1100,
         "models": {"providers": {
             "bench": {"api": "openai-completions", "baseUrl": f"{upstream.origin}/v1"},
             "benchslow": {"api": "openai-completions", "baseUrl": f"{upstream.origin}/slow/v1"},
+            "benchoneread": {"api": "openai-completions",
+                             "baseUrl": f"{upstream.origin}/oneread/v1"},
         }},
         "agents": {
             "defaults": {"model": "bench/model", "maxConcurrent": max_concurrent},
             "list": [{"id": "main", "default": True, "model": "bench/model"},
-                     {"id": "slow", "model": "benchslow/model"}],
+                     {"id": "slow", "model": "benchslow/model"},
+                     {"id": "oneread", "model": "benchoneread/model"}],
         },
     }
     if tools_workspace is not None:

@@ -4,6 +4,7 @@ wrk drives ``POST /v1/chat/completions`` (non-streaming, c=16 by default) for a 
 
     python benchmarks/profile.py                  # cProfile, non-streaming c=16, 5 s
     python benchmarks/profile.py --stream         # streaming instead
+    python benchmarks/profile.py --stream --agent oneread   # whole SSE body in one read
     python benchmarks/profile.py --users 32       # with `user` sessions (transcript writes)
     python benchmarks/profile.py --py-spy         # sample the twistd daemon with py-spy instead
                                                   # (no profiler overhead; pip install py-spy)
@@ -150,7 +151,8 @@ def run_cprofile(args, workdir: Path, upstream) -> list[str]:
         service.startService()
         port = yield service.when_listening()
         url = f"http://{bl.HOST}:{port.getHost().port}/v1/chat/completions"
-        wrk = dict(token=bl.TOKEN, stream=args.stream, users=args.users, tag="prof")
+        wrk = dict(token=bl.TOKEN, stream=args.stream, users=args.users, tag="prof",
+                   model=f"moltbot:{args.agent}")
         yield threads.deferToThread(bl.run_wrk, url, args.connections, 1, **wrk)  # warm up
         profiler.enable()
         try:
@@ -193,7 +195,8 @@ def run_py_spy(args, workdir: Path, upstream) -> list[str]:
         raise SystemExit("py-spy is not installed (pip install py-spy)")
     gw = bl.start_gateway(workdir, upstream)
     url = f"{gw.origin}/v1/chat/completions"
-    wrk = dict(token=bl.TOKEN, stream=args.stream, users=args.users, tag="spy")
+    wrk = dict(token=bl.TOKEN, stream=args.stream, users=args.users, tag="spy",
+               model=f"moltbot:{args.agent}")
     bl.run_wrk(url, args.connections, 1, **wrk)
     raw = workdir / "pyspy.txt"
     spy_proc = bl.CHILDREN.spawn([spy, "record", "--pid", str(gw.pid), "--duration",
@@ -248,6 +251,8 @@ def main(argv=None) -> int:
     parser.add_argument("--connections", "-c", type=int, default=16)
     parser.add_argument("--stream", action="store_true", help="streaming requests")
     parser.add_argument("--users", type=int, default=0, help="distinct `user` sessions")
+    parser.add_argument("--agent", default="main",
+                        help="gateway agent: main, or oneread (the whole SSE body in one read)")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--save", default=None, metavar="PATH", help="dump the pstats file")
     parser.add_argument("--py-spy", action="store_true",

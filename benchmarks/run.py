@@ -31,7 +31,7 @@ import benchlib as bl  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Say hello in ten words."}]
 WRK_SCENARIOS = ("upstream", "nonstream_c1", "nonstream_c16", "nonstream_c64", "stream_c16",
-                 "sessions_c16", "tools_c16")
+                 "stream_c16_oneread", "sessions_c16", "tools_c16")
 ALL_SCENARIOS = WRK_SCENARIOS + ("streams_1000", "ws_10000")
 DESCRIPTIONS = {
     "upstream": "fake upstream direct, c=16 (ceiling; not a target)",
@@ -39,6 +39,7 @@ DESCRIPTIONS = {
     "nonstream_c16": "non-streaming, c=16 (stateless)",
     "nonstream_c64": "non-streaming, c=64",
     "stream_c16": "streaming (SSE), c=16",
+    "stream_c16_oneread": "streaming c=16, whole SSE body in one upstream read",
     "sessions_c16": "non-streaming c=16, `user` sessions",
     "tools_c16": "non-streaming c=16, echo + one `read` tool call",
     "streams_1000": "concurrent slow SSE streams",
@@ -138,9 +139,11 @@ class Bench:
 
     # --- wrk scenarios --------------------------------------------------------------------
 
-    def wrk_pair(self, row: Row, conns: int, stream=False, users=0):
+    def wrk_pair(self, row: Row, conns: int, stream=False, users=0, agent="main"):
         """Baseline and gateway, same parameters, alternating for ``rounds`` rounds so that
-        a transient load elsewhere on the machine hits both alike."""
+        a transient load elsewhere on the machine hits both alike. ``agent`` other than
+        "main" picks the gateway agent of that name and the baseline's ``/<agent>/v1`` path
+        (the same upstream shape on both sides)."""
         servers = (("baseline", self.ensure_baseline()), ("gateway", self.ensure_gateway()))
         runs: dict = {"baseline": [], "gateway": []}
         meter = bl.CpuMeter([s.pid for _, s in servers] + [self.upstream.pid])
@@ -150,9 +153,13 @@ class Bench:
             for side, server in servers:
                 bl.upstream_stats(self.upstream)
                 before = bl.proc_cpu_s(server.pid)
+                url = self.chat_url(server)
+                if agent != "main" and side == "baseline":
+                    url = f"{server.origin}/{agent}/v1/chat/completions"
                 runs[side].append(bl.run_wrk(
-                    self.chat_url(server), conns, self.duration, token=self.token(server),
-                    stream=stream, users=users, tag=f"{self.tag}-{row.scenario}"))
+                    url, conns, self.duration, token=self.token(server),
+                    stream=stream, users=users, model=f"moltbot:{agent}",
+                    tag=f"{self.tag}-{row.scenario}"))
                 cpu_s[side] += bl.proc_cpu_s(server.pid) - before
                 upstream_conns[side] += bl.upstream_stats(self.upstream)["connections"]
         self.note_cpu(row, meter.stop())
@@ -210,6 +217,10 @@ class Bench:
 
     def s_stream_c16(self, row: Row):
         self.wrk_pair(row, 16, stream=True)
+
+    def s_stream_c16_oneread(self, row: Row):
+        self.wrk_pair(row, 16, stream=True, agent="oneread")
+        row.notes.insert(0, "upstream sends 13 events in one read (Content-Length body)")
 
     def s_sessions_c16(self, row: Row):
         self.wrk_pair(row, 16, users=SESSION_USERS)
@@ -475,6 +486,9 @@ def targets(rows: list[Row]) -> list[str]:
             f"{_pct(by.get('nonstream_c16'))}")
     verdict("stream_c16", lambda r: r.ratio >= 0.60,
             f"streaming c=16 >= 60% of baseline req/s: {_pct(by.get('stream_c16'))}")
+    verdict("stream_c16_oneread", lambda r: r.ratio >= 0.75,
+            f"streaming c=16, one-read upstream >= 75% of baseline req/s: "
+            f"{_pct(by.get('stream_c16_oneread'))}")
     c1 = by.get("nonstream_c1")
     added = (c1.gw_p50 - c1.base_p50) if c1 and c1.status == "ok" else None
     verdict("nonstream_c1", lambda r: added <= 2.0,

@@ -7,6 +7,8 @@ less CPU per request than anything it is compared with and is never the bottlene
 * ``/v1/chat/completions``       — SSE (10 content chunks + finish + usage + ``[DONE]``) when
   the request body asks for ``"stream": true``, else one ``chat.completion`` JSON body;
 * ``/json/v1/chat/completions``  — always JSON; ``/sse/v1/chat/completions`` — always SSE;
+* ``/oneread/v1/chat/completions`` — the same SSE events as one ``Content-Length`` body in
+  ONE write (as nginx serving a static file sends it): the client gets them in one read;
 * ``/slow/v1/chat/completions``  — SSE whose chunks are written ``--slow-interval`` seconds
   apart (default 0.2 s, 10 chunks: ~2 s a stream), for the concurrent-streams scenario.
 
@@ -69,12 +71,18 @@ def _response(head: bytes, body: bytes, close: bool) -> bytes:
     return head + b"Content-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
+# The same events as one plain body: no chunked framing, one write, one read at the client.
+SSE_ONEREAD_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Cache-Control: no-cache\r\n")
+SSE_ONEREAD_BODY = b"".join(SSE_EVENTS)
+
 RESPONSES = {
     (False, False): _response(JSON_HEAD, JSON_BODY, False),
     (False, True): _response(JSON_HEAD, JSON_BODY, True),
     (True, False): SSE_HEAD + b"\r\n" + SSE_BODY,
     (True, True): SSE_HEAD + b"Connection: close\r\n\r\n" + SSE_BODY,
 }
+ONEREAD = {close: _response(SSE_ONEREAD_HEAD, SSE_ONEREAD_BODY, close) for close in (False, True)}
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 BAD = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 MAX_HEAD = 64 * 1024
@@ -162,6 +170,11 @@ class FakeUpstream(Protocol):
             return self._fail(NOT_FOUND)
         if path.startswith(b"/slow/"):
             return self._slow(close)
+        if path.startswith(b"/oneread/"):
+            self.transport.write(ONEREAD[close])
+            if close:
+                self.transport.loseConnection()
+            return
         if path.startswith(b"/json/"):
             stream = False
         elif path.startswith(b"/sse/"):

@@ -151,3 +151,19 @@ async def test_tools_explain_lists_the_servers_tools(tmp_path):
     assert decisions["mcp__demo__sleep"]["group"] == "mcp:demo"
     assert decisions["mcp__gone__*"]["allowed"] is False
     assert "MCP server gone" in decisions["mcp__gone__*"]["reason"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_run_started_before_the_server_is_ready_and_one_after_see_its_tools(
+        start_gateway, http):
+    """The catalogue works an agent's tools out once, but a server's tools that arrive after
+    the first run (the handshake is asynchronous) still reach the next run."""
+    gw = await start_gateway(chat_config({"demo": stdio_server()}))
+    # the handshake has not finished yet (the server is a Python process importing mcp):
+    # this run's echo has no MCP tool to call
+    assert not gw.service.mcp.servers["demo"].ready
+    early = await ask(http, gw, 'call mcp__demo__add {"a": 1, "b": 2}')
+    assert early != "3"
+    await gw.service.mcp.started()
+    assert gw.service.mcp.servers["demo"].ready
+    assert await ask(http, gw, 'call mcp__demo__add {"a": 1, "b": 2}') == "3"

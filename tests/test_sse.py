@@ -89,3 +89,20 @@ def test_a_line_over_the_limit_is_an_error():
     parser.feed(b"data: 0123")
     with pytest.raises(SSEError):
         parser.feed(b"456789abcdef")
+
+
+def test_event_json_is_read_as_json_loads_reads_it():
+    """The per-event decoder (issue #16) takes the fast path only for data it reads whole:
+    anything else gets json.loads' own result or error."""
+    import json
+
+    from moltbot_gw.providers.sinks import _loads
+
+    for text in ['{"a":1}', ' {"a": [1, 2]} ', '{"a":"\\ud800"}', "[1]", '"x"', "12"]:
+        assert _loads(text) == json.loads(text)
+    for bad in ['{"a":1} x', "{", "", "\ufeff{}", '{"a":1}{"b":2}', "NaNx"]:
+        with pytest.raises(ValueError) as ours:
+            _loads(bad)
+        with pytest.raises(ValueError) as theirs:
+            json.loads(bad)
+        assert str(ours.value) == str(theirs.value)

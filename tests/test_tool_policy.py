@@ -174,3 +174,17 @@ def test_the_quickstart_agent_has_the_fs_tools_in_its_workspace(monkeypatch, tmp
     tools = tools_of(load_config(path))
     assert sorted(tools.names) == FS
     assert str(tools.context.workspace).endswith("/.moltbot/workspace")
+
+
+def test_an_agents_tools_are_worked_out_once_per_catalogue():
+    """Every run asks for its agent's tools: the answer is computed once per config (issue
+    #16, per-request cost), and a new catalogue (a reload) answers from the new policy."""
+    cfg = config(tools={"allow": ["read"]})
+    agent = AgentRegistry(cfg).get("main")
+    catalog = ToolCatalog(cfg, reactor)
+    first = catalog.for_agent(agent)
+    assert catalog.for_agent(agent) is first
+    assert first.names == {"read"}
+    reloaded = config(tools={"allow": ["read", "ls"]})
+    again = ToolCatalog(reloaded, reactor).for_agent(AgentRegistry(reloaded).get("main"))
+    assert again.names == {"read", "ls"} and again is not first

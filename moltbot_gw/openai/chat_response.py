@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..agents.run import RunEvent, RunResult
-from ..json_text import compact_utf8
+from ..json_text import compact_utf8, json_string_utf8
 from .errors import APIError, note_refusal
 from .sse_stream import SSEStream
 from .usage import chat_usage_json
@@ -82,20 +82,23 @@ class CompletionStream(SSEStream):
         raise NotImplementedError
 
     def finish(self, result: RunResult) -> bytes:
-        """Write the closing chunks; returns the final ``[DONE]`` frame for the caller."""
+        """Write the closing chunks and ``[DONE]``, with whatever this reactor turn produced
+        before them, as one HTTP chunk; returns nothing more for the caller to write."""
         self.start()
         self._finish_chunk(result.finish_reason)
         if self.include_usage:
             self._usage_chunk(chat_usage_json(result.usage))
+        self._write(DONE_FRAME)
         self._end()
-        return DONE_FRAME
+        return b""
 
     def fail(self, error: APIError) -> bytes:
         """A failure after the stream started: an error frame, then ``[DONE]``."""
         note_refusal(self.request, error)
         self._write(b"data: " + error.body() + b"\n\n")
+        self._write(DONE_FRAME)
         self._end()
-        return DONE_FRAME
+        return b""
 
 
 _CONTENT_HEAD = b'[{"index":0,"delta":{"content":'
@@ -147,7 +150,7 @@ class ChatStream(CompletionStream):
             self._output()
             if "delta" in data:
                 # The hot path: only the delta text is encoded per chunk.
-                self._write(self._prefix + _CONTENT_HEAD + compact_utf8(data["delta"])
+                self._write(self._prefix + _CONTENT_HEAD + json_string_utf8(data["delta"])
                             + _CONTENT_TAIL + self._end_of_chunk)
             elif "reasoning" in data:
                 self._write(self._chunk(self._choice({"reasoning_content": data["reasoning"]})))

@@ -38,8 +38,9 @@ async def start_run_for_client(runner, slots: RunSlots, client: str,
 
 
 async def await_run(run: Run, stream=None):
-    """``(result, None)`` when the run ends well; ``(None, final_frame)`` when it failed after
-    ``stream`` had started (the stream wrote its error frame); raises the ``APIError`` of a
+    """``(result, None)`` when the run ends well; ``(None, final_bytes)`` when it failed after
+    ``stream`` had started (the stream wrote its error frame; ``final_bytes`` is what is left
+    for the caller to write, empty for chat/text completions); raises the ``APIError`` of a
     failure before that. A client that leaves cancels the run (and its upstream request)."""
     try:
         return await run.wait(), None

@@ -24,6 +24,7 @@ class SSEStream:
         self._active_since_tick = False
         self._clock = clock
         self._pending: list[bytes] = []
+        self._flush_call = None      # the end-of-turn flush, while frames are pending
         self._flow = flow            # the run's FlowControl: a slow client pauses upstream
         self._keepalive = LoopingCall(self._tick)
         self._keepalive.clock = clock
@@ -56,13 +57,16 @@ class SSEStream:
 
     def _write(self, data: bytes) -> None:
         if not self._pending:
-            self._clock.callLater(0, self._flush)
+            self._flush_call = self._clock.callLater(0, self._flush)
         self._pending.append(data)
 
     def _flush(self) -> None:
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()          # flushed early (the stream's end): no empty turn later
         pending, self._pending = self._pending, []
         if pending and not self.closed:
-            self.request.write(b"".join(pending))
+            self.request.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def _end(self) -> None:
         """The last frame is written: send everything now and let the upstream go."""

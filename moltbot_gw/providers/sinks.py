@@ -15,6 +15,19 @@ from .tools import ToolCallCollector
 from .upstream_client import UpstreamResponse
 from .upstream_errors import in_band_error
 
+_DECODER = json.JSONDecoder()
+
+
+def _loads(data: str) -> Any:
+    """``json.loads(data)``, cheaper per event: ``raw_decode`` skips its two whitespace
+    scans; what it does not take whole (surrounding whitespace, trailing data, an error)
+    gets ``json.loads`` itself, so results and errors are the same."""
+    try:
+        payload, end = _DECODER.raw_decode(data)
+    except ValueError:
+        return json.loads(data)
+    return payload if end == len(data) else json.loads(data)
+
 
 class EventStreamSink:
     """A ``BodySink`` that accepts either an event stream or a plain JSON answer.
@@ -78,7 +91,7 @@ class EventStreamSink:
     def load(self, data: str) -> dict:
         """One event's JSON payload, or ProviderUnavailable."""
         try:
-            payload = json.loads(data)
+            payload = _loads(data)
         except ValueError:
             raise self.unavailable("sent malformed JSON in its event stream") from None
         if not isinstance(payload, dict):

@@ -65,6 +65,17 @@ class SSEParser:
                 buffer = buffer[len(_BOM):]
 
         events: list[SSEEvent] = []
+        if b"\r" not in buffer:
+            # The common shape (LF only): one split instead of a search per line end.
+            lines = buffer.split(b"\n")
+            rest = lines.pop()
+            line = self._line
+            for raw in lines:
+                line(raw, events)
+            self._buffer = rest
+            if len(rest) > self._max_line:
+                raise SSEError(f"event stream line longer than {self._max_line} bytes")
+            return events
         start = 0
         size = len(buffer)
         while start < size:
@@ -103,6 +114,11 @@ class SSEParser:
         return events
 
     def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
+        if raw[:5] == b"data:":
+            # the hot path: a data line (the field name is ASCII, so slicing bytes is safe)
+            data = raw[6:] if raw[5:6] == b" " else raw[5:]
+            self._data.append(data.decode("utf-8", errors="replace"))
+            return
         if not raw:
             if self._data:
                 events.append(SSEEvent(self._event or "message", "\n".join(self._data)))

@@ -49,6 +49,8 @@ class ToolCatalog:
         for i, entry in enumerate(config.agents.list):
             agent_id = normalize_agent_id(entry.id) or entry.id
             self._agents[agent_id] = (f"agents.list[{i}]", entry)
+        # for_agent's answers: the catalogue lives as long as its config; MCP tool lists change
+        self._for_agent: dict[tuple[Any, ...], AgentTools] = {}
 
     @property
     def tools(self) -> dict[str, Any]:
@@ -84,7 +86,18 @@ class ToolCatalog:
 
     def for_agent(self, agent: Any) -> AgentTools:
         """The tools ``agent`` (an ``agents.registry.Agent``) may use in a run, with the
-        context they run in. No file I/O here: the fs tools create the workspace on use."""
+        context they run in. No file I/O here: the fs tools create the workspace on use.
+        Worked out once per agent and MCP tool list (every run asks; the policy walk cost as
+        much as a streamed reply's per-chunk work), then shared: ``AgentTools`` is immutable."""
+        key = (agent.id, agent.workspace, self._mcp.version if self._mcp is not None else None)
+        tools = self._for_agent.get(key)
+        if tools is None:
+            if len(self._for_agent) >= 1024:     # MCP servers restarting again and again
+                self._for_agent.clear()
+            tools = self._for_agent[key] = self._tools_for(agent)
+        return tools
+
+    def _tools_for(self, agent: Any) -> AgentTools:
         tools = self.tools
         allowed = {d.tool: tools[d.tool] for d in self.explain(agent) if d.allowed}
         workspace = Path(agent.workspace).expanduser() if agent.workspace else None

@@ -4,6 +4,7 @@ hands out their tools. A stdio server that exits is restarted with exponential b
 calls it had in flight fail at once with a tool error."""
 from __future__ import annotations
 
+import itertools
 from typing import Any, Optional
 
 from twisted.application.service import Service
@@ -24,6 +25,11 @@ MAX_BACKOFF = 30.0
 HEALTHY_SECONDS = 60.0    # up this long: the next crash restarts after FIRST_BACKOFF again
 
 
+# Numbers for tool lists, unique in the process: a restarted server's new list never shares
+# one with its old list.
+_TOOL_LISTS = itertools.count()
+
+
 class ServerConnection:
     """One configured server: its live session (if any), its last listed tools, and the
     restart schedule."""
@@ -33,6 +39,7 @@ class ServerConnection:
         self.settings = settings
         self.reactor = reactor
         self.tools: dict[str, MCPTool] = {}
+        self.tools_version = next(_TOOL_LISTS)   # changes whenever ``tools`` does
         self.problem: Optional[str] = "not started"
         self._session: Optional[MCPSession] = None
         self._process: Optional[StdioTransport] = None
@@ -89,6 +96,7 @@ class ServerConnection:
             return
         self._session = session
         self.tools = server_tools(self, self.name, listed)
+        self.tools_version = next(_TOOL_LISTS)
         self.problem = None
         log.info("MCP server {server} ready: {n} tool(s)", server=self.name, n=len(self.tools))
         waiters, self._waiters = self._waiters, []
@@ -233,6 +241,11 @@ class MCPServers(Service):
         for connection in self.servers.values():
             tools.update(connection.tools)
         return tools
+
+    @property
+    def version(self) -> tuple:
+        """Equal while every server's tool list stays the same (ToolCatalog caches by it)."""
+        return tuple((name, c.tools_version) for name, c in self.servers.items())
 
     def problems(self) -> dict[str, str]:
         """Servers with no live session (and why), by name."""
