@@ -89,13 +89,15 @@ def test_request_uri_is_encoded_as_treq_encodes_it():
 
 
 def test_one_endpoint_per_origin_serves_every_request():
-    from twisted.web.client import URI, BrowserLikePolicyForHTTPS, _StandardEndpointFactory
+    from twisted.web.client import URI
+    from twisted.web.error import SchemeNotSupported
 
     from moltbot_gw.providers.upstream_client import _EndpointPerOrigin
 
-    factory = _EndpointPerOrigin(_StandardEndpointFactory(
-        reactor, BrowserLikePolicyForHTTPS(), 5.0, None))
+    factory = _EndpointPerOrigin(reactor, 5.0)
     a = factory.endpointForURI(URI.fromBytes(b"http://127.0.0.1:9/v1/chat/completions"))
     assert factory.endpointForURI(URI.fromBytes(b"http://127.0.0.1:9/v1/embeddings")) is a
     assert factory.endpointForURI(URI.fromBytes(b"http://127.0.0.1:10/v1")) is not a
     assert factory.endpointForURI(URI.fromBytes(b"https://127.0.0.1:9/v1")) is not a
+    with pytest.raises(SchemeNotSupported):
+        factory.endpointForURI(URI.fromBytes(b"ftp://127.0.0.1:9/v1"))
