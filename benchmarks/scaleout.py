@@ -85,12 +85,11 @@ def start_gateway(workdir: Path, upstream: bl.Server, name: str, *, store: str,
         proc = bl.CHILDREN.spawn(args, stdout=f, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL,
                                  env=bl.gateway_env(gwdir / "state"), cwd=str(gwdir))
-    match = bl._wait_for_line(proc, log, r"listening on \S+:(\d+)", 60, name)
-    server = bl.Server(name, proc, int(match.group(1)), log, {"state_dir": gwdir / "state"})
-    if workers > 1:   # every worker up: wait until as many have said they serve
-        bl._wait_for_line(proc, log, r"(?s)(worker.*serving.*){%d}" % workers, 60,
-                          f"{name} workers")
-    return server
+    # with --workers the parent says it once every worker serves
+    pattern = (r"parent with \d+ workers listening on \S+:(\d+)" if workers > 1
+               else r"listening on \S+:(\d+)")
+    match = bl._wait_for_line(proc, log, pattern, 60, name)
+    return bl.Server(name, proc, int(match.group(1)), log, {"state_dir": gwdir / "state"})
 
 
 def process_tree_cpu_s(pid: int) -> float:
