@@ -128,6 +128,7 @@ class Lease:
             self.log.warn("could not release the lock of session {session_key} ({error}); "
                           "it frees itself when its lease runs out",
                           session_key=self.session_key, error=str(failure.value))
+            self._locks._maybe_left(self.session_key, self.token.split(":", 1)[1])
 
         d.addCallbacks(lambda _: None, failed)
         releasing = self._locks._releasing
@@ -152,6 +153,10 @@ class SessionLocks:
         self._held: set[Lease] = set()
         self._releasing: set[Deferred] = set()      # releases on their way to Redis
         self._wakers: dict[str, set[Callable[[], None]]] = {}
+        # session -> (owner, when): a lock of this process Redis may still hold after an
+        # outage (a release or an acquire whose answer never came); the next run of the
+        # session here frees it first, rather than waiting out the lease of a run long over
+        self._left: dict[str, tuple[str, float]] = {}
         self._listener: Optional[_ReleaseListener] = None
 
     def start(self) -> None:
@@ -181,12 +186,17 @@ class SessionLocks:
     async def _acquire(self, session_key: str) -> Lease:
         key, fence_key = self.link.key("lock", session_key), self.link.key("fence", session_key)
         owner = f"{self.process_id}:{uuid.uuid4().hex}"
+        await self._release_stale(session_key)
         while True:
             # Listen before asking: a release published while the answer is on its way
             # must still wake this waiter.
             heard = self._release_heard(session_key)
             try:
                 answer = await self._attempt(key, fence_key, owner, session_key)
+            except RedisUnavailable:
+                _drop(heard)
+                self._maybe_left(session_key, owner)   # Redis may have applied it
+                raise
             except BaseException:
                 _drop(heard)
                 raise
@@ -198,6 +208,28 @@ class SessionLocks:
             # taken: wake on a release, or ask again once the holder's lease may be over
             left = max(0.0, int(answer) / 1000.0)
             await self._within(heard, min(self.lease_seconds / 4, max(MIN_RETRY_SECONDS, left)))
+
+    def _maybe_left(self, session_key: str, owner: str) -> None:
+        """Remember a lock Redis may hold for us, until its lease would have run out."""
+        now = self.reactor.seconds()
+        for each, (_, since) in list(self._left.items()):
+            if now - since > self.lease_seconds:
+                del self._left[each]
+        self._left[session_key] = (owner, now)
+
+    async def _release_stale(self, session_key: str) -> None:
+        """Free this process's own lock left from an outage, if Redis still holds it
+        (compare-and-delete: a no-op once another run took the session); fails with
+        ``RedisUnavailable`` while Redis does not answer, within the command timeout."""
+        left = self._left.get(session_key)
+        if left is None:
+            return
+        key = self.link.key("lock", session_key)
+        token = await self.link.execute("GET", key)
+        if isinstance(token, str) and token.split(":", 1)[-1] == left[0]:
+            await self.link.script(RELEASE, [key, self.channel], [token, session_key])
+        if self._left.get(session_key) is left:
+            del self._left[session_key]
 
     def _attempt(self, key: str, fence_key: str, owner: str, session_key: str) -> Deferred:
         """One try at the lock; a try cancelled in flight frees the lock if it got it."""
