@@ -13,6 +13,20 @@ from .running import load, react
 
 
 async def _run_agent_locally(reactor, config: Config, args) -> int:
+    """The turn in this process, with the configured MCP servers started for it (each given
+    up on after a bounded wait, as ``tools explain`` does) and stopped after it."""
+    if not any(s.enabled for s in config.tools.mcp.servers.values()):
+        return await _run_local_turn(reactor, config, args, None)
+    from ..tools.mcp.probe import started_servers
+
+    async with started_servers(reactor, config.tools.mcp) as servers:
+        for name, problem in servers.problems().items():
+            print(f"moltbot-gw: MCP server {name} is not connected ({problem}); "
+                  "its tools are missing from this run", file=sys.stderr)
+        return await _run_local_turn(reactor, config, args, servers)
+
+
+async def _run_local_turn(reactor, config: Config, args, mcp: Any) -> int:
     from ..agents.registry import AgentRegistry, UnknownAgent
     from ..agents.run import RunRequest
     from ..agents.runner import AgentRunner
@@ -32,7 +46,7 @@ async def _run_agent_locally(reactor, config: Config, args) -> int:
     providers = ProviderRegistry(config.models, reactor)
     runner = AgentRunner(agents, providers, store, reactor,
                          config.agents.defaults.maxConcurrent,
-                         tools_for=ToolCatalog(config, reactor).for_agent)
+                         tools_for=ToolCatalog(config, reactor, mcp=mcp).for_agent)
     request = RunRequest(input=({"role": "user", "content": args.message},),
                          agent_id=args.agent, session_key=args.session_key,
                          persist=args.session_key is not None)
