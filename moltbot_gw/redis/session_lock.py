@@ -20,12 +20,11 @@ from typing import Any, Callable, Optional
 
 import txredisapi
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .connection import LuaScript, RedisLink, RedisUnavailable
+from .subscriber import RedisSubscriber
 
 # Take the lock if free; the fence number only grows when a run takes it. Free → the token;
 # taken → the milliseconds left of the holder's lease.
@@ -142,7 +141,8 @@ class SessionLocks:
     log = Logger()
 
     def __init__(self, link: RedisLink, lease_seconds: float, reactor: Any,
-                 process_id: Optional[str] = None):
+                 process_id: Optional[str] = None,
+                 subscriber: Optional[RedisSubscriber] = None):
         self.link = link
         self.lease_seconds = lease_seconds
         self.lease_ms = max(1, int(lease_seconds * 1000))
@@ -157,12 +157,18 @@ class SessionLocks:
         # outage (a release or an acquire whose answer never came); the next run of the
         # session here frees it first, rather than waiting out the lease of a run long over
         self._left: dict[str, tuple[str, float]] = {}
-        self._listener: Optional[_ReleaseListener] = None
+        # The process's pub/sub connection (GatewayService's); without one, our own.
+        self._own_subscriber = subscriber is None
+        self.subscriber = subscriber if subscriber is not None else RedisSubscriber(link, reactor)
+        self._listening = False
 
     def start(self) -> None:
-        """Open the subscriber connection that hears releases (it reconnects by itself)."""
-        if self._listener is None:
-            self._listener = _ReleaseListener(self, self.reactor)
+        """Hear releases on the pub/sub connection (it resubscribes after a reconnect)."""
+        if not self._listening:
+            self._listening = True
+            self.subscriber.add_listener(self.channel, self._released, text=True)
+        if self._own_subscriber:
+            self.subscriber.start()
 
     @inlineCallbacks
     def close(self) -> Any:
@@ -173,9 +179,11 @@ class SessionLocks:
         for lease in list(self._held):
             lease.stop_renewing()
         self._held.clear()
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            yield listener.close()
+        if self._listening:
+            self._listening = False
+            self.subscriber.unlisten(self.channel, self._released)
+        if self._own_subscriber:
+            yield self.subscriber.stop()
 
     def acquire(self, session_key: str) -> Deferred:
         """Fire with a ``Lease`` once this process holds the session; cancelling stops the
@@ -295,51 +303,3 @@ def _drop(heard: Deferred) -> None:
     """Stop listening for a release nobody waits for any more."""
     heard.addErrback(lambda failure: failure.trap(CancelledError))
     heard.cancel()
-
-
-class _ReleaseProtocol(txredisapi.SubscriberProtocol):
-    """Subscribes to the release channel on every (re)connection."""
-
-    def connectionMade(self) -> Any:
-        done = super().connectionMade()
-        listener: _ReleaseListener = self.factory.listener
-        self.whenConnected().addCallback(
-            lambda protocol: protocol.subscribe(listener.locks.channel)).addErrback(
-            listener.subscribe_failed)
-        return done
-
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        if isinstance(message, bytes):
-            message = message.decode("utf-8", "replace")
-        self.factory.listener.locks._released(message)
-
-
-class _ReleaseListener:
-    """The process's pub/sub connection (a subscribed connection can send no other
-    command, hence separate from the ``RedisLink`` pool)."""
-
-    log = Logger()
-
-    def __init__(self, locks: SessionLocks, reactor: Any):
-        self.locks = locks
-        a = locks.link.address
-        factory = txredisapi.SubscriberFactory(isLazy=True)
-        factory.protocol = _ReleaseProtocol
-        factory.password, factory.username = a.password, a.username
-        factory.maxDelay = 2.0
-        factory.listener = self
-        factory.deferred.addErrback(self.subscribe_failed)
-        endpoint: Any = HostnameEndpoint(reactor, a.host, a.port,
-                                         timeout=locks.link.connect_timeout)
-        if a.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(a.host), endpoint)
-        factory.startConnecting(endpoint)
-        self.factory = factory
-
-    def subscribe_failed(self, failure: Failure) -> None:
-        """Waiters still retry on their timers; only the prompt hand-over is lost."""
-        self.log.warn("not listening for session lock releases: {error}",
-                      error=str(failure.value))
-
-    def close(self) -> Deferred:
-        return self.factory.disconnect().addErrback(lambda _: None)
