@@ -7,7 +7,6 @@ may use them or run anything.
 """
 from __future__ import annotations
 
-import os
 import uuid
 from collections import OrderedDict
 from dataclasses import replace
@@ -38,14 +37,8 @@ from moltbot_gw.sessions.keys import parse_session_key
 from moltbot_gw.sessions.lease import SessionLease
 from moltbot_gw.sessions.retention import agent_ids_on_disk, remove_transcripts, take_pruned
 from moltbot_gw.sessions.tail_cache import TailCache, skipping
-from moltbot_gw.sessions.transcript import (
-    append_records,
-    compact_transcript,
-    encode_records,
-    read_transcript_tail,
-    session_header,
-    transcript_path,
-)
+from moltbot_gw.sessions.transcript import read_transcript_tail, session_header, transcript_path
+from moltbot_gw.sessions.turn_append import append_turn
 from moltbot_gw.sessions.uncancellable import uncancellable as _uncancellable
 from moltbot_gw.state_dir import make_private_dirs, rename_if_present
 
@@ -56,8 +49,6 @@ TAIL_CACHE_BYTES = 32 * 1024 * 1024   # per agent: transcript tails kept for the
 # The journal is folded into a new sessions.json once it has this many lines and more
 # than twice as many as there are sessions, so the rewrite's cost is spread over many turns.
 COMPACT_MIN_JOURNAL_LINES = 10_000
-# A transcript past session.maxTranscriptBytes keeps its newest turns up to this share of it.
-COMPACTED_SHARE = 4
 
 
 def _read_everything(record: Mapping[str, Any]) -> bool:
@@ -389,7 +380,7 @@ class SessionStore:
         """Queue a turn's append for the next group commit; the tail cache follows once it is
         durable. Fires with None."""
         header = session_header(entry.session_id, entry.key, entry.created_at)
-        write = partial(self._append_transcript, agent.sessions_dir, entry.session_id,
+        write = partial(append_turn, self.state_dir, agent.sessions_dir, entry.session_id,
                         records, header, self.limits.maxTranscriptBytes, self._now_ms())
         committed = agent.commits.submit(
             transcript_path(agent.sessions_dir, entry.session_id), write)
@@ -411,25 +402,6 @@ class SessionStore:
             return failure
 
         return committed.addCallbacks(landed, lost)
-
-    def _append_transcript(self, sessions_dir: Path, session_id: str,
-                           records: list[dict[str, Any]], header: Mapping[str, Any],
-                           max_bytes: int, now_ms: int) -> tuple[int, Optional[int]]:
-        """Append a turn unsynced (the group commit fsyncs it); first compact the transcript
-        if the turn would take it past ``max_bytes``. Returns the bytes written and those
-        compaction dropped (or None)."""
-        relative = sessions_dir.relative_to(self.state_dir)
-        make_private_dirs(self.state_dir, *relative.parts)
-        path = transcript_path(sessions_dir, session_id)
-        dropped = None
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            size = 0
-        if size and size + len(encode_records(records)) > max_bytes:
-            dropped = compact_transcript(path, header, max_bytes // COMPACTED_SHARE, now_ms)
-        written = append_records(path, records, header=header, sync=False)
-        return written, dropped
 
     async def _reset(self, agent: _AgentSessions, session_key: str) -> bool:
         old = agent.entries.get(session_key)
