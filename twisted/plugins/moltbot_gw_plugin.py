@@ -194,7 +194,14 @@ class GatewayServiceMaker:
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
         reactor.callWhenRunning(lock.write_pid)   # the PID after twistd forked, if it did
         reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
+        _freeze_startup_heap_when_running(reactor)
         return service
+
+
+def _freeze_startup_heap_when_running(reactor) -> None:
+    from moltbot_gw.startup_heap import freeze_startup_heap
+
+    reactor.callWhenRunning(freeze_startup_heap)
 
 
 def _reload_loader(options):
@@ -222,6 +229,7 @@ def _make_worker(options, config, index):
     reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
     reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
     reactor.callWhenRunning(connect_to_parent, reactor, service)
+    _freeze_startup_heap_when_running(reactor)
     return service
 
 
