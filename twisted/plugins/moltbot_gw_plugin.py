@@ -188,6 +188,7 @@ class GatewayServiceMaker:
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
         reactor.callWhenRunning(lock.write_pid)   # the PID after twistd forked, if it did
         reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
+        _freeze_startup_heap_when_running(reactor)
         return service
 
 
@@ -202,6 +203,12 @@ def _take_state_dir(config):
         return StateDirLock.acquire(config.state_dir)
     except (StateDirBusy, OSError) as e:
         _fail([str(e)])
+
+
+def _freeze_startup_heap_when_running(reactor) -> None:
+    from moltbot_gw.startup_heap import freeze_startup_heap
+
+    reactor.callWhenRunning(freeze_startup_heap)
 
 
 def _reload_loader(options):
@@ -229,6 +236,7 @@ def _make_worker(options, config, index):
     reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
     reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
     reactor.callWhenRunning(connect_to_parent, reactor, service)
+    _freeze_startup_heap_when_running(reactor)
     return service
 
 
