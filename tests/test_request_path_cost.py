@@ -6,9 +6,12 @@ import json
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.logger import formatEvent
 
 from .conftest import TOKEN
 from .support.one_read import WORDS, http_chunks, raw_post, start_one_read_upstream
+from .test_observability import access_log  # noqa: F401
 
 CHAT = {"model": "moltbot:main", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -74,3 +77,31 @@ async def test_a_wrong_secret_is_still_refused_at_the_headers(start_gateway):
     assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_api_key"
     assert calls == [("127.0.0.1", "wrong")]
 
+
+@pytest_twisted.ensureDeferred
+async def test_the_access_line_is_written_once_not_filled_in_by_each_observer(
+        start_gateway, access_log):
+    """The access event's text is complete without its fields (no template for every log
+    observer to fill in with ``string.Formatter``), and is the line it always was; braces a
+    client put in the path come out as sent."""
+    listening, _upstream = await start_one_read_upstream(reactor)
+    try:
+        gw = await start_gateway(_config(listening.getHost().port))
+        auth = [f"Authorization: Bearer {TOKEN}", "x-request-id: line-1"]
+        await raw_post(reactor, gw.port, "/v1/chat/completions", json.dumps(CHAT).encode(),
+                       auth)
+        await raw_post(reactor, gw.port, "/v1/{odd}", b"{}",
+                       [f"Authorization: Bearer {TOKEN}", "x-request-id: line-2"])
+    finally:
+        await listening.stopListening()
+    await deferLater(reactor, 0, lambda: None)
+    by_id = {event["request_id"]: event for event in access_log.events}
+    ok, odd = by_id["line-1"], by_id["line-2"]
+    assert formatEvent(ok) == (f"line-1 POST /v1/chat/completions 200 {ok['duration_ms']}ms "
+                               f"agent=main tokens=3/{len(WORDS)}")
+    assert formatEvent(odd) == (f"line-2 POST /v1/{{odd}} 404 {odd['duration_ms']}ms "
+                                f"error=not_found param=None")
+    for event in (ok, odd):
+        assert formatEvent({"log_format": event["log_format"]}) == formatEvent(event)
+        assert (event["status"], event["route"], event["client"]) in {
+            (200, "/v1/chat/completions", "127.0.0.1"), (404, "other", "127.0.0.1")}
