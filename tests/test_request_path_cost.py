@@ -105,3 +105,35 @@ async def test_the_access_line_is_written_once_not_filled_in_by_each_observer(
         assert formatEvent({"log_format": event["log_format"]}) == formatEvent(event)
         assert (event["status"], event["route"], event["client"]) in {
             (200, "/v1/chat/completions", "127.0.0.1"), (404, "other", "127.0.0.1")}
+
+
+def test_end_of_run_callbacks_run_once_before_the_waits_and_survive_a_bad_one():
+    """``Run.on_finish``: the bookkeeping of every request (metrics, the client's run slot)
+    without a Deferred each; in order, before ``wait()``'s Deferreds, a raising one logged
+    and skipped, and a late one called at once."""
+    from twisted.logger import globalLogPublisher
+
+    from moltbot_gw.agents.run import Run
+
+    run = Run("run_x", "main", "agent:main:main")
+    seen: list = []
+    waited = run.wait()
+    waited.addCallback(lambda outcome: seen.append(("wait", outcome)))
+
+    def bad(_outcome):
+        raise KeyError("boom")
+
+    logged: list = []
+    run.on_finish(lambda outcome: seen.append(("first", outcome)))
+    run.on_finish(bad)
+    run.on_finish(lambda outcome: seen.append(("second", outcome)))
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        run.finish("result")
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert seen == [("first", "result"), ("second", "result"), ("wait", "result")]
+    failures = [e for e in logged if "end-of-run callback failed" in e.get("log_format", "")]
+    assert len(failures) == 1 and failures[0]["error"] == "KeyError"
+    run.on_finish(lambda outcome: seen.append(("late", outcome)))
+    assert seen[-1] == ("late", "result")
