@@ -137,3 +137,29 @@ def test_end_of_run_callbacks_run_once_before_the_waits_and_survive_a_bad_one():
     assert len(failures) == 1 and failures[0]["error"] == "KeyError"
     run.on_finish(lambda outcome: seen.append(("late", outcome)))
     assert seen[-1] == ("late", "result")
+
+
+def test_the_daemon_sets_its_start_up_objects_aside_from_the_garbage_collector(tmp_path):
+    """Full collections walked every long-lived object of the daemon (a quarter of a streamed
+    request's CPU time under load): once running, the daemon freezes what start-up built and
+    collects young objects less often (``moltbot_gw.gc_tuning``), and still serves."""
+    import re
+    import time
+
+    from .support.daemon import GatewayDaemon
+
+    daemon = GatewayDaemon(tmp_path / "gw", {})
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 20
+        match = None
+        while match is None and time.monotonic() < deadline:
+            match = re.search(r"Set (\d+) start-up objects aside from garbage collection",
+                              daemon.log_text())
+            if match is None:
+                time.sleep(0.05)
+        assert match is not None, daemon.log_text()[-2000:]
+        assert int(match.group(1)) > 10_000     # the modules, config and catalogue at least
+        assert daemon.healthy()
+    finally:
+        assert daemon.terminate() == 0

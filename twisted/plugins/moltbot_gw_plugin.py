@@ -147,6 +147,13 @@ def _reload_on_sighup(reactor, service, load) -> None:
     signal.signal(signal.SIGHUP, handler)
 
 
+def _tune_gc() -> None:
+    """Once the daemon runs (start-up done): see ``moltbot_gw.gc_tuning``."""
+    from moltbot_gw.gc_tuning import tune_gc_for_serving
+
+    tune_gc_for_serving()
+
+
 @implementer(IServiceMaker, IPlugin)
 class GatewayServiceMaker:
     tapname = "moltbot-gw"
@@ -194,6 +201,7 @@ class GatewayServiceMaker:
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
         reactor.callWhenRunning(lock.write_pid)   # the PID after twistd forked, if it did
         reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
+        reactor.callWhenRunning(_tune_gc)
         return service
 
 
@@ -222,6 +230,7 @@ def _make_worker(options, config, index):
     reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
     reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
     reactor.callWhenRunning(connect_to_parent, reactor, service)
+    reactor.callWhenRunning(_tune_gc)
     return service
 
 
