@@ -163,3 +163,29 @@ def test_the_daemon_sets_its_start_up_objects_aside_from_the_garbage_collector(t
         assert daemon.healthy()
     finally:
         assert daemon.terminate() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_drain_waits_for_a_request_in_flight_and_its_access_line(
+        start_gateway, upstream, http, access_log):
+    """One finish notification per request does both the access line and the in-flight
+    count: the site is idle only after the request finished, and its line was logged
+    first (a stop may end the process as soon as the site is idle)."""
+    from .chat_helpers import PATH, config
+
+    upstream.script(text="a b", delay=0.05)
+    gw = await start_gateway(config(upstream))
+    site = gw.service.site
+    pending = http.post(gw.url + PATH, headers=gw.auth_headers, json={
+        "model": "moltbot:beta", "messages": [{"role": "user", "content": "hi"}]})
+    while site.inflight == 0:
+        await deferLater(reactor, 0.01, lambda: None)
+    lines_when_idle: list = []
+    site.wait_idle().addCallback(
+        lambda _: lines_when_idle.append([e["status"] for e in access_log.events]))
+    assert lines_when_idle == []
+    response = await pending
+    await response.content()
+    await deferLater(reactor, 0, lambda: None)
+    assert response.code == 200
+    assert lines_when_idle == [[200]] and site.inflight == 0
