@@ -189,3 +189,35 @@ async def test_a_drain_waits_for_a_request_in_flight_and_its_access_line(
     await deferLater(reactor, 0, lambda: None)
     assert response.code == 200
     assert lines_when_idle == [[200]] and site.inflight == 0
+
+
+def test_keepalive_ticks_only_while_idle_and_leave_no_timer_behind():
+    """The SSE keepalive is one re-armed timer per response: a comment on each idle tick,
+    none on a tick that saw output, and nothing scheduled once the stream ended or the
+    client left."""
+    from twisted.internet.task import Clock
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from moltbot_gw.openai.sse_stream import KEEPALIVE_FRAME, SSEStream
+
+    clock = Clock()
+    request = DummyRequest([b"v1"])
+    stream = SSEStream(request, 15.0, clock)
+    clock.advance(15)                        # idle: the stream opens with a keepalive
+    clock.advance(0)
+    assert request.written == [KEEPALIVE_FRAME]
+    stream._output()
+    stream._write(b"data: x\n\n")
+    clock.advance(15)                        # output since the last tick: no keepalive
+    clock.advance(0)
+    assert request.written == [KEEPALIVE_FRAME, b"data: x\n\n"]
+    clock.advance(15)
+    clock.advance(0)
+    assert request.written[-1] == KEEPALIVE_FRAME
+    stream._end()
+    assert clock.getDelayedCalls() == []
+
+    gone = DummyRequest([b"v1"])
+    SSEStream(gone, 15.0, clock)
+    gone.processingFailed(Exception("client left"))   # fires notifyFinish with a failure
+    assert clock.getDelayedCalls() == []
