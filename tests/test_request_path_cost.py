@@ -221,3 +221,33 @@ def test_keepalive_ticks_only_while_idle_and_leave_no_timer_behind():
     SSEStream(gone, 15.0, clock)
     gone.processingFailed(Exception("client left"))   # fires notifyFinish with a failure
     assert clock.getDelayedCalls() == []
+
+
+def test_a_reload_hands_the_frozen_objects_back_to_the_collector(tmp_path):
+    """Frozen objects are never collected: after a SIGHUP reload the replaced config's
+    objects must become collectable again (frozen anew later, once requests on the old
+    config have ended)."""
+    import re
+    import signal
+    import time
+
+    from .support.daemon import GatewayDaemon
+
+    daemon = GatewayDaemon(tmp_path / "gw", {})
+    daemon.start()
+    try:
+        def wait_for(pattern):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                match = re.search(pattern, daemon.log_text())
+                if match:
+                    return match
+                time.sleep(0.05)
+            raise AssertionError(daemon.log_text()[-2000:])
+
+        wait_for(r"Set \d+ start-up objects aside from garbage collection")
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(r"start-up objects back under garbage collection for 60(\.0)? s")
+        assert daemon.healthy()
+    finally:
+        assert daemon.terminate() == 0

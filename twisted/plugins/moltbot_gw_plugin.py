@@ -141,8 +141,17 @@ def _stop_cleanly_on_sigterm(reactor) -> None:
 def _reload_on_sighup(reactor, service, load) -> None:
     """SIGHUP re-reads the config file (with the same command-line overrides) and applies
     it without dropping connections; an invalid file is logged and ignored."""
+    def reload():
+        from moltbot_gw.gc_tuning import unfreeze_after_reload
+
+        def applied(done):
+            if done:
+                unfreeze_after_reload(reactor)
+
+        service.reload_with(load).addCallback(applied)
+
     def handler(signum, frame):
-        reactor.callFromThread(service.reload_with, load)
+        reactor.callFromThread(reload)
 
     signal.signal(signal.SIGHUP, handler)
 
