@@ -168,7 +168,7 @@ def run_cprofile(args, workdir: Path, upstream) -> list[str]:
 
     from moltbot_gw.config import load_config, with_overrides
     from moltbot_gw.service import GatewayService
-    from moltbot_gw.startup_heap import freeze_startup_heap
+    from moltbot_gw.gc_tuning import tune_gc_for_serving
 
     # log to a file as twistd does (the access log is part of the request path)
     log_file = open(workdir / "gateway.log", "a")
@@ -183,7 +183,7 @@ def run_cprofile(args, workdir: Path, upstream) -> list[str]:
     def drive():
         service.startService()
         port = yield service.when_listening()
-        freeze_startup_heap()   # as the twistd daemon does once running
+        tune_gc_for_serving()   # as the twistd daemon does once running
         url = f"http://{bl.HOST}:{port.getHost().port}/v1/chat/completions"
         wrk = dict(token=bl.TOKEN, stream=args.stream, users=args.users, tag="prof",
                    model=f"moltbot:{args.agent}")

@@ -30,12 +30,19 @@ HOW_TO_SEND = "Authorization: Bearer <token>"   # the hint for a request that se
 
 
 def request_client_address(request, auth: Authenticator) -> str:
-    """The client's address (``BadForwardedFor`` when a trusted proxy names garbage)."""
+    """The client's address (``BadForwardedFor`` when a trusted proxy names garbage).
+    Worked out once per request and ``auth``: the door check, the route's auth and the
+    per-client run slots all ask."""
+    known = getattr(request, "moltbot_client_address", None)
+    if known is not None and known[0] is auth:
+        return known[1]
     peer = request.getClientAddress()
     host = getattr(peer, "host", None) or "unknown"
     forwarded = request.getHeader(b"x-forwarded-for")
-    return client_address(host, forwarded.decode("latin-1") if forwarded else None,
-                          auth.trusted_proxies)
+    address = client_address(host, forwarded.decode("latin-1") if forwarded else None,
+                             auth.trusted_proxies)
+    request.moltbot_client_address = (auth, address)
+    return address
 
 
 # How HTTP answers each refusal (auth_refusal.REASONS): status, OpenAI error code, param.
@@ -72,11 +79,18 @@ def auth_error(request, auth: Authenticator) -> Optional[APIError]:
                          for name in NOT_EXEMPTABLE_HEADERS)
     outcome = auth.authenticate(address, presented, exemptable=exemptable)
     refusal = credential_refusal(outcome, presented, HOW_TO_SEND)
-    return refusal_error(refusal) if refusal is not None else None
+    if refusal is not None:
+        return refusal_error(refusal)
+    request.moltbot_authenticated_by = auth
+    return None
 
 
 def require_auth(request, auth: Authenticator) -> None:
-    """Raise ``APIError`` (400, 401 or 429) unless the request carries the gateway secret."""
+    """Raise ``APIError`` (400, 401 or 429) unless the request carries the gateway secret.
+    A request ``auth`` already let in at its headers (``site.py``'s door check, for one
+    with a body) is not checked twice: same secret, same limiter, nothing new to learn."""
+    if getattr(request, "moltbot_authenticated_by", None) is auth:
+        return
     error = auth_error(request, auth)
     if error is not None:
         raise error

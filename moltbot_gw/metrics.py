@@ -135,9 +135,8 @@ class GatewayMetrics:
                 if request is not None:
                     request.moltbot_tokens = (usage.prompt_tokens, usage.completion_tokens,
                                               usage.source)
-            return None  # a private wait: its failure is the run's, reported elsewhere
 
-        run.wait().addBoth(ended)
+        run.on_finish(ended)
 
     def upstream_call(self, provider: str, result) -> None:
         """Called by the upstream client with the Deferred of one provider HTTP call."""

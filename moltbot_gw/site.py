@@ -154,13 +154,17 @@ class GatewayRequest(Request):
         self._logged = True
         if status is None:
             status = self.code if result is None else CLIENT_CLOSED
-        seconds = time.perf_counter() - self._started
-        metrics = self._site.metrics if self._site is not None else None
-        if metrics is not None:
-            metrics.request_finished(route_of(self.path), status, seconds)
-            if self._sse:
-                metrics.sse_streams_active.dec()
-        log_request(self, status, seconds)
+        try:
+            seconds = time.perf_counter() - self._started
+            metrics = self._site.metrics if self._site is not None else None
+            if metrics is not None:
+                metrics.request_finished(route_of(self.path), status, seconds)
+                if self._sse:
+                    metrics.sse_streams_active.dec()
+            log_request(self, status, seconds)
+        finally:
+            if self._site is not None:   # after its log line: a drain may end the process
+                self._site.untrack(self)
 
 
 def _raw_error_response(status: int, message: str, code: Optional[str],
@@ -369,10 +373,13 @@ class GatewaySite(Site):
         request id, agent and duration), also those the client abandoned."""
 
     def track(self, request: Request) -> None:
+        """Count ``request`` in flight until it calls ``untrack`` (``GatewayRequest`` does
+        once finished or abandoned: one finish notification per request, not two)."""
         self._inflight.add(request)
-        request.notifyFinish().addBoth(self._finished, request)
 
-    def _finished(self, _result, request) -> None:
+    def untrack(self, request: Request) -> None:
+        if request not in self._inflight:
+            return
         self._inflight.discard(request)
         if not self._inflight:
             waiters, self._idle_waiters = self._idle_waiters, []

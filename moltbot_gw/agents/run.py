@@ -149,6 +149,7 @@ class Run:
         self._listeners: list[EventListener] = []
         self._outcome: Optional[object] = None  # RunResult or Failure once done
         self._waiters: list[Deferred] = []
+        self._on_finish: list[Callable[[object], None]] = []
         self._canceller: Optional[Callable[[], None]] = None  # set by the runner
         self.cancel_reason: Optional[str] = None  # "cancelled" or "timeout" once cancelled
 
@@ -187,6 +188,23 @@ class Run:
         self._waiters.append(d)
         return d
 
+    def on_finish(self, callback: Callable[[object], None]) -> None:
+        """Call ``callback(outcome)`` once the run ends (the ``RunResult`` or the
+        ``Failure``; at once if it has). For bookkeeping that needs no Deferred of its own
+        (a Deferred per request costs more than the bookkeeping); called before the
+        ``wait()`` Deferreds fire. A callback that raises is logged and the others go on."""
+        if self._outcome is not None:
+            self._call_finished(callback, self._outcome)
+        else:
+            self._on_finish.append(callback)
+
+    def _call_finished(self, callback: Callable[[object], None], outcome: object) -> None:
+        try:
+            callback(outcome)
+        except Exception as e:
+            self.log.error("run {run_id}: an end-of-run callback failed ({error})",
+                           run_id=self.run_id, error=type(e).__name__)
+
     def cancel(self, reason: str = "cancelled") -> None:
         if self.done or self._canceller is None:
             return
@@ -213,6 +231,9 @@ class Run:
 
     def finish(self, outcome: object) -> None:
         self._outcome = outcome
+        callbacks, self._on_finish = self._on_finish, []
+        for callback in callbacks:
+            self._call_finished(callback, outcome)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             if isinstance(outcome, Failure):

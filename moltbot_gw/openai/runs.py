@@ -33,7 +33,7 @@ async def start_run_for_client(runner, slots: RunSlots, client: str,
     except BaseException:
         slot.release()
         raise
-    run.wait().addBoth(lambda _: slot.release())
+    run.on_finish(lambda _outcome: slot.release())
     return run
 
 

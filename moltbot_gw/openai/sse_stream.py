@@ -4,8 +4,6 @@ keepalive comments while nothing arrives, frames of one reactor turn sent as one
 and backpressure from a slow client to the upstream read."""
 from __future__ import annotations
 
-from twisted.internet.task import LoopingCall
-
 KEEPALIVE_FRAME = b": keepalive\n\n"
 SSE_HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"),
                (b"cache-control", b"no-cache"),
@@ -26,9 +24,10 @@ class SSEStream:
         self._pending: list[bytes] = []
         self._flush_call = None      # the end-of-turn flush, while frames are pending
         self._flow = flow            # the run's FlowControl: a slow client pauses upstream
-        self._keepalive = LoopingCall(self._tick)
-        self._keepalive.clock = clock
-        self._keepalive.start(keepalive_seconds, now=False)
+        # A bare timer, re-armed by each tick: a LoopingCall would cost a Deferred and its
+        # bookkeeping per response for the same ticks.
+        self._keepalive_seconds = keepalive_seconds
+        self._keepalive = clock.callLater(keepalive_seconds, self._tick)
         request.notifyFinish().addBoth(self._closed)
 
     def _opening(self) -> None:
@@ -50,10 +49,18 @@ class SSEStream:
         self._active_since_tick = True
 
     def _tick(self) -> None:
+        self._keepalive = None
         self.start()
         if not self._active_since_tick:
             self._write(KEEPALIVE_FRAME)
         self._active_since_tick = False
+        if not self.closed:
+            self._keepalive = self._clock.callLater(self._keepalive_seconds, self._tick)
+
+    def _stop_keepalive(self) -> None:
+        call, self._keepalive = self._keepalive, None
+        if call is not None and call.active():
+            call.cancel()
 
     def _write(self, data: bytes) -> None:
         if not self._pending:
@@ -70,8 +77,7 @@ class SSEStream:
 
     def _end(self) -> None:
         """The last frame is written: send everything now and let the upstream go."""
-        if self._keepalive.running:
-            self._keepalive.stop()
+        self._stop_keepalive()
         self._flush()
         if self._flow is not None:
             if self.request.producer is self and not self.closed:
@@ -80,8 +86,7 @@ class SSEStream:
 
     def _closed(self, _result) -> None:
         self.closed = True
-        if self._keepalive.running:
-            self._keepalive.stop()
+        self._stop_keepalive()
 
     # IPushProducer: the client's connection says when its buffer is full or drained.
     def pauseProducing(self) -> None:

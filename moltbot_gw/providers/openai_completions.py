@@ -24,6 +24,7 @@ from .tools import arguments_text
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_EMBEDDINGS_BYTES = 256 * 1024 * 1024
 REASONING_KEYS = ("reasoning_content", "reasoning")   # vLLM/DeepSeek name; OpenRouter/Ollama name
+_REASONING_KEY_SET = frozenset(REASONING_KEYS)
 
 
 @implementer(IEmbeddingProvider)
@@ -125,14 +126,20 @@ class ChatCompletionSink(ModelReplySink):
         chunk = self.load(data)
         if "error" in chunk:
             raise self.upstream_error(chunk["error"])
-        self._note_common(chunk)
+        # _note_common, inlined: this runs for every event of every streamed answer.
+        model = chunk.get("model")
+        if isinstance(model, str):
+            self._model = model
+        if chunk.get("usage") is not None:
+            self._note_usage(chunk["usage"])
         choices = chunk.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             return
         choice = choices[0]
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            self._reason(_reasoning_of(delta))
+            if not _REASONING_KEY_SET.isdisjoint(delta):   # most deltas carry text only
+                self._reason(_reasoning_of(delta))
             self._emit(delta.get("content"))
             fragments = delta.get("tool_calls")
             if isinstance(fragments, list):
@@ -191,7 +198,9 @@ class ChatCompletionSink(ModelReplySink):
     def _note_common(self, chunk: dict) -> None:
         if isinstance(chunk.get("model"), str):
             self._model = chunk["model"]
-        usage = chunk.get("usage")
+        self._note_usage(chunk.get("usage"))
+
+    def _note_usage(self, usage: Any) -> None:
         if isinstance(usage, dict) and _has_counts(usage, ("prompt_tokens", "completion_tokens")):
             self._usage = Usage(prompt_tokens=token_count(usage.get("prompt_tokens")),
                                 completion_tokens=token_count(usage.get("completion_tokens")),

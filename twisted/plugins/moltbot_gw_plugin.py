@@ -141,10 +141,26 @@ def _stop_cleanly_on_sigterm(reactor) -> None:
 def _reload_on_sighup(reactor, service, load) -> None:
     """SIGHUP re-reads the config file (with the same command-line overrides) and applies
     it without dropping connections; an invalid file is logged and ignored."""
+    def reload():
+        from moltbot_gw.gc_tuning import unfreeze_after_reload
+
+        def applied(done):
+            if done:
+                unfreeze_after_reload(reactor)
+
+        service.reload_with(load).addCallback(applied)
+
     def handler(signum, frame):
-        reactor.callFromThread(service.reload_with, load)
+        reactor.callFromThread(reload)
 
     signal.signal(signal.SIGHUP, handler)
+
+
+def _tune_gc() -> None:
+    """Once the daemon runs (start-up done): see ``moltbot_gw.gc_tuning``."""
+    from moltbot_gw.gc_tuning import tune_gc_for_serving
+
+    tune_gc_for_serving()
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -188,7 +204,7 @@ class GatewayServiceMaker:
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
         reactor.callWhenRunning(lock.write_pid)   # the PID after twistd forked, if it did
         reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
-        _freeze_startup_heap_when_running(reactor)
+        reactor.callWhenRunning(_tune_gc)
         return service
 
 
@@ -203,12 +219,6 @@ def _take_state_dir(config):
         return StateDirLock.acquire(config.state_dir)
     except (StateDirBusy, OSError) as e:
         _fail([str(e)])
-
-
-def _freeze_startup_heap_when_running(reactor) -> None:
-    from moltbot_gw.startup_heap import freeze_startup_heap
-
-    reactor.callWhenRunning(freeze_startup_heap)
 
 
 def _reload_loader(options):
@@ -236,7 +246,7 @@ def _make_worker(options, config, index):
     reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
     reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
     reactor.callWhenRunning(connect_to_parent, reactor, service)
-    _freeze_startup_heap_when_running(reactor)
+    reactor.callWhenRunning(_tune_gc)
     return service
 
 
