@@ -1,0 +1,52 @@
+"""What a request costs on the Redis backend (issue 16, "make the Redis backend cheap per
+request"): a real gateway on a real Redis; the keys and commands Redis saw tell what the
+gateway asked of it."""
+from __future__ import annotations
+
+import json
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from moltbot_gw.redis import RedisLink
+
+from .chat_helpers import PATH, config, http  # noqa: F401
+
+
+def redis_config(up, url: str, prefix: str) -> dict:
+    raw = config(up)
+    raw["session"] = {"store": {"backend": "redis", "redis": {"url": url, "keyPrefix": prefix}}}
+    return raw
+
+
+async def ask(http, gw, user=None):  # noqa: F811
+    body: dict = {"model": "moltbot:beta", "messages": [{"role": "user", "content": "hi"}]}
+    if user is not None:
+        body["user"] = user
+    response = await http.post(gw.url + PATH, json.dumps(body).encode(),
+                               headers={"Content-Type": "application/json", **gw.auth_headers})
+    return response.code, json.loads(await response.content())
+
+
+async def keys_of(redis_url: str, prefix: str, kind: str) -> list:
+    link = RedisLink(redis_url, reactor, key_prefix=prefix)
+    await link.connect()
+    try:
+        return sorted(await link.execute("KEYS", link.key(kind, "*")))
+    finally:
+        await link.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stateless_request_takes_no_cross_process_session_lock(
+        start_gateway, http, upstream, redis_url, redis_prefix):  # noqa: F811
+    gw = await start_gateway(redis_config(upstream, redis_url, redis_prefix))
+    for _ in range(3):
+        code, body = await ask(http, gw)
+        assert code == 200, body
+    # every lock acquisition leaves its session's fence counter behind (for 30 days)
+    assert await keys_of(redis_url, redis_prefix, "fence") == []
+    code, body = await ask(http, gw, user="alice")       # a stored session still locks
+    assert code == 200, body
+    assert await keys_of(redis_url, redis_prefix, "fence") == [
+        redis_prefix + "fence:agent:beta:openai-user:alice"]
