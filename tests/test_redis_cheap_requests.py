@@ -7,10 +7,14 @@ import json
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from moltbot_gw.redis import RedisLink
 
 from .chat_helpers import PATH, config, http  # noqa: F401
+from .support.waiting import until
+from .test_client_slots_redis import CLIENT, Process
+from .test_fairness import within
 
 
 def redis_config(up, url: str, prefix: str) -> dict:
@@ -50,3 +54,42 @@ async def test_a_stateless_request_takes_no_cross_process_session_lock(
     assert code == 200, body
     assert await keys_of(redis_url, redis_prefix, "fence") == [
         redis_prefix + "fence:agent:beta:openai-user:alice"]
+
+
+async def publishes(link: RedisLink) -> int:
+    """PUBLISH calls the server ran so far (a script's included)."""
+    info = await link.execute("INFO", "commandstats")
+    for row in info.splitlines():
+        if row.startswith("cmdstat_publish:"):
+            return int(row.split("calls=", 1)[1].split(",", 1)[0])
+    return 0
+
+
+async def until_free(link: RedisLink) -> None:
+    for _ in range(500):
+        if not await link.execute("ZCARD", link.key("slots", CLIENT)):
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("the slot was never released")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_slot_release_publishes_only_when_someone_was_refused(
+        private_redis, redis_prefix):
+    a = await Process(private_redis.url, redis_prefix).start()
+    b = await Process(private_redis.url, redis_prefix).start()
+    try:
+        for _ in range(5):                      # nobody waits: no slot-free notices
+            slot = await a.slots.acquire(CLIENT)
+            slot.release()
+            await until_free(a.link)            # (the next acquire would wait otherwise)
+        held = await a.slots.acquire(CLIENT)
+        waiting = b.slots.acquire(CLIENT)       # refused on b: it waits for a notice
+        await until(lambda: b.slots.waiting(CLIENT) == 1)
+        held.release()
+        slot = await within(waiting)
+        slot.release()
+        assert await publishes(a.link) == 1
+    finally:
+        await a.stop()
+        await b.stop()
