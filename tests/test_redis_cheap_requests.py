@@ -10,6 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from moltbot_gw.redis import RedisLink
+from moltbot_gw.sessions.redis_store import RedisSessionStore
 
 from .chat_helpers import PATH, config, http  # noqa: F401
 from .support.waiting import until
@@ -93,3 +94,37 @@ async def test_a_client_slot_release_publishes_only_when_someone_was_refused(
     finally:
         await a.stop()
         await b.stop()
+
+
+class CountingLink(RedisLink):
+    """A real link that counts the round trips its users make."""
+
+    round_trips = 0
+
+    def execute(self, *args):
+        self.round_trips += 1
+        return super().execute(*args)
+
+    def script(self, script, keys, args):
+        self.round_trips += 1
+        return super().script(script, keys, args)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reading_a_short_history_is_one_round_trip(redis_url, redis_prefix):
+    link = CountingLink(redis_url, reactor, key_prefix=redis_prefix)
+    await link.connect()
+    try:
+        store = RedisSessionStore(link)
+        key = "agent:beta:openai-user:alice"
+        assert await store.load_history(key) == []
+        turn = [{"type": "message", "role": "user", "content": "hi"},
+                {"type": "message", "role": "assistant", "content": "hello"}]
+        await store.record_turn(key, turn)
+        link.round_trips = 0
+        history = await store.load_history(key)
+        assert [(r.get("role"), r.get("content")) for r in history][-2:] == [
+            ("user", "hi"), ("assistant", "hello")]
+        assert link.round_trips == 1       # the entry and the newest page together
+    finally:
+        await link.disconnect()

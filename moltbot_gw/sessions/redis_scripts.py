@@ -123,6 +123,17 @@ redis.call('SADD', KEYS[3], ARGV[12])
 return {encoded, dropped, created}
 """)
 
+# The start of a history read in one round trip. KEYS: index hash. ARGV: session key,
+# transcript key prefix, page size. Returns {} (no entry), {entry JSON} (no readable session
+# id) or {entry JSON, the newest page of its transcript (XREVRANGE)}.
+HISTORY_HEAD = LuaScript(_COMMON + r"""
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return {} end
+local entry = decoded(raw)
+if not entry or type(entry.sessionId) ~= 'string' then return {raw} end
+return {raw, redis.call('XREVRANGE', ARGV[2] .. entry.sessionId, '+', '-', 'COUNT', ARGV[3])}
+""")
+
 # KEYS: index hash, by-time zset, agents set. ARGV: session key, new entry JSON, its
 # updatedAt, agent id. Returns {entry JSON, created}.
 GET_OR_CREATE = LuaScript(r"""

@@ -188,15 +188,19 @@ class RedisSessionStore:
 
     async def _load_history(self, session_key: str,
                             enough: Callable[[Mapping[str, Any]], bool]) -> list[dict[str, Any]]:
-        entry = await self._get(session_key)
-        if entry is None:
+        agent_id, _ = parse_session_key(session_key)
+        # the entry and the newest page in one round trip
+        head = await self.link.script(scripts.HISTORY_HEAD, [self.index_key(agent_id)],
+                                      [session_key, self.transcript_prefix(), HISTORY_PAGE])
+        entry = self._entry(session_key, agent_id, head[0]) if head else None
+        if entry is None or len(head) < 2:
             return []
         stream = self.transcript_key(entry.session_id)
         newest_first: list[dict[str, Any]] = []
         end = "+"
         skipped = 0
+        page = head[1]
         while True:
-            page = await self.link.execute("XREVRANGE", stream, end, "-", "COUNT", HISTORY_PAGE)
             done = False
             for item in page or ():
                 record = stream_record(item)
@@ -210,6 +214,7 @@ class RedisSessionStore:
             if done or not page or len(page) < HISTORY_PAGE:
                 break
             end = "(" + page[-1][0]
+            page = await self.link.execute("XREVRANGE", stream, end, "-", "COUNT", HISTORY_PAGE)
         if skipped:
             self.log.warn("skipped {n} unreadable record(s) near the end of transcript"
                           " {session_id}", n=skipped, session_id=entry.session_id)
