@@ -16,6 +16,10 @@ from .chat_helpers import PATH, config, http  # noqa: F401
 from .support.waiting import until
 from .test_client_slots_redis import CLIENT, Process
 from .test_fairness import within
+from .test_session_lock import Process as LockProcess
+
+
+SESSION = "agent:beta:openai-user:alice"
 
 
 def redis_config(up, url: str, prefix: str) -> dict:
@@ -128,3 +132,29 @@ async def test_reading_a_short_history_is_one_round_trip(redis_url, redis_prefix
         assert link.round_trips == 1       # the entry and the newest page together
     finally:
         await link.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_lock_release_publishes_only_when_someone_found_it_taken(
+        private_redis, redis_prefix):
+    a = await LockProcess(private_redis.url, redis_prefix, 30).start()
+    b = await LockProcess(private_redis.url, redis_prefix, 30).start()
+    try:
+        for _ in range(5):                      # one run after the other: nobody waits
+            lease = await a.locks.acquire(SESSION)
+            await lease.release()
+        assert await publishes(a.link) == 0
+        held = await a.locks.acquire(SESSION)
+        waiting = b.locks.acquire(SESSION)
+        waited = a.link.key("lock-waited", SESSION)
+        for _ in range(500):                    # b asked and found the lock taken
+            if await a.link.execute("EXISTS", waited):
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        await held.release()
+        taken = await within(waiting)
+        assert await publishes(a.link) == 1
+        await taken.release()
+    finally:
+        await a.stop()
+        await b.stop()

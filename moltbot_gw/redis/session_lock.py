@@ -8,7 +8,8 @@ holds the writer's token (``sessions/lease.py``), so a holder that stalled past 
 cannot write after another process took the session over (fencing).
 
 Waiters learn of a release through pub/sub (one subscriber connection per process, one
-channel for all sessions) and also retry on a timer: a dead holder publishes nothing. Across
+channel for all sessions; a release publishes only when an acquisition found the lock taken
+since, which it marks) and also retry on a timer: a dead holder publishes nothing. Across
 processes the order of waiters is approximate (whoever asks first after a release wins);
 within one process the in-memory lane (``agents/lanes.py``) keeps them FIFO.
 """
@@ -28,9 +29,11 @@ from twisted.python.failure import Failure
 from .connection import LuaScript, RedisLink, RedisUnavailable
 
 # Take the lock if free; the fence number only grows when a run takes it. Free → the token;
-# taken → the milliseconds left of the holder's lease.
+# taken → the milliseconds left of the holder's lease, and a mark (KEYS[3]) that someone
+# waits, so that the release publishes.
 ACQUIRE = LuaScript("""
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
   return redis.call('PTTL', KEYS[1])
 end
 local fence = redis.call('INCR', KEYS[2])
@@ -46,11 +49,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """)
-# Free the lock only while it is ours, and tell the waiters of every process.
+# Free the lock only while it is ours, and tell the waiters of every process -- if an
+# acquisition found it taken since the last release that told them (KEYS[3]): a release
+# nobody waits for sends no message to every process.
 RELEASE = LuaScript("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', KEYS[2], ARGV[2])
+  if redis.call('DEL', KEYS[3]) == 1 then
+    redis.call('PUBLISH', KEYS[2], ARGV[2])
+  end
   return 1
 end
 return 0
@@ -121,8 +128,10 @@ class Lease:
         self._released = True
         self.stop_renewing()
         self._locks._held.discard(self)
-        d = self._locks.link.script(RELEASE, [self.key, self._locks.channel],
-                                    [self.token, self.session_key])
+        d = self._locks.link.script(
+            RELEASE, [self.key, self._locks.channel,
+                      self._locks.link.key("lock-waited", self.session_key)],
+            [self.token, self.session_key])
 
         def failed(failure: Failure) -> None:
             self.log.warn("could not release the lock of session {session_key} ({error}); "
@@ -201,7 +210,8 @@ class SessionLocks:
 
     def _attempt(self, key: str, fence_key: str, owner: str, session_key: str) -> Deferred:
         """One try at the lock; a try cancelled in flight frees the lock if it got it."""
-        attempt = self.link.script(ACQUIRE, [key, fence_key],
+        attempt = self.link.script(ACQUIRE, [key, fence_key,
+                                             self.link.key("lock-waited", session_key)],
                                    [owner, self.lease_ms, FENCE_KEEP_MS])
         outer: Deferred = Deferred(lambda _: None)
 
