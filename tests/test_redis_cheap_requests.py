@@ -10,6 +10,7 @@ import txredisapi
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from moltbot_gw.config import SessionConfig
 from moltbot_gw.redis import RedisLink
 from moltbot_gw.sessions.redis_store import RedisSessionStore
 
@@ -178,3 +179,56 @@ async def test_replies_are_parsed_by_hiredis_and_numbers_stay_strings(redis_url,
         assert await link.execute("XRANGE", key, "-", "+") == [[stored, ["r", "7"]]]
     finally:
         await link.disconnect()
+
+
+def turn(text: str) -> list:
+    return [{"type": "message", "role": "user", "content": text},
+            {"type": "message", "role": "assistant", "content": "re: " + text}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_history_is_read_once_then_only_what_any_process_appended(
+        redis_url, redis_prefix):
+    a_link = CountingLink(redis_url, reactor, key_prefix=redis_prefix)
+    b_link = RedisLink(redis_url, reactor, key_prefix=redis_prefix)
+    await a_link.connect()
+    await b_link.connect()
+    try:
+        a, b = RedisSessionStore(a_link), RedisSessionStore(b_link)   # two processes
+        for i in range(60):                                  # 121 records: two pages
+            await b.record_turn(SESSION, turn(f"t{i}"))
+        first = await a.load_history(SESSION)
+        assert len(first) == 121
+        await b.record_turn(SESSION, turn("from b"))         # the other process appends
+        a_link.round_trips = 0
+        second = await a.load_history(SESSION)
+        assert a_link.round_trips == 1                       # not the two pages again
+        assert second == await RedisSessionStore(b_link).load_history(SESSION)
+        assert [r.get("content") for r in second[-2:]] == ["from b", "re: from b"]
+    finally:
+        await a_link.disconnect()
+        await b_link.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cached_tail_is_dropped_when_another_process_compacts_or_resets(
+        redis_url, redis_prefix):
+    a_link = RedisLink(redis_url, reactor, key_prefix=redis_prefix)
+    await a_link.connect()
+    try:
+        a = RedisSessionStore(a_link)
+        b = RedisSessionStore(a_link, SessionConfig(maxTranscriptBytes=2000))
+        for i in range(10):
+            await a.record_turn(SESSION, turn(f"old {i}"))
+        assert len(await a.load_history(SESSION)) == 21       # cached now
+        for i in range(20):                                  # b compacts the transcript
+            await b.record_turn(SESSION, turn(f"new {i}"))
+        after = await a.load_history(SESSION)
+        assert after == await RedisSessionStore(a_link).load_history(SESSION)
+        assert not any("old" in str(r.get("content")) for r in after)
+        await b.reset(SESSION)
+        await b.record_turn(SESSION, turn("fresh"))
+        assert [r.get("content") for r in await a.load_history(SESSION)
+                if r.get("type") == "message"] == ["fresh", "re: fresh"]
+    finally:
+        await a_link.disconnect()
