@@ -21,6 +21,7 @@ setup(
     packages=[
         "moltbot_gw",
         "moltbot_gw.agents",
+        "moltbot_gw.cli",
         "moltbot_gw.config",
         "moltbot_gw.fetch",
         "moltbot_gw.openai",

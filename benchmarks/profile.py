@@ -28,6 +28,7 @@ import pstats  # noqa: E402
 
 sys.path.append(str(HERE))
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
@@ -119,6 +120,36 @@ def report(stats: pstats.Stats, requests: int, top: int) -> list[str]:
     return out
 
 
+class GcWatch:
+    """Time spent in the cyclic garbage collector while profiling: cProfile charges it to
+    whatever function happened to allocate, so it is reported on its own."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+        self.count = defaultdict(int)
+        self._began = 0.0
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._began
+            self.count[info["generation"]] += 1
+
+    def start(self):
+        gc.callbacks.append(self._callback)
+
+    def stop(self):
+        gc.callbacks.remove(self._callback)
+
+    def lines(self, requests: int) -> list[str]:
+        total = sum(self.seconds.values())
+        per_gen = ", ".join(f"gen{g}: {self.count[g]} x {1e3 * self.seconds[g] / self.count[g]:.2f}"
+                            " ms" for g in sorted(self.count))
+        return [f"garbage collector: {total:.2f} s, {1e6 * total / max(requests, 1):.0f} us per"
+                f" request ({per_gen or 'no collections'}); included in the times above", ""]
+
+
 def write_config(workdir: Path, upstream) -> Path:
     path = workdir / "bench.json5"
     path.write_text(json.dumps(bl.gateway_config(upstream), indent=2))
@@ -137,6 +168,7 @@ def run_cprofile(args, workdir: Path, upstream) -> list[str]:
 
     from moltbot_gw.config import load_config, with_overrides
     from moltbot_gw.service import GatewayService
+    from moltbot_gw.startup_heap import freeze_startup_heap
 
     # log to a file as twistd does (the access log is part of the request path)
     log_file = open(workdir / "gateway.log", "a")
@@ -145,21 +177,25 @@ def run_cprofile(args, workdir: Path, upstream) -> list[str]:
     service = GatewayService(config, reactor)
     profiler = cProfile.Profile()
     outcome: dict = {}
+    gc_watch = GcWatch()
 
     @defer.inlineCallbacks
     def drive():
         service.startService()
         port = yield service.when_listening()
+        freeze_startup_heap()   # as the twistd daemon does once running
         url = f"http://{bl.HOST}:{port.getHost().port}/v1/chat/completions"
         wrk = dict(token=bl.TOKEN, stream=args.stream, users=args.users, tag="prof",
                    model=f"moltbot:{args.agent}")
         yield threads.deferToThread(bl.run_wrk, url, args.connections, 1, **wrk)  # warm up
         profiler.enable()
+        gc_watch.start()
         try:
             outcome["wrk"] = yield threads.deferToThread(
                 bl.run_wrk, url, args.connections, args.duration, **wrk)
         finally:
             profiler.disable()
+            gc_watch.stop()
         yield service.stopService()
 
     def done(result):
@@ -177,6 +213,7 @@ def run_cprofile(args, workdir: Path, upstream) -> list[str]:
     w = outcome["wrk"]
     head = [f"wrk: {w['rps']:.0f} req/s under the profiler, p50 {w['p50_ms']:.2f} ms, "
             f"non-2xx {w['err_status']}, socket errors {w['errors']}"]
+    head += gc_watch.lines(w["requests"])
     return head + report(pstats.Stats(profiler), w["requests"], args.top)
 
 

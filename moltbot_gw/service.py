@@ -33,6 +33,7 @@ from .redis.health import RedisHealth
 from .redis.notices import RedisNotices
 from .redis.run_bus import RunBus
 from .redis.session_lock import SessionLocks
+from .redis.subscriber import RedisSubscriber
 from .sessions.interface import ISessionStore
 from .sessions.redis_store import RedisSessionStore
 from .sessions.store import SessionStore
@@ -91,23 +92,29 @@ class GatewayService(MultiService):
         # with the file store. Connected in startService; the daemon has checked at start
         # that it answers (moltbot_gw/redis/probe.py).
         self.redis = self._redis_for(config)
+        # The process's one pub/sub connection, shared by every feature below that listens
+        # to the other processes (auth locks, freed client slots, lock releases, runs).
+        self.redis_subscriber: Optional[RedisSubscriber] = None
         # Pub/sub between the processes (auth locks, freed client slots); redis backend only.
         self.redis_notices: Optional[RedisNotices] = None
         if self.redis is not None:
-            self.redis_notices = RedisNotices(self.redis, reactor)
+            self.redis_subscriber = RedisSubscriber(self.redis, reactor)
+            self.redis_notices = RedisNotices(self.redis, reactor, self.redis_subscriber)
             self.auth.shared = SharedAuthFailures(self.redis, self.redis_notices,
                                                   self.auth.limiter)
         # One run of a session at a time across the processes sharing that Redis.
         self.session_locks: Optional[SessionLocks] = None
         if self.redis is not None:
             self.session_locks = SessionLocks(
-                self.redis, config.session.store.redis.lockLeaseSeconds, reactor)
+                self.redis, config.session.store.redis.lockLeaseSeconds, reactor,
+                subscriber=self.redis_subscriber)
         self.run_bus: Optional[RunBus] = None     # runs seen across processes (Redis)
         if self.redis is not None:
             redis_config = config.session.store.redis
             self.run_bus = RunBus(self.redis, reactor,
                                   lease_seconds=redis_config.lockLeaseSeconds,
-                                  result_seconds=redis_config.runResultSeconds)
+                                  result_seconds=redis_config.runResultSeconds,
+                                  subscriber=self.redis_subscriber)
         self.agents = AgentRegistry(config)
         self.providers = self._providers_for(config)
         self.store: ISessionStore
@@ -287,12 +294,13 @@ class GatewayService(MultiService):
             # and the pool keeps reconnecting.
             self.redis.connect().addErrback(
                 lambda f: self.log.error("{problem}", problem=str(f.value)))
-        if self.redis_notices is not None:
-            self.redis_notices.start()     # loads the auth locks in force once subscribed
         if self.session_locks is not None:
             self.session_locks.start()
         if self.run_bus is not None:
             self.run_bus.start()
+        if self.redis_subscriber is not None:
+            # Subscribes every feature's channels, then (notices) loads the auth locks in force.
+            self.redis_subscriber.start()
         failed: list[Failure] = []
 
         def not_listening(failure: Failure) -> None:
@@ -366,9 +374,9 @@ class GatewayService(MultiService):
             yield self.session_locks.close()
         if isinstance(self.client_slots, RedisClientSlots):
             self.client_slots.stop()
-        if self.redis_notices is not None:
-            yield self.redis_notices.stop()
         if self.run_bus is not None:
             yield defer.Deferred.fromCoroutine(self.run_bus.stop())
+        if self.redis_subscriber is not None:
+            yield self.redis_subscriber.stop()
         if self.redis is not None:
             yield self.redis.disconnect()

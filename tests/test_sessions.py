@@ -419,14 +419,14 @@ async def test_disk_io_runs_off_the_reactor_thread(tmp_path, monkeypatch):
             return function(*args, **kwargs)
         return run
 
-    for name in ("append_records", "read_transcript_tail", "append_changes", "read_index"):
+    for name in ("append_turn", "read_transcript_tail", "append_changes", "read_index"):
         monkeypatch.setattr(store_module, name, watched(getattr(store_module, name)))
 
     store = SessionStore(tmp_path)
     await store.record_turn(KEY, [user("q")])
     await SessionStore(tmp_path).load_history(KEY)
     assert {name for name, _ in threads_seen} == {
-        "append_records", "read_transcript_tail", "append_changes", "read_index"}
+        "append_turn", "read_transcript_tail", "append_changes", "read_index"}
     assert not any(in_reactor_thread for _, in_reactor_thread in threads_seen)
 
 

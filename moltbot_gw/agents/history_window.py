@@ -11,7 +11,10 @@ from ..content import content_text
 
 def estimate_tokens(message: Mapping[str, Any]) -> int:
     """A cheap token estimate (about four characters a token) for history budgeting."""
-    return len(content_text(message.get("content"))) // 4 + 4
+    content = message.get("content")
+    if type(content) is str:   # most messages: run for each of them every turn
+        return len(content) // 4 + 4
+    return len(content_text(content)) // 4 + 4
 
 
 def cap_history(messages: Sequence[Mapping[str, Any]], limits: HistoryConfig) -> list:

@@ -84,7 +84,9 @@ class RunBus:
         self.reactor = reactor
         self.lease_seconds = lease_seconds
         self.result_seconds = result_seconds
-        self.subscriber = subscriber or RedisSubscriber(link, reactor)
+        # The process's pub/sub connection (GatewayService's); without one, our own.
+        self._own_subscriber = subscriber is None
+        self.subscriber = subscriber if subscriber is not None else RedisSubscriber(link, reactor)
         self.owner = "gw_" + uuid.uuid4().hex          # this process
         # Called with (sessionKey, runId or None) when any process asks for an abort.
         self.on_abort: Callable[[str, Optional[str]], None] = lambda key, run_id: None
@@ -93,12 +95,10 @@ class RunBus:
         self._filters: dict[tuple[str, Handler], Handler] = {}   # see listen_session
 
     def start(self) -> None:
-        self.subscriber.start()
-        d = Deferred.fromCoroutine(self.subscriber.listen(self.link.key("run-abort"),
-                                                          self._abort_asked))
-        d.addErrback(lambda f: self.log.warn(
-            "not yet subscribed to run aborts ({error}); retried on reconnect",
-            error=str(f.value)))
+        if self._own_subscriber:
+            self.subscriber.start()
+        # Subscribed on every (re)connection of the pub/sub connection, without waiting.
+        self.subscriber.add_listener(self.link.key("run-abort"), self._abort_asked)
 
     async def stop(self) -> None:
         """Store the outcomes of the runs that just ended (a stop cancels runs), then close
@@ -108,7 +108,9 @@ class RunBus:
             if timer.active():
                 timer.cancel()
         self._renewals.clear()
-        await self.subscriber.stop()
+        self.subscriber.unlisten(self.link.key("run-abort"), self._abort_asked)
+        if self._own_subscriber:
+            await self.subscriber.stop()
 
     def failed(self, failure, what: str, run_id: str) -> None:
         failure.trap(RedisUnavailable)

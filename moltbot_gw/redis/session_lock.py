@@ -21,12 +21,11 @@ from typing import Any, Callable, Optional
 
 import txredisapi
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .connection import LuaScript, RedisLink, RedisUnavailable
+from .subscriber import RedisSubscriber
 
 # Take the lock if free; the fence number only grows when a run takes it. Free → the token;
 # taken → the milliseconds left of the holder's lease, and a mark (KEYS[3]) that someone
@@ -128,15 +127,14 @@ class Lease:
         self._released = True
         self.stop_renewing()
         self._locks._held.discard(self)
-        d = self._locks.link.script(
-            RELEASE, [self.key, self._locks.channel,
-                      self._locks.link.key("lock-waited", self.session_key)],
-            [self.token, self.session_key])
+        d = self._locks.link.script(RELEASE, self._locks.release_keys(self.session_key),
+                                    [self.token, self.session_key])
 
         def failed(failure: Failure) -> None:
             self.log.warn("could not release the lock of session {session_key} ({error}); "
                           "it frees itself when its lease runs out",
                           session_key=self.session_key, error=str(failure.value))
+            self._locks._maybe_left(self.session_key, self.token.split(":", 1)[1])
 
         d.addCallbacks(lambda _: None, failed)
         releasing = self._locks._releasing
@@ -150,7 +148,8 @@ class SessionLocks:
     log = Logger()
 
     def __init__(self, link: RedisLink, lease_seconds: float, reactor: Any,
-                 process_id: Optional[str] = None):
+                 process_id: Optional[str] = None,
+                 subscriber: Optional[RedisSubscriber] = None):
         self.link = link
         self.lease_seconds = lease_seconds
         self.lease_ms = max(1, int(lease_seconds * 1000))
@@ -161,12 +160,22 @@ class SessionLocks:
         self._held: set[Lease] = set()
         self._releasing: set[Deferred] = set()      # releases on their way to Redis
         self._wakers: dict[str, set[Callable[[], None]]] = {}
-        self._listener: Optional[_ReleaseListener] = None
+        # session -> (owner, when): a lock of this process Redis may still hold after an
+        # outage (a release or an acquire whose answer never came); the next run of the
+        # session here frees it first, rather than waiting out the lease of a run long over
+        self._left: dict[str, tuple[str, float]] = {}
+        # The process's pub/sub connection (GatewayService's); without one, our own.
+        self._own_subscriber = subscriber is None
+        self.subscriber = subscriber if subscriber is not None else RedisSubscriber(link, reactor)
+        self._listening = False
 
     def start(self) -> None:
-        """Open the subscriber connection that hears releases (it reconnects by itself)."""
-        if self._listener is None:
-            self._listener = _ReleaseListener(self, self.reactor)
+        """Hear releases on the pub/sub connection (it resubscribes after a reconnect)."""
+        if not self._listening:
+            self._listening = True
+            self.subscriber.add_listener(self.channel, self._released, text=True)
+        if self._own_subscriber:
+            self.subscriber.start()
 
     @inlineCallbacks
     def close(self) -> Any:
@@ -177,9 +186,11 @@ class SessionLocks:
         for lease in list(self._held):
             lease.stop_renewing()
         self._held.clear()
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            yield listener.close()
+        if self._listening:
+            self._listening = False
+            self.subscriber.unlisten(self.channel, self._released)
+        if self._own_subscriber:
+            yield self.subscriber.stop()
 
     def acquire(self, session_key: str) -> Deferred:
         """Fire with a ``Lease`` once this process holds the session; cancelling stops the
@@ -190,12 +201,17 @@ class SessionLocks:
     async def _acquire(self, session_key: str) -> Lease:
         key, fence_key = self.link.key("lock", session_key), self.link.key("fence", session_key)
         owner = f"{self.process_id}:{uuid.uuid4().hex}"
+        await self._release_stale(session_key)
         while True:
             # Listen before asking: a release published while the answer is on its way
             # must still wake this waiter.
             heard = self._release_heard(session_key)
             try:
                 answer = await self._attempt(key, fence_key, owner, session_key)
+            except RedisUnavailable:
+                _drop(heard)
+                self._maybe_left(session_key, owner)   # Redis may have applied it
+                raise
             except BaseException:
                 _drop(heard)
                 raise
@@ -207,6 +223,33 @@ class SessionLocks:
             # taken: wake on a release, or ask again once the holder's lease may be over
             left = max(0.0, int(answer) / 1000.0)
             await self._within(heard, min(self.lease_seconds / 4, max(MIN_RETRY_SECONDS, left)))
+
+    def _maybe_left(self, session_key: str, owner: str) -> None:
+        """Remember a lock Redis may hold for us, until its lease would have run out."""
+        now = self.reactor.seconds()
+        for each, (_, since) in list(self._left.items()):
+            if now - since > self.lease_seconds:
+                del self._left[each]
+        self._left[session_key] = (owner, now)
+
+    async def _release_stale(self, session_key: str) -> None:
+        """Free this process's own lock left from an outage, if Redis still holds it
+        (compare-and-delete: a no-op once another run took the session); fails with
+        ``RedisUnavailable`` while Redis does not answer, within the command timeout."""
+        left = self._left.get(session_key)
+        if left is None:
+            return
+        key = self.link.key("lock", session_key)
+        token = await self.link.execute("GET", key)
+        if isinstance(token, str) and token.split(":", 1)[-1] == left[0]:
+            await self.link.script(RELEASE, self.release_keys(session_key), [token, session_key])
+        if self._left.get(session_key) is left:
+            del self._left[session_key]
+
+    def release_keys(self, session_key: str) -> list[str]:
+        """The KEYS of ``RELEASE``: the lock, the channel, the mark that someone waits."""
+        return [self.link.key("lock", session_key), self.channel,
+                self.link.key("lock-waited", session_key)]
 
     def _attempt(self, key: str, fence_key: str, owner: str, session_key: str) -> Deferred:
         """One try at the lock; a try cancelled in flight frees the lock if it got it."""
@@ -273,51 +316,3 @@ def _drop(heard: Deferred) -> None:
     """Stop listening for a release nobody waits for any more."""
     heard.addErrback(lambda failure: failure.trap(CancelledError))
     heard.cancel()
-
-
-class _ReleaseProtocol(txredisapi.SubscriberProtocol):
-    """Subscribes to the release channel on every (re)connection."""
-
-    def connectionMade(self) -> Any:
-        done = super().connectionMade()
-        listener: _ReleaseListener = self.factory.listener
-        self.whenConnected().addCallback(
-            lambda protocol: protocol.subscribe(listener.locks.channel)).addErrback(
-            listener.subscribe_failed)
-        return done
-
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        if isinstance(message, bytes):
-            message = message.decode("utf-8", "replace")
-        self.factory.listener.locks._released(message)
-
-
-class _ReleaseListener:
-    """The process's pub/sub connection (a subscribed connection can send no other
-    command, hence separate from the ``RedisLink`` pool)."""
-
-    log = Logger()
-
-    def __init__(self, locks: SessionLocks, reactor: Any):
-        self.locks = locks
-        a = locks.link.address
-        factory = txredisapi.SubscriberFactory(isLazy=True)
-        factory.protocol = _ReleaseProtocol
-        factory.password, factory.username = a.password, a.username
-        factory.maxDelay = 2.0
-        factory.listener = self
-        factory.deferred.addErrback(self.subscribe_failed)
-        endpoint: Any = HostnameEndpoint(reactor, a.host, a.port,
-                                         timeout=locks.link.connect_timeout)
-        if a.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(a.host), endpoint)
-        factory.startConnecting(endpoint)
-        self.factory = factory
-
-    def subscribe_failed(self, failure: Failure) -> None:
-        """Waiters still retry on their timers; only the prompt hand-over is lost."""
-        self.log.warn("not listening for session lock releases: {error}",
-                      error=str(failure.value))
-
-    def close(self) -> Deferred:
-        return self.factory.disconnect().addErrback(lambda _: None)

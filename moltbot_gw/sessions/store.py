@@ -1,27 +1,27 @@
 """The session store: per agent, an index (session key -> entry; ``index.py``) plus one JSONL
 transcript per session, with retention (``retention.py``) and a size cap per transcript.
 
-Disk I/O runs in a thread pool, one agent's operations strictly in call order; transcript
-appends are group-committed (``group_commit.py``). It stores sessions; it does not decide who
-may use them or run anything.
+Disk I/O runs in a thread pool, one agent's operations strictly in call order (an agent's
+state: ``agent_sessions.py``); transcript appends (``turn_append.py``) are group-committed
+(``group_commit.py``). It stores sessions; it does not decide who may use them or run
+anything.
 """
 from __future__ import annotations
 
-import os
 import uuid
-from collections import OrderedDict
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredLock, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from moltbot_gw.config import AGENT_ID_RE, SessionConfig
+from moltbot_gw.sessions.agent_sessions import AgentSessions
 from moltbot_gw.sessions.group_commit import GroupCommitter
 from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of this API
     SessionEntry,
@@ -37,49 +37,22 @@ from moltbot_gw.sessions.interface import ISessionStore
 from moltbot_gw.sessions.keys import parse_session_key
 from moltbot_gw.sessions.lease import SessionLease
 from moltbot_gw.sessions.retention import agent_ids_on_disk, remove_transcripts, take_pruned
-from moltbot_gw.sessions.tail_cache import TailCache, skipping
-from moltbot_gw.sessions.transcript import (
-    append_records,
-    compact_transcript,
-    encode_records,
-    read_transcript_tail,
-    session_header,
-    transcript_path,
-)
+from moltbot_gw.sessions.tail_cache import skipping
+from moltbot_gw.sessions.transcript import read_transcript_tail, session_header, transcript_path
+from moltbot_gw.sessions.turn_append import append_turn
 from moltbot_gw.sessions.uncancellable import uncancellable as _uncancellable
 from moltbot_gw.state_dir import make_private_dirs, rename_if_present
 
 T = TypeVar("T")
 
 SAVE_DELAY_SECONDS = 1.0       # index updates of existing sessions are batched
-TAIL_CACHE_BYTES = 32 * 1024 * 1024   # per agent: transcript tails kept for the next turn
 # The journal is folded into a new sessions.json once it has this many lines and more
 # than twice as many as there are sessions, so the rewrite's cost is spread over many turns.
 COMPACT_MIN_JOURNAL_LINES = 10_000
-# A transcript past session.maxTranscriptBytes keeps its newest turns up to this share of it.
-COMPACTED_SHARE = 4
 
 
 def _read_everything(record: Mapping[str, Any]) -> bool:
     return False
-
-
-class _AgentSessions:
-    """One agent's entries in memory, and the lock that orders its disk work."""
-
-    def __init__(self, agent_id: str, sessions_dir: Path, commits: GroupCommitter):
-        self.agent_id = agent_id
-        self.sessions_dir = sessions_dir
-        self.lock = DeferredLock()
-        self.commits = commits   # transcript appends, fsynced in groups off the lock
-        # Least recently updated first, so retention finds its victims at the front.
-        self.entries: OrderedDict[str, SessionEntry] = OrderedDict()
-        self.loaded = False
-        self.dirty: dict[str, SessionEntry] = {}   # updates not yet in the journal
-        self.save_timer: Optional[Any] = None      # a delayed journal write, if pending
-        self.journal_lines = 0
-        self.tails = TailCache(TAIL_CACHE_BYTES)
-        self.compaction: Optional[Deferred] = None  # a snapshot being written off the lock
 
 
 @implementer(ISessionStore)
@@ -103,7 +76,7 @@ class SessionStore:
         self.limits = limits if limits is not None else SessionConfig()  # see reconfigure
         self._reactor = reactor
         self._threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
-        self._agents: dict[str, _AgentSessions] = {}
+        self._agents: dict[str, AgentSessions] = {}
         self._fsync = fsync   # of transcript group commits; tests count the calls
 
     def reconfigure(self, limits: SessionConfig) -> None:
@@ -186,12 +159,12 @@ class SessionStore:
     def _in_thread(self, function: Callable[..., T], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, function, *args)
 
-    def _agent(self, agent_id: str) -> _AgentSessions:
+    def _agent(self, agent_id: str) -> AgentSessions:
         agent = self._agents.get(agent_id)
         if agent is None:
             sessions_dir = self.state_dir / "agents" / agent_id / "sessions"
             commits = GroupCommitter(self._in_thread, self._fsync)
-            agent = self._agents[agent_id] = _AgentSessions(agent_id, sessions_dir, commits)
+            agent = self._agents[agent_id] = AgentSessions(agent_id, sessions_dir, commits)
         return agent
 
     def _locked_for_key(self, session_key: str,
@@ -207,7 +180,7 @@ class SessionStore:
             await self._ensure_loaded(agent)
             return await operation(agent, session_key, *args)
 
-    async def _ensure_loaded(self, agent: _AgentSessions) -> None:
+    async def _ensure_loaded(self, agent: AgentSessions) -> None:
         if agent.loaded:
             return
         contents = await self._in_thread(read_index, agent.sessions_dir, agent.agent_id,
@@ -227,7 +200,7 @@ class SessionStore:
                                   tuple(agent.entries.values()))
         await self._persist(agent, [])
 
-    async def _persist(self, agent: _AgentSessions, changes: list[dict[str, Any]],
+    async def _persist(self, agent: AgentSessions, changes: list[dict[str, Any]],
                        keep: Optional[str] = None) -> None:
         """Apply retention, then append ``changes`` and the removals to the journal (synced)
         and delete the pruned transcripts."""
@@ -257,7 +230,7 @@ class SessionStore:
         append_changes(sessions_dir, changes)
         remove_transcripts(sessions_dir, removed_session_ids)
 
-    async def _maybe_compact(self, agent: _AgentSessions) -> None:
+    async def _maybe_compact(self, agent: AgentSessions) -> None:
         """Fold the journal into a new snapshot once it is long: the journal is set aside
         under the lock (a rename), the snapshot is written after it is released."""
         if (agent.compaction is not None or agent.journal_lines < COMPACT_MIN_JOURNAL_LINES
@@ -278,17 +251,17 @@ class SessionStore:
         agent.compaction = compaction
         compaction.addBoth(done)
 
-    async def _wait_compaction(self, agent: _AgentSessions) -> None:
+    async def _wait_compaction(self, agent: AgentSessions) -> None:
         while agent.compaction is not None:
             # fires when the compaction does, passing its outcome on untouched
             await DeferredList([agent.compaction])
 
-    def _schedule_save(self, agent: _AgentSessions) -> None:
+    def _schedule_save(self, agent: AgentSessions) -> None:
         if agent.save_timer is None:
             agent.save_timer = self._reactor.callLater(SAVE_DELAY_SECONDS, self._delayed_save,
                                                        agent)
 
-    def _delayed_save(self, agent: _AgentSessions) -> Deferred:
+    def _delayed_save(self, agent: AgentSessions) -> Deferred:
         agent.save_timer = None
 
         async def save() -> None:
@@ -299,22 +272,22 @@ class SessionStore:
 
         return _uncancellable(Deferred.fromCoroutine(save()))
 
-    def _new_entry(self, agent: _AgentSessions, session_key: str) -> SessionEntry:
+    def _new_entry(self, agent: AgentSessions, session_key: str) -> SessionEntry:
         now = self._now_ms()
         return SessionEntry(key=session_key, agent_id=agent.agent_id,
                             session_id=uuid.uuid4().hex, created_at=now, updated_at=now)
 
-    def _store_entry(self, agent: _AgentSessions, entry: SessionEntry) -> None:
+    def _store_entry(self, agent: AgentSessions, entry: SessionEntry) -> None:
         """Put ``entry`` in memory as the most recently used."""
         agent.entries[entry.key] = entry
         agent.entries.move_to_end(entry.key)
 
     # --- operations, each run under its agent's lock -------------------------------------
 
-    async def _get(self, agent: _AgentSessions, session_key: str) -> Optional[SessionEntry]:
+    async def _get(self, agent: AgentSessions, session_key: str) -> Optional[SessionEntry]:
         return agent.entries.get(session_key)
 
-    async def _get_or_create(self, agent: _AgentSessions, session_key: str) -> SessionEntry:
+    async def _get_or_create(self, agent: AgentSessions, session_key: str) -> SessionEntry:
         entry = agent.entries.get(session_key)
         if entry is None:
             entry = self._new_entry(agent, session_key)
@@ -324,7 +297,7 @@ class SessionStore:
                           session_id=entry.session_id, session_key=session_key)
         return entry
 
-    async def _load_history(self, agent: _AgentSessions, session_key: str,
+    async def _load_history(self, agent: AgentSessions, session_key: str,
                             enough: Callable[[Mapping[str, Any]], bool]
                             ) -> list[dict[str, Any]]:
         entry = agent.entries.get(session_key)
@@ -345,7 +318,7 @@ class SessionStore:
         agent.tails.put(entry.session_id, records, contents.size_bytes, whole)
         return list(records)
 
-    async def _record_turn(self, agent: _AgentSessions, session_key: str,
+    async def _record_turn(self, agent: AgentSessions, session_key: str,
                            records: list[dict[str, Any]], model: Optional[str],
                            usage: Any) -> tuple[SessionEntry, Deferred]:
         """Queue the turn's append and update the entry; return it and the Deferred of the
@@ -384,12 +357,12 @@ class SessionStore:
             self._schedule_save(agent)
         return entry, committed
 
-    def _queue_append(self, agent: _AgentSessions, entry: SessionEntry,
+    def _queue_append(self, agent: AgentSessions, entry: SessionEntry,
                       records: list[dict[str, Any]], is_new: bool) -> Deferred:
         """Queue a turn's append for the next group commit; the tail cache follows once it is
         durable. Fires with None."""
         header = session_header(entry.session_id, entry.key, entry.created_at)
-        write = partial(self._append_transcript, agent.sessions_dir, entry.session_id,
+        write = partial(append_turn, self.state_dir, agent.sessions_dir, entry.session_id,
                         records, header, self.limits.maxTranscriptBytes, self._now_ms())
         committed = agent.commits.submit(
             transcript_path(agent.sessions_dir, entry.session_id), write)
@@ -412,26 +385,7 @@ class SessionStore:
 
         return committed.addCallbacks(landed, lost)
 
-    def _append_transcript(self, sessions_dir: Path, session_id: str,
-                           records: list[dict[str, Any]], header: Mapping[str, Any],
-                           max_bytes: int, now_ms: int) -> tuple[int, Optional[int]]:
-        """Append a turn unsynced (the group commit fsyncs it); first compact the transcript
-        if the turn would take it past ``max_bytes``. Returns the bytes written and those
-        compaction dropped (or None)."""
-        relative = sessions_dir.relative_to(self.state_dir)
-        make_private_dirs(self.state_dir, *relative.parts)
-        path = transcript_path(sessions_dir, session_id)
-        dropped = None
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            size = 0
-        if size and size + len(encode_records(records)) > max_bytes:
-            dropped = compact_transcript(path, header, max_bytes // COMPACTED_SHARE, now_ms)
-        written = append_records(path, records, header=header, sync=False)
-        return written, dropped
-
-    async def _reset(self, agent: _AgentSessions, session_key: str) -> bool:
+    async def _reset(self, agent: AgentSessions, session_key: str) -> bool:
         old = agent.entries.get(session_key)
         if old is None:
             return False
@@ -444,7 +398,7 @@ class SessionStore:
                       session_id=new.session_id)
         return True
 
-    async def _delete(self, agent: _AgentSessions, session_key: str) -> bool:
+    async def _delete(self, agent: AgentSessions, session_key: str) -> bool:
         entry = agent.entries.pop(session_key, None)
         if entry is None:
             return False

@@ -50,8 +50,9 @@ class TailCache:
     def extend(self, session_id: str, records: list[dict[str, Any]], size: int) -> None:
         """Records appended to the session's transcript (nothing if it is not cached)."""
         tail = self._tails.get(session_id)
-        if tail is not None:
-            self.put(session_id, tail.records + records, tail.size + size, tail.whole)
+        if tail is not None:   # in place: a copy would cost the whole tail every turn
+            tail.records.extend(records)
+            self.put(session_id, tail.records, tail.size + size, tail.whole)
 
     def pop(self, session_id: str) -> None:
         self._tails.pop(session_id, None)

@@ -104,24 +104,31 @@ def append_records(path: Path, records: Sequence[Mapping[str, Any]],
     newline (a torn write before a crash), the new records start on a fresh line so the torn
     fragment stays a line of its own that readers skip.
     """
+    return append_encoded(path, encode_records(records), header=header, sync=sync)
+
+
+def append_encoded(path: Path, payload: bytes, header: Optional[Mapping[str, Any]] = None,
+                   sync: bool = True) -> int:
+    """``append_records`` of records already encoded by ``encode_records`` (a caller that
+    needs their size first encodes them once)."""
     path = Path(path)
-    payload = encode_records(records)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a+b") as transcript_file:
-        size = os.fstat(transcript_file.fileno()).st_size
+    try:
+        size = os.fstat(fd).st_size
         if size == 0:
             if header is not None:
                 payload = encode_records([header]) + payload
-        else:
-            transcript_file.seek(size - 1)
-            if transcript_file.read(1) != b"\n":
-                payload = b"\n" + payload
+        elif os.pread(fd, 1, size - 1) != b"\n":
+            payload = b"\n" + payload
         if not payload:
             return 0
-        transcript_file.write(payload)
-        transcript_file.flush()
+        unwritten = memoryview(payload)
+        while unwritten:   # O_APPEND: a short write's rest goes after it
+            unwritten = unwritten[os.write(fd, unwritten):]
         if sync:
-            os.fsync(transcript_file.fileno())
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     if size == 0 and sync:
         fsync_directory(path.parent)
     return len(payload)
@@ -327,7 +334,27 @@ def current_branch(records: Iterable[Mapping[str, Any]],
     open_calls: set = set()     # ids of kept tool calls still waiting for their result
     for record in records:
         kind = record.get("type")
-        if kind == "branch":
+        if kind == "message":
+            role = record.get("role")
+            # Every turn runs this over its whole history window: plain user messages and
+            # text replies (nearly all records) take a short way with the same outcome.
+            if role == "user":
+                kept.append((record, True))
+                continue
+            if role == "assistant" and not record.get("tool_calls"):
+                content = record.get("content")
+                counted = bool(content if type(content) is str else content_text(content))
+                if counted or every_message:
+                    kept.append((record, counted))
+                continue
+            counted = _is_message(record, open_calls)
+            if counted:
+                if role == "tool":
+                    open_calls.discard(record.get("tool_call_id"))
+                open_calls.update(_call_ids(record))
+            if counted or every_message:
+                kept.append((record, counted))
+        elif kind == "branch":
             drop = record.get("drop")
             if not isinstance(drop, int) or isinstance(drop, bool) or drop < 0:
                 continue          # not a branch record this code can read: ignore it
@@ -338,22 +365,15 @@ def current_branch(records: Iterable[Mapping[str, Any]],
                     open_calls.difference_update(_call_ids(gone))
                     if gone.get("role") == "tool":
                         open_calls.add(gone.get("tool_call_id"))
-            continue
-        if kind != "message":
-            continue
-        counted = _is_message(record, open_calls)
-        if counted:
-            if record.get("role") == "tool":
-                open_calls.discard(record.get("tool_call_id"))
-            open_calls.update(_call_ids(record))
-        if counted or every_message:
-            kept.append((record, counted))
     return [record for record, _ in kept]
 
 
 def _as_message(record: Mapping[str, Any]) -> dict[str, Any]:
     role = record.get("role")
     content = record.get("content")
+    if type(content) is str:   # the common cases, as below
+        if role == "user" or (role == "assistant" and not record.get("tool_calls")):
+            return {"role": role, "content": content}
     if role == "user":
         if isinstance(content, list):
             content = [dict(part) if isinstance(part, Mapping) else part for part in content]
@@ -391,7 +411,8 @@ def history_messages(records: Iterable[Mapping[str, Any]],
     ``answered_now`` are ids of calls whose results the new turn brings, so the last
     stored call is kept for them.
     """
-    return complete_tool_turns(branch_messages(records), answered_now)
+    # branch_messages' dicts are new: cleaned without the copy complete_tool_turns makes
+    return _without_unanswered_calls(branch_messages(records), set(answered_now))
 
 
 def complete_tool_turns(messages: Sequence[Mapping[str, Any]],
@@ -403,6 +424,8 @@ def complete_tool_turns(messages: Sequence[Mapping[str, Any]],
 
 def _without_unanswered_calls(messages: list[dict[str, Any]],
                               answered_now: set[str]) -> list[dict[str, Any]]:
+    if not any(m["role"] == "tool" or m.get("tool_calls") is not None for m in messages):
+        return messages   # no tool traffic: nothing to clean
     answered = {m["tool_call_id"] for m in messages if m["role"] == "tool"} | answered_now
     cleaned = []
     for message in messages:

@@ -7,8 +7,6 @@ import codecs
 from typing import Any, Mapping, Optional
 from urllib.parse import urljoin
 
-from bs4 import BeautifulSoup
-from markdownify import MarkdownConverter
 from twisted.internet import defer, threads
 from zope.interface import implementer
 
@@ -49,6 +47,10 @@ def html_to_markdown(body: bytes, charset: str, base_url: str) -> str:
     against ``base_url`` so the model can fetch them next. CPU-bound on a large page:
     callers run it in a worker thread. Without a declared charset, Beautiful Soup sniffs
     the page's own ``<meta charset>``."""
+    # Imported on the first page converted: an idle gateway does not carry them (~5 MB).
+    from bs4 import BeautifulSoup
+    from markdownify import MarkdownConverter
+
     markup: Any = decode(body, charset) if charset else body
     soup = BeautifulSoup(markup, "html.parser")
     for link in soup.find_all("a", href=True):

@@ -176,13 +176,7 @@ class GatewayServiceMaker:
             return _make_worker(options, config, _worker_index())
         if options["workers"] > 1:
             return _make_worker_parent(options, config)
-        from moltbot_gw.state_dir import StateDirBusy, StateDirLock, prepare_state_dir
-
-        try:
-            prepare_state_dir(config.state_dir)
-            lock = StateDirLock.acquire(config.state_dir)
-        except (StateDirBusy, OSError) as e:
-            _fail([str(e)])
+        lock = _take_state_dir(config)
         try:
             # The lock is taken here, by the daemon, not by each GatewayService (tests run
             # several of those in one process on one state dir); the service holds it.
@@ -194,7 +188,27 @@ class GatewayServiceMaker:
         reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
         reactor.callWhenRunning(lock.write_pid)   # the PID after twistd forked, if it did
         reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
+        _freeze_startup_heap_when_running(reactor)
         return service
+
+
+def _take_state_dir(config):
+    """Create the state dir and take its lock (one gateway per state dir), or exit 1 saying
+    why. The daemon takes it (a ``--workers`` parent for all its workers), not each
+    GatewayService: tests run several of those in one process on one state dir."""
+    from moltbot_gw.state_dir import StateDirBusy, StateDirLock, prepare_state_dir
+
+    try:
+        prepare_state_dir(config.state_dir)
+        return StateDirLock.acquire(config.state_dir)
+    except (StateDirBusy, OSError) as e:
+        _fail([str(e)])
+
+
+def _freeze_startup_heap_when_running(reactor) -> None:
+    from moltbot_gw.startup_heap import freeze_startup_heap
+
+    reactor.callWhenRunning(freeze_startup_heap)
 
 
 def _reload_loader(options):
@@ -222,6 +236,7 @@ def _make_worker(options, config, index):
     reactor.callWhenRunning(_stop_cleanly_on_sigterm, reactor)
     reactor.callWhenRunning(_reload_on_sighup, reactor, service, _reload_loader(options))
     reactor.callWhenRunning(connect_to_parent, reactor, service)
+    _freeze_startup_heap_when_running(reactor)
     return service
 
 
@@ -231,7 +246,6 @@ def _make_worker_parent(options, config):
     from twisted.internet import reactor
 
     from moltbot_gw.auth import GatewayAuth
-    from moltbot_gw.state_dir import StateDirBusy, StateDirLock, prepare_state_dir
     from moltbot_gw.tools.policy import ToolCatalog
     from moltbot_gw.workers.parent import WorkerParent, bind_listening_socket
 
@@ -239,11 +253,7 @@ def _make_worker_parent(options, config):
     if config.session.store.backend != "redis":
         _fail([f"sessions live in local files of one process; --workers {count} needs "
                'session.store.backend "redis" (docs/operations.rst)'])
-    try:
-        prepare_state_dir(config.state_dir)
-        lock = StateDirLock.acquire(config.state_dir)
-    except (StateDirBusy, OSError) as e:
-        _fail([str(e)])
+    lock = _take_state_dir(config)
     try:
         GatewayAuth.from_config(config, reactor)   # makes the token once, before the workers
         ToolCatalog(config, reactor)               # e.g. a bwrap sandbox without bwrap

@@ -5,7 +5,7 @@ calls it had in flight fail at once with a tool error."""
 from __future__ import annotations
 
 import itertools
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -15,9 +15,11 @@ from twisted.python.failure import Failure
 from ..base import ToolError
 from .http import HttpTransport
 from .jsonrpc import RPCClient
-from .session import MCPSession
 from .stdio import StdioTransport, spawn
 from .tool import MCPTool, server_tools
+
+if TYPE_CHECKING:     # imported when a server connects: the mcp package costs ~30 MB of RSS
+    from .session import MCPSession
 
 log = Logger()
 FIRST_BACKOFF = 0.5       # seconds before the first restart
@@ -65,6 +67,8 @@ class ServerConnection:
         return defer.ensureDeferred(self._connect())
 
     async def _connect(self) -> None:
+        from .session import MCPSession
+
         self._restart = None
         self.problem = "starting"
         self._up_since = self.reactor.seconds()
