@@ -60,6 +60,9 @@ setup(
         # session.store.backend "redis" (moltbot_gw/redis/): a Twisted-native Redis client, so
         # the reactor never waits on Redis; pools, reconnects, Lua scripts and pub/sub
         "txredisapi>=1.4.10",
+        # txredisapi parses replies with hiredis's C parser when it is installed: a
+        # 64-record history page costs ~0.3 ms of CPU instead of ~2 ms (issue 16)
+        "hiredis>=2.0",
     ],
     extras_require={
         "test": [

@@ -123,12 +123,19 @@ def wrk_rounds(servers: dict, conns: int, duration: float, rounds: int, *, strea
     return out
 
 
+def _cpu(x: dict) -> str:
+    """The gateway's CPU per request (all its processes): the figure least moved by other
+    load on the machine."""
+    ms = x.get("cpu_ms_per_req")
+    return f"{ms:5.2f} cpu-ms/req" if ms is not None else "  n/a cpu-ms/req"
+
+
 def line(label: str, a: dict, b: dict, a_name: str, b_name: str) -> str:
     ratio = a["rps"] / b["rps"] if b["rps"] else float("nan")
     bad = sum(x["err_status"] + x["errors"] for x in (a, b))
-    return (f"{label:<28} {a_name} {a['rps']:8.0f} req/s (p99 {a['p99_ms']:6.1f} ms)  "
-            f"{b_name} {b['rps']:8.0f} req/s (p99 {b['p99_ms']:6.1f} ms)  "
-            f"ratio {ratio:4.2f}" + (f"  ({bad} errors)" if bad else ""))
+    return (f"{label:<28} {a_name} {a['rps']:8.0f} req/s (p99 {a['p99_ms']:6.1f} ms, "
+            f"{_cpu(a)})  {b_name} {b['rps']:8.0f} req/s (p99 {b['p99_ms']:6.1f} ms, "
+            f"{_cpu(b)})  ratio {ratio:4.2f}" + (f"  ({bad} errors)" if bad else ""))
 
 
 def scenario_workers(wd: Path, upstream, redis, args) -> list[str]:

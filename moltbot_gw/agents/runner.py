@@ -164,8 +164,10 @@ class AgentRunner:
             # Start on the next reactor turn, so whoever called run() has subscribed
             # before the first event.
             await task.deferLater(self.reactor, 0, lambda: None)
-            lease = await session_order.enter_session(self.lanes, self.session_locks,
-                                                      run.session_key)
+            # A run that neither reads nor writes its session has nothing for another
+            # process to order against: the local lane only (no Redis round trips).
+            locks = self.session_locks if request.persist else None
+            lease = await session_order.enter_session(self.lanes, locks, run.session_key)
         except BaseException as e:
             if timer.active():
                 timer.cancel()

@@ -5,8 +5,9 @@ A client's slots are a sorted set ``<prefix>slots:<client>`` of holder ids score
 of their lease (Redis time). A Lua script drops expired holders, then admits a new one while
 fewer than ``perClientConcurrency`` hold; a held slot's lease is renewed every third of it
 and the holder removed on release, which publishes ``slot-free`` so that waiters anywhere try
-again. A process that dies holds its slots no longer than the lease
-(``session.store.redis.lockLeaseSeconds``).
+again -- only when some acquisition was refused since (a mark key the refusal sets), so a
+release nobody waits for is one round trip. A process that dies holds its slots no longer
+than the lease (``session.store.redis.lockLeaseSeconds``).
 
 The queue is per process: each process keeps up to ``perClientQueue`` waiters of a client,
 first in first out among themselves, retried on a ``slot-free`` notice, on a local release
@@ -35,10 +36,14 @@ _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
-# KEYS: the client's holders; ARGV: holder id, limit, lease ms. 1 when admitted.
+# KEYS: the client's holders, its "someone was refused" mark; ARGV: holder id, limit,
+# lease ms. 1 when admitted; a refusal leaves the mark, so that the next release publishes.
 _ACQUIRE = LuaScript(_NOW + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  return 0
+end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -50,6 +55,17 @@ if not ends or tonumber(ends) <= now then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
+""")
+# KEYS: the client's holders, its refused mark; ARGV: holder id, channel, client. Publishes
+# slot-free only when a run was refused since the last release that published: a release
+# nobody waits for costs one round trip and no notice to every process.
+_RELEASE = LuaScript("""
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('DEL', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
 """)
 
 
@@ -189,13 +205,16 @@ class RedisClientSlots:
     def _key(self, client: str) -> str:
         return self.redis.key("slots", client)
 
+    def _refused_key(self, client: str) -> str:
+        return self.redis.key("slots-refused", client)
+
     def _lease_ms(self) -> int:
         return max(1, int(self.lease * 1000))
 
     def _try(self, client: str) -> Deferred:
         """A Deferred of a slot, or None when the client's slots are all held."""
         holder = uuid.uuid4().hex
-        d = self.redis.script(_ACQUIRE, [self._key(client)],
+        d = self.redis.script(_ACQUIRE, [self._key(client), self._refused_key(client)],
                               [holder, self.per_client, self._lease_ms()])
 
         def answered(admitted) -> Optional[SharedClientSlot]:
@@ -224,8 +243,8 @@ class RedisClientSlots:
             self._held[slot.client] = left
         else:
             self._held.pop(slot.client, None)
-        d = self.redis.execute("ZREM", self._key(slot.client), slot.holder)
-        d.addCallback(lambda _: self.notices.publish(CHANNEL, slot.client))
+        d = self.redis.script(_RELEASE, [self._key(slot.client), self._refused_key(slot.client)],
+                              [slot.holder, self.notices.channel(CHANNEL), slot.client])
         d.addCallbacks(lambda _: self._hand_on(slot.client), self._unreleased)
 
     def _unreleased(self, failure: Failure) -> None:

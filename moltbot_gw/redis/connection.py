@@ -5,6 +5,7 @@ A command that gets no answer within ``commandTimeoutSeconds`` — Redis stopped
 gone, the pool still reconnecting — fails with ``RedisUnavailable``, which the HTTP and
 WebSocket layers answer as 503 ``service_unavailable``: a request never hangs on Redis. The pool
 reconnects by itself, so the gateway recovers without a restart once Redis is back.
+Replies are parsed by hiredis (a C parser txredisapi picks when installed; install_requires).
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ holds the writer's token (``sessions/lease.py``), so a holder that stalled past 
 cannot write after another process took the session over (fencing).
 
 Waiters learn of a release through pub/sub (one subscriber connection per process, one
-channel for all sessions) and also retry on a timer: a dead holder publishes nothing. Across
+channel for all sessions; a release publishes only when an acquisition found the lock taken
+since, which it marks) and also retry on a timer: a dead holder publishes nothing. Across
 processes the order of waiters is approximate (whoever asks first after a release wins);
 within one process the in-memory lane (``agents/lanes.py``) keeps them FIFO.
 """
@@ -27,9 +28,11 @@ from .connection import LuaScript, RedisLink, RedisUnavailable
 from .subscriber import RedisSubscriber
 
 # Take the lock if free; the fence number only grows when a run takes it. Free → the token;
-# taken → the milliseconds left of the holder's lease.
+# taken → the milliseconds left of the holder's lease, and a mark (KEYS[3]) that someone
+# waits, so that the release publishes.
 ACQUIRE = LuaScript("""
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
   return redis.call('PTTL', KEYS[1])
 end
 local fence = redis.call('INCR', KEYS[2])
@@ -45,11 +48,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """)
-# Free the lock only while it is ours, and tell the waiters of every process.
+# Free the lock only while it is ours, and tell the waiters of every process -- if an
+# acquisition found it taken since the last release that told them (KEYS[3]): a release
+# nobody waits for sends no message to every process.
 RELEASE = LuaScript("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', KEYS[2], ARGV[2])
+  if redis.call('DEL', KEYS[3]) == 1 then
+    redis.call('PUBLISH', KEYS[2], ARGV[2])
+  end
   return 1
 end
 return 0
@@ -120,7 +127,7 @@ class Lease:
         self._released = True
         self.stop_renewing()
         self._locks._held.discard(self)
-        d = self._locks.link.script(RELEASE, [self.key, self._locks.channel],
+        d = self._locks.link.script(RELEASE, self._locks.release_keys(self.session_key),
                                     [self.token, self.session_key])
 
         def failed(failure: Failure) -> None:
@@ -235,13 +242,19 @@ class SessionLocks:
         key = self.link.key("lock", session_key)
         token = await self.link.execute("GET", key)
         if isinstance(token, str) and token.split(":", 1)[-1] == left[0]:
-            await self.link.script(RELEASE, [key, self.channel], [token, session_key])
+            await self.link.script(RELEASE, self.release_keys(session_key), [token, session_key])
         if self._left.get(session_key) is left:
             del self._left[session_key]
 
+    def release_keys(self, session_key: str) -> list[str]:
+        """The KEYS of ``RELEASE``: the lock, the channel, the mark that someone waits."""
+        return [self.link.key("lock", session_key), self.channel,
+                self.link.key("lock-waited", session_key)]
+
     def _attempt(self, key: str, fence_key: str, owner: str, session_key: str) -> Deferred:
         """One try at the lock; a try cancelled in flight frees the lock if it got it."""
-        attempt = self.link.script(ACQUIRE, [key, fence_key],
+        attempt = self.link.script(ACQUIRE, [key, fence_key,
+                                             self.link.key("lock-waited", session_key)],
                                    [owner, self.lease_ms, FENCE_KEEP_MS])
         outer: Deferred = Deferred(lambda _: None)
 

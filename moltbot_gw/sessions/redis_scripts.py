@@ -123,6 +123,25 @@ redis.call('SADD', KEYS[3], ARGV[12])
 return {encoded, dropped, created}
 """)
 
+# The start of a history read in one round trip. KEYS: index hash. ARGV: session key,
+# transcript key prefix, page size, then the oldest and newest entry ids and the session id
+# of this process's cached tail of the transcript ('' without one). Returns {} (no entry),
+# {entry JSON} (no readable session id), {entry JSON, 1, the entries after the cached newest
+# (XRANGE, at most a page)} while the session is the cached one and its oldest entry still
+# exists, else {entry JSON, 0, the newest page (XREVRANGE)}.
+HISTORY_HEAD = LuaScript(_COMMON + r"""
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return {} end
+local entry = decoded(raw)
+if not entry or type(entry.sessionId) ~= 'string' then return {raw} end
+local stream = ARGV[2] .. entry.sessionId
+if ARGV[4] ~= '' and entry.sessionId == ARGV[6] and
+   #redis.call('XRANGE', stream, ARGV[4], ARGV[4]) == 1 then
+  return {raw, 1, redis.call('XRANGE', stream, '(' .. ARGV[5], '+', 'COUNT', ARGV[3])}
+end
+return {raw, 0, redis.call('XREVRANGE', stream, '+', '-', 'COUNT', ARGV[3])}
+""")
+
 # KEYS: index hash, by-time zset, agents set. ARGV: session key, new entry JSON, its
 # updatedAt, agent id. Returns {entry JSON, created}.
 GET_OR_CREATE = LuaScript(r"""

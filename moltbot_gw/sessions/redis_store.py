@@ -26,10 +26,12 @@ from moltbot_gw.sessions.index import SessionEntry, usage_token_counts
 from moltbot_gw.sessions.interface import ISessionStore
 from moltbot_gw.sessions.keys import parse_session_key
 from moltbot_gw.sessions.lease import LeaseLost, SessionLease
+from moltbot_gw.sessions.redis_tail import StreamTail, StreamTails
 from moltbot_gw.sessions.retention import idle_cutoff_ms
 from moltbot_gw.sessions.transcript import encode_records
 
 HISTORY_PAGE = 64      # stream entries read per XREVRANGE while reading history from the tail
+TAIL_CACHE_BYTES = 32 * 1024 * 1024   # transcript tails kept for the next turn (redis_tail.py)
 # A transcript past session.maxTranscriptBytes keeps its newest turns up to this share of it
 # (as in the file store).
 COMPACTED_SHARE = 4
@@ -55,11 +57,35 @@ def decode_record(raw: Any) -> Optional[dict[str, Any]]:
 
 def stream_record(item: Sequence[Any]) -> Optional[dict[str, Any]]:
     """The record of one ``XRANGE``/``XREVRANGE`` item ``[id, [field, value, ...]]``."""
+    raw = stream_raw(item)
+    return None if raw is None else decode_record(raw)
+
+
+def sized_record(item: Sequence[Any]) -> tuple[Optional[dict[str, Any]], int]:
+    """The record of one stream item and the bytes of its JSON line."""
+    raw = stream_raw(item)
+    return (None, 0) if raw is None else (decode_record(raw), len(raw) + 1)
+
+
+def stream_raw(item: Sequence[Any]) -> Optional[str]:
+    """The ``r`` field of one ``XRANGE``/``XREVRANGE`` item ``[id, [field, value, ...]]``."""
     fields = item[1] if len(item) > 1 and isinstance(item[1], list) else []
     for i in range(0, len(fields) - 1, 2):
         if fields[i] == "r":
-            return decode_record(fields[i + 1])
+            return fields[i + 1]
     return None
+
+
+def _extended(tail: StreamTail, items: Sequence[Any]) -> StreamTail:
+    """``tail`` with the entries appended after it (``XRANGE`` items, oldest first)."""
+    records, size = list(tail.records), tail.size
+    for item in items:
+        record, line_bytes = sized_record(item)
+        if record is not None:
+            records.append(record)
+            size += line_bytes
+    newest_id = items[-1][0] if items else tail.newest_id
+    return StreamTail(records, tail.oldest_id, newest_id, size, tail.whole, tail.session_id)
 
 
 def _read_everything(record: Mapping[str, Any]) -> bool:
@@ -81,6 +107,7 @@ class RedisSessionStore:
         self.link = link
         self.limits = limits if limits is not None else SessionConfig()
         self._reactor = reactor
+        self.tails = StreamTails(TAIL_CACHE_BYTES)
 
     def reconfigure(self, limits: SessionConfig) -> None:
         """A config reload: retention and transcript limits from now on."""
@@ -117,7 +144,8 @@ class RedisSessionStore:
                      enough: Optional[Callable[[Mapping[str, Any]], bool]] = None) -> Deferred:
         """Fire with the newest records of the key's current session in file order, read
         from the stream's end a page at a time until ``enough(record)`` (newest first). Not
-        cached: another gateway may have appended since."""
+        re-read: only what any process appended since this process's last read is fetched
+        (``redis_tail.py``)."""
         return Deferred.fromCoroutine(
             self._load_history(session_key, enough or _read_everything))
 
@@ -188,33 +216,74 @@ class RedisSessionStore:
 
     async def _load_history(self, session_key: str,
                             enough: Callable[[Mapping[str, Any]], bool]) -> list[dict[str, Any]]:
-        entry = await self._get(session_key)
-        if entry is None:
+        agent_id, _ = parse_session_key(session_key)
+        tail = self.tails.get(session_key)
+        # the entry and either what was appended since the cached tail or the newest page,
+        # in one round trip
+        head = await self.link.script(
+            scripts.HISTORY_HEAD, [self.index_key(agent_id)],
+            [session_key, self.transcript_prefix(), HISTORY_PAGE,
+             *((tail.oldest_id, tail.newest_id, tail.session_id) if tail else ("", "", ""))])
+        entry = self._entry(session_key, agent_id, head[0]) if head else None
+        if entry is None or len(head) < 3:
+            self.tails.pop(session_key)
             return []
+        first_page = head[2] or []
+        if int(head[1]) == 1 and tail is not None:
+            if len(first_page) < HISTORY_PAGE:       # everything appended since
+                tail = _extended(tail, first_page)
+                self.tails.put(session_key, tail)
+                served = tail.serve(enough)
+                if served is not None:
+                    return served
+            first_page = None                        # too much new or too short: read anew
+        records, tail = await self._read_tail(entry, enough, first_page)
+        if tail is None:
+            self.tails.pop(session_key)
+        else:
+            self.tails.put(session_key, tail)
+        return records
+
+    async def _read_tail(self, entry: SessionEntry, enough: Callable[[Mapping[str, Any]], bool],
+                         page: Optional[list]) -> tuple[list[dict[str, Any]],
+                                                        Optional[StreamTail]]:
+        """Read the transcript from its end a page at a time (the first page given, when the
+        caller has it) until ``enough``; the records in file order and the tail to cache."""
         stream = self.transcript_key(entry.session_id)
         newest_first: list[dict[str, Any]] = []
         end = "+"
-        skipped = 0
-        while True:
+        skipped = size = 0
+        oldest_id = newest_id = ""
+        whole = False
+        if page is None:
             page = await self.link.execute("XREVRANGE", stream, end, "-", "COUNT", HISTORY_PAGE)
+        while True:
             done = False
             for item in page or ():
-                record = stream_record(item)
+                record, line_bytes = sized_record(item)
                 if record is None:
                     skipped += 1
                     continue
                 newest_first.append(record)
+                size += line_bytes
+                oldest_id = item[0]
+                newest_id = newest_id or item[0]
                 if enough(record):
                     done = True
                     break
             if done or not page or len(page) < HISTORY_PAGE:
+                whole = not done
                 break
             end = "(" + page[-1][0]
+            page = await self.link.execute("XREVRANGE", stream, end, "-", "COUNT", HISTORY_PAGE)
         if skipped:
             self.log.warn("skipped {n} unreadable record(s) near the end of transcript"
                           " {session_id}", n=skipped, session_id=entry.session_id)
         newest_first.reverse()
-        return newest_first
+        if not newest_first:
+            return newest_first, None
+        return newest_first, StreamTail(list(newest_first), oldest_id, newest_id, size, whole,
+                                        entry.session_id)
 
     async def _record_turn(self, session_key: str, lines: list[bytes], model: Optional[str],
                            usage: Any, lease: Optional[SessionLease]) -> Optional[SessionEntry]:
