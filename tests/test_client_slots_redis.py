@@ -194,3 +194,54 @@ async def test_redis_down_is_unavailable_for_a_websocket_run(start_gateway, upst
     assert not reply["ok"] and reply["error"]["code"] == "UNAVAILABLE", reply
     assert "Redis" in reply["error"]["message"]
     assert upstream.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_queued_waiter_is_told_redis_is_gone_not_kept_waiting(private_redis,
+                                                                       redis_prefix):
+    """A run waiting for its client's slot when Redis goes away gets RedisUnavailable (a 503)
+    at its next attempt, as a new run would, instead of waiting out the outage."""
+    from moltbot_gw.redis import RedisUnavailable
+
+    a = await Process(private_redis.url, redis_prefix).start()
+    a.link.command_timeout = 0.5
+    try:
+        held = await a.slots.acquire(CLIENT)
+        waiting, got = pending(a.slots.acquire(CLIENT))
+        failed = []
+        waiting.addErrback(lambda f: failed.append(f.value))
+        await until(lambda: a.slots.waiting(CLIENT) == 1)   # refused, now in the queue
+        private_redis.stop()
+        started = reactor.seconds()
+        await until(lambda: failed, seconds=5)
+        assert isinstance(failed[0], RedisUnavailable) and not got
+        assert reactor.seconds() - started < 3      # the retry (1 s) + the bound (0.5 s)
+        held.release()
+    finally:
+        private_redis.start()
+        await a.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slot_whose_release_an_outage_lost_is_freed_by_the_next_run(private_redis,
+                                                                             redis_prefix):
+    """A release Redis never heard (it was down) leaves the holder in Redis (AOF keeps it)
+    for a whole lease; this process's next acquire for the client removes it first."""
+    a = await Process(private_redis.url, redis_prefix, lease=30.0).start()
+    a.link.command_timeout = 0.5
+    try:
+        held = await a.slots.acquire(CLIENT)
+        private_redis.stop()
+        held.release()                              # not recorded: Redis is down
+        await deferLater(reactor, 0.7, lambda: None)
+        private_redis.start()
+        for _ in range(50):                         # the pool reconnects by itself
+            try:
+                await a.link.execute("PING")
+                break
+            except Exception:
+                await deferLater(reactor, 0.1, lambda: None)
+        again = await within(a.slots.acquire(CLIENT), 3)   # not after the 30 s lease
+        again.release()
+    finally:
+        await a.stop()

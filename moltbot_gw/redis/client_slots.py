@@ -13,7 +13,9 @@ The queue is per process: each process keeps up to ``perClientQueue`` waiters of
 first in first out among themselves, retried on a ``slot-free`` notice, on a local release
 and every ``RETRY_SECONDS`` (a lost notice, a dead holder's lease running out). Across
 processes the order is whoever asks first after a slot frees. Redis unavailable: ``acquire``
-fails with ``RedisUnavailable`` (a 503).
+fails with ``RedisUnavailable`` (a 503), and so do the waiters at their next attempt. A
+holder an outage left in doubt (an acquire or a release whose answer never came) is removed
+by the client's next acquire here, not kept for a whole lease.
 """
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 # KEYS: the client's holders, its "someone was refused" mark; ARGV: holder id, limit,
-# lease ms. 1 when admitted; a refusal leaves the mark, so that the next release publishes.
+# lease ms, then holder ids of this process left in doubt by an outage (removed first). 1 when
+# admitted; a refusal leaves the mark, so that the next release publishes.
 _ACQUIRE = LuaScript(_NOW + """
+for i = 4, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
@@ -113,6 +117,9 @@ class RedisClientSlots:
         self._waiting: dict[str, deque[Deferred]] = {}
         self._trying: set[str] = set()
         self._retry = None
+        # holder ids an outage left in doubt (an acquire or release without an answer),
+        # by client: removed by the client's next acquire
+        self._in_doubt: dict[str, set[str]] = {}
         notices.listen(CHANNEL, self._hand_on)
 
     def reconfigure(self, per_client: int, queue_size: int) -> None:
@@ -169,9 +176,14 @@ class RedisClientSlots:
             self._trying.discard(client)
             queue = self._waiting.get(client)
             if isinstance(slot, Failure):
+                # Redis did not answer within its bound: the waiters are told so now (a
+                # 503), as a new request would be, rather than waiting out the outage.
                 self.log.warn("Client slots: Redis did not answer: {problem}",
                               problem=str(slot.value))
-                return None     # the retry timer tries again
+                waiters = self._waiting.pop(client, deque())
+                for waiter in waiters:
+                    waiter.errback(slot)
+                return None
             if slot is None:
                 return None
             if not queue:       # the waiter left meanwhile
@@ -214,15 +226,26 @@ class RedisClientSlots:
     def _try(self, client: str) -> Deferred:
         """A Deferred of a slot, or None when the client's slots are all held."""
         holder = uuid.uuid4().hex
+        doubtful = self._in_doubt.pop(client, set())
         d = self.redis.script(_ACQUIRE, [self._key(client), self._refused_key(client)],
-                              [holder, self.per_client, self._lease_ms()])
+                              [holder, self.per_client, self._lease_ms(), *doubtful])
 
         def answered(admitted) -> Optional[SharedClientSlot]:
             if int(admitted) != 1:
                 return None
             self._held[client] = self.running(client) + 1
             return SharedClientSlot(self, client, holder)
-        return d.addCallback(answered)
+
+        def unanswered(failure: Failure) -> Failure:
+            # Redis may have applied the acquire (or not): the holder id is in doubt, and
+            # with it the ones before; the next attempt for this client removes them, so an
+            # outage does not keep the client's slots taken for a whole lease.
+            self._doubt(client, doubtful | {holder})
+            return failure
+        return d.addCallbacks(answered, unanswered)
+
+    def _doubt(self, client: str, holders: set) -> None:
+        self._in_doubt.setdefault(client, set()).update(holders)
 
     def _renew(self, slot: SharedClientSlot) -> Deferred:
         d = self.redis.script(_RENEW, [self._key(slot.client)], [slot.holder, self._lease_ms()])
@@ -245,8 +268,9 @@ class RedisClientSlots:
             self._held.pop(slot.client, None)
         d = self.redis.script(_RELEASE, [self._key(slot.client), self._refused_key(slot.client)],
                               [slot.holder, self.notices.channel(CHANNEL), slot.client])
-        d.addCallbacks(lambda _: self._hand_on(slot.client), self._unreleased)
+        d.addCallbacks(lambda _: self._hand_on(slot.client), self._unreleased, errbackArgs=(slot,))
 
-    def _unreleased(self, failure: Failure) -> None:
-        self.log.warn("Client slots: a release was not recorded (its lease frees the slot): "
-                      "{problem}", problem=str(failure.value))
+    def _unreleased(self, failure: Failure, slot: SharedClientSlot) -> None:
+        self.log.warn("Client slots: a release was not recorded (the client's next run, or "
+                      "the lease, frees the slot): {problem}", problem=str(failure.value))
+        self._doubt(slot.client, {slot.holder})
