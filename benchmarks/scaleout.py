@@ -119,6 +119,8 @@ def wrk_rounds(servers: dict, conns: int, duration: float, rounds: int, *, strea
         merged = bl.merge_wrk(r)
         merged["cpu_ms_per_req"] = (1000 * cpu[name] / merged["requests"]
                                     if merged["requests"] else None)
+        seconds = merged["duration_us"] / 1e6
+        merged["busy_cores"] = cpu[name] / seconds if seconds else None
         out[name] = merged
     return out
 
@@ -138,6 +140,20 @@ def line(label: str, a: dict, b: dict, a_name: str, b_name: str) -> str:
             f"{_cpu(b)})  ratio {ratio:4.2f}" + (f"  ({bad} errors)" if bad else ""))
 
 
+def per_core(w2: dict, w1: dict) -> str:
+    """wrk, the upstream and Redis share the two cores with the workers, so two workers
+    never get two cores here. Per busy gateway core, the throughput of two workers against
+    one says what a second core of its own would give: that efficiency times two is the
+    ratio on a machine whose load generator and upstream run elsewhere."""
+    if not (w2.get("busy_cores") and w1.get("busy_cores")):
+        return "    (no CPU figures)"
+    per1 = w1["rps"] / w1["busy_cores"]
+    per2 = w2["rps"] / w2["busy_cores"]
+    return (f"    busy gateway cores w2 {w2['busy_cores']:.2f}, w1 {w1['busy_cores']:.2f}; "
+            f"req/s per busy core w2 {per2:.0f}, w1 {per1:.0f}: with two cores of their own, "
+            f"2 workers ~ {2 * per2 / per1:.2f} x 1")
+
+
 def scenario_workers(wd: Path, upstream, redis, args) -> list[str]:
     w1 = start_gateway(wd, upstream, "gw-w1", store="redis", redis=redis, prefix="w1:")
     w2 = start_gateway(wd, upstream, "gw-w2", store="redis", redis=redis, prefix="w2:",
@@ -153,6 +169,7 @@ def scenario_workers(wd: Path, upstream, redis, args) -> list[str]:
                 kind = "stream" if stream else "nonstream"
                 out.append(line(f"{kind} c={conns} workers 2/1", r["w2"], r["w1"],
                                 "w2", "w1"))
+                out.append(per_core(r["w2"], r["w1"]))
     finally:
         for s in (w1, w2):
             bl.CHILDREN.stop(s.proc)

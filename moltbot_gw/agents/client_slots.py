@@ -47,8 +47,10 @@ class RunSlots(Protocol):
     def reconfigure(self, per_client: int, queue_size: int) -> None: ...
 
 
-class ClientSlots:
-    """Counts running slots and queues waiters per client key."""
+class SlotBook:
+    """The limits and this process's count of each client's running runs and queue, shared
+    by ``ClientSlots`` and the Redis-backed ``RedisClientSlots``; ``_hand_on(client)`` is
+    theirs: admitting waiters after a release or a limit change."""
 
     def __init__(self, per_client: int, queue_size: int):
         self.per_client = per_client
@@ -68,6 +70,13 @@ class ClientSlots:
 
     def waiting(self, client: str) -> int:
         return len(self._waiting.get(client, ()))
+
+    def _hand_on(self, client: str) -> None:
+        raise NotImplementedError
+
+
+class ClientSlots(SlotBook):
+    """Counts running slots and queues waiters per client key."""
 
     def acquire(self, client: str) -> Deferred:
         """A Deferred of a ``ClientSlot``: at once when the client has a free slot, later

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..agents.client_slots import ClientBusy
+from ..agents.client_slots import ClientBusy, SlotBook
 from .connection import LuaScript, RedisLink
 from .notices import RedisNotices
 
@@ -100,7 +100,7 @@ class SharedClientSlot:
         d.addBoth(next_renewal)
 
 
-class RedisClientSlots:
+class RedisClientSlots(SlotBook):
     """``ClientSlots`` over Redis; ``running``/``waiting`` count this process's own."""
 
     log = Logger()
@@ -110,29 +110,14 @@ class RedisClientSlots:
         self.redis = redis
         self.notices = notices
         self._clock = clock
-        self.per_client = per_client
-        self.queue_size = queue_size
+        super().__init__(per_client, queue_size)
         self.lease = lease
-        self._held: dict[str, int] = {}
-        self._waiting: dict[str, deque[Deferred]] = {}
         self._trying: set[str] = set()
         self._retry = None
         # holder ids an outage left in doubt (an acquire or release without an answer),
         # by client: removed by the client's next acquire
         self._in_doubt: dict[str, set[str]] = {}
         notices.listen(CHANNEL, self._hand_on)
-
-    def reconfigure(self, per_client: int, queue_size: int) -> None:
-        self.per_client = per_client
-        self.queue_size = queue_size
-        for client in list(self._waiting):
-            self._hand_on(client)
-
-    def running(self, client: str) -> int:
-        return self._held.get(client, 0)
-
-    def waiting(self, client: str) -> int:
-        return len(self._waiting.get(client, ()))
 
     def acquire(self, client: str) -> Deferred:
         """As ``ClientSlots.acquire``: a slot now, later (after this process's earlier
@@ -233,7 +218,7 @@ class RedisClientSlots:
         def answered(admitted) -> Optional[SharedClientSlot]:
             if int(admitted) != 1:
                 return None
-            self._held[client] = self.running(client) + 1
+            self._running[client] = self.running(client) + 1
             return SharedClientSlot(self, client, holder)
 
         def unanswered(failure: Failure) -> Failure:
@@ -263,9 +248,9 @@ class RedisClientSlots:
     def _release(self, slot: SharedClientSlot) -> None:
         left = self.running(slot.client) - 1
         if left > 0:
-            self._held[slot.client] = left
+            self._running[slot.client] = left
         else:
-            self._held.pop(slot.client, None)
+            self._running.pop(slot.client, None)
         d = self.redis.script(_RELEASE, [self._key(slot.client), self._refused_key(slot.client)],
                               [slot.holder, self.notices.channel(CHANNEL), slot.client])
         d.addCallbacks(lambda _: self._hand_on(slot.client), self._unreleased, errbackArgs=(slot,))

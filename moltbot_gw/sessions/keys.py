@@ -35,14 +35,15 @@ def _check_key_text(key: str) -> None:
         raise ValueError("session key contains a control character")
 
 
-def _check_agent_id(agent_id: str) -> None:
+def check_agent_id(agent_id: str) -> None:
+    """``ValueError`` unless ``agent_id`` is a valid agent id (the stores' listing uses it)."""
     if not isinstance(agent_id, str) or not AGENT_ID_RE.fullmatch(agent_id):
         raise ValueError("invalid agent id %r: expected [a-z0-9][a-z0-9_-]{0,63}" % (agent_id,))
 
 
 def make_session_key(agent_id: str, rest: str) -> str:
     """Build ``agent:<agent_id>:<rest>``; raise ``ValueError`` if the result is not a valid key."""
-    _check_agent_id(agent_id)
+    check_agent_id(agent_id)
     if not isinstance(rest, str) or not rest:
         raise ValueError("session key needs a non-empty part after the agent id")
     key = KEY_PREFIX + agent_id + ":" + rest
@@ -60,7 +61,7 @@ def parse_session_key(key: str) -> tuple[str, str]:
     agent_id, sep, rest = key[len(KEY_PREFIX):].partition(":")
     if not sep:
         raise ValueError("session key %r is not of the form agent:<agentId>:<rest>" % (key,))
-    _check_agent_id(agent_id)
+    check_agent_id(agent_id)
     if not rest:
         raise ValueError("session key %r has nothing after the agent id" % (key,))
     return agent_id, rest
@@ -72,7 +73,7 @@ def resolve_session_key(agent_id: str, value: str) -> str:
     Surrounding whitespace is dropped (header values often carry it). A full key must name
     ``agent_id``; a bare rest gets the ``agent:<agent_id>:`` prefix.
     """
-    _check_agent_id(agent_id)
+    check_agent_id(agent_id)
     if not isinstance(value, str):
         raise ValueError("session key must be a string, not %s" % type(value).__name__)
     value = value.strip()

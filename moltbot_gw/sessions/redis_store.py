@@ -24,7 +24,7 @@ from moltbot_gw.redis.connection import RedisLink
 from moltbot_gw.sessions import redis_scripts as scripts
 from moltbot_gw.sessions.index import SessionEntry, usage_token_counts
 from moltbot_gw.sessions.interface import ISessionStore
-from moltbot_gw.sessions.keys import parse_session_key
+from moltbot_gw.sessions.keys import check_agent_id, parse_session_key
 from moltbot_gw.sessions.lease import LeaseLost, SessionLease
 from moltbot_gw.sessions.redis_tail import StreamTail, StreamTails
 from moltbot_gw.sessions.retention import idle_cutoff_ms
@@ -363,8 +363,7 @@ class RedisSessionStore:
 
     async def _list_sessions(self, agent_id: Optional[str]) -> list[SessionEntry]:
         if agent_id is not None:
-            if not isinstance(agent_id, str) or not AGENT_ID_RE.fullmatch(agent_id):
-                raise ValueError("invalid agent id %r" % (agent_id,))
+            check_agent_id(agent_id)
             agent_ids = [agent_id]
         else:
             agent_ids = await self.agent_ids()

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from moltbot_gw.config import AGENT_ID_RE, SessionConfig
+from moltbot_gw.config import SessionConfig
 from moltbot_gw.sessions.agent_sessions import AgentSessions
 from moltbot_gw.sessions.group_commit import GroupCommitter
 from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of this API
@@ -34,7 +34,7 @@ from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of 
     usage_token_counts,
 )
 from moltbot_gw.sessions.interface import ISessionStore
-from moltbot_gw.sessions.keys import parse_session_key
+from moltbot_gw.sessions.keys import check_agent_id, parse_session_key
 from moltbot_gw.sessions.lease import SessionLease
 from moltbot_gw.sessions.retention import agent_ids_on_disk, remove_transcripts, take_pruned
 from moltbot_gw.sessions.tail_cache import skipping
@@ -416,8 +416,7 @@ class SessionStore:
 
     async def _list_sessions(self, agent_id: Optional[str]) -> list[SessionEntry]:
         if agent_id is not None:
-            if not isinstance(agent_id, str) or not AGENT_ID_RE.fullmatch(agent_id):
-                raise ValueError("invalid agent id %r" % (agent_id,))
+            check_agent_id(agent_id)
             agent_ids = [agent_id]
         else:
             on_disk = await self._in_thread(agent_ids_on_disk, self.state_dir)
