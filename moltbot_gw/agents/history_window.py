@@ -34,20 +34,37 @@ def cap_history(messages: Sequence[Mapping[str, Any]], limits: HistoryConfig) ->
     return kept
 
 
-def history_budget(limits: HistoryConfig):
+class HistoryBudget:
     """When a transcript read from its end has enough for ``cap_history``: twice the messages
     and tokens it can keep (records that do not become messages, such as unanswered tool
-    calls or empty replies, leave room for older ones), so older turns are never read."""
-    messages = tokens = 0
+    calls or empty replies, leave room for older ones), so older turns are never read.
 
-    def enough(record: Mapping[str, Any]) -> bool:
-        nonlocal messages, tokens
+    Called with each record, newest first. A cached tail that knows its records' counts
+    answers the same question without calling it (``fresh_limits``)."""
+
+    estimate = staticmethod(estimate_tokens)
+
+    def __init__(self, limits: HistoryConfig):
+        self.max_messages = 2 * limits.maxMessages + 2   # enough at this many messages
+        self.max_tokens = 2 * limits.maxTokens + 64      # enough above this many tokens
+        self.messages = self.tokens = 0
+
+    def __call__(self, record: Mapping[str, Any]) -> bool:
         if record.get("type") == "message":
-            messages += 1
-            tokens += estimate_tokens(record)
-        return messages >= 2 * limits.maxMessages + 2 or tokens > 2 * limits.maxTokens + 64
+            self.messages += 1
+            self.tokens += estimate_tokens(record)
+        return self.messages >= self.max_messages or self.tokens > self.max_tokens
 
-    return enough
+    def fresh_limits(self):
+        """``(max_messages, max_tokens)`` while no record has been judged, else None."""
+        if self.messages or self.tokens:
+            return None
+        return self.max_messages, self.max_tokens
+
+
+def history_budget(limits: HistoryConfig) -> HistoryBudget:
+    """A fresh ``HistoryBudget`` for ``limits``."""
+    return HistoryBudget(limits)
 
 
 def client_history_budget(client_messages: int):
