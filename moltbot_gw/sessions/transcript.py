@@ -414,10 +414,10 @@ def history_messages(records: Iterable[Mapping[str, Any]],
     # records a cached tail served may know their messages already (tail_derivations.py)
     known = getattr(records, "known_messages", None)
     messages = known() if known is not None else None
-    if messages is None:
-        messages = branch_messages(records)
+    if messages is not None:
+        return messages   # known only without tool traffic: nothing to clean
     # branch_messages' dicts are new: cleaned without the copy complete_tool_turns makes
-    return _without_unanswered_calls(messages, set(answered_now))
+    return _without_unanswered_calls(branch_messages(records), set(answered_now))
 
 
 def complete_tool_turns(messages: Sequence[Mapping[str, Any]],
