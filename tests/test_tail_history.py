@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moltbot_gw.agents.history_window import cap_history, history_budget
+from moltbot_gw.agents.history_window import cap_history, estimate_tokens, history_budget
 from moltbot_gw.config import HistoryConfig
 from moltbot_gw.sessions.tail_cache import TailCache
 from moltbot_gw.sessions.transcript import history_messages
@@ -60,6 +60,22 @@ def test_a_served_window_stops_where_a_record_by_record_scan_would():
     assert cache.get("s").serve(budget) is None and budget.messages == 30   # read on disk
 
 
+def cap_one_by_one(messages, limits):
+    """``cap_history`` as it was before messages carried their estimates: the reference."""
+    kept: list = []
+    budget = limits.maxTokens
+    for message in reversed(messages):
+        cost = estimate_tokens(message)
+        if len(kept) >= limits.maxMessages or cost > budget:
+            break
+        budget -= cost
+        kept.append(message)
+    kept.reverse()
+    while kept and kept[0].get("role") != "user":
+        kept.pop(0)
+    return kept
+
+
 CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 RECORDS = st.one_of(
     st.builds(lambda text: {"type": "message", "role": "user", "content": text},
@@ -101,5 +117,5 @@ def test_histories_from_the_tail_equal_those_built_from_its_records(
             continue
         history = history_messages(served, answered)
         assert history == history_messages(list(served), answered)
-        assert cap_history(history, limits) == cap_history(
-            history_messages(list(served), answered), limits)
+        assert cap_history(history, limits) == cap_one_by_one(history, limits)
+        assert cap_history(list(history), limits) == cap_one_by_one(history, limits)

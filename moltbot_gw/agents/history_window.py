@@ -19,19 +19,27 @@ def estimate_tokens(message: Mapping[str, Any]) -> int:
 
 def cap_history(messages: Sequence[Mapping[str, Any]], limits: HistoryConfig) -> list:
     """Keep the newest messages within ``maxMessages`` and ``maxTokens``; never start the
-    history with an assistant reply cut off from its question."""
-    kept: list = []
+    history with an assistant reply cut off from its question. Messages a cached tail
+    already estimated (``tail_derivations.KnownMessages``) are not estimated again."""
+    known = getattr(messages, "tokens", None)
+    if getattr(messages, "estimate", None) is not estimate_tokens or known is None \
+            or len(known) != len(messages):
+        known = None
     budget = limits.maxTokens
-    for message in reversed(messages):
-        cost = estimate_tokens(message)
-        if len(kept) >= limits.maxMessages or cost > budget:
+    count = 0
+    for index in range(len(messages) - 1, -1, -1):
+        if count >= limits.maxMessages:
+            break
+        cost = known[index] if known is not None else estimate_tokens(messages[index])
+        if cost > budget:
             break
         budget -= cost
-        kept.append(message)
-    kept.reverse()
-    while kept and kept[0].get("role") != "user":
-        kept.pop(0)
-    return kept
+        count += 1
+    kept = list(messages[len(messages) - count:]) if count else []
+    for start, message in enumerate(kept):
+        if message.get("role") == "user":
+            return kept[start:] if start else kept
+    return []
 
 
 class HistoryBudget:

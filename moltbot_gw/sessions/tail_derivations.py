@@ -26,7 +26,8 @@ class TailDerivations:
         self.token_counts = [0]     # [i]: their estimated tokens
         self.last_complex = -1      # newest record that is tool traffic, a branch or unknown
         self.positions: list[int] = []             # records that yield a message ...
-        self.messages: list[dict[str, Any]] = []   # ... and those messages
+        self.messages: list[dict[str, Any]] = []   # ... those messages ...
+        self.message_tokens: list[int] = []        # ... and their estimated tokens
 
     def catch_up(self, records: Sequence[Mapping[str, Any]],
                  estimate: Callable[[Mapping[str, Any]], int]) -> None:
@@ -41,14 +42,15 @@ class TailDerivations:
             if kind == "message":
                 messages += 1
                 tokens += estimate(record)
-                self._classify(index, record)
+                self._classify(index, record, estimate)
             elif kind == "branch":
                 self.last_complex = index
             self.message_counts.append(messages)
             self.token_counts.append(tokens)
         self.count = len(records)
 
-    def _classify(self, index: int, record: Mapping[str, Any]) -> None:
+    def _classify(self, index: int, record: Mapping[str, Any],
+                  estimate: Callable[[Mapping[str, Any]], int]) -> None:
         """As ``current_branch`` keeps a message record when no tool traffic is open."""
         role = record.get("role")
         if role == "assistant" and not record.get("tool_calls"):
@@ -59,7 +61,9 @@ class TailDerivations:
             self.last_complex = index
             return
         self.positions.append(index)
-        self.messages.append(_as_message(record))
+        message = _as_message(record)
+        self.messages.append(message)
+        self.message_tokens.append(estimate(message))
 
     def budget_start(self, records: Sequence[Mapping[str, Any]], enough: Any) -> Optional[int]:
         """For a fresh history budget (``HistoryBudget``): the index a newest-first scan with
@@ -78,16 +82,28 @@ class TailDerivations:
         return min(max(by_messages, by_tokens), n - 1)
 
     def known_messages(self, window: Sequence[Mapping[str, Any]],
-                       start: int) -> Optional[list[dict[str, Any]]]:
+                       start: int) -> Optional[KnownMessages]:
         """``branch_messages(window)`` for the records ``start`` on, or None when the
         window holds a record only the full computation handles."""
         if self.last_complex >= start:
             return None
         first = bisect_left(self.positions, start)
         last = bisect_left(self.positions, start + len(window))
-        return [dict(message) if type(message["content"]) is str
-                else _as_message(window[self.positions[first + offset] - start])
-                for offset, message in enumerate(self.messages[first:last])]
+        messages = KnownMessages(
+            dict(message) if type(message["content"]) is str
+            else _as_message(window[self.positions[first + offset] - start])
+            for offset, message in enumerate(self.messages[first:last]))
+        messages.tokens = self.message_tokens[first:last]
+        messages.estimate = self.estimate
+        return messages
+
+
+class KnownMessages(list):
+    """Conversation messages with their token estimates (``tokens[i]`` is ``estimate`` of
+    message ``i``), so capping the history does not estimate them again."""
+
+    tokens: list[int]
+    estimate: Optional[Callable[[Mapping[str, Any]], int]]
 
 
 class TailWindow(list):
@@ -99,5 +115,5 @@ class TailWindow(list):
         self._derived = derived
         self._start = start
 
-    def known_messages(self) -> Optional[list[dict[str, Any]]]:
+    def known_messages(self) -> Optional[KnownMessages]:
         return self._derived.known_messages(self, self._start)
