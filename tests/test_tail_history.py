@@ -2,12 +2,15 @@
 last turn, and is exactly the history the records themselves give (issue #16)."""
 from __future__ import annotations
 
+import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moltbot_gw.agents.history_window import cap_history, estimate_tokens, history_budget
 from moltbot_gw.config import HistoryConfig
+from moltbot_gw.sessions.store import SessionStore
 from moltbot_gw.sessions.tail_cache import TailCache
+from moltbot_gw.sessions.tail_derivations import TailWindow
 from moltbot_gw.sessions.transcript import history_messages
 
 
@@ -76,6 +79,7 @@ def cap_one_by_one(messages, limits):
     return kept
 
 
+KEY = "agent:main:chat"
 CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 RECORDS = st.one_of(
     st.builds(lambda text: {"type": "message", "role": "user", "content": text},
@@ -119,3 +123,35 @@ def test_histories_from_the_tail_equal_those_built_from_its_records(
         assert history == history_messages(list(served), answered)
         assert cap_history(history, limits) == cap_one_by_one(history, limits)
         assert cap_history(list(history), limits) == cap_one_by_one(history, limits)
+
+
+def tool_turn(n: int) -> list:
+    call = {"id": f"call{n}", "type": "function",
+            "function": {"name": "read", "arguments": "{}"}}
+    return [{"type": "message", "role": "user", "content": f"read {n}"},
+            {"type": "message", "role": "assistant", "content": "", "tool_calls": [call]},
+            {"type": "message", "role": "tool", "tool_call_id": f"call{n}", "content": "text"},
+            {"type": "message", "role": "assistant", "content": f"it says {n}"}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stores_cached_histories_equal_those_read_from_its_files(tmp_path):
+    """Turn after turn (plain, tool, aborted, branched), the history the running store
+    builds from memory is the one a restarted store builds from the transcript file."""
+    store = SessionStore(tmp_path)
+    limits = HistoryConfig(maxMessages=6, maxTokens=400)
+    turns = [turn(0), turn(1), tool_turn(2), turn(3),
+             [{"type": "message", "role": "user", "content": "aborted"},
+              {"type": "message", "role": "assistant", "content": "", "status": "aborted"}],
+             [{"type": "branch", "drop": 2, "keep": 9}], turn(4), turn(5), turn(6), turn(7),
+             turn(8), tool_turn(9), *(turn(n) for n in range(10, 20))]
+    for records in turns:
+        await store.record_turn(KEY, [dict(record) for record in records])
+        cached = await store.load_history(KEY, history_budget(limits))
+        from_disk = await SessionStore(tmp_path).load_history(KEY, history_budget(limits))
+        assert cap_history(history_messages(cached), limits) == cap_history(
+            history_messages(list(from_disk)), limits)
+    assert isinstance(cached, TailWindow)   # the last turns took the cached tail's way
+    assert cap_history(history_messages(cached), limits)[-1] == {
+        "role": "assistant", "content": "answer 19"}
+    await store.flush()
