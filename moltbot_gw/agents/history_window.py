@@ -19,35 +19,60 @@ def estimate_tokens(message: Mapping[str, Any]) -> int:
 
 def cap_history(messages: Sequence[Mapping[str, Any]], limits: HistoryConfig) -> list:
     """Keep the newest messages within ``maxMessages`` and ``maxTokens``; never start the
-    history with an assistant reply cut off from its question."""
-    kept: list = []
+    history with an assistant reply cut off from its question. Messages a cached tail
+    already estimated (``tail_derivations.KnownMessages``) are not estimated again."""
+    known = getattr(messages, "tokens", None)
+    if getattr(messages, "estimate", None) is not estimate_tokens or known is None \
+            or len(known) != len(messages):
+        known = None
     budget = limits.maxTokens
-    for message in reversed(messages):
-        cost = estimate_tokens(message)
-        if len(kept) >= limits.maxMessages or cost > budget:
+    count = 0
+    for index in range(len(messages) - 1, -1, -1):
+        if count >= limits.maxMessages:
+            break
+        cost = known[index] if known is not None else estimate_tokens(messages[index])
+        if cost > budget:
             break
         budget -= cost
-        kept.append(message)
-    kept.reverse()
-    while kept and kept[0].get("role") != "user":
-        kept.pop(0)
-    return kept
+        count += 1
+    kept = list(messages[len(messages) - count:]) if count else []
+    for start, message in enumerate(kept):
+        if message.get("role") == "user":
+            return kept[start:] if start else kept
+    return []
 
 
-def history_budget(limits: HistoryConfig):
+class HistoryBudget:
     """When a transcript read from its end has enough for ``cap_history``: twice the messages
     and tokens it can keep (records that do not become messages, such as unanswered tool
-    calls or empty replies, leave room for older ones), so older turns are never read."""
-    messages = tokens = 0
+    calls or empty replies, leave room for older ones), so older turns are never read.
 
-    def enough(record: Mapping[str, Any]) -> bool:
-        nonlocal messages, tokens
+    Called with each record, newest first. A cached tail that knows its records' counts
+    answers the same question without calling it (``fresh_limits``)."""
+
+    estimate = staticmethod(estimate_tokens)
+
+    def __init__(self, limits: HistoryConfig):
+        self.max_messages = 2 * limits.maxMessages + 2   # enough at this many messages
+        self.max_tokens = 2 * limits.maxTokens + 64      # enough above this many tokens
+        self.messages = self.tokens = 0
+
+    def __call__(self, record: Mapping[str, Any]) -> bool:
         if record.get("type") == "message":
-            messages += 1
-            tokens += estimate_tokens(record)
-        return messages >= 2 * limits.maxMessages + 2 or tokens > 2 * limits.maxTokens + 64
+            self.messages += 1
+            self.tokens += estimate_tokens(record)
+        return self.messages >= self.max_messages or self.tokens > self.max_tokens
 
-    return enough
+    def fresh_limits(self):
+        """``(max_messages, max_tokens)`` while no record has been judged, else None."""
+        if self.messages or self.tokens:
+            return None
+        return self.max_messages, self.max_tokens
+
+
+def history_budget(limits: HistoryConfig) -> HistoryBudget:
+    """A fresh ``HistoryBudget`` for ``limits``."""
+    return HistoryBudget(limits)
 
 
 def client_history_budget(client_messages: int):

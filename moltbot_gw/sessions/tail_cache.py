@@ -3,13 +3,17 @@ does not read its transcript's tail from disk again; the file stays the truth.
 
 Each entry is the tail a read returned plus every record appended since, and whether it
 reaches the file's start. Bounded in bytes of transcript (least recently used out first).
+Each entry also keeps what a turn derives from its records (``TailDerivations``), so a turn
+does the work for the records appended since the last one only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from cachetools import LRUCache
+
+from .tail_derivations import TailDerivations, TailWindow
 
 Enough = Callable[[Mapping[str, Any]], bool]
 
@@ -19,10 +23,20 @@ class CachedTail:
     records: list[dict[str, Any]]
     size: int            # bytes of the transcript lines these records came from
     whole: bool          # the records start at the file's first line
+    derived: TailDerivations = field(default_factory=TailDerivations, repr=False)
 
     def serve(self, enough: Enough) -> Optional[list[dict[str, Any]]]:
         """The records a tail read with ``enough`` would return, or None when this tail is
-        too short to tell. ``enough`` has then seen every cached record, newest first."""
+        too short to tell. ``enough`` has then seen every cached record, newest first.
+
+        A fresh history budget is answered from the records' running counts (the same
+        answer, without looking at each record again); what it serves is a ``TailWindow``,
+        whose conversation messages are already known."""
+        start = self.derived.budget_start(self.records, enough)
+        if start is not None and (start >= 0 or self.whole):
+            start = max(start, 0)
+            return TailWindow(self.records[start:], self.derived, start)
+        # otherwise the judge sees every record here, as a disk read that follows expects
         for index in range(len(self.records) - 1, -1, -1):
             if enough(self.records[index]):
                 return self.records[index:]
@@ -52,7 +66,10 @@ class TailCache:
         tail = self._tails.get(session_id)
         if tail is not None:   # in place: a copy would cost the whole tail every turn
             tail.records.extend(records)
-            self.put(session_id, tail.records, tail.size + size, tail.whole)
+            tail.size += size
+            self.pop(session_id)   # re-inserted, the same entry: its derivations stay
+            if tail.size <= self._tails.maxsize:
+                self._tails[session_id] = tail
 
     def pop(self, session_id: str) -> None:
         self._tails.pop(session_id, None)

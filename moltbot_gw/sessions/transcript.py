@@ -411,6 +411,11 @@ def history_messages(records: Iterable[Mapping[str, Any]],
     ``answered_now`` are ids of calls whose results the new turn brings, so the last
     stored call is kept for them.
     """
+    # records a cached tail served may know their messages already (tail_derivations.py)
+    known = getattr(records, "known_messages", None)
+    messages = known() if known is not None else None
+    if messages is not None:
+        return messages   # known only without tool traffic: nothing to clean
     # branch_messages' dicts are new: cleaned without the copy complete_tool_turns makes
     return _without_unanswered_calls(branch_messages(records), set(answered_now))
 
