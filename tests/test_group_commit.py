@@ -107,7 +107,7 @@ def test_a_failed_fsync_fails_only_the_turns_it_would_have_covered(tmp_path):
 async def test_concurrent_turns_of_a_store_take_fewer_fsyncs_than_turns(tmp_path,
                                                                          monkeypatch):
     synced: list[str] = []
-    real_fsync = os.fsync
+    real_fsync = os.fdatasync      # what the group commit syncs appends with
 
     def counting_fsync(fd):
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
@@ -117,7 +117,7 @@ async def test_concurrent_turns_of_a_store_take_fewer_fsyncs_than_turns(tmp_path
     keys = [f"agent:main:user-{n}" for n in range(4)]
     for key in keys:                      # existing sessions: a turn touches its transcript
         await store.record_turn(key, [{"type": "message", "role": "user", "content": "hi"}])
-    monkeypatch.setattr(os, "fsync", counting_fsync)
+    monkeypatch.setattr(os, "fdatasync", counting_fsync)
     turns = [store.record_turn(keys[n % 4], [{"type": "message", "role": "user",
                                                 "content": f"q{n}"}]) for n in range(16)]
     await defer.gatherResults(turns, consumeErrors=True)
@@ -127,7 +127,7 @@ async def test_concurrent_turns_of_a_store_take_fewer_fsyncs_than_turns(tmp_path
         history = [r["content"] for r in await store.load_history(key)
                    if r.get("type") == "message"]
         assert history == ["hi"] + [f"q{m}" for m in range(n, 16, 4)]
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fdatasync", real_fsync)
     await store.flush()
 
 

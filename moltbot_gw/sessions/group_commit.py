@@ -44,7 +44,7 @@ class Append:
 
 
 def _fsync_path(path: Path, fsync: Callable[[int], None]) -> None:
-    """fsync a file by path: any descriptor of the file flushes its data and size."""
+    """Sync a file by path: any descriptor of the file flushes its data and size."""
     fd = os.open(path, os.O_RDONLY)
     try:
         fsync(fd)
@@ -57,7 +57,9 @@ def commit_appends(appends: Sequence[Append],
     """Write every append in order, then fsync each touched file once (a few at a time) and
     the directories of created files. Returns, per append, its ``write`` result or the
     exception that kept it from being durable. Blocking: run it in a worker thread."""
-    fsync = fsync or os.fsync
+    # fdatasync: an append's bytes and the new size (what reading them needs) reach the
+    # disk, as with fsync, without also writing the inode's timestamps: less work per sync
+    fsync = fsync or getattr(os, "fdatasync", os.fsync)
     outcomes: list[Any] = [None] * len(appends)
     failed: dict[Path, BaseException] = {}
     created_in: set[Path] = set()
