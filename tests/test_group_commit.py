@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from moltbot_gw.sessions import group_commit
 from moltbot_gw.sessions.group_commit import GroupCommitter
 from moltbot_gw.sessions.store import SessionStore
 from moltbot_gw.sessions.transcript import append_records, read_transcript
@@ -117,7 +118,7 @@ async def test_concurrent_turns_of_a_store_take_fewer_fsyncs_than_turns(tmp_path
     keys = [f"agent:main:user-{n}" for n in range(4)]
     for key in keys:                      # existing sessions: a turn touches its transcript
         await store.record_turn(key, [{"type": "message", "role": "user", "content": "hi"}])
-    monkeypatch.setattr(os, "fdatasync", counting_fsync)
+    monkeypatch.setattr(group_commit, "_DATASYNC", counting_fsync)
     turns = [store.record_turn(keys[n % 4], [{"type": "message", "role": "user",
                                                 "content": f"q{n}"}]) for n in range(16)]
     await defer.gatherResults(turns, consumeErrors=True)
@@ -127,7 +128,7 @@ async def test_concurrent_turns_of_a_store_take_fewer_fsyncs_than_turns(tmp_path
         history = [r["content"] for r in await store.load_history(key)
                    if r.get("type") == "message"]
         assert history == ["hi"] + [f"q{m}" for m in range(n, 16, 4)]
-    monkeypatch.setattr(os, "fdatasync", real_fsync)
+    monkeypatch.setattr(group_commit, "_DATASYNC", real_fsync)
     await store.flush()
 
 

@@ -43,6 +43,11 @@ class Append:
     done: Deferred = field(default_factory=Deferred)
 
 
+# fdatasync: an append's bytes and the new size (what reading them needs) reach the disk, as
+# with fsync, without also writing the inode's timestamps: less work per sync
+_DATASYNC: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+
+
 def _fsync_path(path: Path, fsync: Callable[[int], None]) -> None:
     """Sync a file by path: any descriptor of the file flushes its data and size."""
     fd = os.open(path, os.O_RDONLY)
@@ -57,9 +62,7 @@ def commit_appends(appends: Sequence[Append],
     """Write every append in order, then fsync each touched file once (a few at a time) and
     the directories of created files. Returns, per append, its ``write`` result or the
     exception that kept it from being durable. Blocking: run it in a worker thread."""
-    # fdatasync: an append's bytes and the new size (what reading them needs) reach the
-    # disk, as with fsync, without also writing the inode's timestamps: less work per sync
-    fsync = fsync or getattr(os, "fdatasync", os.fsync)
+    sync = fsync if fsync is not None else _DATASYNC
     outcomes: list[Any] = [None] * len(appends)
     failed: dict[Path, BaseException] = {}
     created_in: set[Path] = set()
@@ -75,9 +78,9 @@ def commit_appends(appends: Sequence[Append],
             failed[append.path] = outcomes[index] = error
     touched = list(dict.fromkeys(a.path for a in appends if a.path not in failed))
     if len(touched) > 1:
-        results = list(_FSYNC_POOL.map(_sync_one, touched, [fsync] * len(touched)))
+        results = list(_FSYNC_POOL.map(_sync_one, touched, [sync] * len(touched)))
     else:
-        results = [_sync_one(path, fsync) for path in touched]
+        results = [_sync_one(path, sync) for path in touched]
     for path, sync_error in zip(touched, results, strict=True):
         if sync_error is not None:
             failed[path] = sync_error
