@@ -27,7 +27,7 @@ def test_garbage_made_before_the_freeze_is_collected_not_frozen():
             if garbage() is None:
                 break
         assert garbage() is None          # collected, not kept for ever
-        assert frozen == gc.get_freeze_count() > 0
+        assert frozen > 0                 # (frozen objects can still be freed by refcount)
         # the live one is frozen: out of every later collection's scan
         assert alive.me is alive and not any(o is alive for o in gc.get_objects())
     finally:
