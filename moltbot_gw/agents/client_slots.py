@@ -71,6 +71,23 @@ class SlotBook:
     def waiting(self, client: str) -> int:
         return len(self._waiting.get(client, ()))
 
+    def _enqueue(self, client: str) -> Deferred:
+        """A place at the end of ``client``'s queue (cancelling it leaves the queue), or a
+        ``ClientBusy`` failure when the queue is full."""
+        if self.waiting(client) >= self.queue_size:
+            return fail(ClientBusy(client, self.running(client), self.waiting(client),
+                                   per_client=self.per_client, queue_size=self.queue_size))
+        d: Deferred = Deferred(canceller=lambda d: self._leave_queue(client, d))
+        self._waiting.setdefault(client, deque()).append(d)
+        return d
+
+    def _leave_queue(self, client: str, d: Deferred) -> None:
+        queue = self._waiting.get(client)
+        if queue is not None and d in queue:
+            queue.remove(d)
+            if not queue:
+                del self._waiting[client]
+
     def _hand_on(self, client: str) -> None:
         raise NotImplementedError
 
@@ -85,20 +102,7 @@ class ClientSlots(SlotBook):
         if self.running(client) < self.per_client and not self.waiting(client):
             self._running[client] = self.running(client) + 1
             return succeed(ClientSlot(self, client))
-        if self.waiting(client) >= self.queue_size:
-            return fail(ClientBusy(client, self.running(client), self.waiting(client),
-                                   per_client=self.per_client, queue_size=self.queue_size))
-        queue = self._waiting.setdefault(client, deque())
-        d: Deferred = Deferred(canceller=lambda d: self._leave_queue(client, d))
-        queue.append(d)
-        return d
-
-    def _leave_queue(self, client: str, d: Deferred) -> None:
-        queue = self._waiting.get(client)
-        if queue is not None and d in queue:
-            queue.remove(d)
-            if not queue:
-                del self._waiting[client]
+        return self._enqueue(client)
 
     def _release(self, client: str) -> None:
         left = self.running(client) - 1

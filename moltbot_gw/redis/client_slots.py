@@ -23,11 +23,11 @@ import uuid
 from collections import deque
 from typing import Optional
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..agents.client_slots import ClientBusy, SlotBook
+from ..agents.client_slots import SlotBook
 from .connection import LuaScript, RedisLink
 from .notices import RedisNotices
 
@@ -134,20 +134,13 @@ class RedisClientSlots(SlotBook):
     # -- the queue ------------------------------------------------------------------------
 
     def _enqueue(self, client: str) -> Deferred:
-        if self.waiting(client) >= self.queue_size:
-            return fail(ClientBusy(client, self.running(client), self.waiting(client),
-                                   per_client=self.per_client, queue_size=self.queue_size))
-        d: Deferred = Deferred(canceller=lambda d: self._leave_queue(client, d))
-        self._waiting.setdefault(client, deque()).append(d)
-        self._schedule_retry()
+        d = super()._enqueue(client)
+        if not d.called:
+            self._schedule_retry()
         return d
 
     def _leave_queue(self, client: str, d: Deferred) -> None:
-        queue = self._waiting.get(client)
-        if queue is not None and d in queue:
-            queue.remove(d)
-            if not queue:
-                del self._waiting[client]
+        super()._leave_queue(client, d)
         if not self._waiting:
             self.stop()
 
