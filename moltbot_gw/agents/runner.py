@@ -50,6 +50,7 @@ from .tool_loop import (
     loop_tool_choice,
     tool_loop,
 )
+from .turn_records import error_message, message_record, turn_records
 
 WORKSPACE_FILES = ("AGENTS.md", "SOUL.md")
 
@@ -189,7 +190,7 @@ class AgentRunner:
                 await self._record(run, request, status=status, error=error, before=before,
                                    steps=steps, lease=lease)
                 run.emit("lifecycle", {"phase": "error", "error": {
-                    "kind": getattr(error, "kind", "error"), "message": _message(error)}})
+                    "kind": getattr(error, "kind", "error"), "message": error_message(error)}})
                 self.log.info("run {run_id} of {agent} ended: {kind}", run_id=run.run_id,
                               agent=agent.id, kind=getattr(error, "kind", "error"))
                 raise error from None
@@ -250,7 +251,7 @@ class AgentRunner:
             self.log.info("run {run_id}: the client's history leaves {drop} stored message(s)"
                           " of {session_key} on an earlier branch", run_id=run.run_id,
                           drop=alignment.drop, session_key=run.session_key)
-        before += [_message_record(message, run.run_id, now, origin="client")
+        before += [message_record(message, run.run_id, now, origin="client")
                    for message in alignment.rest]
         history = complete_tool_turns(stored[:alignment.keep] + list(alignment.rest),
                                       answered_now)
@@ -387,29 +388,8 @@ class AgentRunner:
         ``LeaseLost`` (another process took the session) fails an ok turn, nothing else."""
         if not (request.persist and request.record):
             return
-        now = self._now_ms()
-        records = list(before)
-        records += [_message_record(message, run.run_id, now) for message in request.input]
-        records += [_message_record(message, run.run_id, now) for message in steps]
-        # the steps' texts were said first: the reply is what the model said after them
-        said = sum(len(m.get("content") or "") for m in steps if m.get("role") == "assistant")
-        reply: dict[str, Any] = {"type": "message", "role": "assistant",
-                                 "content": run.text[said:],
-                                 "runId": run.run_id, "ts": now, "status": status}
-        usage = None
-        if result is not None:
-            usage = {"prompt_tokens": result.usage.prompt_tokens,
-                     "completion_tokens": result.usage.completion_tokens,
-                     "total_tokens": result.usage.total_tokens}
-            reply.update(usage=usage, model=result.model, finishReason=result.finish_reason)
-            if result.tool_calls:
-                reply["tool_calls"] = [
-                    {"id": call.id, "type": "function",
-                     "function": {"name": call.name, "arguments": call.arguments}}
-                    for call in result.tool_calls]
-        if error is not None:
-            reply["error"] = {"kind": getattr(error, "kind", "error"), "message": _message(error)}
-        records.append(reply)
+        records, usage = turn_records(run, request.input, status, self._now_ms(), result,
+                                      error, before, steps)
         try:
             session_order.check_lease(lease)
             await self.store.record_turn(run.session_key, records, lease=lease,
@@ -431,21 +411,3 @@ class AgentRunner:
             self.log.failure("could not record run {run_id} in its transcript",
                              run_id=run.run_id)
 
-
-def _message_record(message: Mapping[str, Any], run_id: str, now: int,
-                    origin: Optional[str] = None) -> dict[str, Any]:
-    """A transcript ``message`` record of a chat message the client sent; ``origin``
-    "client" marks an earlier message taken from the client's conversation (an edit)."""
-    record = {"type": "message", "role": message.get("role", "user"),
-              "content": message.get("content"), "runId": run_id, "ts": now}
-    if message.get("tool_call_id") is not None:
-        record["tool_call_id"] = message["tool_call_id"]
-    if message.get("tool_calls"):
-        record["tool_calls"] = [dict(call) for call in message["tool_calls"]]
-    if origin is not None:
-        record["origin"] = origin
-    return record
-
-
-def _message(error: BaseException) -> str:
-    return getattr(error, "message", None) or str(error) or type(error).__name__
