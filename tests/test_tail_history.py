@@ -12,6 +12,7 @@ from moltbot_gw.sessions.store import SessionStore
 from moltbot_gw.sessions.tail_cache import TailCache
 from moltbot_gw.sessions.tail_derivations import TailWindow
 from moltbot_gw.sessions.transcript import history_messages
+from moltbot_gw.shared_message import SharedMessage
 
 
 class CountingRecord(dict):
@@ -155,3 +156,24 @@ async def test_a_stores_cached_histories_equal_those_read_from_its_files(tmp_pat
     assert cap_history(history_messages(cached), limits)[-1] == {
         "role": "assistant", "content": "answer 19"}
     await store.flush()
+
+
+def test_turns_share_the_stored_messages_and_never_a_message_with_parts():
+    """Text messages are the same read-only objects turn after turn (no copy per turn);
+    a message with content parts is built anew, so a caller may change it."""
+    parts = {"type": "message", "role": "user", "content": [{"type": "text", "text": "look"}]}
+    cache = TailCache(1 << 20)
+    cache.put("s", [{"type": "session"}, *turn(0), parts, *turn(1)], 1000, True)
+    limits = HistoryConfig()
+    first = history_messages(cache.get("s").serve(history_budget(limits)))
+    cache.extend("s", turn(2), 100)
+    second = history_messages(cache.get("s").serve(history_budget(limits)))
+    assert second[:5] == first and len(second) == 7
+    for before, now in zip(first, second[:5], strict=True):
+        if isinstance(now["content"], str):
+            assert now is before and type(now) is SharedMessage
+        else:
+            assert now is not before and type(now) is dict
+            now["content"].append({"type": "text", "text": "mine"})
+    assert history_messages(cache.get("s").serve(history_budget(limits)))[2] == {
+        "role": "user", "content": [{"type": "text", "text": "look"}]}

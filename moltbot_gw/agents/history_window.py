@@ -3,6 +3,8 @@ within the agent's ``history`` limits; the budgets say when a transcript read fr
 read enough."""
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import accumulate
 from typing import Any, Mapping, Sequence
 
 from ..config import HistoryConfig
@@ -25,16 +27,21 @@ def cap_history(messages: Sequence[Mapping[str, Any]], limits: HistoryConfig) ->
     if getattr(messages, "estimate", None) is not estimate_tokens or known is None \
             or len(known) != len(messages):
         known = None
-    budget = limits.maxTokens
-    count = 0
-    for index in range(len(messages) - 1, -1, -1):
-        if count >= limits.maxMessages:
-            break
-        cost = known[index] if known is not None else estimate_tokens(messages[index])
-        if cost > budget:
-            break
-        budget -= cost
-        count += 1
+    if known is not None:
+        # newest first: how many fit in maxMessages and whose running total fits maxTokens
+        totals = list(accumulate(known[:-limits.maxMessages - 1:-1]))
+        count = bisect_right(totals, limits.maxTokens)
+    else:
+        budget = limits.maxTokens
+        count = 0
+        for index in range(len(messages) - 1, -1, -1):
+            if count >= limits.maxMessages:
+                break
+            cost = estimate_tokens(messages[index])
+            if cost > budget:
+                break
+            budget -= cost
+            count += 1
     kept = list(messages[len(messages) - count:]) if count else []
     for start, message in enumerate(kept):
         if message.get("role") == "user":

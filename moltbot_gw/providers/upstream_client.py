@@ -6,7 +6,6 @@ is silent until it is complete). Failures become typed ``ProviderError``s (class
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping, Optional, cast
@@ -39,6 +38,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
+from ..shared_message import compact_body
 from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
 from .upstream_errors import error_from_status
 
@@ -126,8 +126,7 @@ class UpstreamClient:
         closes the connection, also mid-body. ``flow`` (a ``FlowControl``) may pause reading
         the body while its consumer catches up.
         """
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
-                          default=_jsonable).encode("utf-8")
+        body = compact_body(payload, default=_jsonable)   # stored history: encoded once
         all_headers = {"Content-Type": "application/json",
                        "Accept": "text/event-stream, application/json"}
         all_headers.update(headers or {})

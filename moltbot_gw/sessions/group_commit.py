@@ -111,7 +111,7 @@ class GroupCommitter:
 
     def submit(self, path: Path, write: Callable[[], Any]) -> Deferred:
         """Queue an append; fires with ``write()``'s result once the append is fsynced."""
-        append = Append(Path(path), write)
+        append = Append(path if isinstance(path, Path) else Path(path), write)
         self._queue.append(append)
         if not self._running:
             self._start()

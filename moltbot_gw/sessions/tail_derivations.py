@@ -12,6 +12,7 @@ from bisect import bisect_left, bisect_right
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..content import content_text
+from ..shared_message import SharedMessage
 from .transcript import _as_message
 
 
@@ -28,6 +29,7 @@ class TailDerivations:
         self.positions: list[int] = []             # records that yield a message ...
         self.messages: list[dict[str, Any]] = []   # ... those messages ...
         self.message_tokens: list[int] = []        # ... and their estimated tokens
+        self.unshared: list[int] = []   # messages (indexes) with parts: built anew each turn
 
     def catch_up(self, records: Sequence[Mapping[str, Any]],
                  estimate: Callable[[Mapping[str, Any]], int]) -> None:
@@ -62,6 +64,10 @@ class TailDerivations:
             return
         self.positions.append(index)
         message = _as_message(record)
+        if type(message["content"]) is str:
+            message = SharedMessage(message)   # one object, encoded once, for every turn
+        else:
+            self.unshared.append(len(self.messages))
         self.messages.append(message)
         self.message_tokens.append(estimate(message))
 
@@ -89,17 +95,19 @@ class TailDerivations:
             return None
         first = bisect_left(self.positions, start)
         last = bisect_left(self.positions, start + len(window))
-        messages = KnownMessages(
-            dict(message) if type(message["content"]) is str
-            else _as_message(window[self.positions[first + offset] - start])
-            for offset, message in enumerate(self.messages[first:last]))
+        messages = KnownMessages(self.messages[first:last])
+        for index in self.unshared[bisect_left(self.unshared, first):]:
+            if index >= last:
+                break
+            messages[index - first] = _as_message(window[self.positions[index] - start])
         messages.tokens = self.message_tokens[first:last]
         messages.estimate = self.estimate
         return messages
 
 
 class KnownMessages(list):
-    """Conversation messages with their token estimates (``tokens[i]`` is ``estimate`` of
+    """Conversation messages (text ones are ``SharedMessage``s: read-only, kept across turns)
+    with their token estimates (``tokens[i]`` is ``estimate`` of
     message ``i``), so capping the history does not estimate them again."""
 
     tokens: list[int]

@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -30,6 +31,7 @@ log = Logger()
 TRANSCRIPT_SUFFIX = ".jsonl"
 
 
+@lru_cache(maxsize=4096)   # asked several times per turn; building a Path is not cheap
 def transcript_path(sessions_dir: Path, session_id: str) -> Path:
     return Path(sessions_dir) / (session_id + TRANSCRIPT_SUFFIX)
 
