@@ -11,12 +11,16 @@ import pytest_twisted
 from twisted.internet import reactor
 from zope.interface.verify import verifyObject
 
-from moltbot_gw.config import SessionConfig
+from twisted.internet.defer import gatherResults
+
+from moltbot_gw.agents.history_window import history_budget
+from moltbot_gw.config import HistoryConfig, SessionConfig
 from moltbot_gw.redis import RedisLink
 from moltbot_gw.sessions.interface import ISessionStore
 from moltbot_gw.sessions.lease import LeaseLost
 from moltbot_gw.sessions.redis_store import RedisSessionStore
 from moltbot_gw.sessions.store import SessionStore
+from moltbot_gw.sessions.transcript import history_messages
 
 KEY = "agent:main:main"
 
@@ -88,6 +92,26 @@ async def test_history_is_read_from_the_tail_only_as_far_as_needed(link):
     everything = await store.load_history(KEY)
     assert len(everything) == 401 and everything[0]["type"] == "session"
     assert [r["content"] for r in everything[1:5]] == ["q0", "a0", "q1", "a1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_tails_give_a_fresh_reads_history_while_two_processes_take_turns(link):
+    """Each process extends its cached tail in place with what any process appended; two
+    reads at once that both ask for what followed the same entry add it once."""
+    a, b = RedisSessionStore(link), RedisSessionStore(link)
+    limits = HistoryConfig(maxMessages=5)
+    for i in range(12):
+        await (b if i % 3 else a).record_turn(KEY, [user(f"q{i}"), reply(f"a{i}")])
+        first, second = await gatherResults([a.load_history(KEY, history_budget(limits)),
+                                             a.load_history(KEY, history_budget(limits))])
+        fresh = await RedisSessionStore(link).load_history(KEY, history_budget(limits))
+        assert list(first) == list(second) == fresh
+        expected = history_messages(fresh)
+        assert history_messages(first) == history_messages(second) == expected
+        assert expected[-1] == {"role": "assistant", "content": f"a{i}"}
+    everything = await a.load_history(KEY)
+    assert [r["content"] for r in everything[1:]] == [
+        text for i in range(12) for text in (f"q{i}", f"a{i}")]
 
 
 @pytest_twisted.ensureDeferred

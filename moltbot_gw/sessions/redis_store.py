@@ -26,7 +26,7 @@ from moltbot_gw.sessions.index import SessionEntry, usage_token_counts
 from moltbot_gw.sessions.interface import ISessionStore
 from moltbot_gw.sessions.keys import check_agent_id, parse_session_key
 from moltbot_gw.sessions.lease import LeaseLost, SessionLease
-from moltbot_gw.sessions.redis_tail import StreamTail, StreamTails
+from moltbot_gw.sessions.redis_tail import StreamTail, StreamTails, stream_id_order
 from moltbot_gw.sessions.retention import idle_cutoff_ms
 from moltbot_gw.sessions.transcript import encode_records
 
@@ -76,16 +76,16 @@ def stream_raw(item: Sequence[Any]) -> Optional[str]:
     return None
 
 
-def _extended(tail: StreamTail, items: Sequence[Any]) -> StreamTail:
-    """``tail`` with the entries appended after it (``XRANGE`` items, oldest first)."""
-    records, size = list(tail.records), tail.size
+def _extend(tail: StreamTail, items: Sequence[Any]) -> None:
+    """Add the entries appended after ``tail`` (``XRANGE`` items, oldest first) to it."""
+    entries = []
     for item in items:
         record, line_bytes = sized_record(item)
         if record is not None:
-            records.append(record)
-            size += line_bytes
-    newest_id = items[-1][0] if items else tail.newest_id
-    return StreamTail(records, tail.oldest_id, newest_id, size, tail.whole, tail.session_id)
+            entries.append((item[0], record, line_bytes))
+    tail.extend(entries)
+    if items:   # unreadable entries at the end are not read again
+        tail.newest_id = max(tail.newest_id, items[-1][0], key=stream_id_order)
 
 
 def _read_everything(record: Mapping[str, Any]) -> bool:
@@ -231,7 +231,7 @@ class RedisSessionStore:
         first_page = head[2] or []
         if int(head[1]) == 1 and tail is not None:
             if len(first_page) < HISTORY_PAGE:       # everything appended since
-                tail = _extended(tail, first_page)
+                _extend(tail, first_page)
                 self.tails.put(session_key, tail)
                 served = tail.serve(enough)
                 if served is not None:

@@ -8,10 +8,13 @@ Bounded in bytes of records (least recently used out first).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from cachetools import LRUCache
+
+from .tail_cache import serve_tail
+from .tail_derivations import TailDerivations
 
 Enough = Callable[[Mapping[str, Any]], bool]
 
@@ -25,13 +28,29 @@ class StreamTail:
     whole: bool                      # the records start at the stream's first entry
     session_id: str                  # the transcript they came from
 
+    derived: TailDerivations = field(default_factory=TailDerivations, repr=False)
+
     def serve(self, enough: Enough) -> Optional[list[dict[str, Any]]]:
         """The records a read from the end with ``enough`` would return, or None when this
-        tail is too short to tell."""
-        for index in range(len(self.records) - 1, -1, -1):
-            if enough(self.records[index]):
-                return self.records[index:]
-        return list(self.records) if self.whole else None
+        tail is too short to tell (``tail_cache.serve_tail``)."""
+        return serve_tail(self.records, self.whole, self.derived, enough)
+
+    def extend(self, entries: Sequence[tuple[str, dict[str, Any], int]]) -> None:
+        """Add entries read after this tail (stream id, record, its bytes; oldest first), in
+        place: the derivations of the records before stay. Entries it already holds (two
+        reads of one session that both asked for what followed the same entry) are left."""
+        newest = stream_id_order(self.newest_id)
+        for stream_id, record, size in entries:
+            if stream_id_order(stream_id) > newest:
+                self.records.append(record)
+                self.size += size
+                self.newest_id = stream_id
+
+
+def stream_id_order(stream_id: str) -> tuple[int, int]:
+    """A Redis stream id (``<ms>-<seq>``) as something that sorts as Redis does."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class StreamTails:

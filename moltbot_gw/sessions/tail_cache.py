@@ -26,21 +26,27 @@ class CachedTail:
     derived: TailDerivations = field(default_factory=TailDerivations, repr=False)
 
     def serve(self, enough: Enough) -> Optional[list[dict[str, Any]]]:
-        """The records a tail read with ``enough`` would return, or None when this tail is
-        too short to tell. ``enough`` has then seen every cached record, newest first.
+        return serve_tail(self.records, self.whole, self.derived, enough)
 
-        A fresh history budget is answered from the records' running counts (the same
-        answer, without looking at each record again); what it serves is a ``TailWindow``,
-        whose conversation messages are already known."""
-        start = self.derived.budget_start(self.records, enough)
-        if start is not None and (start >= 0 or self.whole):
-            start = max(start, 0)
-            return TailWindow(self.records[start:], self.derived, start)
-        # otherwise the judge sees every record here, as a disk read that follows expects
-        for index in range(len(self.records) - 1, -1, -1):
-            if enough(self.records[index]):
-                return self.records[index:]
-        return list(self.records) if self.whole else None
+
+def serve_tail(records: list[dict[str, Any]], whole: bool, derived: TailDerivations,
+               enough: Enough) -> Optional[list[dict[str, Any]]]:
+    """The records a tail read with ``enough`` would return from a cached tail (``whole``:
+    it starts at the transcript's start), or None when the tail is too short to tell.
+    ``enough`` has then seen every cached record, newest first.
+
+    A fresh history budget is answered from the records' running counts (the same answer,
+    without looking at each record again); what it serves is a ``TailWindow``, whose
+    conversation messages are already known."""
+    start = derived.budget_start(records, enough)
+    if start is not None and (start >= 0 or whole):
+        start = max(start, 0)
+        return TailWindow(records[start:], derived, start)
+    # otherwise the judge sees every record here, as a disk read that follows expects
+    for index in range(len(records) - 1, -1, -1):
+        if enough(records[index]):
+            return records[index:]
+    return list(records) if whole else None
 
 
 class TailCache:
