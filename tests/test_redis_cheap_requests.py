@@ -232,3 +232,31 @@ async def test_a_cached_tail_is_dropped_when_another_process_compacts_or_resets(
                 if r.get("type") == "message"] == ["fresh", "re: fresh"]
     finally:
         await a_link.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_slots_asked_and_freed_in_one_reactor_turn_share_one_round_trip(
+        redis_url, redis_prefix):
+    """Under load many runs of a client start and end at once: their slots go to Redis
+    together, releases first, admissions in order up to the limit, the rest waiting."""
+    a = Process(redis_url, redis_prefix, per_client=2, queue=4)
+    a.link = a.slots.redis = CountingLink(redis_url, reactor, key_prefix=redis_prefix)
+    await a.start()
+    try:
+        a.link.round_trips = 0
+        first, second, third = (a.slots.acquire(CLIENT) for _ in range(3))
+        one, two = await within(first), await within(second)
+        await until(lambda: a.slots.waiting(CLIENT) == 1)          # over the limit: queued
+        assert a.link.round_trips == 1
+        a.link.round_trips = 0
+        one.release()
+        fourth = a.slots.acquire(CLIENT)        # behind the waiter, in this process's queue
+        three = await within(third)             # the release let the waiter in
+        assert a.link.round_trips == 2          # the release, then the waiter's admission
+        two.release()
+        three.release()
+        four = await within(fourth)
+        four.release()
+        await until_free(a.link)
+    finally:
+        await a.stop()

@@ -9,6 +9,10 @@ again -- only when some acquisition was refused since (a mark key the refusal se
 release nobody waits for is one round trip. A process that dies holds its slots no longer
 than the lease (``session.store.redis.lockLeaseSeconds``).
 
+Acquisitions and releases of one client made in the same reactor turn go to Redis together
+(one script: releases first, then admissions in arrival order): under load a request's two
+slot round trips become a fraction of one.
+
 The queue is per process: each process keeps up to ``perClientQueue`` waiters of a client,
 first in first out among themselves, retried on a ``slot-free`` notice, on a local release
 and every ``RETRY_SECONDS`` (a lost notice, a dead holder's lease running out). Across
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Optional
 
 from twisted.internet.defer import Deferred
@@ -38,19 +43,41 @@ _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
-# KEYS: the client's holders, its "someone was refused" mark; ARGV: holder id, limit,
-# lease ms, then holder ids of this process left in doubt by an outage (removed first). 1 when
-# admitted; a refusal leaves the mark, so that the next release publishes.
-_ACQUIRE = LuaScript(_NOW + """
-for i = 4, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-  return 0
+# KEYS: the client's holders, its "someone was refused" mark; ARGV: limit, lease ms, channel,
+# client, then a count and that many holder ids released, a count and that many holder ids of
+# this process an outage left in doubt (both removed first), then the holder ids that ask to
+# be admitted, in order. Publishes slot-free when a release frees a slot and a run was refused
+# since the last release that published (a release nobody waits for sends nothing to every
+# process). Returns how many of the askers were admitted (the first ones); a refusal leaves
+# the mark, so that the next release publishes.
+_EXCHANGE = LuaScript(_NOW + """
+local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local released = tonumber(ARGV[5])
+local i = 6
+for j = i, i + released - 1 do redis.call('ZREM', KEYS[1], ARGV[j]) end
+i = i + released
+local doubtful = tonumber(ARGV[i])
+i = i + 1
+for j = i, i + doubtful - 1 do redis.call('ZREM', KEYS[1], ARGV[j]) end
+i = i + doubtful
+if released > 0 and redis.call('DEL', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+if i > #ARGV then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+local admitted = 0
+for j = i, #ARGV do
+  if held >= limit then
+    redis.call('SET', KEYS[2], '1', 'PX', lease)
+    break
+  end
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[j])
+  held = held + 1
+  admitted = admitted + 1
+end
+if admitted > 0 then redis.call('PEXPIRE', KEYS[1], lease) end
+return admitted
 """)
 # KEYS: the client's holders; ARGV: holder id, lease ms. 0 when the lease was already lost.
 _RENEW = LuaScript(_NOW + """
@@ -60,19 +87,6 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """)
-# KEYS: the client's holders, its refused mark; ARGV: holder id, channel, client. Publishes
-# slot-free only when a run was refused since the last release that published: a release
-# nobody waits for costs one round trip and no notice to every process.
-_RELEASE = LuaScript("""
-redis.call('ZREM', KEYS[1], ARGV[1])
-if redis.call('DEL', KEYS[2]) == 1 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-""")
-
-
 class SharedClientSlot:
     """One held slot; ``release()`` (idempotent) frees it for every process."""
 
@@ -117,6 +131,8 @@ class RedisClientSlots(SlotBook):
         # holder ids an outage left in doubt (an acquire or release without an answer),
         # by client: removed by the client's next acquire
         self._in_doubt: dict[str, set[str]] = {}
+        self._exchanges: dict[str, _Exchange] = {}   # this reactor turn's, by client
+        self._flush_call = None
         notices.listen(CHANNEL, self._hand_on)
 
     def acquire(self, client: str) -> Deferred:
@@ -204,23 +220,57 @@ class RedisClientSlots(SlotBook):
     def _try(self, client: str) -> Deferred:
         """A Deferred of a slot, or None when the client's slots are all held."""
         holder = uuid.uuid4().hex
-        doubtful = self._in_doubt.pop(client, set())
-        d = self.redis.script(_ACQUIRE, [self._key(client), self._refused_key(client)],
-                              [holder, self.per_client, self._lease_ms(), *doubtful])
+        asked: Deferred = Deferred()
+        self._exchange(client).asks.append((holder, asked))
 
-        def answered(admitted) -> Optional[SharedClientSlot]:
-            if int(admitted) != 1:
+        def answered(admitted: bool) -> Optional[SharedClientSlot]:
+            if not admitted:
                 return None
             self._running[client] = self.running(client) + 1
             return SharedClientSlot(self, client, holder)
+        return asked.addCallback(answered)
 
-        def unanswered(failure: Failure) -> Failure:
-            # Redis may have applied the acquire (or not): the holder id is in doubt, and
-            # with it the ones before; the next attempt for this client removes them, so an
+    def _exchange(self, client: str) -> "_Exchange":
+        """The client's exchange of this reactor turn, sent to Redis once the turn ends."""
+        exchange = self._exchanges.get(client)
+        if exchange is None:
+            exchange = self._exchanges[client] = _Exchange()
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+        return exchange
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        exchanges, self._exchanges = self._exchanges, {}
+        for client, exchange in exchanges.items():
+            self._send(client, exchange)
+
+    def _send(self, client: str, exchange: "_Exchange") -> None:
+        doubtful = self._in_doubt.pop(client, set())
+        asking = [holder for holder, _ in exchange.asks]
+        d = self.redis.script(
+            _EXCHANGE, [self._key(client), self._refused_key(client)],
+            [self.per_client, self._lease_ms(), self.notices.channel(CHANNEL), client,
+             len(exchange.releases), *exchange.releases, len(doubtful), *doubtful, *asking])
+
+        def answered(admitted) -> None:
+            for index, (_, asked) in enumerate(exchange.asks):
+                asked.callback(index < int(admitted))
+            if exchange.releases:
+                self._hand_on(client)
+
+        def unanswered(failure: Failure) -> None:
+            # Redis may have applied the exchange (or not): its holder ids are in doubt, and
+            # with them the ones before; the client's next exchange removes them, so an
             # outage does not keep the client's slots taken for a whole lease.
-            self._doubt(client, doubtful | {holder})
-            return failure
-        return d.addCallbacks(answered, unanswered)
+            self._doubt(client, doubtful | set(asking) | set(exchange.releases))
+            if exchange.releases:
+                self.log.warn("Client slots: a release was not recorded (the client's next "
+                              "run, or the lease, frees the slot): {problem}",
+                              problem=str(failure.value))
+            for _, asked in exchange.asks:
+                asked.errback(failure)
+        d.addCallbacks(answered, unanswered)
 
     def _doubt(self, client: str, holders: set) -> None:
         self._in_doubt.setdefault(client, set()).update(holders)
@@ -244,11 +294,13 @@ class RedisClientSlots(SlotBook):
             self._running[slot.client] = left
         else:
             self._running.pop(slot.client, None)
-        d = self.redis.script(_RELEASE, [self._key(slot.client), self._refused_key(slot.client)],
-                              [slot.holder, self.notices.channel(CHANNEL), slot.client])
-        d.addCallbacks(lambda _: self._hand_on(slot.client), self._unreleased, errbackArgs=(slot,))
+        self._exchange(slot.client).releases.append(slot.holder)
 
-    def _unreleased(self, failure: Failure, slot: SharedClientSlot) -> None:
-        self.log.warn("Client slots: a release was not recorded (the client's next run, or "
-                      "the lease, frees the slot): {problem}", problem=str(failure.value))
-        self._doubt(slot.client, {slot.holder})
+
+@dataclass
+class _Exchange:
+    """What one client's slots ask of Redis at the end of a reactor turn: holder ids to
+    release, and holder ids to admit (in order) with the Deferreds waiting for the answer."""
+
+    releases: list[str] = field(default_factory=list)
+    asks: list[tuple[str, Deferred]] = field(default_factory=list)
