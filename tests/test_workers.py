@@ -1,5 +1,6 @@
 """``twistd -n moltbot-gw --workers N`` as an operator runs it, in subprocesses: both workers
-serve from the one port (each counting its own requests), SIGTERM drains every worker and
+serve from the one port (each counting its own requests, a burst of connections dealt evenly
+to them), SIGTERM drains every worker and
 the parent exits 0, a killed worker is replaced, SIGHUP reaches every worker, the workers
 follow a killed parent, and the refusals (file store, port in use) happen once, exit 1.
 """
@@ -97,6 +98,26 @@ def test_both_workers_serve_and_count_their_own_requests(daemon):
     log = daemon.log_text()
     assert re.search(r"\[worker 1 moltbot_gw\.access#info\] \S+ GET /metrics 200", log)
     assert re.search(r"\[worker 2 moltbot_gw\.access#info\] \S+ GET /metrics 200", log)
+
+
+def test_a_burst_of_connections_is_dealt_evenly_to_the_workers(daemon):
+    """The parent hands connections out in turn: 16 opened at once (a load balancer's pool)
+    are 8 on each worker, not all on whichever worker woke first."""
+    port = daemon.start(timeout=60)
+    burst = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(16)]
+    served_by = []
+    try:
+        for sock in burst:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for sock in burst:
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            served_by.append(re.search(rb'worker="(\d)"', answer).group(1))
+    finally:
+        for sock in burst:
+            sock.close()
+    assert sorted(served_by) == [b"1"] * 8 + [b"2"] * 8
 
 
 def test_sigterm_drains_both_workers_and_the_parent_exits_0(tmp_path, redis_url):

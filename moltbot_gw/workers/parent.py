@@ -1,6 +1,7 @@
-"""The ``--workers N`` parent: binds the port once, starts N worker processes that adopt
-that socket, restarts one that dies (with a backoff if it crashes in a loop), and forwards
-SIGTERM (every worker drains) and SIGHUP (every worker reloads). It serves nothing itself.
+"""The ``--workers N`` parent: binds the port once, starts N worker processes, hands each
+accepted connection to the next worker that serves (``dealer.py``), restarts a worker that
+dies (with a backoff if it crashes in a loop), and forwards SIGTERM (every worker drains) and
+SIGHUP (every worker reloads). It serves no request itself.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .worker import LIFELINE_FD, LISTEN_FD, READY_FD, READY_LINE, WORKER_ENV
+from .dealer import ConnectionDealer, channel_pair
+from .worker import CHANNEL_FD, LIFELINE_FD, READY_FD, READY_LINE, WORKER_ENV
 
 FIRST_RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0
@@ -28,8 +30,8 @@ LISTEN_BACKLOG = 128
 
 
 def bind_listening_socket(interface: str, port: int) -> socket.socket:
-    """The one listening socket all workers share (raises ``OSError``: port in use, no such
-    address). Blocking calls: this runs once, before the reactor does."""
+    """The parent's listening socket (raises ``OSError``: port in use, no such address).
+    Blocking calls: this runs once, before the reactor does."""
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -63,6 +65,7 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.ended: defer.Deferred = defer.Deferred()
         self.exit_code: Optional[int] = None
         self.ready = False
+        self.channel: Optional[socket.socket] = None   # the parent's end (dealer.py)
         self._buffer = b""
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -74,6 +77,9 @@ class _WorkerProcess(protocol.ProcessProtocol):
             self.parent.worker_ready(self)
 
     def processEnded(self, reason: Failure) -> None:
+        self.ready = False
+        if self.channel is not None:
+            self.channel.close()
         self.exit_code = getattr(reason.value, "exitCode", None)
         signal_number = getattr(reason.value, "signal", None)
         self.parent.worker_ended(self, self.exit_code, signal_number)
@@ -98,6 +104,7 @@ class WorkerParent(Service):
         self.grace_seconds = grace_seconds
         self.state_dir_lock = state_dir_lock   # held for the parent's life: one gateway
         self.workers: dict[int, _WorkerProcess] = {}
+        self.dealer = ConnectionDealer(reactor, listening, self._channels)
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, IDelayedCall] = {}
         self._announced = False
@@ -115,10 +122,14 @@ class WorkerParent(Service):
         self._restarts.pop(index, None)
         env = dict(os.environ, **{WORKER_ENV: str(index)})
         worker = _WorkerProcess(self, index)
-        transport = self.reactor.spawnProcess(
-            worker, sys.executable, self.argv, env=env,
-            childFDs={1: 1, 2: 2, LISTEN_FD: self.listening.fileno(), LIFELINE_FD: "w",
-                      READY_FD: "r"})
+        worker.channel, worker_end = channel_pair()
+        try:
+            transport = self.reactor.spawnProcess(
+                worker, sys.executable, self.argv, env=env,
+                childFDs={1: 1, 2: 2, CHANNEL_FD: worker_end.fileno(), LIFELINE_FD: "w",
+                          READY_FD: "r"})
+        finally:
+            worker_end.close()   # the worker has its copy
         worker.pid = transport.pid
         self.workers[index] = worker
         self.log.info("Started worker {worker} (pid {pid})", worker=index, pid=worker.pid)
@@ -127,6 +138,8 @@ class WorkerParent(Service):
         self.log.info("Worker {worker} (pid {pid}) is serving", worker=worker.index,
                       pid=worker.pid)
         worker.ready = True
+        if not self.stopping:
+            self.dealer.start()
         if not self._announced and len(self.workers) == self.count and all(
                 w.ready for w in self.workers.values()):
             self._announced = True
@@ -156,6 +169,11 @@ class WorkerParent(Service):
         self._restarts[worker.index] = self.reactor.callLater(delay, self._spawn,
                                                               worker.index)
 
+    def _channels(self) -> list[socket.socket]:
+        """The channels of the workers that serve, in worker order: the dealer's turns."""
+        return [worker.channel for _, worker in sorted(self.workers.items())
+                if worker.ready and worker.channel is not None]
+
     # -- signals -----------------------------------------------------------------------
 
     def reload_workers(self) -> None:
@@ -175,7 +193,8 @@ class WorkerParent(Service):
         for call in self._restarts.values():
             call.cancel()
         self._restarts.clear()
-        self.listening.close()   # the workers keep their copies while they drain
+        self.dealer.stop()
+        self.listening.close()   # no new connections; the workers drain theirs
         workers = list(self.workers.values())
         for worker in workers:
             worker.send(signal.SIGTERM)

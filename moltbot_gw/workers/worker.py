@@ -1,24 +1,22 @@
 """What makes a gateway process a worker of ``--workers N``: it learns its index and the
-file descriptors its parent handed it from the environment, adopts the parent's listening
-socket instead of binding one, tells the parent when it serves, stops (gracefully) when the
-parent dies, and marks its log lines with its index.
+file descriptors its parent handed it from the environment, takes the connections the parent
+hands it (``dealer.py``) instead of listening itself, tells the parent when it serves, stops
+(gracefully) when the parent dies, and marks its log lines with its index.
 """
 from __future__ import annotations
 
 import os
 import signal
-import socket
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from twisted.internet import defer, protocol, stdio
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet import protocol, stdio
 from twisted.logger import ILogObserver, LogEvent, Logger
 from zope.interface import implementer
 
 # The environment a parent gives each worker (and the fds it maps in the child).
 WORKER_ENV = "MOLTBOT_WORKER"
-LISTEN_FD = 3      # the parent's listening socket
+CHANNEL_FD = 3     # a UNIX socket on which the parent hands over connections (dealer.py)
 LIFELINE_FD = 4    # read end of a pipe the parent holds open: EOF means the parent is gone
 READY_FD = 5       # write end of a pipe to the parent: b"ready\n" once serving
 READY_LINE = b"ready\n"
@@ -38,48 +36,6 @@ class WorkerIdentity:
         if not value:
             return None
         return cls(int(value))
-
-
-@implementer(IStreamServerEndpoint)
-class AdoptedPortEndpoint:
-    """An endpoint that "listens" by adopting an already listening socket (the parent's,
-    inherited as ``fd``): every worker accepts from the one queue the kernel keeps for it."""
-
-    def __init__(self, reactor, fd: int = LISTEN_FD):
-        self.reactor = reactor
-        self.fd = fd
-
-    def listen(self, factory):
-        def adopt():
-            family = socket.socket(fileno=os.dup(self.fd))
-            try:
-                kind = family.family
-            finally:
-                family.close()
-            port = self.reactor.adoptStreamPort(self.fd, kind, factory)
-            os.close(self.fd)   # adoptStreamPort works on its own duplicate
-            accept_one_at_a_time(port)
-            return port
-
-        return defer.execute(adopt)
-
-
-def accept_one_at_a_time(port) -> None:
-    """Make ``port`` accept one connection each time it is readable (Twisted's ``Port``
-    accepts up to ``numberAccepts``, 100 and growing, in one go).
-
-    Every worker waits on the one listening socket and each is woken for a new connection;
-    the first to call ``accept`` gets it, which is the least busy one. Accepting a whole burst
-    at once would hand a client's pool of keep-alive connections (a load balancer's, or a
-    benchmark's) to one worker while the others sit idle -- measured: 16 connections all on
-    one of two workers, half the machine unused. nginx's ``multi_accept off`` is the same."""
-    accept_some = port.doRead
-
-    def accept_one() -> None:
-        port.numberAccepts = 1
-        accept_some()
-
-    port.doRead = accept_one
 
 
 class _Lifeline(protocol.Protocol):

@@ -231,15 +231,20 @@ def _reload_loader(options):
 
 
 def _make_worker(options, config, index):
-    """Worker ``index`` of a ``--workers`` parent: the normal gateway, adopting the parent's
-    socket; the parent holds the state dir's lock (and made the token)."""
+    """Worker ``index`` of a ``--workers`` parent: the normal gateway, serving the
+    connections the parent hands it; the parent holds the state dir's lock (and made the
+    token)."""
     from twisted.internet import reactor
 
     from moltbot_gw.service import GatewayService
-    from moltbot_gw.workers.worker import AdoptedPortEndpoint, connect_to_parent
+    from moltbot_gw.workers.dealer import HandedConnectionsEndpoint, listening_address
+    from moltbot_gw.workers.worker import CHANNEL_FD, connect_to_parent
 
+    gateway = config.gateway
+    endpoint = HandedConnectionsEndpoint(reactor, CHANNEL_FD,
+                                         listening_address(gateway.interface, gateway.port))
     try:
-        service = GatewayService(config, endpoint=AdoptedPortEndpoint(reactor))
+        service = GatewayService(config, endpoint=endpoint)
     except ValueError as e:
         _fail([str(e)])
     service.gateway_metrics.label_worker(index)
