@@ -62,6 +62,23 @@ def _child_setup() -> None:
         pass
 
 
+# scaleout.py: run the load generator (and, there, the upstream and Redis) as SCHED_BATCH
+# tasks -- same nice level and CPU share, but they do not preempt a gateway on every wakeup
+WRK_SCHED_BATCH = False
+
+
+def as_batch_task(pid: int = 0) -> None:
+    """``pid`` (0: this process) becomes SCHED_BATCH: it gets its fair share of the CPU but
+    never preempts a running task when it wakes up."""
+    os.sched_setscheduler(pid, os.SCHED_BATCH, os.sched_param(0))
+
+
+def _wrk_setup() -> None:
+    _child_setup()
+    if WRK_SCHED_BATCH:
+        as_batch_task()
+
+
 class Children:
     """Every child process the harness started; ``stop_all`` ends them (TERM, then KILL)."""
 
@@ -369,7 +386,7 @@ def run_wrk(url: str, connections: int, duration: float, *, token: str = "",
     args = [wrk_path(), "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
             f"--timeout", f"{timeout_s:g}s", "-s", str(WRK_SCRIPT), url]
     proc = subprocess.run(args, env=env, capture_output=True, text=True,
-                          timeout=duration + timeout_s + 30, preexec_fn=_child_setup)
+                          timeout=duration + timeout_s + 30, preexec_fn=_wrk_setup)
     match = re.search(r"BENCHJSON (\{.*\})", proc.stdout)
     if proc.returncode != 0 or not match:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout[-2000:]} "
