@@ -32,6 +32,16 @@ def listening():
     sock.close()
 
 
+@pytest.fixture
+def pairs():
+    """Two workers' channels: (parent's end, worker's end) each."""
+    made = [channel_pair() for _ in range(2)]
+    yield made
+    for parent_end, worker_end in made:
+        parent_end.close()
+        worker_end.close()
+
+
 def connect(listening: socket.socket, n: int) -> list[socket.socket]:
     """``n`` clients, their connections complete in the listening socket's queue."""
     return [socket.create_connection(listening.getsockname(), timeout=5) for _ in range(n)]
@@ -51,8 +61,7 @@ def handed(worker_end: socket.socket) -> list[socket.socket]:
             return out
 
 
-def test_connections_are_dealt_to_the_workers_in_turn(listening):
-    pairs = [channel_pair() for _ in range(2)]
+def test_connections_are_dealt_to_the_workers_in_turn(listening, pairs):
     dealer = ConnectionDealer(reactor, listening, lambda: [p for p, _ in pairs])
     clients = connect(listening, 6)
     try:
@@ -72,13 +81,10 @@ def test_connections_are_dealt_to_the_workers_in_turn(listening):
     finally:
         for c in clients:
             c.close()
-        for p, w in pairs:
-            p.close()
-            w.close()
 
 
-def test_a_worker_that_stopped_taking_connections_is_skipped_and_none_is_lost(listening):
-    pairs = [channel_pair() for _ in range(2)]
+def test_a_worker_that_stopped_taking_connections_is_skipped_and_none_is_lost(listening,
+                                                                              pairs):
     dealer = ConnectionDealer(reactor, listening, lambda: [p for p, _ in pairs])
     pairs[0][1].shutdown(socket.SHUT_RD)     # worker 1 drains
     clients = connect(listening, 4)
@@ -88,9 +94,6 @@ def test_a_worker_that_stopped_taking_connections_is_skipped_and_none_is_lost(li
     finally:
         for c in clients:
             c.close()
-        for p, w in pairs:
-            p.close()
-            w.close()
 
 
 def test_without_a_worker_that_serves_connections_wait_in_the_queue(listening):
