@@ -42,12 +42,14 @@ class _WriterProtocol(ProcessProtocol):
         self._on_end = on_end
         self.ended: Deferred = Deferred()
         self.stopping = False
+        self.exited = False
 
     def commit(self, encoded_jobs: list[bytes]) -> Deferred:
         """Send one commit; fires with the outcome of each job, in order."""
+        if self.exited or self.transport is None:
+            return fail(WriterExited("the transcript writer process exited"))
         answer: Deferred = Deferred()
         self._waiting.append(answer)
-        assert self.transport is not None
         self.transport.write(list_frame(encoded_jobs))
         return answer
 
@@ -77,11 +79,13 @@ class _WriterProtocol(ProcessProtocol):
         if not self.stopping or self._waiting:
             self.log.warn("transcript writer process exited ({how}); {n} commit(s) lost,"
                           " the next commit starts a new one", how=how, n=len(self._waiting))
+        # Forgotten before the errbacks run: a turn they start goes to a new child.
+        self.exited = True
+        self._on_end(self)
         waiting, self._waiting = self._waiting, deque()
         for answer in waiting:
             answer.errback(WriterExited(
                 f"the transcript writer process exited ({how}) before the turn was durable"))
-        self._on_end(self)
         self.ended.callback(None)
 
 
@@ -91,9 +95,10 @@ class TranscriptWriter:
     on the first commit and again after it died; ``stop()`` ends it (on shutdown)."""
 
     def __init__(self, reactor: Any, executable: str = sys.executable,
-                 stop_seconds: float = STOP_SECONDS):
+                 module: str = CHILD_MODULE, stop_seconds: float = STOP_SECONDS):
         self._reactor = reactor
         self._executable = executable
+        self._module = module   # tests run a wrapper of commit_child that logs its fsyncs
         self._stop_seconds = stop_seconds
         self._child: Optional[_WriterProtocol] = None
 
@@ -142,6 +147,7 @@ class TranscriptWriter:
         if child is None or child.transport is None:
             return succeed(None)
         child.stopping = True
+        self._child = None   # it has nothing in flight (see flush); a later commit: a new one
         child.transport.closeStdin()
         killer = self._reactor.callLater(self._stop_seconds, self._kill, child)
 
@@ -166,7 +172,7 @@ class TranscriptWriter:
         env[PARENT_PID_ENV] = str(os.getpid())
         # -P: the current directory is not put first on sys.path; PYTHONPATH decides.
         self._reactor.spawnProcess(child, self._executable,
-                                   [self._executable, "-P", "-m", CHILD_MODULE], env=env)
+                                   [self._executable, "-P", "-m", self._module], env=env)
         self._child = child
         return child
 

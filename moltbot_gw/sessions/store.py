@@ -70,7 +70,7 @@ class SessionStore:
     def __init__(self, state_dir: Path, reactor: Any = None, threadpool: Any = None,
                  limits: Optional[SessionConfig] = None,
                  fsync: Optional[Callable[[int], None]] = None,
-                 writer_process: bool = False):
+                 writer_process: bool | TranscriptWriter = False):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -82,8 +82,10 @@ class SessionStore:
         self._fsync = fsync   # of transcript group commits; tests count the calls
         # The daemon's commits run in a child process (commit_process.py); a store with a
         # custom fsync keeps the worker thread, where that fsync is called.
-        self._writer: Optional[TranscriptWriter] = (
-            TranscriptWriter(reactor) if writer_process and fsync is None else None)
+        self._writer: Optional[TranscriptWriter] = None
+        if writer_process and fsync is None:
+            self._writer = (writer_process if isinstance(writer_process, TranscriptWriter)
+                            else TranscriptWriter(reactor))
 
     def reconfigure(self, limits: SessionConfig) -> None:
         """A config reload: retention and transcript limits from now on."""
