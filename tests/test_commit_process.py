@@ -211,3 +211,32 @@ def test_outcomes_cross_as_the_same_kind_of_error():
     other = decode_outcome(encode_outcome(ValueError("bad value")))
     assert type(other) is RuntimeError and str(other) == "ValueError: bad value"
     assert decode_outcome(encode_outcome((12, None))) == (12, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_gateway_writes_turns_through_its_writer_process_and_stops_it(
+        start_gateway, http, state_dir):
+    from .chat_helpers import config
+    gw = await start_gateway(config())
+    writer = gw.service.store._writer
+    assert writer is not None and writer.pid is None      # started by the first commit
+    for text in ("hello", "again"):
+        response = await http.post(
+            gw.url + "/v1/chat/completions",
+            json.dumps({"model": "moltbot:main", "user": "alice",
+                        "messages": [{"role": "user", "content": text}]}).encode(),
+            headers={"Content-Type": "application/json", **gw.auth_headers})
+        assert response.code == 200
+        await response.content()
+    pid = writer.pid
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"moltbot_gw.sessions.commit_child" in cmdline
+    assert os.getppid() != pid and Path(f"/proc/{pid}/status").read_text().count(
+        f"PPid:\t{os.getpid()}") == 1
+    await gw.service.stopService()
+    assert writer.pid is None and not Path(f"/proc/{pid}").exists()
+    transcripts = list((state_dir / "agents" / "main" / "sessions").glob("*.jsonl"))
+    assert len(transcripts) == 1
+    texts = [r.get("content") for r in read_transcript(transcripts[0]).records
+             if r.get("role") == "user"]
+    assert texts == ["hello", "again"]
