@@ -26,12 +26,17 @@ from moltbot_gw.sessions.transcript import read_transcript, session_header, tran
 from .support.waiting import until
 
 COUNTING_CHILD = "tests.support.counting_commit_child"
+# Where ``tests`` is importable from, for the child that runs the counting wrapper.
+TESTS_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def search_path() -> str:
+    return os.pathsep.join(p for p in (PACKAGE_ROOT, TESTS_ROOT, os.environ.get("PYTHONPATH"))
+                           if p)
 
 
 def child_env(fsync_log: Path) -> dict:
-    env = dict(os.environ, COMMIT_CHILD_FSYNC_LOG=str(fsync_log))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    return env
+    return dict(os.environ, COMMIT_CHILD_FSYNC_LOG=str(fsync_log), PYTHONPATH=search_path())
 
 
 def run_child(frames: list, fsync_log: Path) -> tuple[list, int, str]:
@@ -122,6 +127,7 @@ async def test_a_store_in_child_mode_acknowledges_turns_only_after_the_child_syn
     log = tmp_path / "fsyncs"
     log.touch()
     monkeypatch.setenv("COMMIT_CHILD_FSYNC_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", search_path())
     writer = TranscriptWriter(reactor, module=COUNTING_CHILD)
     store = SessionStore(tmp_path / "state", reactor, writer_process=writer)
     keys = [f"agent:main:user-{n}" for n in range(8)]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -161,7 +162,7 @@ class TranscriptWriter:
     def _kill(self, child: _WriterProtocol) -> None:
         try:
             child.transport.signalProcess("KILL")   # type: ignore[union-attr]
-        except Exception:   # noqa: BLE001 - it exited meanwhile
+        except ProcessExitedAlready:
             pass
 
     def _spawn(self) -> _WriterProtocol:
