@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,15 @@ from moltbot_gw.sessions.commit_frames import (
     FrameReader,
     decode_outcome,
     encode_frame,
+    encode_outcome,
 )
 from moltbot_gw.sessions.commit_process import PACKAGE_ROOT, TranscriptWriter, WriterExited
 from moltbot_gw.sessions.store import SessionStore
 from moltbot_gw.sessions.transcript import read_transcript, session_header, transcript_path
 
+from .chat_helpers import config
+from .support.daemon import TOKEN, GatewayDaemon
+from .support.raw_http import request
 from .support.waiting import until
 
 COUNTING_CHILD = "tests.support.counting_commit_child"
@@ -211,7 +216,6 @@ def pipe_has_data(pid: int) -> bool:
 
 
 def test_outcomes_cross_as_the_same_kind_of_error():
-    from moltbot_gw.sessions.commit_frames import encode_outcome
     error = decode_outcome(json.loads(json.dumps(encode_outcome(PermissionError(13, "no")))))
     assert isinstance(error, PermissionError) and error.errno == 13
     other = decode_outcome(encode_outcome(ValueError("bad value")))
@@ -222,7 +226,6 @@ def test_outcomes_cross_as_the_same_kind_of_error():
 @pytest_twisted.ensureDeferred
 async def test_the_gateway_writes_turns_through_its_writer_process_and_stops_it(
         start_gateway, http, state_dir):
-    from .chat_helpers import config
     gw = await start_gateway(config())
     writer = gw.service.store._writer
     assert writer is not None and writer.pid is None      # started by the first commit
@@ -246,3 +249,48 @@ async def test_the_gateway_writes_turns_through_its_writer_process_and_stops_it(
     texts = [r.get("content") for r in read_transcript(transcripts[0]).records
              if r.get("role") == "user"]
     assert texts == ["hello", "again"]
+
+
+def writer_children(pid: int) -> list[int]:
+    """The transcript writer processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"moltbot_gw.sessions.commit_child" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_writer_process_dies_with_a_daemon_killed_by_sigkill(tmp_path):
+    daemon = GatewayDaemon(tmp_path / "gw", config())
+    port = daemon.start()
+    try:
+        body = json.dumps({"model": "moltbot:main", "user": "alice",
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        response = request(port, "POST", "/v1/chat/completions",
+                           [("Authorization", f"Bearer {TOKEN}"),
+                            ("Content-Type", "application/json")], body)
+        assert response.status == 200
+        children = writer_children(daemon.pid)
+        assert len(children) == 1
+        daemon.kill()
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{children[0]}").exists() or zombie(children[0])
+    finally:
+        daemon.kill()
+
+
+def zombie(pid: int) -> bool:
+    """An exited child not yet reaped (its parent, the test's daemon, is gone: init reaps)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
