@@ -3,8 +3,8 @@ transcript per session, with retention (``retention.py``) and a size cap per tra
 
 Disk I/O runs in a thread pool, one agent's operations strictly in call order (an agent's
 state: ``agent_sessions.py``); transcript appends (``turn_append.py``) are group-committed
-(``group_commit.py``). It stores sessions; it does not decide who may use them or run
-anything.
+(``group_commit.py``), the daemon's by a child process (``commit_process.py``). It stores
+sessions; it does not decide who may use them or run anything.
 """
 from __future__ import annotations
 
