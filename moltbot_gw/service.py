@@ -124,7 +124,9 @@ class GatewayService(MultiService):
             self.store = RedisSessionStore(self.redis, config.session, reactor)
             self.redis_health = RedisHealth(self.redis, reactor)
         else:
-            self.store = SessionStore(config.state_dir, reactor, limits=config.session)
+            # Turns are written and fsynced by a child process (sessions/commit_process.py).
+            self.store = SessionStore(config.state_dir, reactor, limits=config.session,
+                                      writer_process=True)
         # MCP servers: connected at start (a child service), reconciled on reload.
         self.mcp = MCPServers(config.tools.mcp, reactor)
         self.mcp.setServiceParent(self)

@@ -36,10 +36,13 @@ _FSYNC_POOL = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="transcript-f
 @dataclass
 class Append:
     """One turn's transcript append, waiting for a commit; ``write`` appends it unsynced
-    (and compacts the file first if needed) and returns what the caller gets on success."""
+    (and compacts the file first if needed) and returns what the caller gets on success.
+    ``job`` describes the same write as JSON (``append_turn``'s arguments by name), for a
+    commit run by the transcript writer process (``commit_process.py``)."""
 
     path: Path
     write: Callable[[], Any]
+    job: Optional[dict[str, Any]] = None
     done: Deferred = field(default_factory=Deferred)
 
 
@@ -109,9 +112,10 @@ class GroupCommitter:
         self._running: list[Append] = []
         self._waiters: list[tuple[Optional[Path], Deferred]] = []
 
-    def submit(self, path: Path, write: Callable[[], Any]) -> Deferred:
+    def submit(self, path: Path, write: Callable[[], Any],
+               job: Optional[dict[str, Any]] = None) -> Deferred:
         """Queue an append; fires with ``write()``'s result once the append is fsynced."""
-        append = Append(path if isinstance(path, Path) else Path(path), write)
+        append = Append(path if isinstance(path, Path) else Path(path), write, job)
         self._queue.append(append)
         if not self._running:
             self._start()

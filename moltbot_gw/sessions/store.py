@@ -3,8 +3,8 @@ transcript per session, with retention (``retention.py``) and a size cap per tra
 
 Disk I/O runs in a thread pool, one agent's operations strictly in call order (an agent's
 state: ``agent_sessions.py``); transcript appends (``turn_append.py``) are group-committed
-(``group_commit.py``). It stores sessions; it does not decide who may use them or run
-anything.
+(``group_commit.py``), the daemon's by a child process (``commit_process.py``). It stores
+sessions; it does not decide who may use them or run anything.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from moltbot_gw.config import SessionConfig
 from moltbot_gw.sessions.agent_sessions import AgentSessions
+from moltbot_gw.sessions.commit_process import TranscriptWriter
 from moltbot_gw.sessions.group_commit import GroupCommitter
 from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of this API
     SessionEntry,
@@ -68,7 +69,8 @@ class SessionStore:
 
     def __init__(self, state_dir: Path, reactor: Any = None, threadpool: Any = None,
                  limits: Optional[SessionConfig] = None,
-                 fsync: Optional[Callable[[int], None]] = None):
+                 fsync: Optional[Callable[[int], None]] = None,
+                 writer_process: bool | TranscriptWriter = False):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -78,6 +80,12 @@ class SessionStore:
         self._threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
         self._agents: dict[str, AgentSessions] = {}
         self._fsync = fsync   # of transcript group commits; tests count the calls
+        # The daemon's commits run in a child process (commit_process.py); a store with a
+        # custom fsync keeps the worker thread, where that fsync is called.
+        self._writer: Optional[TranscriptWriter] = None
+        if writer_process and fsync is None:
+            self._writer = (writer_process if isinstance(writer_process, TranscriptWriter)
+                            else TranscriptWriter(reactor))
 
     def reconfigure(self, limits: SessionConfig) -> None:
         """A config reload: retention and transcript limits from now on."""
@@ -149,7 +157,11 @@ class SessionStore:
             if agent.compaction is not None:
                 pending.append(Deferred.fromCoroutine(self._wait_compaction(agent)))
             pending.append(agent.commits.settled())
-        return DeferredList(pending, consumeErrors=True)
+        done = DeferredList(pending, consumeErrors=True)
+        if self._writer is not None:   # a later commit starts a new writer process
+            writer = self._writer
+            done.addCallback(lambda results: writer.stop().addCallback(lambda _: results))
+        return done
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -163,7 +175,7 @@ class SessionStore:
         agent = self._agents.get(agent_id)
         if agent is None:
             sessions_dir = self.state_dir / "agents" / agent_id / "sessions"
-            commits = GroupCommitter(self._in_thread, self._fsync)
+            commits = GroupCommitter(self._writer or self._in_thread, self._fsync)
             agent = self._agents[agent_id] = AgentSessions(agent_id, sessions_dir, commits)
         return agent
 
@@ -362,10 +374,17 @@ class SessionStore:
         """Queue a turn's append for the next group commit; the tail cache follows once it is
         durable. Fires with None."""
         header = session_header(entry.session_id, entry.key, entry.created_at)
+        now_ms = self._now_ms()
         write = partial(append_turn, self.state_dir, agent.sessions_dir, entry.session_id,
-                        records, header, self.limits.maxTranscriptBytes, self._now_ms())
+                        records, header, self.limits.maxTranscriptBytes, now_ms)
+        job = None
+        if self._writer is not None:   # the same write, described for the writer process
+            job = {"state_dir": str(self.state_dir.absolute()),
+                   "sessions_dir": str(agent.sessions_dir.absolute()),
+                   "session_id": entry.session_id, "records": records, "header": header,
+                   "max_bytes": self.limits.maxTranscriptBytes, "now_ms": now_ms}
         committed = agent.commits.submit(
-            transcript_path(agent.sessions_dir, entry.session_id), write)
+            transcript_path(agent.sessions_dir, entry.session_id), write, job)
 
         def landed(outcome: tuple[int, Optional[int]]) -> None:
             written, dropped = outcome
