@@ -1,7 +1,8 @@
 """Group commit of transcript appends: turns that arrive while a commit is running are written
 together by the next one, and each turn is acknowledged only after the fsync that covers it.
 
-A commit is one worker-thread pass over every append that was waiting: each append is written
+A commit is one pass over every append that was waiting (in a worker thread, or in the
+daemon's transcript writer process: ``commit_process.py``): each append is written
 (unsynced) to its ``<sessionId>.jsonl`` in arrival order, then every file the pass touched is
 fsynced, the fsyncs issued from a few threads at once (on ext4 concurrent fsyncs share one
 journal commit), and the directory once if the pass created files. Only then do the turns'
