@@ -154,6 +154,17 @@ def proc_cpu_s(pid) -> float:
         return 0.0
 
 
+def tree_cpu_s(pid) -> float:
+    """CPU seconds of a process and of its live children too (a gateway's transcript writer,
+    the workers of a ``--workers`` parent): ``proc_cpu_s`` counts only children that ended."""
+    total = proc_cpu_s(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(tree_cpu_s(int(child)) for child in children)
+
+
 def _busy_s() -> float:
     with open("/proc/stat") as f:
         values = [int(x) for x in f.readline().split()[1:]]
@@ -169,12 +180,12 @@ class CpuMeter:
         self.pids = list(pids) + ["self"]
         self.t0 = time.monotonic()
         self.busy0 = _busy_s()
-        self.ours0 = {p: proc_cpu_s(p) for p in self.pids}
+        self.ours0 = {p: tree_cpu_s(p) for p in self.pids}
 
     def stop(self) -> dict:
         elapsed = max(1e-6, time.monotonic() - self.t0)
         busy = _busy_s() - self.busy0
-        ours = sum(proc_cpu_s(p) - v for p, v in self.ours0.items())
+        ours = sum(tree_cpu_s(p) - v for p, v in self.ours0.items())
         return {"busy_cores": busy / elapsed, "ours_cores": ours / elapsed,
                 "foreign_cores": max(0.0, busy - ours) / elapsed}
 

@@ -152,7 +152,7 @@ class Bench:
         for _ in range(self.rounds):
             for side, server in servers:
                 bl.upstream_stats(self.upstream)
-                before = bl.proc_cpu_s(server.pid)
+                before = bl.tree_cpu_s(server.pid)
                 url = self.chat_url(server)
                 if agent != "main" and side == "baseline":
                     url = f"{server.origin}/{agent}/v1/chat/completions"
@@ -160,7 +160,7 @@ class Bench:
                     url, conns, self.duration, token=self.token(server),
                     stream=stream, users=users, model=f"moltbot:{agent}",
                     tag=f"{self.tag}-{row.scenario}"))
-                cpu_s[side] += bl.proc_cpu_s(server.pid) - before
+                cpu_s[side] += bl.tree_cpu_s(server.pid) - before
                 upstream_conns[side] += bl.upstream_stats(self.upstream)["connections"]
         self.note_cpu(row, meter.stop())
         results = {side: bl.merge_wrk(r) for side, r in runs.items()}
@@ -252,11 +252,11 @@ class Bench:
         meter = bl.CpuMeter([gw.pid, self.ensure_upstream().pid])
         for _ in range(self.rounds):
             for kind, content in kinds.items():
-                before = bl.proc_cpu_s(gw.pid)
+                before = bl.tree_cpu_s(gw.pid)
                 runs[kind].append(bl.run_wrk(url, 16, self.duration, token=token,
                                              model="moltbot:tools", content=content,
                                              tag=f"{self.tag}-{row.scenario}"))
-                cpu_s[kind] += bl.proc_cpu_s(gw.pid) - before
+                cpu_s[kind] += bl.tree_cpu_s(gw.pid) - before
         self.note_cpu(row, meter.stop())
         tool, plain = (bl.merge_wrk(runs[kind]) for kind in kinds)
         for kind, r in (("tool", tool), ("plain", plain)):

@@ -99,16 +99,6 @@ def start_gateway(workdir: Path, upstream: bl.Server, name: str, *, store: str,
     return bl.Server(name, proc, int(match.group(1)), log, {"state_dir": gwdir / "state"})
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds of ``pid`` and its children (the workers of a parent)."""
-    total = bl.proc_cpu_s(pid)
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    return total + sum(process_tree_cpu_s(int(c)) for c in children)
-
-
 def wrk_rounds(servers: dict, conns: int, duration: float, rounds: int, *, stream=False,
                users=0, tag="t") -> dict:
     """Alternate the servers for ``rounds`` rounds; merged wrk figures and CPU per side."""
@@ -116,11 +106,11 @@ def wrk_rounds(servers: dict, conns: int, duration: float, rounds: int, *, strea
     cpu: dict = {name: 0.0 for name in servers}
     for _ in range(rounds):
         for name, server in servers.items():
-            before = process_tree_cpu_s(server.pid)
+            before = bl.tree_cpu_s(server.pid)
             runs[name].append(bl.run_wrk(f"{server.origin}/v1/chat/completions", conns,
                                          duration, token=bl.TOKEN, stream=stream, users=users,
                                          tag=f"{tag}-{name}"))
-            cpu[name] += process_tree_cpu_s(server.pid) - before
+            cpu[name] += bl.tree_cpu_s(server.pid) - before
     out = {}
     for name, r in runs.items():
         merged = bl.merge_wrk(r)
