@@ -166,12 +166,17 @@ async def recorded_turns(store, key, *texts):
         await store.record_turn(key, turn(text))
 
 
+async def store_after_one_turn(tmp_path):
+    """A store whose commits go to a writer process, after turn "one" of agent:main:a: the
+    store, its writer and the running child's pid."""
+    store = SessionStore(tmp_path, reactor, writer_process=True)
+    await recorded_turns(store, "agent:main:a", "one")
+    return store, store._writer, store._writer.pid
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_child_killed_between_commits_is_replaced_by_the_next_commit(tmp_path):
-    store = SessionStore(tmp_path, reactor, writer_process=True)
-    writer = store._writer
-    await recorded_turns(store, "agent:main:a", "one")
-    first = writer.pid
+    store, writer, first = await store_after_one_turn(tmp_path)
     os.kill(first, signal.SIGKILL)
     await until(lambda: writer.pid is None)
     await recorded_turns(store, "agent:main:a", "two")
@@ -182,10 +187,7 @@ async def test_a_child_killed_between_commits_is_replaced_by_the_next_commit(tmp
 
 @pytest_twisted.ensureDeferred
 async def test_a_child_killed_during_a_commit_fails_its_turns_and_later_turns_work(tmp_path):
-    store = SessionStore(tmp_path, reactor, writer_process=True)
-    writer = store._writer
-    await recorded_turns(store, "agent:main:a", "one")
-    stuck = writer.pid
+    store, writer, stuck = await store_after_one_turn(tmp_path)
     os.kill(stuck, signal.SIGSTOP)            # the next commit reaches it, unanswered
     lost = store.record_turn("agent:main:a", turn("lost"))
     await until(lambda: pipe_has_data(stuck))
