@@ -27,6 +27,14 @@ STOP_SECONDS = 5.0   # after stdin closes, the child is killed if it has not exi
 PACKAGE_ROOT = str(Path(moltbot_gw.__file__).resolve().parent.parent)
 
 
+def append_job(state_dir: Path, sessions_dir: Path, session_id: str, records: list,
+               header: dict, max_bytes: int, now_ms: int) -> dict[str, Any]:
+    """``append_turn``'s arguments as the writer process reads them (``commit_child``)."""
+    return {"state_dir": str(state_dir.absolute()), "sessions_dir": str(sessions_dir.absolute()),
+            "session_id": session_id, "records": records, "header": header,
+            "max_bytes": max_bytes, "now_ms": now_ms}
+
+
 class WriterExited(RuntimeError):
     """The writer process ended before answering a commit; its turns are not durable."""
 

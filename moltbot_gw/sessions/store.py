@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from moltbot_gw.config import SessionConfig
 from moltbot_gw.sessions.agent_sessions import AgentSessions
-from moltbot_gw.sessions.commit_process import TranscriptWriter
+from moltbot_gw.sessions.commit_process import TranscriptWriter, append_job
 from moltbot_gw.sessions.group_commit import GroupCommitter
 from moltbot_gw.sessions.index import (  # noqa: F401 - SessionEntry is part of this API
     SessionEntry,
@@ -377,12 +377,9 @@ class SessionStore:
         now_ms = self._now_ms()
         write = partial(append_turn, self.state_dir, agent.sessions_dir, entry.session_id,
                         records, header, self.limits.maxTranscriptBytes, now_ms)
-        job = None
-        if self._writer is not None:   # the same write, described for the writer process
-            job = {"state_dir": str(self.state_dir.absolute()),
-                   "sessions_dir": str(agent.sessions_dir.absolute()),
-                   "session_id": entry.session_id, "records": records, "header": header,
-                   "max_bytes": self.limits.maxTranscriptBytes, "now_ms": now_ms}
+        job = None if self._writer is None else append_job(   # for the writer process
+            self.state_dir, agent.sessions_dir, entry.session_id, records, header,
+            self.limits.maxTranscriptBytes, now_ms)
         committed = agent.commits.submit(
             transcript_path(agent.sessions_dir, entry.session_id), write, job)
 
