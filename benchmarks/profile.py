@@ -6,6 +6,7 @@ wrk drives ``POST /v1/chat/completions`` (non-streaming, c=16 by default) for a 
     python benchmarks/profile.py --stream         # streaming instead
     python benchmarks/profile.py --stream --agent oneread   # whole SSE body in one read
     python benchmarks/profile.py --users 32       # with `user` sessions (transcript writes)
+    python benchmarks/profile.py --users 32 --redis redis://127.0.0.1:6379/0   # in Redis
     python benchmarks/profile.py --py-spy         # sample the twistd daemon with py-spy instead
                                                   # (no profiler overhead; pip install py-spy)
 
@@ -150,9 +151,13 @@ class GcWatch:
                 f" request ({per_gen or 'no collections'}); included in the times above", ""]
 
 
-def write_config(workdir: Path, upstream) -> Path:
+def write_config(workdir: Path, upstream, redis_url=None) -> Path:
     path = workdir / "bench.json5"
-    path.write_text(json.dumps(bl.gateway_config(upstream), indent=2))
+    config = bl.gateway_config(upstream)
+    if redis_url:   # sessions in Redis (a server you started), under a fresh key prefix
+        config["session"] = {"store": {"backend": "redis", "redis": {
+            "url": redis_url, "keyPrefix": f"profile-{os.getpid()}-{time.time():.0f}:"}}}
+    path.write_text(json.dumps(config, indent=2))
     return path
 
 
@@ -161,7 +166,7 @@ def run_cprofile(args, workdir: Path, upstream) -> list[str]:
     for k in [k for k in os.environ if k.startswith(("MOLTBOT_", "CLAWDBOT_"))]:
         del os.environ[k]
     os.environ.update(bl.gateway_env(state))
-    config_path = write_config(workdir, upstream)
+    config_path = write_config(workdir, upstream, args.redis)
 
     from twisted.internet import defer, reactor, threads
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -291,6 +296,8 @@ def main(argv=None) -> int:
     parser.add_argument("--agent", default="main",
                         help="gateway agent: main, or oneread (the whole SSE body in one read)")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="the Redis session store at URL (a redis-server you started)")
     parser.add_argument("--save", default=None, metavar="PATH", help="dump the pstats file")
     parser.add_argument("--py-spy", action="store_true",
                         help="sample the twistd daemon with py-spy instead of cProfile")
