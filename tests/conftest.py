@@ -17,7 +17,7 @@ from moltbot_gw.service import GatewayService
 # every test runs under the leak check: no socket, timer or logged error left behind
 from .support.leaks import collect_earlier_garbage, no_leftovers  # noqa: F401
 from .support.redis_server import (  # noqa: F401
-    _shared_redis_url, private_redis, redis_prefix, redis_url)
+    _shared_redis_url, private_redis, redis_link, redis_prefix, redis_url)
 
 TOKEN = "test-token-0123456789"
 

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from zope.interface.verify import verifyObject
-
 from twisted.internet.defer import gatherResults
+from zope.interface.verify import verifyObject
 
 from moltbot_gw.agents.history_window import history_budget
 from moltbot_gw.config import HistoryConfig, SessionConfig
@@ -39,15 +38,9 @@ def reply(text):
     return {"type": "message", "role": "assistant", "content": text}
 
 
-@pytest_twisted.async_yield_fixture
-async def link(redis_url, redis_prefix):
-    link = RedisLink(redis_url, reactor, key_prefix=redis_prefix, command_timeout=5)
-    await link.connect()
-    yield link
-    keys = await link.execute("KEYS", redis_prefix + "*")
-    if keys:
-        await link.execute("DEL", *keys)
-    await link.disconnect()
+@pytest.fixture
+def link(redis_link):
+    return redis_link
 
 
 def test_both_stores_provide_the_session_store_interface(tmp_path):

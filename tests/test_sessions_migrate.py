@@ -10,7 +10,6 @@ import sys
 import pytest_twisted
 from twisted.internet import reactor, threads
 
-from moltbot_gw.redis import RedisLink
 from moltbot_gw.sessions.redis_store import RedisSessionStore
 from moltbot_gw.sessions.store import SessionStore
 from moltbot_gw.state_dir import StateDirLock
@@ -46,7 +45,7 @@ async def snapshot(store):
 
 @pytest_twisted.ensureDeferred
 async def test_file_to_redis_to_file_keeps_everything_and_twice_copies_nothing(
-        tmp_path, redis_url, redis_prefix):
+        tmp_path, redis_url, redis_prefix, redis_link):
     source_dir = tmp_path / "source"
     files = SessionStore(source_dir, reactor)
     for n, key in enumerate(KEYS):
@@ -62,56 +61,40 @@ async def test_file_to_redis_to_file_keeps_everything_and_twice_copies_nothing(
     done = await migrate(tmp_path, source_dir, redis_url, redis_prefix, "file", "redis")
     assert done.returncode == 0, done.stderr
     assert "copied 4 session(s)" in done.stdout
-    link = RedisLink(redis_url, reactor, key_prefix=redis_prefix)
-    await link.connect()
-    try:
-        in_redis = await snapshot(RedisSessionStore(link))
-        assert in_redis == original
-        again = await migrate(tmp_path, source_dir, redis_url, redis_prefix, "file", "redis")
-        assert again.returncode == 0, again.stderr
-        assert "copied 0 session(s) (0 record(s)), 4 already there" in again.stdout
-        assert await snapshot(RedisSessionStore(link)) == original
+    in_redis = await snapshot(RedisSessionStore(redis_link))
+    assert in_redis == original
+    again = await migrate(tmp_path, source_dir, redis_url, redis_prefix, "file", "redis")
+    assert again.returncode == 0, again.stderr
+    assert "copied 0 session(s) (0 record(s)), 4 already there" in again.stdout
+    assert await snapshot(RedisSessionStore(redis_link)) == original
 
-        back_dir = tmp_path / "back"
-        back = await migrate(tmp_path, back_dir, redis_url, redis_prefix, "redis", "file")
-        assert back.returncode == 0, back.stderr
-        assert await snapshot(SessionStore(back_dir, reactor)) == original
-        twice = await migrate(tmp_path, back_dir, redis_url, redis_prefix, "redis", "file")
-        assert "copied 0 session(s) (0 record(s)), 4 already there" in twice.stdout
-        assert await snapshot(SessionStore(back_dir, reactor)) == original
-    finally:
-        keys = await link.execute("KEYS", redis_prefix + "*")
-        if keys:
-            await link.execute("DEL", *keys)
-        await link.disconnect()
+    back_dir = tmp_path / "back"
+    back = await migrate(tmp_path, back_dir, redis_url, redis_prefix, "redis", "file")
+    assert back.returncode == 0, back.stderr
+    assert await snapshot(SessionStore(back_dir, reactor)) == original
+    twice = await migrate(tmp_path, back_dir, redis_url, redis_prefix, "redis", "file")
+    assert "copied 0 session(s) (0 record(s)), 4 already there" in twice.stdout
+    assert await snapshot(SessionStore(back_dir, reactor)) == original
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_migration_cut_short_is_completed_by_the_next_run(
-        tmp_path, redis_url, redis_prefix):
+        tmp_path, redis_url, redis_prefix, redis_link):
     source_dir = tmp_path / "source"
     files = SessionStore(source_dir, reactor)
     for i in range(5):
         await files.record_turn(KEYS[0], [user(f"q{i}"), reply(f"a{i}")])
     await files.flush()
     original = await snapshot(files)
-    link = RedisLink(redis_url, reactor, key_prefix=redis_prefix)
-    await link.connect()
-    try:
-        store = RedisSessionStore(link)
-        entry = original[KEYS[0]][0]
-        stream = store.transcript_key(entry.session_id)
-        for record in original[KEYS[0]][1][:4]:      # as if the copy stopped midway
-            await link.execute("XADD", stream, "*", "r", json.dumps(record))
-        done = await migrate(tmp_path, source_dir, redis_url, redis_prefix, "file", "redis")
-        assert done.returncode == 0, done.stderr
-        assert "copied 1 session(s) (7 record(s))" in done.stdout
-        assert await snapshot(store) == original
-    finally:
-        keys = await link.execute("KEYS", redis_prefix + "*")
-        if keys:
-            await link.execute("DEL", *keys)
-        await link.disconnect()
+    store = RedisSessionStore(redis_link)
+    entry = original[KEYS[0]][0]
+    stream = store.transcript_key(entry.session_id)
+    for record in original[KEYS[0]][1][:4]:      # as if the copy stopped midway
+        await redis_link.execute("XADD", stream, "*", "r", json.dumps(record))
+    done = await migrate(tmp_path, source_dir, redis_url, redis_prefix, "file", "redis")
+    assert done.returncode == 0, done.stderr
+    assert "copied 1 session(s) (7 record(s))" in done.stdout
+    assert await snapshot(store) == original
 
 
 @pytest_twisted.ensureDeferred

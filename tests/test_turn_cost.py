@@ -16,6 +16,8 @@ from moltbot_gw.sessions.store import SessionStore
 from moltbot_gw.sessions.tail_cache import TailCache
 from moltbot_gw.sessions.transcript import history_messages, read_transcript, transcript_path
 
+from .test_tail_history import CountingRecord
+
 KEY = "agent:main:chat"
 
 
@@ -79,20 +81,6 @@ def test_a_cached_tail_grows_in_place_within_its_budget():
     assert records[-1]["content"] == "q" and tail.size == 15 and tail.whole
     cache.extend("s", [user("too big")], 90)   # past the budget: no longer kept
     assert cache.get("s") is None
-
-
-class CountingRecord(dict):
-    """A transcript record that counts how often its fields are read."""
-
-    reads = 0
-
-    def get(self, *args):
-        CountingRecord.reads += 1
-        return super().get(*args)
-
-    def __getitem__(self, key):
-        CountingRecord.reads += 1
-        return super().__getitem__(key)
 
 
 def test_building_a_turns_history_reads_each_record_a_few_times():

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
+import pytest_twisted
 
 HOW_TO_RUN = ("needs Debian's redis-server (apt-get install redis-server) or "
               "MOLTBOT_TEST_REDIS_URL=redis://127.0.0.1:<port>/0")
@@ -131,3 +132,19 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def redis_link(redis_url: str, redis_prefix: str):
+    """A connected ``RedisLink`` under ``redis_prefix``; the test's keys are deleted after."""
+    from twisted.internet import reactor
+
+    from moltbot_gw.redis import RedisLink
+
+    link = RedisLink(redis_url, reactor, key_prefix=redis_prefix, command_timeout=5)
+    await link.connect()
+    yield link
+    keys = await link.execute("KEYS", redis_prefix + "*")
+    if keys:
+        await link.execute("DEL", *keys)
+    await link.disconnect()
