@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import hiredis
 import txredisapi
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from .in_flight import InFlight
 
 # How long the pool waits between reconnection attempts at most (txredisapi's default is 10 s;
 # a shorter ceiling makes recovery after a Redis restart quicker).
@@ -91,6 +94,7 @@ class RedisLink:
         self._reactor = reactor
         self._pool_size = pool_size
         self._pool: Any = None
+        self._in_flight = InFlight(reactor, command_timeout)   # commands awaiting an answer
         self.last_error: Optional[str] = None    # why the newest command failed, for /health
 
     # -- lifetime -----------------------------------------------------------------------
@@ -105,7 +109,13 @@ class RedisLink:
             connectTimeout=self.connect_timeout, replyTimeout=self.command_timeout,
             convertNumbers=False)   # a stuck connection is dropped and made anew
         self._pool._factory.maxDelay = RECONNECT_MAX_DELAY
-        d = self._bounded(self._pool.ping(), self.connect_timeout, "PING")
+        # The lazy pool's "every connection is up" Deferred, which nobody awaits: a connection
+        # lost while it starts (a disconnect right after connect, Redis restarting) fails it,
+        # and an unhandled failure would be logged as an error when collected. The pool
+        # reconnects by itself; commands report an outage.
+        self._pool._factory.deferred.addErrback(lambda _: None)
+        d = self._bounded(self._pool.ping(), InFlight(self._reactor, self.connect_timeout),
+                          "PING")
 
         def refused(failure: Failure) -> Failure:
             failure.trap(RedisUnavailable)
@@ -117,7 +127,6 @@ class RedisLink:
     def disconnect(self) -> Deferred:
         pool, self._pool = self._pool, None
         if pool is None:
-            from twisted.internet.defer import succeed
             return succeed(None)
         return pool.disconnect().addErrback(lambda _: None)
 
@@ -131,7 +140,7 @@ class RedisLink:
         """One Redis command, e.g. ``execute("XADD", key, "*", "r", data)``."""
         if self._pool is None:
             return self._failed("not connected")
-        return self._bounded(self._pool.execute_command(*args), self.command_timeout, str(args[0]))
+        return self._send(args, str(args[0]))
 
     def script(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Deferred:
         """Run ``script`` atomically on the server (``EVALSHA``, falling back to ``EVAL``)."""
@@ -141,43 +150,76 @@ class RedisLink:
         def unknown(failure: Failure) -> Deferred:
             if "NOSCRIPT" not in str(failure.value):
                 return failure   # type: ignore[return-value]
-            return self._bounded(self._pool.execute_command(
-                "EVAL", script.source, len(keys), *keys, *args), self.command_timeout, "EVAL")
+            return self._send(("EVAL", script.source, len(keys), *keys, *args), "EVAL")
 
-        d = self._bounded(self._pool.execute_command(
-            "EVALSHA", script.sha, len(keys), *keys, *args), self.command_timeout, "EVALSHA",
-            passthrough=("NOSCRIPT",))
-        return d.addErrback(unknown)
+        return self._send(("EVALSHA", script.sha, len(keys), *keys, *args),
+                          "EVALSHA").addErrback(unknown)
 
-    # -- the bound ----------------------------------------------------------------------
+    # -- sending, and the bound ---------------------------------------------------------
 
     def _failed(self, reason: str) -> Deferred:
-        from twisted.internet.defer import fail
         self.last_error = reason
         return fail(RedisUnavailable(reason))
 
-    def _bounded(self, inner: Deferred, seconds: float, command: str,
-                 passthrough: tuple[str, ...] = ()) -> Deferred:
-        """``inner``'s outcome, or ``RedisUnavailable`` after ``seconds``. Our own Deferred
-        takes the outcome so that a late answer after the timeout is dropped quietly."""
+    def _ready_connection(self) -> Any:
+        """A connection of the pool that is up (the first: commands sent in one reactor
+        turn then leave in one write), or None while the pool reconnects."""
+        for connection in self._pool._factory.pool:
+            if connection.connected:
+                return connection
+        return None
+
+    def _send(self, args: Sequence[Any], command: str) -> Deferred:
+        """Send one command and fire with its answer, or with ``RedisUnavailable`` once
+        ``command_timeout`` passes first. On a connection that is up, the command is packed
+        by hiredis and written directly, its answer taken from the connection's queue of
+        replies (as txredisapi's ``execute_command`` does, without its per-command Deferred
+        chain and timer: measured, ~10 instead of ~55 µs of CPU per command); while the pool
+        reconnects, txredisapi's path waits for a connection."""
+        connection = self._ready_connection()
+        if connection is not None:
+            try:
+                packed = hiredis.pack_command(tuple(args))
+            except TypeError:
+                connection = None
+        if connection is not None:
+            connection.transport.write(packed)
+            inner = connection.replyQueue.get()
+        else:
+            inner = self._pool.execute_command(*args)
+        return self._bounded(inner, self._in_flight, command, connection)
+
+    def bounded(self, inner: Deferred, command: str) -> Deferred:
+        """``inner`` (an operation on Redis not sent through this link, such as a
+        subscription) within the command timeout, failing with ``RedisUnavailable``."""
+        return self._bounded(inner, self._in_flight, command)
+
+    def _bounded(self, inner: Deferred, in_flight: InFlight, command: str,
+                 connection: Any = None) -> Deferred:
+        """``inner``'s outcome, or ``RedisUnavailable`` after ``in_flight``'s bound (and the
+        connection that did not answer dropped). Our own Deferred takes the outcome so that a
+        late answer after the bound is dropped quietly."""
         outer: Deferred = Deferred()
 
         def expire() -> None:
-            if not outer.called:
-                self.last_error = f"no answer to {command} within {seconds:g} s"
-                outer.errback(RedisUnavailable(self.last_error))
-
-        timer = self._reactor.callLater(seconds, expire)
-
-        def settle(outcome: Any) -> None:
-            if timer.active():
-                timer.cancel()
             if outer.called:
                 return
+            self.last_error = f"no answer to {command} within {in_flight.seconds:g} s"
+            if connection is not None and connection.transport is not None:
+                connection.transport.abortConnection()
+            outer.errback(RedisUnavailable(self.last_error))
+
+        number = in_flight.add(expire)
+
+        def settle(outcome: Any) -> None:
+            in_flight.done(number)
+            if outer.called:
+                return
+            if isinstance(outcome, Exception):      # a reply the connection's queue holds
+                outcome = Failure(outcome)
             if isinstance(outcome, Failure):
                 error = outcome.value
-                if isinstance(error, txredisapi.ResponseError) or (
-                        passthrough and any(p in str(error) for p in passthrough)):
+                if isinstance(error, txredisapi.ResponseError):
                     outer.errback(outcome)      # Redis answered with an error: not an outage
                     return
                 if isinstance(error, (CancelledError, DeferredTimeout)):

@@ -139,7 +139,7 @@ class RedisSubscriber:
             return self.link._failed("the pub/sub connection is stopped")
         waiter: Deferred = Deferred()
         self._ready.append(waiter)
-        return self.link._bounded(waiter, self.link.command_timeout, "SUBSCRIBE")
+        return self.link.bounded(waiter, "SUBSCRIBE")
 
     # -- channels -----------------------------------------------------------------------
 
@@ -175,8 +175,7 @@ class RedisSubscriber:
         outcome: Any = None
         try:
             protocol = await self._connection()
-            await self.link._bounded(protocol.subscribe(channel), self.link.command_timeout,
-                                     "SUBSCRIBE")
+            await self.link.bounded(protocol.subscribe(channel), "SUBSCRIBE")
         except RedisUnavailable as e:
             outcome = e
             raise
