@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import pytest_twisted
 import txredisapi
 from twisted.internet import reactor
@@ -12,6 +13,7 @@ from twisted.internet.task import deferLater
 
 from moltbot_gw.config import SessionConfig
 from moltbot_gw.redis import RedisLink
+from moltbot_gw.sessions.lease import LeaseLost
 from moltbot_gw.sessions.redis_store import RedisSessionStore
 
 from .chat_helpers import PATH, config, http  # noqa: F401
@@ -160,6 +162,61 @@ async def test_a_session_lock_release_publishes_only_when_someone_found_it_taken
     finally:
         await a.stop()
         await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_turns_write_frees_the_session_lock_and_wakes_a_waiter(
+        private_redis, redis_prefix):
+    a = await LockProcess(private_redis.url, redis_prefix, 30).start()
+    b = await LockProcess(private_redis.url, redis_prefix, 30).start()
+    counting = CountingLink(private_redis.url, reactor, key_prefix=redis_prefix)
+    await counting.connect()
+    try:
+        store = RedisSessionStore(counting)
+        await store.record_turn(SESSION, turn("first"))     # (a new session also prunes)
+        lease = await a.locks.acquire(SESSION)
+        waiting = b.locks.acquire(SESSION)      # another process asks, finds it taken
+        waited = a.link.key("lock-waited", SESSION)
+        for _ in range(500):
+            if await a.link.execute("EXISTS", waited):
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        counting.round_trips = 0
+        await store.record_turn(SESSION, turn("last write"), lease=lease, release=True)
+        assert await a.link.execute("GET", lease.key) != lease.token   # freed with the turn
+        taken = await within(waiting)           # and the waiter heard it
+        assert taken.fence == lease.fence + 1
+        assert await publishes(a.link) == 1
+        await lease.release()                   # the run's own release: nothing to send
+        assert counting.round_trips == 1 and await publishes(a.link) == 1
+        assert await a.link.execute("GET", taken.key) == taken.token
+        history = await store.load_history(SESSION)
+        assert history[-1]["content"] == "re: last write"
+        await store.record_turn(SESSION, turn("after"), lease=taken)   # release=False
+        assert await a.link.execute("GET", taken.key) == taken.token  # still held
+        await taken.release()
+        assert await a.link.execute("EXISTS", taken.key) == 0
+    finally:
+        await counting.disconnect()
+        await a.stop()
+        await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fenced_turn_frees_nothing(private_redis, redis_prefix):
+    a = await LockProcess(private_redis.url, redis_prefix, 30).start()
+    try:
+        store = RedisSessionStore(a.link)
+        lease = await a.locks.acquire(SESSION)
+        await a.link.execute("SET", lease.key, "another-holder")   # taken over meanwhile
+        with pytest.raises(LeaseLost):
+            await store.record_turn(SESSION, turn("late"), lease=lease, release=True)
+        assert await a.link.execute("GET", lease.key) == "another-holder"
+        await lease.release()                   # compare-and-delete: not ours, left alone
+        assert await a.link.execute("GET", lease.key) == "another-holder"
+        await a.link.execute("DEL", lease.key)
+    finally:
+        await a.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -392,7 +392,8 @@ class AgentRunner:
                                       error, before, steps)
         try:
             session_order.check_lease(lease)
-            await self.store.record_turn(run.session_key, records, lease=lease,
+            # the run's last write to its session: it frees the session's lock too
+            await self.store.record_turn(run.session_key, records, lease=lease, release=True,
                                          model=result.model if result else None, usage=usage)
         except LeaseLost:
             self.log.warn("run {run_id}: {session_key} was taken over; turn not recorded",

@@ -119,6 +119,16 @@ class Lease:
             self._timer.cancel()
         self._timer = None
 
+    def release_keys(self) -> list[str]:
+        return self._locks.release_keys(self.session_key)
+
+    def released_with_turn(self) -> None:
+        """The turn's script freed the lock (``RECORD_TURN`` runs ``RELEASE``'s steps):
+        nothing left to send."""
+        self._released = True
+        self.stop_renewing()
+        self._locks._held.discard(self)
+
     def release(self) -> Deferred:
         """Free the lock if it is still ours and wake the waiters; never fails (a lock that
         cannot be freed now frees itself when its lease runs out)."""

@@ -21,10 +21,10 @@ class ISessionStore(Interface):
         """Fire with the newest transcript records of the key's current session, in file
         order, read from the end until ``enough(record)`` (newest first) is true."""
 
-    def record_turn(session_key, records, model=None, usage=None, lease=None):
+    def record_turn(session_key, records, model=None, usage=None, lease=None, release=False):
         """Append one turn's records and update the entry; fire (with the entry) only once
         they are stored. With a ``lease`` the turn is written only while it is still held
-        (else ``LeaseLost``)."""
+        (else ``LeaseLost``); with ``release`` as well, the write frees it (the run's last)."""
 
     def reset(session_key):
         """Start a new session id for the key; fire with whether it existed."""

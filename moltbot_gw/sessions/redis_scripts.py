@@ -81,7 +81,9 @@ local function compact(stream, entry, session_key, keep_bytes, now)
 end
 """
 
-# KEYS: index hash, by-time zset, agents set, lease key (the hash again without a lease).
+# KEYS: index hash, by-time zset, agents set, lease key (the hash again without a lease);
+# to free the lock with the turn (the run's last write), also the release channel and the
+# mark that someone waits (session_lock.RELEASE's steps: delete, publish if marked).
 # ARGV: session key, lease token or '', new entry JSON, now ms, model or '', input, output,
 # total tokens, transcript key prefix, maxTranscriptBytes, bytes kept by a compaction,
 # agent id, then the turn's records (JSON). Returns {entry JSON, bytes dropped or -1, created}.
@@ -120,6 +122,10 @@ local encoded = cjson.encode(entry)
 redis.call('HSET', KEYS[1], session_key, encoded)
 redis.call('ZADD', KEYS[2], entry.updatedAt, session_key)
 redis.call('SADD', KEYS[3], ARGV[12])
+if #KEYS >= 6 and ARGV[2] ~= '' then
+  redis.call('DEL', KEYS[4])
+  if redis.call('DEL', KEYS[6]) == 1 then redis.call('PUBLISH', KEYS[5], session_key) end
+end
 return {encoded, dropped, created}
 """)
 

@@ -151,15 +151,17 @@ class RedisSessionStore:
 
     def record_turn(self, session_key: str, records: Sequence[Mapping[str, Any]],
                     model: Optional[str] = None, usage: Any = None,
-                    lease: Optional[SessionLease] = None) -> Deferred:
+                    lease: Optional[SessionLease] = None, release: bool = False) -> Deferred:
         """Append the turn's records and update the entry in one script; fire with the entry
         only once Redis has answered (the turn is then stored, on disk too with
         ``appendfsync always``). With ``lease``, nothing is written unless the lock still
-        holds its token: ``LeaseLost``."""
+        holds its token: ``LeaseLost``; with ``release`` too (the run's last write), the
+        same script frees the lock."""
         if not all(isinstance(record, Mapping) for record in records):
             return fail(TypeError("transcript records must be mappings"))
         lines = [encode_record(record) for record in records]   # copied now, as the file store
-        return Deferred.fromCoroutine(self._record_turn(session_key, lines, model, usage, lease))
+        return Deferred.fromCoroutine(self._record_turn(session_key, lines, model, usage, lease,
+                                                        release and lease is not None))
 
     def reset(self, session_key: str) -> Deferred:
         """Start a new session id for the key, keeping the old transcript; fire with existed."""
@@ -286,7 +288,8 @@ class RedisSessionStore:
                                         entry.session_id)
 
     async def _record_turn(self, session_key: str, lines: list[bytes], model: Optional[str],
-                           usage: Any, lease: Optional[SessionLease]) -> Optional[SessionEntry]:
+                           usage: Any, lease: Optional[SessionLease],
+                           release: bool) -> Optional[SessionEntry]:
         agent_id, _ = parse_session_key(session_key)
         new = self._new_entry(session_key, agent_id)
         input_tokens, output_tokens, total_tokens = usage_token_counts(usage)
@@ -294,11 +297,13 @@ class RedisSessionStore:
             total_tokens = input_tokens + output_tokens
         index = self.index_key(agent_id)
         max_bytes = self.limits.maxTranscriptBytes
+        keys = [index, self.by_time_key(agent_id), self.agents_key(),
+                lease.key if lease is not None else index]
+        if release and lease is not None:
+            keys += lease.release_keys()[1:]         # the channel, the waited mark
         try:
             raw, dropped, created = await self.link.script(
-                scripts.RECORD_TURN,
-                [index, self.by_time_key(agent_id), self.agents_key(),
-                 lease.key if lease is not None else index],
+                scripts.RECORD_TURN, keys,
                 [session_key, lease.token if lease is not None else "",
                  json.dumps(new.to_json()), self._now_ms(), model or "", input_tokens,
                  output_tokens, total_tokens, self.transcript_prefix(), max_bytes,
@@ -308,6 +313,8 @@ class RedisSessionStore:
                 raise LeaseLost(f"the lease on {session_key} was lost; the turn was not "
                                 "written") from None
             raise
+        if release and lease is not None:
+            lease.released_with_turn()
         if dropped >= 0:
             self.log.info("transcript of {session_key} passed session.maxTranscriptBytes:"
                           " compacted to its newest turns ({dropped} bytes dropped)",

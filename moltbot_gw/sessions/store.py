@@ -111,15 +111,15 @@ class SessionStore:
 
     def record_turn(self, session_key: str, records: Sequence[Mapping[str, Any]],
                     model: Optional[str] = None, usage: Any = None,
-                    lease: Optional[SessionLease] = None) -> Deferred:
+                    lease: Optional[SessionLease] = None, release: bool = False) -> Deferred:
         """Append one turn's records durably, then update the entry; fire with the entry
         once the records are fsynced. Turns of one agent queued while a commit runs share the
         next (``group_commit.py``); the agent's lock is not held while they wait for it.
 
         ``usage`` is a mapping or object with ``input_tokens``/``output_tokens`` (or the
         ``prompt_tokens``/``completion_tokens`` or camelCase spellings); it adds to the totals.
-        ``lease`` (sessions/lease.py) matters to the Redis store only: one process's lane
-        already orders the runs of a session here.
+        ``lease`` (sessions/lease.py) and ``release`` matter to the Redis store only: one
+        process's lane already orders the runs of a session here.
         """
         if not all(isinstance(record, Mapping) for record in records):
             return fail(TypeError("transcript records must be mappings"))
