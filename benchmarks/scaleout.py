@@ -159,8 +159,9 @@ def scenario_workers(wd: Path, upstream, redis, args) -> list[str]:
     try:
         for stream in (False, True):
             for conns in (16, 64):
-                bl.run_wrk(f"{w2.origin}/v1/chat/completions", conns, 1, token=bl.TOKEN,
-                           stream=stream)   # warm both workers
+                for warm in (w2, w1):     # both sides warm (connection pools, caches)
+                    bl.run_wrk(f"{warm.origin}/v1/chat/completions", conns, 1, token=bl.TOKEN,
+                               stream=stream)
                 r = wrk_rounds({"w2": w2, "w1": w1}, conns, args.duration, args.rounds,
                                stream=stream, tag=f"w{conns}")
                 kind = "stream" if stream else "nonstream"
