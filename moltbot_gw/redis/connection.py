@@ -174,8 +174,9 @@ class RedisLink:
         ``command_timeout`` passes first. On a connection that is up, the command is packed
         by hiredis and written directly, its answer taken from the connection's queue of
         replies (as txredisapi's ``execute_command`` does, without its per-command Deferred
-        chain and timer: measured, ~10 instead of ~55 µs of CPU per command); while the pool
-        reconnects, txredisapi's path waits for a connection."""
+        chain and timers: ~10–13 instead of ~35–50 µs of CPU per command, measured with
+        ``benchmarks/redis_commands.py``); while the pool reconnects, txredisapi's path
+        waits for a connection."""
         connection = self._ready_connection()
         if connection is not None:
             try:
